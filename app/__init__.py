@@ -1,0 +1,1 @@
+"""Entry points: the `easyspec` command line (and, later, the Gradio dashboard)."""

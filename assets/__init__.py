@@ -1,0 +1,1 @@
+"""Package data: prompt sets and static files shipped with easyspec."""

@@ -1,0 +1,257 @@
+"""The generation engine: vanilla decoding, speculative decoding and EasySpec, as one generator.
+
+`generate` yields one `RoundRecord` per round (vanilla: one per token). Every consumer (CLI,
+dashboard, benchmarks) reads that one stream; there is no second generation path.
+Modes: `vanilla` (base only), `speculative` (chain of k draft tokens, sequential draft layers),
+`easyspec` (fuzzy layer-parallel drafting plus a bonus-calibration policy; EASYSPEC.md).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterator, Sequence
+
+import torch
+
+from .decoder import Decoder, KVCache
+from .grouping import layer_groups
+from .records import RoundRecord
+from .sampling import SamplingConfig, pick, probs, verify_greedy, verify_sampling
+from .tracing import Tracer, peak_memory_bytes
+
+MODES = ("vanilla", "speculative", "easyspec")
+CALIBRATION_POLICIES = ("none", "every-round", "on-mismatch")
+
+
+@dataclass(frozen=True)
+class SpecConfig:
+    """How to generate. Defaults are the product's: easyspec, N = 4, every-round, k = 5, greedy."""
+
+    mode: str = "easyspec"
+    draft_len: int = 5
+    layer_parallel: int = 4
+    sequential_head: int = 1
+    sequential_tail: int = 1
+    calibration: str = "every-round"
+    max_new_tokens: int = 128
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    stop_strings: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"unknown mode {self.mode!r}: choose one of {', '.join(MODES)}")
+        if self.calibration not in CALIBRATION_POLICIES:
+            raise ValueError(f"unknown calibration policy {self.calibration!r}: choose one of "
+                             f"{', '.join(CALIBRATION_POLICIES)}")
+        if self.draft_len < 1:
+            raise ValueError(f"--draft-len must be >= 1; got {self.draft_len}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"--max-new-tokens must be >= 1; got {self.max_new_tokens}")
+        if self.layer_parallel < 1:
+            raise ValueError(f"--layer-parallel must be >= 1; got {self.layer_parallel}")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Stopping:
+    """End-of-sequence ids and stop strings; `decode` turns ids into text for the stop strings."""
+
+    eos_ids: frozenset[int] = frozenset()
+    stop_strings: tuple[str, ...] = ()
+    decode: Callable[[Sequence[int]], str] | None = None
+
+    def cut(self, generated: Sequence[int], emitted: Sequence[int], limit: int) -> tuple[int, str | None]:
+        """How many of `emitted` to keep after `generated`, and why generation stops (or None)."""
+        for i, t in enumerate(emitted):
+            if len(generated) + i + 1 > limit:
+                return i, "max_new_tokens"
+            if t in self.eos_ids:
+                return i + 1, "eos"
+            if self.stop_strings and self._hits_stop(generated, emitted[: i + 1]):
+                return i + 1, "stop_string"
+        if len(generated) + len(emitted) >= limit:
+            return len(emitted), "max_new_tokens"
+        return len(emitted), None
+
+    def _hits_stop(self, generated: Sequence[int], emitted: Sequence[int]) -> bool:
+        assert self.decode is not None, "stop strings need a decode function"
+        longest = max(len(s) for s in self.stop_strings)
+        # Only text that the newest token could have completed a stop string in needs checking.
+        before = self.decode(list(generated) + list(emitted[:-1]))
+        text = self.decode(list(generated) + list(emitted))
+        tail = text[max(0, len(before) - longest + 1):]
+        return any(s in tail for s in self.stop_strings)
+
+
+def check_prompt(prompt_ids: Sequence[int], cfg: SpecConfig, base: Decoder) -> None:
+    if len(prompt_ids) == 0:
+        raise ValueError("the prompt is empty: give some text to continue")
+    window = base.cfg.max_position
+    if len(prompt_ids) + cfg.max_new_tokens > window:
+        raise ValueError(f"the prompt ({len(prompt_ids)} tokens) plus --max-new-tokens {cfg.max_new_tokens} "
+                         f"exceeds the base model's context window of {window} tokens")
+
+
+def generate(base: Decoder, draft: Decoder | None, prompt_ids: Sequence[int], cfg: SpecConfig,
+             stopping: Stopping = Stopping()) -> Iterator[RoundRecord]:
+    """Yield one record per round until EOS, a stop string or the token limit."""
+    check_prompt(prompt_ids, cfg, base)
+    plan = None
+    if cfg.mode != "vanilla":
+        if draft is None:
+            raise ValueError(f"mode {cfg.mode} needs a draft model")
+        if cfg.mode == "easyspec":
+            plan = layer_groups(draft.cfg.n_layers, cfg.layer_parallel, cfg.sequential_head, cfg.sequential_tail)
+    run = Generation(base, draft, prompt_ids, cfg, stopping, plan)
+    yield from run.rounds()
+
+
+class Generation:
+    """State of one generation: token buffer, both KV caches, the tracer and the random generator."""
+
+    def __init__(self, base: Decoder, draft: Decoder | None, prompt_ids: Sequence[int], cfg: SpecConfig,
+                 stopping: Stopping, plan):
+        self.base, self.draft, self.cfg, self.stopping, self.plan = base, draft, cfg, stopping, plan
+        self.drafting = cfg.mode != "vanilla"
+        self.s = cfg.sampling
+        device = base.device
+        self.gen = None if self.s.greedy else torch.Generator(device=device).manual_seed(self.s.seed)
+        self.n_prompt = len(prompt_ids)
+        max_len = self.n_prompt + cfg.max_new_tokens
+        self.ids = torch.zeros(max_len, dtype=torch.long, device=device)  # prompt + generated tokens
+        self.ids[: self.n_prompt] = torch.tensor(list(prompt_ids), dtype=torch.long)
+        self.n = self.n_prompt  # committed tokens; the base cache always holds all but the last
+        self.generated: list[int] = []
+        self.bcache = base.new_cache(max_len)
+        self.dcache: KVCache | None = draft.new_cache(max_len) if self.drafting else None
+        self.exact_len = 0  # draft cache entries before this position are exact
+        self.calibrate_next = False
+        # Token ids both models can emit (embeddings may be padded differently past the tokenizer).
+        self.vocab = min(base.cfg.vocab_size, draft.cfg.vocab_size) if self.drafting else base.cfg.vocab_size
+        self.tracer = Tracer(device)
+
+    # -- main loop ---------------------------------------------------------------------------
+    def rounds(self) -> Iterator[RoundRecord]:
+        with torch.inference_mode():
+            index, stop = 0, None
+            while stop is None:
+                start_ns = self.tracer.now_ns()
+                if index == 0:
+                    out = self._prefill()
+                elif self.drafting and self._remaining() > 1:
+                    out = self._speculate()
+                else:
+                    out = self._base_step()
+                emitted, origins, drafted, accepted, calibrated = out
+                keep, stop = self.stopping.cut(self.generated, emitted, self.cfg.max_new_tokens)
+                self._commit(emitted[:keep], accepted)
+                yield self._record(index, start_ns, emitted[:keep], origins[:keep], drafted, accepted,
+                                   calibrated, stop)
+                index += 1
+
+    def _remaining(self) -> int:
+        return self.cfg.max_new_tokens - len(self.generated)
+
+    def _logits(self, model: Decoder, tokens: torch.Tensor, pos: int, cache: KVCache, **kw) -> torch.Tensor:
+        return model.forward(tokens, pos, cache, **kw)[:, : self.vocab]
+
+    # -- round kinds ---------------------------------------------------------------------------
+    def _prefill(self):
+        """Round 0: the base reads the prompt and emits the first token; the draft reads the prompt."""
+        tr = self.tracer
+        with tr.span("verify", "prefill"):
+            logits = self._logits(self.base, self.ids[: self.n], 0, self.bcache)
+        with tr.span("sample"):
+            token = int(pick(logits, self.s, self.gen)[0])
+        if self.drafting and not (token in self.stopping.eos_ids or self.cfg.max_new_tokens == 1):
+            with tr.span("calibrate", "draft prefill"):  # exact K/V for the whole prompt
+                self.draft.forward(self.ids[: self.n], 0, self.dcache)
+            self.exact_len = self.n
+        return [token], ["prefill"], (), 0, False
+
+    def _base_step(self):
+        """Vanilla decoding: one base forward, one token (a bonus after zero drafts)."""
+        tr = self.tracer
+        with tr.span("verify"):
+            logits = self._logits(self.base, self.ids[self.n - 1: self.n], self.n - 1, self.bcache)
+        with tr.span("sample"):
+            token = int(pick(logits, self.s, self.gen)[0])
+        return [token], ["bonus"], (), 0, False
+
+    def _speculate(self):
+        """One round of draft-then-verify (steps 1-5 below)."""
+        cfg, tr, draft, dcache = self.cfg, self.tracer, self.draft, self.dcache
+        k = min(cfg.draft_len, self._remaining() - 1)  # never draft past the token limit
+        n = self.n
+        # 1. Feed the draft every committed token it has not read (the last round's accepted tokens
+        #    and its recovered/bonus token). When calibrating, the cache was cropped back to the last
+        #    exact position, so this one sequential forward rewrites the fuzzy entries exactly and
+        #    yields the first draft token (EASYSPEC.md, "Bonus calibration"); its time is `calibrate`.
+        pending = self.ids[dcache.length: n]
+        calibrated = self.calibrate_next
+        if calibrated:
+            with tr.span("calibrate", f"{pending.numel()} tokens"):
+                logits = self._logits(draft, pending, dcache.length, dcache)
+        else:
+            logits = self._logits(draft, pending, dcache.length, dcache, groups=self.plan, span=tr.span)
+        if calibrated or self.plan is None:
+            self.exact_len = n
+        # 2. Draft k tokens; steps after the first run the layer plan (fuzzy groups in easyspec).
+        #    Tokens stay on the device: no host sync inside the drafting loop.
+        drafted, qs = [], []
+        for j in range(k):
+            if j > 0:
+                logits = self._logits(draft, drafted[-1], dcache.length, dcache, groups=self.plan, span=tr.span)
+            with tr.span("sample", "draft"):
+                token, q = pick(logits, self.s, self.gen)  # token [1], q [1, V] or None
+            drafted.append(token)
+            qs.append(q)
+        drafted_t = torch.cat(drafted)  # [k]
+        # 3. Verify: the base reads the last committed token and the k drafts in one forward.
+        with tr.span("verify"):
+            blogits = self._logits(self.base, torch.cat([self.ids[n - 1: n], drafted_t]), n - 1, self.bcache,
+                                   all_logits=True)  # [k + 1, V]
+        # 4. Accept the longest agreeing prefix (greedy) or rejection-sample (lossless either way).
+        with tr.span("sample", "verify"):
+            if self.s.greedy:
+                accepted, nxt = verify_greedy(drafted_t, blogits)
+            else:
+                accepted, nxt = verify_sampling(drafted_t, torch.cat(qs), probs(blogits, self.s), self.gen)
+            drafted_ids = drafted_t.tolist()
+        emitted = drafted_ids[:accepted] + [nxt]
+        origins = ["accepted"] * accepted + ["bonus" if accepted == k else "recovered"]
+        # 5. Keep the draft entries of accepted tokens (d_k was never fed to the draft); decide
+        #    whether the next round calibrates, and if so drop every fuzzy entry now.
+        dcache.crop(n + min(accepted, k - 1))
+        if cfg.mode == "easyspec":
+            self.calibrate_next = (cfg.calibration == "every-round"
+                                   or (cfg.calibration == "on-mismatch" and accepted < k))
+            if self.calibrate_next:
+                dcache.crop(self.exact_len)
+        return emitted, origins, tuple(drafted_ids), accepted, calibrated
+
+    # -- bookkeeping ---------------------------------------------------------------------------
+    def _commit(self, tokens: list[int], accepted: int) -> None:
+        """Append the kept tokens; the base cache keeps all committed tokens but the last."""
+        if tokens:
+            self.ids[self.n: self.n + len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+        self.n += len(tokens)
+        self.generated.extend(tokens)
+        if self.bcache.length > self.n - 1:
+            self.bcache.crop(self.n - 1)
+        if self.dcache is not None and self.dcache.length > self.n - 1:
+            self.dcache.crop(self.n - 1)
+            self.exact_len = min(self.exact_len, self.n - 1)
+
+    def _record(self, index, start_ns, tokens, origins, drafted, accepted, calibrated, stop) -> RoundRecord:
+        spans = self.tracer.take()
+        end_ns = self.tracer.now_ns()
+        phase_s: dict[str, float] = {}
+        for sp in spans:
+            phase_s[sp.phase] = phase_s.get(sp.phase, 0.0) + sp.seconds
+        phase_s["overhead"] = max(0.0, (end_ns - start_ns) / 1e9 - sum(phase_s.values()))
+        return RoundRecord(index=index, token_ids=tuple(tokens), origins=tuple(origins), drafted=drafted,
+                           accepted=accepted, phase_s=phase_s, spans=spans, end_ns=end_ns,
+                           peak_memory_bytes=peak_memory_bytes(self.base.device), calibrated=calibrated,
+                           stop=stop)

@@ -1,0 +1,111 @@
+"""The per-round record: the one stream that the CLI, dashboard, benchmarks and reports consume.
+
+Plain Python values only (no tensors), versioned so that a saved run can be replayed later
+(EASYSPEC.md, "Per-round record"). A run file is JSON Lines: one header, then one record per round.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+RECORD_VERSION = 1
+PHASES = ("draft.attn", "draft.mlp", "draft.comm", "verify", "verify.comm", "calibrate", "sample", "idle",
+          "overhead")
+ORIGINS = ("prefill", "accepted", "recovered", "bonus")
+
+
+@dataclass(frozen=True)
+class Span:
+    """One timed piece of work on one device lane; times in ns from the run's t0."""
+
+    phase: str
+    start_ns: int
+    end_ns: int
+    rank: int = 0
+    label: str = ""
+
+    @property
+    def seconds(self) -> float:
+        return (self.end_ns - self.start_ns) / 1e9
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """One round: what was drafted, what the base accepted, what was emitted, and where time went.
+
+    token_ids/origins: the emitted tokens, each tagged prefill | accepted | recovered | bonus
+    (vanilla decoding emits one `bonus` token per round: zero drafts, all accepted).
+    end_ns: when the round's tokens were available, from the run's t0.
+    stop: why generation ended after this round (eos | stop_string | max_new_tokens), else None.
+    """
+
+    index: int
+    token_ids: tuple[int, ...]
+    origins: tuple[str, ...]
+    drafted: tuple[int, ...]
+    accepted: int
+    phase_s: dict[str, float]
+    spans: tuple[Span, ...]
+    end_ns: int
+    peak_memory_bytes: int = 0
+    calibrated: bool = False
+    flags: tuple[str, ...] = ()
+    stop: str | None = None
+    version: int = RECORD_VERSION
+
+    def __post_init__(self) -> None:
+        assert len(self.token_ids) == len(self.origins), (self.token_ids, self.origins)
+        assert all(o in ORIGINS for o in self.origins), self.origins
+        assert 0 <= self.accepted <= len(self.drafted)
+
+
+@dataclass(frozen=True)
+class RunHeader:
+    """What a saved run was: settings, models and prompt, enough to replay or compare it."""
+
+    settings: dict
+    base: str
+    draft: str | None
+    prompt_ids: tuple[int, ...]
+    device: str
+    dtype: str
+    created: str = ""
+    extra: dict = field(default_factory=dict)
+    version: int = RECORD_VERSION
+
+
+def record_to_dict(rec: RoundRecord) -> dict:
+    return asdict(rec)
+
+
+def record_from_dict(d: dict) -> RoundRecord:
+    if d.get("version") != RECORD_VERSION:
+        raise ValueError(f"run record version {d.get('version')} is not supported (this is {RECORD_VERSION})")
+    spans = tuple(Span(**s) for s in d["spans"])
+    tuples = {k: tuple(d[k]) for k in ("token_ids", "origins", "drafted", "flags")}
+    return RoundRecord(**{**d, **tuples, "spans": spans})
+
+
+def save_run(path: str | Path, header: RunHeader, records: Iterable[RoundRecord]) -> None:
+    """Write header + records as JSON Lines (to a temporary name first, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w") as f:
+        f.write(json.dumps({"kind": "header", **asdict(header)}) + "\n")
+        for rec in records:
+            f.write(json.dumps({"kind": "round", **record_to_dict(rec)}) + "\n")
+    tmp.replace(path)
+
+
+def load_run(path: str | Path) -> tuple[RunHeader, list[RoundRecord]]:
+    lines = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    if not lines or lines[0].get("kind") != "header":
+        raise ValueError(f"{path}: not an easyspec run file (no header line)")
+    head = {k: v for k, v in lines[0].items() if k != "kind"}
+    if head.get("version") != RECORD_VERSION:
+        raise ValueError(f"{path}: run file version {head.get('version')} is not supported")
+    header = RunHeader(**{**head, "prompt_ids": tuple(head["prompt_ids"])})
+    records = [record_from_dict({k: v for k, v in d.items() if k != "kind"}) for d in lines[1:]]
+    return header, records

@@ -1,0 +1,66 @@
+"""Timing spans on one device against a common clock (EASYSPEC.md, "Clock").
+
+On CPU a span is two `time.perf_counter_ns()` readings. On CUDA it is two CUDA events, resolved
+to nanoseconds only when the round's spans are taken (one synchronisation per round, not per span).
+Times are relative to the tracer's t0, which a multi-rank run agrees on at a barrier.
+"""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+
+from .records import PHASES, Span
+
+
+class Tracer:
+    def __init__(self, device: torch.device, rank: int = 0, t0_ns: int | None = None):
+        self.rank = rank
+        self.cuda = device.type == "cuda"
+        self.t0_ns = time.perf_counter_ns() if t0_ns is None else t0_ns
+        self._spans: list[Span] = []
+        self._pending: list[tuple[str, str, object, object]] = []
+        if self.cuda:
+            self._t0_event = torch.cuda.Event(enable_timing=True)
+            self._t0_event.record()
+            torch.cuda.synchronize()
+            self._t0_event_ns = time.perf_counter_ns() - self.t0_ns
+
+    def now_ns(self) -> int:
+        return time.perf_counter_ns() - self.t0_ns
+
+    @contextmanager
+    def span(self, phase: str, label: str = "") -> Iterator[None]:
+        assert phase in PHASES, phase
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            yield
+            end.record()
+            self._pending.append((phase, label, start, end))
+        else:
+            start_ns = self.now_ns()
+            yield
+            self._spans.append(Span(phase, start_ns, self.now_ns(), self.rank, label))
+
+    def take(self) -> tuple[Span, ...]:
+        """The spans recorded since the last call, in start order."""
+        if self._pending:
+            torch.cuda.synchronize()
+            for phase, label, start, end in self._pending:
+                s = self._t0_event_ns + int(self._t0_event.elapsed_time(start) * 1e6)
+                self._spans.append(Span(phase, s, s + int(start.elapsed_time(end) * 1e6), self.rank, label))
+            self._pending.clear()
+        spans, self._spans = tuple(sorted(self._spans, key=lambda s: s.start_ns)), []
+        return spans
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """Peak memory so far: CUDA allocator peak on a GPU, the process's peak RSS on CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB

@@ -1,0 +1,58 @@
+"""Shared fixtures: small random model pairs (fast) and helpers for exact greedy comparisons."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from helpers import make_pair  # noqa: E402
+
+TIE_MARGIN = 1e-5  # EASYSPEC.md, "Ties"
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="session")
+def pair_dirs(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
+    """Random (base, draft) checkpoints: a Qwen2 pair (q/k/v bias) and a Llama pair with llama3 RoPE."""
+    root = tmp_path_factory.mktemp("pairs")
+    llama3 = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+              "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+    return {
+        "qwen2": make_pair(root / "qwen2", "qwen2", noise=0.01),
+        "llama": make_pair(root / "llama", "llama", noise=0.01, rope_parameters=llama3),
+    }
+
+
+@pytest.fixture(scope="session")
+def decoders(pair_dirs):
+    """name -> (base Decoder, draft Decoder) in fp32 on CPU."""
+    from easyspec.core.loading import load_decoder
+
+    return {name: (load_decoder(b, torch.float32, CPU), load_decoder(d, torch.float32, CPU))
+            for name, (b, d) in pair_dirs.items()}
+
+
+def tokens_of(records) -> list[int]:
+    return [t for r in records for t in r.token_ids]
+
+
+def assert_greedy_equal(tokens: list[int], reference: list[int], base, prompt_ids: list[int]) -> None:
+    """Token-for-token equality, except at a genuine tie of the base (top-2 logits within 1e-5),
+    which skips the case with the margin logged; any other difference fails."""
+    if tokens == reference:
+        return
+    i = next((j for j, (a, b) in enumerate(zip(tokens, reference)) if a != b), min(len(tokens), len(reference)))
+    if i < min(len(tokens), len(reference)):
+        with torch.inference_mode():
+            ids = torch.tensor(prompt_ids + reference[:i])
+            logits = base.forward(ids, 0, base.new_cache(len(ids)))[0]
+        top2 = logits.topk(2).values
+        margin = float(top2[0] - top2[1])
+        if margin < TIE_MARGIN:
+            pytest.skip(f"genuine tie at new token {i}: top-2 margin {margin:.2e}")
+    raise AssertionError(f"outputs differ at new token {i}: {tokens[i:i + 5]} vs {reference[i:i + 5]} "
+                         f"({len(tokens)} vs {len(reference)} tokens)")
