@@ -236,7 +236,8 @@ class Decoder:
         cache.length = pos + T
         if not all_logits:
             x = x[-1:]
-        return F.linear(self._rms(x, self.w.norm), self.w.lm_head).float()
+        with span("draft.mlp", "head") if span else _NULL:  # final norm + LM head: drafting work too
+            return F.linear(self._rms(x, self.w.norm), self.w.lm_head).float()
 
 
 class _Null:

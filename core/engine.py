@@ -50,7 +50,14 @@ class SpecConfig:
             raise ValueError(f"--layer-parallel must be >= 1; got {self.layer_parallel}")
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """Plain JSON values (tuples become lists), as a saved run stores them."""
+        d = asdict(self)
+        d["stop_strings"] = list(self.stop_strings)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SpecConfig":
+        return cls(**{**d, "sampling": SamplingConfig(**d["sampling"]), "stop_strings": tuple(d["stop_strings"])})
 
 
 @dataclass(frozen=True)

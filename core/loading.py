@@ -143,7 +143,11 @@ def _transformers_getter(folder: Path) -> Callable[[str], torch.Tensor | None]:
     """Fallback for checkpoints without safetensors (pytorch_model.bin): load through transformers."""
     from transformers import AutoModelForCausalLM
 
-    state = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).state_dict()
+    try:
+        state = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).state_dict()
+    except Exception as exc:
+        raise ModelLoadError(f"{folder}: no loadable weights (no *.safetensors, and transformers "
+                             f"could not load it: {type(exc).__name__}: {exc})") from None
     return state.get
 
 

@@ -1,0 +1,140 @@
+"""The `easyspec` command line: its JSON contract, lossless check, saved runs and bad input."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from easyspec.app.cli import main
+from helpers import byte_tokenizer
+
+
+@pytest.fixture(scope="module")
+def pair_args(pair_dirs):
+    base, draft = pair_dirs["qwen2"]
+    return ["--base", str(base), "--draft", str(draft)]
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_json_output_contract(capsys, pair_args, tmp_path):
+    saved = tmp_path / "run.jsonl"
+    code, out, err = run(capsys, "generate", *pair_args, "--prompt", "def f(x):", "--max-new-tokens", "20",
+                         "--json", "--check-lossless", "--save-run", str(saved))
+    assert code == 0, err
+    lines = out.splitlines()
+    assert len(lines) == 1
+    result = json.loads(lines[0])
+    assert len(result["token_ids"]) == 20 and isinstance(result["text"], str)
+    assert result["lossless"] is True and result["first_difference"] is None
+    for key in ("acceptance_rate", "mean_accepted_length", "tokens_per_s", "rounds", "draft_s", "verify_s",
+                "calibrate_s", "per_position_acceptance"):
+        assert key in result["metrics"]
+    assert saved.exists() and "tok/s" in err
+
+
+def test_streams_text_without_json(capsys, pair_args):
+    code, out, err = run(capsys, "generate", *pair_args, "--prompt", "hello", "--chat", "--max-new-tokens", "8",
+                         "--mode", "speculative")
+    assert code == 0 and out.endswith("\n") and "mode speculative" in err
+
+
+def test_modes_agree_through_the_cli(capsys, pair_args):
+    outs = []
+    for mode in ("vanilla", "speculative", "easyspec"):
+        code, out, err = run(capsys, "generate", *pair_args, "--prompt", "abc", "--max-new-tokens", "16",
+                             "--mode", mode, "--json")
+        assert code == 0, err
+        outs.append(json.loads(out)["token_ids"])
+    assert outs[0] == outs[1] == outs[2]
+
+
+@pytest.fixture(scope="module")
+def other_tokenizer_draft(pair_dirs, tmp_path_factory):
+    """The draft's weights with a tokenizer whose token-to-id map differs (two ids swapped)."""
+    folder = tmp_path_factory.mktemp("other_tok")
+    shutil.copytree(pair_dirs["qwen2"][1], folder, dirs_exist_ok=True)
+    data = json.loads((folder / "tokenizer.json").read_text())
+    vocab = data["model"]["vocab"]
+    a, b = sorted(vocab)[:2]
+    vocab[a], vocab[b] = vocab[b], vocab[a]
+    (folder / "tokenizer.json").write_text(json.dumps(data))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def not_a_causal_lm(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bert")
+    (folder / "config.json").write_text(json.dumps({"model_type": "bert", "vocab_size": 10}))
+    byte_tokenizer().save_pretrained(folder)
+    return folder
+
+
+BAD = {
+    "empty prompt": (["--prompt", "   "], "prompt is empty"),
+    "no prompt": ([], "exactly one of --prompt"),
+    "unknown mode": (["--prompt", "x", "--mode", "turbo"], "unknown mode 'turbo'"),
+    "unknown calibration": (["--prompt", "x", "--calibration", "sometimes"], "unknown calibration policy"),
+    "N below 1": (["--prompt", "x", "--layer-parallel", "0"], "--layer-parallel must be >= 1"),
+    "N above middle layers": (["--prompt", "x", "--layer-parallel", "7"], "number of middle layers (6"),
+    "no middle layers": (["--prompt", "x", "--sequential-head", "4", "--sequential-tail", "4"], "leave no middle"),
+    "draft len 0": (["--prompt", "x", "--draft-len", "0"], "--draft-len must be >= 1"),
+    "negative temperature": (["--prompt", "x", "--temperature", "-1"], "--temperature must be >= 0"),
+    "top-p zero": (["--prompt", "x", "--top-p", "0"], "--top-p must be in (0, 1]"),
+    "top-p above one": (["--prompt", "x", "--top-p", "1.5"], "--top-p must be in (0, 1]"),
+    "negative top-k": (["--prompt", "x", "--top-k", "-2"], "--top-k must be >= 0"),
+    "lossless with sampling": (["--prompt", "x", "--temperature", "0.7", "--check-lossless"], "needs --temperature 0"),
+    "prompt too long": (["--prompt", "x" * 600], "context window of 512"),
+    "unknown dtype": (["--prompt", "x", "--dtype", "float8"], "unknown dtype"),
+    "missing prompt file": (["--prompt-file", "/nonexistent/p.txt"], "no such file"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_gets_a_clear_message(capsys, pair_args, case):
+    argv, message = BAD[case]
+    code, out, err = run(capsys, "generate", *pair_args, *argv)
+    assert code == 2 and out == ""
+    assert message in err and "Traceback" not in err
+
+
+def test_bad_models_get_clear_messages(capsys, pair_dirs, other_tokenizer_draft, not_a_causal_lm, tmp_path):
+    base = str(pair_dirs["qwen2"][0])
+    cases = [
+        (["--base", base, "--draft", str(other_tokenizer_draft)], "does not share the base"),
+        (["--base", str(tmp_path / "missing"), "--draft", base], "no such checkpoint folder"),
+        (["--base", base, "--draft", str(not_a_causal_lm)], "model type 'bert' is not supported"),
+        (["--base", str(tmp_path), "--draft", base], "no config.json"),
+    ]
+    for argv, message in cases:
+        code, out, err = run(capsys, "generate", *argv, "--prompt", "x", "--max-new-tokens", "2")
+        assert code == 2 and message in err, (argv, err)
+
+
+def test_binary_prompt_file_is_refused(capsys, pair_args, tmp_path):
+    f = tmp_path / "p.bin"
+    f.write_bytes(b"\xff\xfe\x00\x81")
+    code, _, err = run(capsys, "generate", *pair_args, "--prompt-file", str(f))
+    assert code == 2 and "not UTF-8" in err
+
+
+def test_unwritable_cache_folder_is_reported(capsys, tmp_path, monkeypatch):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    monkeypatch.setenv("EASYSPEC_CACHE", str(blocker / "cache"))
+    code, _, err = run(capsys, "generate", "--pair", "qwen2.5-coder", "--prompt", "x")
+    assert code == 2 and "EASYSPEC_CACHE" in err
+
+
+def test_console_script_runs(pair_args):
+    proc = subprocess.run([sys.executable, "-m", "easyspec.app.cli", "generate", *pair_args, "--prompt", "hi",
+                           "--max-new-tokens", "4", "--json"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert len(json.loads(proc.stdout)["token_ids"]) == 4

@@ -1,0 +1,83 @@
+"""Per-round records: metric definitions on hand-made rounds, and save/replay of a real run."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import tokens_of
+from easyspec.core import metrics
+from easyspec.core.engine import SpecConfig, generate
+from easyspec.core.records import RoundRecord, RunHeader, Span, load_run, save_run
+
+
+def _round(index, tokens, origins, drafted, accepted, end_ms, phase_s=None):
+    return RoundRecord(index=index, token_ids=tuple(tokens), origins=tuple(origins), drafted=tuple(drafted),
+                       accepted=accepted, phase_s=phase_s or {}, spans=(), end_ns=int(end_ms * 1e6))
+
+
+def test_metric_definitions():
+    recs = [
+        _round(0, [5], ["prefill"], [], 0, 100, {"verify": 0.09}),
+        _round(1, [1, 2, 3, 4], ["accepted"] * 3 + ["bonus"], [1, 2, 3], 3, 200, {"draft.attn": 0.02, "verify": 0.05}),
+        _round(2, [6, 9], ["accepted", "recovered"], [6, 7, 8], 1, 300, {"calibrate": 0.01, "draft.mlp": 0.03}),
+        _round(3, [10], ["recovered"], [11, 12, 13], 0, 400),
+    ]
+    m = metrics.compute(recs)
+    assert m.new_tokens == 8 and m.rounds == 3 and m.drafted == 9 and m.accepted == 4
+    assert m.acceptance_rate == pytest.approx(4 / 9)
+    assert m.mean_accepted_length == pytest.approx(7 / 3)  # emitted per drafting round, bonus included
+    assert m.per_position_acceptance == pytest.approx((2 / 3, 1 / 3, 1 / 3))
+    assert m.time_to_first_token_s == pytest.approx(0.1) and m.total_s == pytest.approx(0.4)
+    assert m.tokens_per_s == pytest.approx(20.0)
+    assert m.time_per_output_token_s == pytest.approx(0.3 / 7)
+    assert m.draft_s == pytest.approx(0.05) and m.verify_s == pytest.approx(0.14)
+    assert m.calibrate_s == pytest.approx(0.01)
+
+
+def test_vanilla_metrics_have_no_acceptance(decoders):
+    base, _ = decoders["qwen2"]
+    m = metrics.compute(list(generate(base, None, [3, 4, 5], SpecConfig(mode="vanilla", max_new_tokens=6))))
+    assert m.acceptance_rate is None and m.mean_accepted_length is None and m.rounds == 5 and m.new_tokens == 6
+
+
+def test_records_carry_spans_on_one_clock(decoders):
+    base, draft = decoders["qwen2"]
+    records = list(generate(base, draft, [3, 4, 5, 6], SpecConfig(max_new_tokens=20)))
+    phases = {s.phase for r in records for s in r.spans}
+    assert {"verify", "calibrate", "draft.attn", "draft.mlp", "sample"} <= phases
+    ends = [r.end_ns for r in records]
+    assert ends == sorted(ends)
+    for r in records:
+        for s in r.spans:
+            assert 0 <= s.start_ns <= s.end_ns <= r.end_ns
+        assert r.phase_s["overhead"] >= 0
+    labels = {s.label for r in records for s in r.spans if s.phase == "draft.attn"}
+    assert "L1-4" in labels and "L0" in labels  # grouped middle layers, sequential first layer
+
+
+def test_save_and_replay_a_run(decoders, tmp_path):
+    base, draft = decoders["qwen2"]
+    cfg = SpecConfig(max_new_tokens=12)
+    records = list(generate(base, draft, [3, 4, 5], cfg))
+    header = RunHeader(settings=cfg.as_dict(), base="b", draft="d", prompt_ids=(3, 4, 5), device="cpu",
+                       dtype="float32")
+    path = tmp_path / "run.jsonl"
+    save_run(path, header, records)
+    lines = path.read_text().splitlines()
+    assert len(lines) == len(records) + 1 and json.loads(lines[0])["kind"] == "header"
+    header2, records2 = load_run(path)
+    assert header2.settings == header.settings and records2 == records
+    assert SpecConfig.from_dict(header2.settings) == cfg
+    assert tokens_of(records2) == tokens_of(records)
+    assert metrics.compute(records2) == metrics.compute(records)
+
+
+def test_replay_refuses_other_versions(tmp_path):
+    bad = tmp_path / "old.jsonl"
+    bad.write_text(json.dumps({"kind": "header", "version": 99}) + "\n")
+    with pytest.raises(ValueError, match="version"):
+        load_run(bad)
+    (tmp_path / "junk.jsonl").write_text('{"a": 1}\n')
+    with pytest.raises(ValueError, match="not an easyspec run"):
+        load_run(tmp_path / "junk.jsonl")
