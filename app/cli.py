@@ -25,6 +25,9 @@ def _add_generate(sub) -> None:
     src.add_argument("--draft", help="draft model: Hugging Face id or local checkpoint folder")
     src.add_argument("--dtype", default="float32", help="float32 | bfloat16 (default float32)")
     src.add_argument("--device", default="cpu", help="cpu | cuda (default cpu)")
+    src.add_argument("--devices", type=int, default=1,
+                     help="G ranks: the base tensor-parallel over G devices, the draft's fuzzy groups across them "
+                          "(CPU: G gloo processes; under torchrun, the number of ranks it started)")
     inp = p.add_argument_group("prompt")
     inp.add_argument("--prompt", help="the prompt text")
     inp.add_argument("--prompt-file", help="read the prompt from this UTF-8 text file")
@@ -33,7 +36,8 @@ def _add_generate(sub) -> None:
     gen.add_argument("--mode", default="easyspec", help="vanilla | speculative | easyspec")
     gen.add_argument("--max-new-tokens", type=int, default=128)
     gen.add_argument("--draft-len", type=int, default=5, help="draft tokens per round, k")
-    gen.add_argument("--layer-parallel", type=int, default=4, help="layer-parallel size N (easyspec)")
+    gen.add_argument("--layer-parallel", type=int, default=None,
+                     help="layer-parallel size N (easyspec; default 4, at most --devices when G > 1)")
     gen.add_argument("--sequential-head", type=int, default=1, help="first draft layers kept sequential")
     gen.add_argument("--sequential-tail", type=int, default=1, help="last draft layers kept sequential")
     gen.add_argument("--calibration", default="every-round", help="none | every-round | on-mismatch")
@@ -47,6 +51,23 @@ def _add_generate(sub) -> None:
     out.add_argument("--check-lossless", action="store_true",
                      help="also run vanilla decoding and report whether the tokens are identical (greedy only)")
     out.add_argument("--save-run", help="write the per-round records to this JSON Lines file (replayable)")
+    out.add_argument("--trace", help="write a Chrome Trace Event JSON of every rank's timeline (opens in Perfetto)")
+
+
+def _add_app(sub) -> None:
+    p = sub.add_parser("app", help="serve the dashboard (Generate, Compare, Pilot, How it works) in a browser",
+                       description="Serve the EasySpec Studio dashboard on one engine session (models loaded once).")
+    p.add_argument("--port", type=int, default=7860, help="TCP port (default 7860)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine only)")
+    p.add_argument("--devices", type=int, default=1, help="G devices (ranks) for the session; shown read-only")
+    p.add_argument("--pair", help="a configured offline pair (default qwen2.5-coder)")
+    p.add_argument("--base", help="custom base model id or folder (needs --allow-custom-models)")
+    p.add_argument("--draft", help="custom draft model id or folder (needs --allow-custom-models)")
+    p.add_argument("--dtype", default="float32", help="float32 | bfloat16 (default float32)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda (default cpu)")
+    p.add_argument("--allow-custom-models", action="store_true", help="allow --base/--draft instead of a named pair")
+    p.add_argument("--share", choices=("true", "false"), default="false",
+                   help="ask Gradio for a public share link (needs internet; default false)")
 
 
 def _add_cache(sub) -> None:
@@ -59,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
     _add_cache(sub)
+    _add_app(sub)
     return parser
 
 
@@ -84,6 +106,8 @@ def _configs(args):
     from easyspec.core.sampling import SamplingConfig
 
     sampling = SamplingConfig(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed)
+    if args.layer_parallel is None:
+        args.layer_parallel = 4 if args.devices == 1 else min(4, args.devices)
     spec = SpecConfig(mode=args.mode, draft_len=args.draft_len, layer_parallel=args.layer_parallel,
                       sequential_head=args.sequential_head, sequential_tail=args.sequential_tail,
                       calibration=args.calibration, max_new_tokens=args.max_new_tokens, sampling=sampling,
@@ -103,30 +127,41 @@ def _first_difference(a: list[int], b: list[int]) -> int | None:
 
 
 def cmd_generate(args) -> int:
-    from easyspec.core import metrics
-    from easyspec.core.engine import SpecConfig, Stopping, generate
-    from easyspec.core.grouping import describe, layer_groups
-    from easyspec.core.loading import load_pair
-    from easyspec.core.records import RunHeader, save_run
-    from easyspec.core.text import TextStream, encode_prompt
+    from easyspec.core.loading import resolve_pair
+    from easyspec.core.ranks import launched_by_torchrun, run_follower
+    from easyspec.core.session import Session
 
+    if launched_by_torchrun() and args.devices == 1:
+        args.devices = int(os.environ["WORLD_SIZE"])
     spec = _configs(args)
     prompt = _read_prompt(args)
     pair_name = args.pair or (None if args.base else "qwen2.5-coder")
-    needs_draft = spec.mode != "vanilla"
-    models = load_pair(base=args.base, draft=args.draft, pair=pair_name, dtype=args.dtype, device=args.device,
-                       with_draft=needs_draft)
-    tok = models.tokenizer
-    base, draft = models.base.decoder, models.draft.decoder if models.draft else None
-    if spec.mode == "easyspec":  # validate N / head / tail against the draft before any work
-        plan = layer_groups(draft.cfg.n_layers, spec.layer_parallel, spec.sequential_head, spec.sequential_tail)
-        print(f"easyspec: draft layer plan {describe(plan)}", file=sys.stderr)
-    prompt_ids = encode_prompt(tok, prompt, args.chat)
-    stopping = Stopping(models.eos_ids, spec.stop_strings, lambda ids: tok.decode(ids, skip_special_tokens=True))
+    source = resolve_pair(args.base, args.draft, pair_name, with_draft=spec.mode != "vanilla")
+    if launched_by_torchrun() and int(os.environ["RANK"]) != 0:  # torchrun: ranks > 0 follow rank 0
+        run_follower(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), "env://", source, args.dtype,
+                     args.device, 60.0, int(os.environ.get("LOCAL_RANK", 0)))
+        return 0
+    with Session(source, args.dtype, args.device, args.devices) as session:
+        return _generate_in(session, spec, prompt, args)
 
-    stream = TextStream(tok)
+
+def _generate_in(session, spec, prompt: str, args) -> int:
+    from easyspec.core import metrics
+    from easyspec.core.chrome_trace import write_chrome_trace
+    from easyspec.core.engine import SpecConfig
+    from easyspec.core.grouping import describe, layer_groups
+    from easyspec.core.records import RunHeader, save_run
+    from easyspec.core.text import TextStream
+
+    prompt_ids = session.encode(prompt, args.chat)
     records = []
-    for rec in generate(base, draft, prompt_ids, spec, stopping):
+    stream = TextStream(session.tokenizer)
+    run = session.generate(prompt_ids, spec)  # validates N, head/tail and the context window first
+    if spec.mode == "easyspec":
+        plan = layer_groups(session.info.draft_layers, spec.layer_parallel, spec.sequential_head,
+                            spec.sequential_tail)
+        print(f"easyspec: draft layer plan {describe(plan)}", file=sys.stderr)
+    for rec in run:
         records.append(rec)
         piece = stream.push(rec.token_ids, final=rec.stop is not None)
         if not args.json and piece:
@@ -136,21 +171,24 @@ def cmd_generate(args) -> int:
         sys.stdout.write(stream.push([], final=True) + "\n")
     m = metrics.compute(records)
     token_ids = list(stream.ids)
+    info = session.info
     result = {"text": stream.text(), "token_ids": token_ids, "mode": spec.mode, "settings": spec.as_dict(),
-              "base": models.base.name, "draft": models.draft.name if models.draft else None,
-              "dtype": args.dtype, "device": args.device, "prompt_tokens": len(prompt_ids),
-              "stop": records[-1].stop, "metrics": m.as_dict()}
+              "base": info.base, "draft": info.draft, "dtype": info.dtype, "device": info.device,
+              "devices": info.devices, "prompt_tokens": len(prompt_ids), "stop": records[-1].stop,
+              "metrics": m.as_dict()}
     if args.check_lossless:
-        ref = [t for r in generate(base, None, prompt_ids, SpecConfig(mode="vanilla",
-               max_new_tokens=spec.max_new_tokens, stop_strings=spec.stop_strings), stopping) for t in r.token_ids]
+        vanilla = SpecConfig(mode="vanilla", max_new_tokens=spec.max_new_tokens, stop_strings=spec.stop_strings)
+        ref = [t for r in session.generate(prompt_ids, vanilla) for t in r.token_ids]
         diff = _first_difference(token_ids, ref)
         result.update(lossless=diff is None, first_difference=diff)
     if args.save_run:
-        header = RunHeader(settings=spec.as_dict(), base=models.base.name,
-                           draft=models.draft.name if models.draft else None, prompt_ids=tuple(prompt_ids),
-                           device=args.device, dtype=args.dtype,
-                           created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+        header = RunHeader(settings=spec.as_dict(), base=info.base, draft=info.draft, prompt_ids=tuple(prompt_ids),
+                           device=info.device, dtype=info.dtype,
+                           created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                           extra={"devices": info.devices})
         save_run(args.save_run, header, records)
+    if args.trace:
+        write_chrome_trace(args.trace, records, info.device)
     if args.json:
         print(json.dumps(result))
     summary = (f"easyspec: {m.new_tokens} tokens in {m.total_s:.2f} s ({m.tokens_per_s:.2f} tok/s), "
@@ -161,6 +199,15 @@ def cmd_generate(args) -> int:
         summary += f", lossless {result['lossless']}"
     print(summary, file=sys.stderr)
     return 0
+
+
+def cmd_app(args) -> int:
+    from easyspec.app.context import AppOptions
+    from easyspec.app.dashboard import serve
+
+    return serve(AppOptions(host=args.host, port=args.port, devices=args.devices, pair=args.pair, base=args.base,
+                            draft=args.draft, dtype=args.dtype, device=args.device,
+                            allow_custom_models=args.allow_custom_models, share=args.share == "true"))
 
 
 def cmd_cache(args) -> int:
@@ -177,7 +224,7 @@ def cmd_cache(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"generate": cmd_generate, "cache": cmd_cache}
+    handlers = {"generate": cmd_generate, "cache": cmd_cache, "app": cmd_app}
     try:
         return handlers[args.command](args)
     except ValueError as exc:  # bad input: one clear line, no traceback

@@ -21,7 +21,7 @@ import transformers
 
 from easyspec.core import metrics
 from easyspec.core.engine import SpecConfig, Stopping, generate
-from easyspec.core.loading import load_pair
+from easyspec.core.loading import load_pair, resolve_pair
 from easyspec.core.text import encode_prompt
 
 PROMPTS = {
@@ -51,7 +51,7 @@ def commit() -> str:
 
 
 def measure(dtype: str, max_new: int, draft_len: int) -> list[dict]:
-    pair = load_pair(pair="qwen2.5-coder", dtype=dtype)
+    pair = load_pair(resolve_pair(pair="qwen2.5-coder"), dtype=dtype)
     base, draft = pair.base.decoder, pair.draft.decoder
     stopping = Stopping(pair.eos_ids)
     prompts = {name: encode_prompt(pair.tokenizer, text, chat=True) for name, text in PROMPTS.items()}

@@ -137,6 +137,11 @@ class Decoder:
         self.device = weights.embed.device
         self.inv_freq = rope_inv_freq(cfg.rope, cfg.head_dim).to(self.device)  # [hd / 2] fp32
         self.exact = sequential_groups(cfg.n_layers)
+        # Hooks set from outside for multi-device runs (parallel.py); the model knows nothing of ranks.
+        # attend(h, group, pos, cache, rope, mask) -> [N, T, D]: a group's attention outputs.
+        self.attend: Callable = self._attention
+        # reduce(x) -> x: sums a tensor-parallel partial result (after o_proj and down_proj).
+        self.reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def new_cache(self, max_len: int) -> KVCache:
         return KVCache(self.cfg, max_len, self.dtype, self.device)
@@ -200,19 +205,23 @@ class Decoder:
             q, cache.k[l:r, :, :end], cache.v[l:r, :, :end], attn_mask=mask, enable_gqa=hq != hkv)
         o = o.transpose(1, 2).reshape(n, T, hq * hd)  # [N, T, Hq hd]
         if w.bo is None:
-            return torch.bmm(o, w.wo[l:r].transpose(1, 2))  # [N, T, D]
-        return torch.baddbmm(w.bo[l:r, None, :], o, w.wo[l:r].transpose(1, 2))
+            out = torch.bmm(o, w.wo[l:r].transpose(1, 2))  # [N, T, D]
+        else:
+            out = torch.baddbmm(w.bo[l:r, None, :], o, w.wo[l:r].transpose(1, 2))
+        return out if self.reduce is None else self.reduce(out)
 
     def _mlp(self, x: torch.Tensor, i: int) -> torch.Tensor:  # x [T, D] -> [T, D]
         w = self.w
         gu = F.linear(self._rms(x, w.norm_post[i]), w.w_gate_up[i],
                       None if w.b_gate_up is None else w.b_gate_up[i])  # [T, 2F]
         gate, up = gu.chunk(2, dim=-1)
-        return F.linear(F.silu(gate) * up, w.w_down[i], None if w.b_down is None else w.b_down[i])
+        out = F.linear(F.silu(gate) * up, w.w_down[i], None if w.b_down is None else w.b_down[i])
+        return out if self.reduce is None else self.reduce(out)
 
     def forward(self, tokens: torch.Tensor, pos: int, cache: KVCache, groups: Sequence[Group] | None = None,
-                span: SpanFn | None = None, all_logits: bool = False) -> torch.Tensor:
-        """Run tokens [T] at positions pos..pos+T-1, writing their K/V; returns logits [T or 1, vocab] fp32.
+                span: SpanFn | None = None, all_logits: bool = False, logits: bool = True) -> torch.Tensor | None:
+        """Run tokens [T] at positions pos..pos+T-1, writing their K/V; returns logits [T or 1, vocab] fp32
+        (None with logits=False: a follower rank that only keeps its cache in step).
 
         groups: the layer plan; None means exact sequential layers. A group of N > 1 runs fuzzy:
         the N attentions read the group input h, then the N MLPs run in order (EASYSPEC.md):
@@ -228,12 +237,14 @@ class Decoder:
         for g in groups:
             label = f"L{g[0]}" if g[1] - g[0] == 1 else f"L{g[0]}-{g[1] - 1}"
             with span("draft.attn", label) if span else _NULL:
-                a = self._attention(x, g, pos, cache, rope, mask)  # [N, T, D]
+                a = self.attend(x, g, pos, cache, rope, mask)  # [N, T, D]
             with span("draft.mlp", label) if span else _NULL:
                 for j, i in enumerate(range(*g)):
                     x = x + a[j]
                     x = x + self._mlp(x, i)
         cache.length = pos + T
+        if not logits:
+            return None
         if not all_logits:
             x = x[-1:]
         with span("draft.mlp", "head") if span else _NULL:  # final norm + LM head: drafting work too

@@ -14,9 +14,9 @@ import torch
 
 from .decoder import Decoder, KVCache
 from .grouping import layer_groups
-from .records import RoundRecord
+from .records import RoundRecord, Span
 from .sampling import SamplingConfig, pick, probs, verify_greedy, verify_sampling
-from .tracing import Tracer, peak_memory_bytes
+from .tracing import Tracer, exclusive_seconds, peak_memory_bytes
 
 MODES = ("vanilla", "speculative", "easyspec")
 CALIBRATION_POLICIES = ("none", "every-round", "on-mismatch")
@@ -100,8 +100,22 @@ def check_prompt(prompt_ids: Sequence[int], cfg: SpecConfig, base: Decoder) -> N
                          f"exceeds the base model's context window of {window} tokens")
 
 
+class LocalRuntime:
+    """How a generation meets its devices: one device, so the clock starts here and no spans travel.
+    The multi-device runtime (parallel.py) agrees t0 at a barrier and gathers every rank's spans."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def start(self) -> Tracer:
+        return Tracer(self.device)
+
+    def gather_spans(self, spans: tuple[Span, ...]) -> tuple[Span, ...]:
+        return spans
+
+
 def generate(base: Decoder, draft: Decoder | None, prompt_ids: Sequence[int], cfg: SpecConfig,
-             stopping: Stopping = Stopping()) -> Iterator[RoundRecord]:
+             stopping: Stopping = Stopping(), runtime=None) -> Iterator[RoundRecord]:
     """Yield one record per round until EOS, a stop string or the token limit."""
     check_prompt(prompt_ids, cfg, base)
     plan = None
@@ -110,7 +124,7 @@ def generate(base: Decoder, draft: Decoder | None, prompt_ids: Sequence[int], cf
             raise ValueError(f"mode {cfg.mode} needs a draft model")
         if cfg.mode == "easyspec":
             plan = layer_groups(draft.cfg.n_layers, cfg.layer_parallel, cfg.sequential_head, cfg.sequential_tail)
-    run = Generation(base, draft, prompt_ids, cfg, stopping, plan)
+    run = Generation(base, draft, prompt_ids, cfg, stopping, plan, runtime)
     yield from run.rounds()
 
 
@@ -118,7 +132,7 @@ class Generation:
     """State of one generation: token buffer, both KV caches, the tracer and the random generator."""
 
     def __init__(self, base: Decoder, draft: Decoder | None, prompt_ids: Sequence[int], cfg: SpecConfig,
-                 stopping: Stopping, plan):
+                 stopping: Stopping, plan, runtime=None):
         self.base, self.draft, self.cfg, self.stopping, self.plan = base, draft, cfg, stopping, plan
         self.drafting = cfg.mode != "vanilla"
         self.s = cfg.sampling
@@ -136,7 +150,8 @@ class Generation:
         self.calibrate_next = False
         # Token ids both models can emit (embeddings may be padded differently past the tokenizer).
         self.vocab = min(base.cfg.vocab_size, draft.cfg.vocab_size) if self.drafting else base.cfg.vocab_size
-        self.tracer = Tracer(device)
+        self.runtime = runtime or LocalRuntime(device)
+        self.tracer = self.runtime.start()
 
     # -- main loop ---------------------------------------------------------------------------
     def rounds(self) -> Iterator[RoundRecord]:
@@ -252,12 +267,11 @@ class Generation:
             self.exact_len = min(self.exact_len, self.n - 1)
 
     def _record(self, index, start_ns, tokens, origins, drafted, accepted, calibrated, stop) -> RoundRecord:
-        spans = self.tracer.take()
+        own = self.tracer.take()
         end_ns = self.tracer.now_ns()
-        phase_s: dict[str, float] = {}
-        for sp in spans:
-            phase_s[sp.phase] = phase_s.get(sp.phase, 0.0) + sp.seconds
+        phase_s = exclusive_seconds(own)
         phase_s["overhead"] = max(0.0, (end_ns - start_ns) / 1e9 - sum(phase_s.values()))
+        spans = self.runtime.gather_spans(own)
         return RoundRecord(index=index, token_ids=tuple(tokens), origins=tuple(origins), drafted=drafted,
                            accepted=accepted, phase_s=phase_s, spans=spans, end_ns=end_ns,
                            peak_memory_bytes=peak_memory_bytes(self.base.device), calibrated=calibrated,

@@ -111,8 +111,9 @@ def decoder_config(hf) -> DecoderConfig:
         sliding_window=window, model_type=hf.model_type)
 
 
-def _tensor_getter(folder: Path) -> Callable[[str], torch.Tensor | None]:
-    """name -> tensor (or None when absent), reading safetensors lazily, one tensor at a time."""
+def _tensor_getter(folder: Path) -> Callable[[str], object | None]:
+    """name -> a sliceable view of the tensor (or None when absent), reading safetensors lazily:
+    `view[a:b]` or `view[:, a:b]` reads only that part, so a rank loads only its shard."""
     from safetensors import safe_open
 
     index = folder / "model.safetensors.index.json"
@@ -128,13 +129,13 @@ def _tensor_getter(folder: Path) -> Callable[[str], torch.Tensor | None]:
         return _transformers_getter(folder)
     handles: dict[Path, object] = {}
 
-    def get(name: str) -> torch.Tensor | None:
+    def get(name: str):
         f = files.get(name)
         if f is None:
             return None
         if f not in handles:
             handles[f] = safe_open(f, "pt")
-        return handles[f].get_tensor(name)
+        return handles[f].get_slice(name)
 
     return get
 
@@ -151,7 +152,55 @@ def _transformers_getter(folder: Path) -> Callable[[str], torch.Tensor | None]:
     return state.get
 
 
-def load_decoder(folder: Path, dtype: torch.dtype, device: torch.device) -> Decoder:
+@dataclass(frozen=True)
+class Shard:
+    """Tensor-parallel slice of a model for one rank (Megatron layout, applied at load time):
+    q/k/v and gate/up split by output rows (whole heads), o and down split by input columns.
+    With fewer KV heads than ranks, KV heads are replicated (as vLLM does)."""
+
+    rank: int
+    world: int
+
+    def check(self, cfg: DecoderConfig) -> None:
+        g = self.world
+        if cfg.n_heads % g or cfg.intermediate_size % g or (cfg.n_kv_heads % g and g % cfg.n_kv_heads):
+            raise ValueError(f"the base model ({cfg.n_heads} query heads, {cfg.n_kv_heads} KV heads, MLP width "
+                             f"{cfg.intermediate_size}) cannot be split evenly over {g} devices")
+
+    def local(self, cfg: DecoderConfig) -> DecoderConfig:
+        from dataclasses import replace
+
+        return replace(cfg, n_heads=cfg.n_heads // self.world, n_kv_heads=max(1, cfg.n_kv_heads // self.world),
+                       intermediate_size=cfg.intermediate_size // self.world)
+
+    def rows(self, part: str, cfg: DecoderConfig) -> slice:
+        """Rows of a q/k/v/gate/up weight (or bias) that this rank holds."""
+        hd, r, g = cfg.head_dim, self.rank, self.world
+        if part.startswith("self_attn.q_proj"):
+            n = cfg.n_heads // g
+            return slice(r * n * hd, (r + 1) * n * hd)
+        if part.startswith(("self_attn.k_proj", "self_attn.v_proj")):
+            n = max(1, cfg.n_kv_heads // g)
+            first = r * n if cfg.n_kv_heads >= g else r * cfg.n_kv_heads // g  # replicated KV heads
+            return slice(first * hd, (first + n) * hd)
+        f = cfg.intermediate_size // g
+        return slice(r * f, (r + 1) * f)
+
+    def cols(self, part: str, cfg: DecoderConfig) -> slice:
+        """Input columns of an o/down weight that this rank holds."""
+        width = cfg.n_heads * cfg.head_dim if part.startswith("self_attn.o_proj") else cfg.intermediate_size
+        n = width // self.world
+        return slice(self.rank * n, (self.rank + 1) * n)
+
+
+ROW_SPLIT = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.gate_proj", "mlp.up_proj")
+COL_SPLIT = ("self_attn.o_proj.weight", "mlp.down_proj.weight")
+ROOT_BIAS = ("self_attn.o_proj.bias", "mlp.down_proj.bias")  # added once, after the all-reduce
+
+
+def load_decoder(folder: Path, dtype: torch.dtype, device: torch.device, shard: Shard | None = None) -> Decoder:
+    """Our decoder with the checkpoint's weights; with `shard`, only that rank's tensor-parallel part
+    (the embedding, norms and LM head stay whole on every rank)."""
     from transformers import AutoConfig
 
     try:
@@ -160,13 +209,23 @@ def load_decoder(folder: Path, dtype: torch.dtype, device: torch.device) -> Deco
         raise ModelLoadError(f"{folder}: config.json could not be read as a transformers config "
                              f"({exc})") from None
     cfg = decoder_config(hf)
+    if shard is not None:
+        shard.check(cfg)
     get = _tensor_getter(folder)
 
-    def need(name: str) -> torch.Tensor:
-        t = get(name)
-        if t is None:
+    def read(name: str, part: str | None = None) -> torch.Tensor:
+        view = get(name)
+        if view is None:
             raise ModelLoadError(f"{folder}: weight {name} is missing: not a {cfg.model_type} causal LM checkpoint")
-        return t
+        if shard is None or part is None:
+            return view[:]
+        if part.startswith(ROW_SPLIT):
+            return view[shard.rows(part, cfg)]
+        if part in COL_SPLIT:
+            return view[:, shard.cols(part, cfg)]
+        if part in ROOT_BIAS and shard.rank != 0:
+            return torch.zeros_like(view[:])
+        return view[:]
 
     def stack(parts: list[str], bias: bool = False) -> torch.Tensor | None:
         """Stack per-layer tensors (concatenated along dim 0 when several parts) as [L, ...]."""
@@ -174,7 +233,7 @@ def load_decoder(folder: Path, dtype: torch.dtype, device: torch.device) -> Deco
             return None
         out = None
         for i in range(cfg.n_layers):
-            t = torch.cat([need(f"model.layers.{i}.{p}") for p in parts], dim=0)
+            t = torch.cat([read(f"model.layers.{i}.{p}", p) for p in parts], dim=0)
             if out is None:
                 out = torch.empty((cfg.n_layers, *t.shape), dtype=dtype, device=device)
             out[i] = t
@@ -182,8 +241,8 @@ def load_decoder(folder: Path, dtype: torch.dtype, device: torch.device) -> Deco
 
     attn = [f"self_attn.{p}_proj" for p in "qkv"]
     mlp = ["mlp.gate_proj", "mlp.up_proj"]
-    embed = need("model.embed_tokens.weight").to(dtype=dtype, device=device)
-    lm_head = get("lm_head.weight")
+    embed = read("model.embed_tokens.weight").to(dtype=dtype, device=device)
+    tied = cfg.tie_word_embeddings or get("lm_head.weight") is None
     weights = DecoderWeights(
         embed=embed,
         wqkv=stack([f"{p}.weight" for p in attn]),
@@ -196,10 +255,10 @@ def load_decoder(folder: Path, dtype: torch.dtype, device: torch.device) -> Deco
         b_gate_up=stack([f"{p}.bias" for p in mlp], bias=True) if cfg.mlp_bias else None,
         w_down=stack(["mlp.down_proj.weight"]),
         b_down=stack(["mlp.down_proj.bias"], bias=True) if cfg.mlp_bias else None,
-        norm=need("model.norm.weight").to(dtype=dtype, device=device),
-        lm_head=embed if lm_head is None or cfg.tie_word_embeddings else lm_head.to(dtype=dtype, device=device),
+        norm=read("model.norm.weight").to(dtype=dtype, device=device),
+        lm_head=embed if tied else read("lm_head.weight").to(dtype=dtype, device=device),
     )
-    return Decoder(cfg, weights)
+    return Decoder(cfg if shard is None else shard.local(cfg), weights)
 
 
 def load_tokenizer(folder: Path):
@@ -238,24 +297,43 @@ def eos_ids(folder: Path, tokenizer) -> frozenset[int]:
     return frozenset(ids)
 
 
-def load_pair(base: str | None = None, draft: str | None = None, pair: str | None = None,
-              dtype: str = "float32", device: str = "cpu", with_draft: bool = True) -> ModelPair:
-    """Load a base and (when with_draft) a draft from ids/folders, or the named offline pair."""
-    torch_dtype, torch_device = parse_dtype(dtype), parse_device(device)
+@dataclass(frozen=True)
+class PairSource:
+    """Where a pair's checkpoints are: names for display and resolved local folders."""
+
+    base_name: str
+    base_dir: Path
+    draft_name: str | None
+    draft_dir: Path | None
+
+
+def resolve_pair(base: str | None = None, draft: str | None = None, pair: str | None = None,
+                 with_draft: bool = True) -> PairSource:
+    """Folders of a named offline pair (prepared on first use) or of ids/folders given by the user."""
     if pair is not None:
         from .offline_pair import ensure_offline_pair
 
         draft_dir, base_dir = ensure_offline_pair(pair)
-        base_name, draft_name = f"{pair}/base", f"{pair}/draft"
-    else:
-        if base is None or (with_draft and draft is None):
-            raise ValueError("give --pair NAME, or both --base and --draft")
-        base_dir, base_name = resolve_folder(base), base
-        draft_dir, draft_name = (resolve_folder(draft), draft) if with_draft else (None, None)
-    tokenizer = load_tokenizer(base_dir)
+        return PairSource(f"{pair}/base", base_dir, f"{pair}/draft" if with_draft else None,
+                          draft_dir if with_draft else None)
+    if base is None or (with_draft and draft is None):
+        raise ValueError("give --pair NAME, or both --base and --draft")
+    if not with_draft:
+        return PairSource(base, resolve_folder(base), None, None)
+    return PairSource(base, resolve_folder(base), draft, resolve_folder(draft))
+
+
+def load_pair(source: PairSource, dtype: str = "float32", device: str = "cpu", shard: Shard | None = None,
+              torch_device: torch.device | None = None) -> ModelPair:
+    """Tokenizer (checked to be shared), draft (whole) and base (whole, or this rank's shard)."""
+    torch_dtype = parse_dtype(dtype)
+    torch_device = torch_device or parse_device(device)
+    tokenizer = load_tokenizer(source.base_dir)
     loaded_draft = None
-    if with_draft:
-        check_same_tokenizer(tokenizer, load_tokenizer(draft_dir), base_name, draft_name)
-        loaded_draft = LoadedModel(draft_name, draft_dir, load_decoder(draft_dir, torch_dtype, torch_device))
-    loaded_base = LoadedModel(base_name, base_dir, load_decoder(base_dir, torch_dtype, torch_device))
-    return ModelPair(loaded_base, loaded_draft, tokenizer, eos_ids(base_dir, tokenizer))
+    if source.draft_dir is not None:
+        check_same_tokenizer(tokenizer, load_tokenizer(source.draft_dir), source.base_name, source.draft_name)
+        loaded_draft = LoadedModel(source.draft_name, source.draft_dir,
+                                   load_decoder(source.draft_dir, torch_dtype, torch_device))
+    loaded_base = LoadedModel(source.base_name, source.base_dir,
+                              load_decoder(source.base_dir, torch_dtype, torch_device, shard))
+    return ModelPair(loaded_base, loaded_draft, tokenizer, eos_ids(source.base_dir, tokenizer))

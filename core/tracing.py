@@ -64,3 +64,24 @@ def peak_memory_bytes(device: torch.device) -> int:
     import resource
 
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
+
+
+def exclusive_seconds(spans: tuple[Span, ...]) -> dict[str, float]:
+    """Seconds per phase on one rank, each span counted without the spans nested inside it
+    (a verify span holding its all-reduces counts as verify + verify.comm, never twice)."""
+    out: dict[str, float] = {}
+    stack: list[list] = []  # [span, seconds of its direct children]
+    ordered = sorted(spans, key=lambda s: (s.start_ns, -s.end_ns))
+
+    def close(until_ns: int | None) -> None:
+        while stack and (until_ns is None or stack[-1][0].end_ns <= until_ns):
+            sp, inner = stack.pop()
+            out[sp.phase] = out.get(sp.phase, 0.0) + sp.seconds - inner
+            if stack:
+                stack[-1][1] += sp.seconds
+
+    for sp in ordered:
+        close(sp.start_ns)
+        stack.append([sp, 0.0])
+    close(None)
+    return out

@@ -28,11 +28,11 @@ NEW_TOKENS = 24
 
 @pytest.fixture(scope="session")
 def real_pair():
-    from easyspec.core.loading import load_pair
+    from easyspec.core.loading import load_pair, resolve_pair
     from easyspec.core.offline_pair import OfflinePairError
 
     try:
-        return load_pair(pair="qwen2.5-coder", dtype="float32")
+        return load_pair(resolve_pair(pair="qwen2.5-coder"), dtype="float32")
     except OfflinePairError as exc:
         if os.environ.get("EASYSPEC_REQUIRE_REAL_PAIR") == "1":
             raise
