@@ -3,7 +3,7 @@ transformers, vanilla against transformers' greedy generate, and every mode agai
 
 The pair is loaded once per test run and each prompt's vanilla output is computed once.
 Without the offline-pair extra these tests skip, unless EASYSPEC_REQUIRE_REAL_PAIR=1 (CI) makes
-that a failure.
+that a failure. The pair is held per module, so that the multi-device module can use the memory.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import os
 import pytest
 import torch
 
-from conftest import assert_greedy_equal, tokens_of
+from conftest import REAL_VANILLA, assert_greedy_equal, tokens_of
 
 pytestmark = pytest.mark.real_pair
 
@@ -26,7 +26,7 @@ PROMPTS = {
 NEW_TOKENS = 24
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def real_pair():
     from easyspec.core.loading import load_pair, resolve_pair
     from easyspec.core.offline_pair import OfflinePairError
@@ -39,20 +39,22 @@ def real_pair():
         pytest.skip(f"offline pair not available: {exc}")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def prompt_ids(real_pair):
     from easyspec.core.text import encode_prompt
 
     return {name: encode_prompt(real_pair.tokenizer, text, chat=True) for name, text in PROMPTS.items()}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def vanilla_outputs(real_pair, prompt_ids):
     from easyspec.core.engine import SpecConfig, Stopping, generate
 
     cfg = SpecConfig(mode="vanilla", max_new_tokens=NEW_TOKENS)
-    return {name: tokens_of(generate(real_pair.base.decoder, None, ids, cfg, Stopping(real_pair.eos_ids)))
-            for name, ids in prompt_ids.items()}
+    outputs = {name: tokens_of(generate(real_pair.base.decoder, None, ids, cfg, Stopping(real_pair.eos_ids)))
+               for name, ids in prompt_ids.items()}
+    REAL_VANILLA.update(outputs)  # reused by the multi-device real-pair tests
+    return outputs
 
 
 def test_decoder_logits_match_transformers_on_real_draft(real_pair, prompt_ids):
