@@ -70,6 +70,31 @@ def _add_app(sub) -> None:
                    help="ask Gradio for a public share link (needs internet; default false)")
 
 
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="benchmarks (gpu: per-phase latencies of random-weight Qwen2.5 shapes)")
+    bench = p.add_subparsers(dest="bench_command", required=True)
+    g = bench.add_parser("gpu", help="draft/verify/calibration/vanilla latencies on one device, eager and CUDA graphs",
+                         description="Build random-weight models in the shapes of Qwen2.5-0.5B/1.5B/7B directly on "
+                                     "the device and time the forwards of a round (medians after warm-up). Prints "
+                                     "a table last and writes the full JSON to --out. Needs torch only.")
+    g.add_argument("--presets", default="qwen2.5-0.5b,qwen2.5-1.5b,qwen2.5-7b",
+                   help="comma-separated shapes: qwen2.5-0.5b, qwen2.5-1.5b, qwen2.5-7b, tiny; every smaller one "
+                        "drafts for every larger one (a lone preset is its own draft)")
+    g.add_argument("--device", default="cuda", help="cuda[:index] | cpu (default cuda)")
+    g.add_argument("--dtype", default="auto",
+                   help="auto (bfloat16 on CUDA, float32 on CPU) | bfloat16 | float16 | float32")
+    g.add_argument("--repeats", type=int, default=100, help="timed repeats per forward (default 100)")
+    g.add_argument("--warmup", type=int, default=10, help="untimed warm-up calls per forward (default 10)")
+    g.add_argument("--draft-len", type=int, default=5, help="k: verify k+1 tokens, calibrate 1..k+1 (default 5)")
+    g.add_argument("--context", type=int, default=512, help="tokens already in the cache (default 512)")
+    g.add_argument("--layer-parallel", default="2,3,4", help="fuzzy group sizes N besides N=1 (default 2,3,4)")
+    g.add_argument("--no-cuda-graphs", action="store_true", help="eager only")
+    g.add_argument("--time-budget-s", type=float, default=200.0,
+                   help="stop adding measurements near this many seconds (default 200)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--out", default="results/gpu_bench", help="folder for gpu_bench_<cuda|cpu>.json")
+
+
 def _add_cache(sub) -> None:
     p = sub.add_parser("cache", help="show or clear the converted offline-model cache")
     p.add_argument("action", choices=("info", "clear"))
@@ -81,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(sub)
     _add_cache(sub)
     _add_app(sub)
+    _add_bench(sub)
     return parser
 
 
@@ -222,9 +248,27 @@ def cmd_cache(args) -> int:
     return 0
 
 
+def _int_list(text: str, flag: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ValueError(f"{flag}: comma-separated integers expected; got {text!r}") from None
+
+
+def cmd_bench(args) -> int:
+    from easyspec.core.gpu_bench import BenchConfig, main as bench_gpu  # torch only, no transformers
+
+    cfg = BenchConfig(presets=tuple(p.strip() for p in args.presets.split(",") if p.strip()), device=args.device,
+                      dtype=args.dtype, repeats=args.repeats, warmup=args.warmup, draft_len=args.draft_len,
+                      context=args.context, layer_parallel=_int_list(args.layer_parallel, "--layer-parallel"),
+                      cuda_graphs=not args.no_cuda_graphs, time_budget_s=args.time_budget_s, seed=args.seed,
+                      out=args.out)
+    return bench_gpu(cfg)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"generate": cmd_generate, "cache": cmd_cache, "app": cmd_app}
+    handlers = {"generate": cmd_generate, "cache": cmd_cache, "app": cmd_app, "bench": cmd_bench}
     try:
         return handlers[args.command](args)
     except ValueError as exc:  # bad input: one clear line, no traceback
