@@ -93,6 +93,32 @@ def _add_bench(sub) -> None:
                    help="stop adding measurements near this many seconds (default 200)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--out", default="results/gpu_bench", help="folder for gpu_bench_<cuda|cpu>.json")
+    for name, text in (("acceptance", "acceptance rate, mean accepted length and per-position acceptance per "
+                                      "(N, calibration policy), greedy and sampled, and the drop against N = 1"),
+                       ("speed", "tokens/s of vanilla, speculative and easyspec against transformers' assisted "
+                                 "generation with the same pair, in one process")):
+        b = bench.add_parser(name, help=text, description=text.capitalize() + ".")
+        b.add_argument("--pair", default=None, help="a named offline pair (default qwen2.5-coder)")
+        b.add_argument("--base")
+        b.add_argument("--draft")
+        b.add_argument("--dtype", default="float32")
+        b.add_argument("--device", default="cpu")
+        b.add_argument("--devices", type=int, default=1)
+        b.add_argument("--prompts", default="code", help="a built-in set (code, chat, math, summarisation) "
+                                                          "or a JSONL/CSV file with a prompt column")
+        b.add_argument("--limit", type=int, default=4, help="use the first LIMIT prompts (default 4)")
+        b.add_argument("--layer-parallel", default="1,2,3,4,5" if name == "acceptance" else "4")
+        b.add_argument("--calibration", default="none,every-round,on-mismatch" if name == "acceptance"
+                       else "every-round")
+        b.add_argument("--draft-len", type=int, default=5)
+        b.add_argument("--max-new-tokens", type=int, default=32)
+        b.add_argument("--json", action="store_true", help="print the result as one JSON line on stdout")
+        b.add_argument("--out", default=f"results/bench_{name}", help="writes OUT.json and OUT.md")
+        if name == "acceptance":
+            b.add_argument("--temperatures", default="0,0.8")
+        else:
+            b.add_argument("--repeats", type=int, default=3)
+            b.add_argument("--no-transformers", action="store_true", help="skip transformers' assisted generation")
 
 
 def _add_cache(sub) -> None:
@@ -256,6 +282,8 @@ def _int_list(text: str, flag: str) -> tuple[int, ...]:
 
 
 def cmd_bench(args) -> int:
+    if args.bench_command != "gpu":
+        return _bench_pair(args)
     from easyspec.core.gpu_bench import BenchConfig, main as bench_gpu  # torch only, no transformers
 
     cfg = BenchConfig(presets=tuple(p.strip() for p in args.presets.split(",") if p.strip()), device=args.device,
@@ -264,6 +292,49 @@ def cmd_bench(args) -> int:
                       cuda_graphs=not args.no_cuda_graphs, time_budget_s=args.time_budget_s, seed=args.seed,
                       out=args.out)
     return bench_gpu(cfg)
+
+
+def _bench_pair(args) -> int:
+    """`bench acceptance` and `bench speed` on a real pair; JSON + Markdown under --out."""
+    from easyspec.core import bench
+    from easyspec.core.engine import SpecConfig
+    from easyspec.core.loading import resolve_pair
+    from easyspec.core.prompt_sets import BUILTIN_SETS, builtin_prompts, read_prompt_file
+    from easyspec.core.session import Session
+
+    prompts = builtin_prompts(args.prompts) if args.prompts in BUILTIN_SETS else read_prompt_file(args.prompts)
+    prompts = prompts[: max(1, args.limit)]
+    sizes = _int_list(args.layer_parallel, "--layer-parallel")
+    policies = [p.strip() for p in args.calibration.split(",") if p.strip()]
+    for n in sizes:
+        SpecConfig(layer_parallel=n)
+    for p in policies:
+        SpecConfig(calibration=p)
+    source = resolve_pair(args.base, args.draft, args.pair or (None if args.base else "qwen2.5-coder"))
+    started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    with Session(source, args.dtype, args.device, args.devices) as session:
+        if args.bench_command == "acceptance":
+            temps = [float(t) for t in args.temperatures.split(",") if t.strip()]
+            rows = bench.acceptance(session, prompts, sizes, policies, args.draft_len, args.max_new_tokens, temps)
+            result = {"rows": rows}
+        else:
+            settings = {"vanilla": SpecConfig(mode="vanilla", max_new_tokens=args.max_new_tokens),
+                        f"speculative k={args.draft_len}": SpecConfig(mode="speculative", draft_len=args.draft_len,
+                                                                      max_new_tokens=args.max_new_tokens)}
+            for n in sizes:
+                for p in policies:
+                    settings[f"easyspec N={n} {p} k={args.draft_len}"] = SpecConfig(
+                        layer_parallel=n, calibration=p, draft_len=args.draft_len, max_new_tokens=args.max_new_tokens)
+            result = bench.speed(session, prompts, settings, args.repeats, args.max_new_tokens,
+                                 not args.no_transformers, args.draft_len)
+        info = session.info
+    result["meta"] = bench.run_meta(" ".join(["easyspec", *sys.argv[1:]]), started, info, args)
+    bench.write_results(args.out, args.bench_command, result)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(bench.markdown(args.bench_command, result))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,225 @@
+"""`easyspec bench acceptance` and `easyspec bench speed`: the paper's claims on our hardware.
+
+acceptance: per (N, calibration policy) the acceptance rate, mean accepted length, per-position
+acceptance and the relative drop against N = 1 of the same policy, greedy and sampled, over a
+prompt set. It runs through the pilot's one implementation (`pilot.run_pilot`).
+speed: tokens/s of vanilla, speculative and easyspec, and in the same process on the same prompts
+transformers' own assisted generation with the same pair, dtype and a constant draft length (its
+adaptive schedule and confidence threshold off), plus its default settings; medians over repeats
+after a warm-up, ratios to vanilla per prompt and repeat, and output equality for every prompt.
+"""
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from typing import Callable, Sequence
+
+from .engine import SpecConfig
+from .pilot import PilotGrid, PilotRun, run_pilot, summarise
+
+Progress = Callable[[str], None]
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def per_position(runs: Sequence[PilotRun]) -> tuple[float, ...]:
+    """Rounds that accepted position i / rounds that drafted position i, over all runs given."""
+    rounds = [r for run in runs for r in run.records if r.drafted]
+    depth = max((len(r.drafted) for r in rounds), default=0)
+    return tuple(round(sum(r.accepted > i for r in rounds) / max(1, sum(len(r.drafted) > i for r in rounds)), 4)
+                 for i in range(depth))
+
+
+def acceptance(session, prompts: Sequence[str], layer_parallel: Sequence[int], calibration: Sequence[str],
+               draft_len: int, max_new_tokens: int, temperatures: Sequence[float] = (0.0, 0.8), seed: int = 0,
+               progress: Progress = _stderr) -> list[dict]:
+    """One row per (temperature, N, policy); N = 1 is added as the reference when missing."""
+    sizes = tuple(sorted(set(layer_parallel) | {1}))
+    rows = []
+    for temperature in temperatures:
+        grid = PilotGrid(layer_parallel=sizes, calibration=tuple(calibration), draft_len=(draft_len,),
+                         speculative=False, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+        runs: list[PilotRun] = []
+        for event in run_pilot(session, prompts, grid):
+            if isinstance(event, PilotRun):
+                runs.append(event)
+            else:
+                progress(f"acceptance T={temperature}: {event.label} ({event.done}/{event.total})")
+        for s in summarise([r.row for r in runs]):
+            if s["mode"] != "easyspec":
+                continue
+            mine = [r for r in runs if r.setting.label == s["setting"]]
+            rows.append({"temperature": temperature, "layer_parallel": s["layer_parallel"],
+                         "calibration": s["calibration"], "draft_len": draft_len, "prompts": s["prompts"],
+                         "acceptance_rate": s["acceptance_rate"], "mean_accepted_length": s["mean_accepted_length"],
+                         "per_position_acceptance": per_position(mine), "tokens_per_s": s["tokens_per_s"],
+                         "speedup": s["speedup"], "draft_s": s["draft_s"], "calibrate_s": s["calibrate_s"],
+                         "equal_to_vanilla": s["equal_to_vanilla"]})
+    for row in rows:  # relative drop against N = 1 with the same policy and temperature, same run
+        ref = next(r for r in rows if r["layer_parallel"] == 1 and r["calibration"] == row["calibration"]
+                   and r["temperature"] == row["temperature"])
+        ar, ref_ar = row["acceptance_rate"], ref["acceptance_rate"]
+        row["relative_drop"] = round(1 - ar / ref_ar, 4) if ar is not None and ref_ar else None
+    return rows
+
+
+def _hf_models(session, dtype: str):
+    """transformers' own models from the same folders and dtype as the session's pair."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from .loading import parse_dtype
+
+    torch_dtype = parse_dtype(dtype)
+    base = AutoModelForCausalLM.from_pretrained(session.source.base_dir, dtype=torch_dtype).eval()
+    draft = AutoModelForCausalLM.from_pretrained(session.source.draft_dir, dtype=torch_dtype).eval()
+    return base, draft
+
+
+ASSISTANT_KEYS = ("num_assistant_tokens", "num_assistant_tokens_schedule", "assistant_confidence_threshold")
+
+
+def _hf_assisted(base, draft, ids: list[int], max_new_tokens: int, eos: list[int], assistant: dict):
+    """Greedy assisted generation with the given assistant settings. Returns (tokens, seconds)."""
+    import torch
+
+    for key, value in assistant.items():
+        setattr(draft.generation_config, key, value)
+    x = torch.tensor([ids])
+    start = time.perf_counter()
+    with torch.inference_mode():
+        out = base.generate(x, attention_mask=torch.ones_like(x), assistant_model=draft, do_sample=False,
+                            max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=eos[0])
+    seconds = time.perf_counter() - start
+    return out[0, len(ids):].tolist(), seconds
+
+
+def speed(session, prompts: Sequence[str], settings: dict[str, SpecConfig], repeats: int, max_new_tokens: int,
+          with_transformers: bool = True, draft_len: int = 5, progress: Progress = _stderr) -> dict:
+    """Per setting: median tokens/s and median speedup over vanilla (per prompt and repeat), equality."""
+    if session.info.devices != 1 and with_transformers:
+        raise ValueError("the comparison with transformers runs on one device: use --devices 1 or --no-transformers")
+    prompt_ids = [session.encode(p, chat=True) for p in prompts]
+    runners: dict[str, Callable[[list[int]], tuple[list[int], float]]] = {}
+    for label, cfg in settings.items():
+        def run(ids, cfg=cfg):
+            records = list(session.generate(ids, cfg))
+            return [t for r in records for t in r.token_ids], records[-1].end_ns / 1e9
+        runners[label] = run
+    if with_transformers:
+        hf_base, hf_draft = _hf_models(session, session.info.dtype)
+        eos = sorted(session.pair.eos_ids)
+        defaults = {key: getattr(hf_draft.generation_config, key) for key in ASSISTANT_KEYS}
+        fixed = {"num_assistant_tokens": draft_len, "num_assistant_tokens_schedule": "constant",
+                 "assistant_confidence_threshold": 0.0}
+        runners[f"transformers assisted k={draft_len} constant"] = (
+            lambda ids: _hf_assisted(hf_base, hf_draft, ids, max_new_tokens, eos, fixed))
+        runners["transformers assisted default"] = (
+            lambda ids: _hf_assisted(hf_base, hf_draft, ids, max_new_tokens, eos, defaults))
+    assert "vanilla" in runners, "the speed table needs vanilla as its reference"
+    for run in runners.values():  # warm-up, not measured
+        run(prompt_ids[0][:8])
+    rates: dict[str, list[float]] = {k: [] for k in runners}
+    ratios: dict[str, list[float]] = {k: [] for k in runners}
+    equal: dict[str, list[bool]] = {k: [] for k in runners}
+    for i, ids in enumerate(prompt_ids):
+        for rep in range(repeats):
+            got = {}
+            for label, run in runners.items():
+                progress(f"speed: prompt {i + 1}/{len(prompt_ids)} repeat {rep + 1}/{repeats}: {label}")
+                tokens, seconds = run(ids)
+                got[label] = tokens
+                rates[label].append(len(tokens) / seconds)
+            for label in runners:
+                ratios[label].append(rates[label][-1] / rates["vanilla"][-1])
+                if rep == 0:
+                    equal[label].append(got[label] == got["vanilla"])
+    return {"rows": [{"setting": label, "tokens_per_s_median": round(statistics.median(rates[label]), 4),
+                      "speedup_median": round(statistics.median(ratios[label]), 4),
+                      "speedup_min": round(min(ratios[label]), 4), "speedup_max": round(max(ratios[label]), 4),
+                      "equal_to_vanilla": f"{sum(equal[label])}/{len(equal[label])}"} for label in runners],
+            "prompts": list(prompts), "repeats": repeats, "max_new_tokens": max_new_tokens}
+
+
+def machine() -> str:
+    import os
+    import platform
+    from pathlib import Path
+
+    import torch
+
+    cpu = platform.processor() or "cpu"
+    info = Path("/proc/cpuinfo")
+    if info.exists():
+        cpu = next((line.split(":", 1)[1].strip() for line in info.read_text().splitlines()
+                    if line.startswith("model name")), cpu)
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads{gpu}, {platform.system()}"
+
+
+def run_meta(command: str, started: str, info, args) -> dict:
+    import platform
+    import subprocess
+
+    import torch
+    import transformers
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                check=True).stdout.strip()
+    except Exception:
+        commit = "unknown"
+    return {"command": command, "date": started, "machine": machine(), "commit": commit,
+            "libraries": f"torch {torch.__version__}, transformers {transformers.__version__}, "
+                         f"python {platform.python_version()}",
+            "base": info.base, "draft": info.draft, "dtype": info.dtype, "device": info.device,
+            "devices": info.devices, "draft_len": args.draft_len, "max_new_tokens": args.max_new_tokens,
+            "prompts": args.prompts, "limit": args.limit}
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    if isinstance(v, (tuple, list)):
+        return " ".join(f"{x:.2f}" for x in v)
+    return str(v)
+
+
+def markdown(kind: str, result: dict) -> str:
+    meta = result["meta"]
+    out = [f"# easyspec bench {kind}", "", f"- command: `{meta['command']}`", f"- date: {meta['date']}",
+           f"- machine: {meta['machine']}", f"- commit: {meta['commit']}", f"- libraries: {meta['libraries']}",
+           f"- pair: {meta['base']} / {meta['draft']}, {meta['dtype']} on {meta['device']} x {meta['devices']}; "
+           f"k = {meta['draft_len']}; {meta['max_new_tokens']} new tokens; prompts: {meta['prompts']} "
+           f"(first {meta['limit']}); chat template on", ""]
+    if kind == "acceptance":
+        out += ["AR = accepted / drafted; AL = tokens per drafting round (bonus/recovered included); drop = "
+                "1 - AR / AR(N = 1, same policy, same run); per-position = acceptance of draft positions 1..k.", "",
+                "| T | N | calibration | AR | AL | drop vs N=1 | per-position | same as vanilla |",
+                "|---|---|---|---|---|---|---|---|"]
+        out += [f"| {r['temperature']} | {r['layer_parallel']} | {r['calibration']} | {_fmt(r['acceptance_rate'])} | "
+                f"{_fmt(r['mean_accepted_length'])} | {_fmt(r['relative_drop'])} | "
+                f"{_fmt(r['per_position_acceptance'])} | {_fmt(r['equal_to_vanilla'])} |" for r in result["rows"]]
+    else:
+        out += [f"Medians over {result['repeats']} repeats per prompt after a warm-up; speedup = tokens/s over "
+                "vanilla's in the same repeat on the same prompt (min..max across prompts and repeats); "
+                "equality = prompts whose greedy tokens equal vanilla's.", "",
+                "| setting | tok/s | speedup | range | same as vanilla |", "|---|---|---|---|---|"]
+        out += [f"| {r['setting']} | {r['tokens_per_s_median']:.2f} | {r['speedup_median']:.2f}x | "
+                f"{r['speedup_min']:.2f}..{r['speedup_max']:.2f} | {r['equal_to_vanilla']} |" for r in result["rows"]]
+    return "\n".join(out) + "\n"
+
+
+def write_results(out: str, kind: str, result: dict) -> None:
+    import json
+    from pathlib import Path
+
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    path.with_suffix(".md").write_text(markdown(kind, result))

@@ -1,0 +1,45 @@
+"""`easyspec bench acceptance|speed` on a small random pair: tables, files and equality columns."""
+from __future__ import annotations
+
+import json
+
+from easyspec.app.cli import main
+
+
+def test_bench_acceptance_and_speed(pair_dirs, tmp_path, capsys):
+    base, draft = pair_dirs["qwen2"]
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "def add(a, b):"}\n{"prompt": "hello there"}\n')
+    common = ["--base", str(base), "--draft", str(draft), "--prompts", str(prompts), "--max-new-tokens", "12"]
+    out = tmp_path / "acc"
+    assert main(["bench", "acceptance", *common, "--layer-parallel", "2,4", "--calibration", "none,every-round",
+                 "--temperatures", "0,0.8", "--out", str(out), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    rows = result["rows"]
+    assert {(r["temperature"], r["layer_parallel"], r["calibration"]) for r in rows} == {
+        (t, n, c) for t in (0.0, 0.8) for n in (1, 2, 4) for c in ("none", "every-round")}
+    for r in rows:
+        assert 0 <= r["acceptance_rate"] <= 1 and len(r["per_position_acceptance"]) == 5
+        if r["layer_parallel"] == 1:
+            assert r["relative_drop"] == 0
+        if r["temperature"] == 0:
+            assert r["equal_to_vanilla"] is True  # greedy runs are lossless
+    assert "| T | N |" in (out.with_suffix(".md")).read_text()
+    assert json.loads(out.with_suffix(".json").read_text())["meta"]["command"].startswith("easyspec")
+
+    out = tmp_path / "speed"
+    assert main(["bench", "speed", *common, "--layer-parallel", "2", "--repeats", "2", "--out", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "transformers assisted k=5 constant" in table and "easyspec N=2 every-round k=5" in table
+    rows = {r["setting"]: r for r in json.loads(out.with_suffix(".json").read_text())["rows"]}
+    assert rows["vanilla"]["speedup_median"] == 1.0
+    assert all(r["equal_to_vanilla"] == "2/2" for r in rows.values()), rows  # every row equals vanilla, HF too
+    assert all(r["tokens_per_s_median"] > 0 for r in rows.values())
+
+
+def test_bench_rejects_bad_settings(pair_dirs, capsys):
+    base, draft = pair_dirs["qwen2"]
+    code = main(["bench", "acceptance", "--base", str(base), "--draft", str(draft), "--prompts", "nope.jsonl"])
+    assert code == 2 and "nope.jsonl" in capsys.readouterr().err
+    code = main(["bench", "speed", "--base", str(base), "--draft", str(draft), "--calibration", "sometimes"])
+    assert code == 2 and "unknown calibration policy" in capsys.readouterr().err
