@@ -68,7 +68,6 @@ def acceptance(session, prompts: Sequence[str], layer_parallel: Sequence[int], c
 
 def _hf_models(session, dtype: str):
     """transformers' own models from the same folders and dtype as the session's pair."""
-    import torch
     from transformers import AutoModelForCausalLM
 
     from .loading import parse_dtype

@@ -57,3 +57,31 @@ def assert_greedy_equal(tokens: list[int], reference: list[int], base, prompt_id
             pytest.skip(f"genuine tie at new token {i}: top-2 margin {margin:.2e}")
     raise AssertionError(f"outputs differ at new token {i}: {tokens[i:i + 5]} vs {reference[i:i + 5]} "
                          f"({len(tokens)} vs {len(reference)} tokens)")
+
+
+@pytest.fixture(scope="session")
+def app_url(pair_dirs, tmp_path_factory):
+    """`easyspec app` on the small random Qwen2 pair, on a free localhost port (one per test session)."""
+    from app_server import running_app
+
+    base, draft = pair_dirs["qwen2"]
+    log = tmp_path_factory.mktemp("app") / "app.log"
+    with running_app(base, draft, log) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def real_source():
+    """Folders of the real offline pair; skips without the offline-pair extra, unless
+    EASYSPEC_REQUIRE_REAL_PAIR=1 (CI) makes that a failure."""
+    import os
+
+    from easyspec.core.loading import resolve_pair
+    from easyspec.core.offline_pair import OfflinePairError
+
+    try:
+        return resolve_pair(pair="qwen2.5-coder")
+    except OfflinePairError as exc:
+        if os.environ.get("EASYSPEC_REQUIRE_REAL_PAIR") == "1":
+            raise
+        pytest.skip(f"offline pair not available: {exc}")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gc
 import itertools
-import os
 
 import pytest
 import torch
@@ -27,16 +26,10 @@ NEW_TOKENS = 24
 
 
 @pytest.fixture(scope="module")
-def real_pair():
-    from easyspec.core.loading import load_pair, resolve_pair
-    from easyspec.core.offline_pair import OfflinePairError
+def real_pair(real_source):
+    from easyspec.core.loading import load_pair
 
-    try:
-        return load_pair(resolve_pair(pair="qwen2.5-coder"), dtype="float32")
-    except OfflinePairError as exc:
-        if os.environ.get("EASYSPEC_REQUIRE_REAL_PAIR") == "1":
-            raise
-        pytest.skip(f"offline pair not available: {exc}")
+    return load_pair(real_source, dtype="float32")
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ single-device vanilla output (G = 4 needs about 26 GB here, more than this machi
 from __future__ import annotations
 
 import gc
-import os
 
 import pytest
 
@@ -15,20 +14,7 @@ NAME = "code-fib"
 
 
 @pytest.fixture(scope="module")
-def source():
-    from easyspec.core.loading import resolve_pair
-    from easyspec.core.offline_pair import OfflinePairError
-
-    try:
-        return resolve_pair(pair="qwen2.5-coder")
-    except OfflinePairError as exc:
-        if os.environ.get("EASYSPEC_REQUIRE_REAL_PAIR") == "1":
-            raise
-        pytest.skip(f"offline pair not available: {exc}")
-
-
-@pytest.fixture(scope="module")
-def reference(source):
+def reference(real_source):
     """Single-device vanilla tokens (from the single-device module when it ran first)."""
     if NAME not in REAL_VANILLA:
         from easyspec.core.engine import SpecConfig
@@ -43,11 +29,11 @@ def reference(source):
     return REAL_VANILLA[NAME]
 
 
-def test_two_ranks_equal_single_device_on_real_pair(source, reference):
+def test_two_ranks_equal_single_device_on_real_pair(real_source, reference):
     from easyspec.core.engine import SpecConfig
     from easyspec.core.session import Session
 
-    with Session(source, devices=2) as s:
+    with Session(real_source, devices=2) as s:
         ids = s.encode(PROMPTS[NAME], chat=True)
         settings = [dict(mode="vanilla"), dict(mode="speculative")] + [
             dict(mode="easyspec", layer_parallel=n, calibration=c)

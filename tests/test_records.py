@@ -8,7 +8,7 @@ import pytest
 from conftest import tokens_of
 from easyspec.core import metrics
 from easyspec.core.engine import SpecConfig, generate
-from easyspec.core.records import RoundRecord, RunHeader, Span, load_run, save_run
+from easyspec.core.records import RoundRecord, RunHeader, load_run, save_run
 
 
 def _round(index, tokens, origins, drafted, accepted, end_ms, phase_s=None):
