@@ -1,1 +1,1 @@
-"""Entry points: the `easyspec` command line (and, later, the Gradio dashboard)."""
+"""Entry points: the `easyspec` command line (`cli.py`) and the Gradio dashboard (`dashboard.py`)."""

@@ -1,0 +1,105 @@
+"""Shared pieces of the dashboard's handlers: error wrapping, run files, run summaries.
+
+Every handler is wrapped so that bad input shows as a clear message (gr.Error with the
+ValueError's text) and an unexpected failure shows its type and message, with the traceback
+going to the server log only: the browser never sees a stack trace, and the app stays up.
+"""
+from __future__ import annotations
+
+import datetime
+import functools
+import sys
+import traceback
+from pathlib import Path
+from typing import Callable
+
+import gradio as gr
+
+from easyspec.core.chrome_trace import write_chrome_trace
+from easyspec.core.records import RunHeader, save_run
+
+from .context import AppContext
+from .live import LiveRun
+from .settings import ui_message
+from .state import LastRun, RunSummary, UserState, prompt_key
+
+
+def _as_gr_error(exc: Exception) -> gr.Error:
+    if isinstance(exc, gr.Error):
+        return exc
+    if isinstance(exc, ValueError):
+        return gr.Error(ui_message(exc), title="Please check the input", print_exception=False)
+    print(f"easyspec app: unexpected error\n{traceback.format_exc()}", file=sys.stderr)
+    return gr.Error(f"The run failed: {type(exc).__name__}: {exc}. The app is still running; see the server "
+                    f"log for details.", title="Run failed", print_exception=False)
+
+
+def friendly(fn: Callable) -> Callable:
+    """Wrap a plain handler: ValueError -> its message, anything else -> a short failure message."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            raise _as_gr_error(exc) from None
+
+    return wrapper
+
+
+def friendly_stream(fn: Callable) -> Callable:
+    """The same for a streaming (generator) handler; Gradio must still see a generator function."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            yield from fn(*args, **kwargs)
+        except GeneratorExit:
+            raise
+        except Exception as exc:
+            raise _as_gr_error(exc) from None
+
+    return wrapper
+
+
+def write_run_files(ctx: AppContext, live: LiveRun, settings: dict, prompt_ids, stem: str = "run") -> dict[str, str]:
+    """The run as a replayable JSON Lines file and as a Chrome trace; returns kind -> path."""
+    folder = ctx.new_files_dir()
+    info = ctx.info
+    header = RunHeader(settings=settings, base=info.base, draft=info.draft, prompt_ids=tuple(prompt_ids),
+                       device=info.device, dtype=info.dtype,
+                       created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                       extra={"devices": info.devices, "source": "dashboard", "label": live.label})
+    run_path, trace_path = folder / f"{stem}.jsonl", folder / f"{stem}_trace.json"
+    save_run(run_path, header, live.records)
+    write_chrome_trace(trace_path, live.records, info.device)
+    return {"run": str(run_path), "trace": str(trace_path)}
+
+
+def write_trace(ctx: AppContext, records, stem: str = "trace") -> str:
+    path = ctx.new_files_dir() / f"{stem}.json"
+    write_chrome_trace(path, records, ctx.info.device)
+    return str(path)
+
+
+def keep_run(state: UserState, screen: str, source: str, live: LiveRun, prompt_ids, prompt: str, settings: dict,
+             greedy: bool, files: dict[str, str] | None = None) -> None:
+    """Record a finished run in the user's state (downloads, inspector, equality evidence)."""
+    state.keep(screen, LastRun(live.label, live.mode, list(live.records), tuple(prompt_ids), settings, files or {}))
+    state.remember(RunSummary(source, prompt_key(prompt_ids), prompt[:60], live.label, live.mode, greedy,
+                              tuple(live.token_ids), complete=not live.stopped_early))
+
+
+def safe_stem(text: str) -> str:
+    keep = "".join(c if c.isalnum() or c in "-_" else "_" for c in text)
+    return keep.strip("_")[:60] or "run"
+
+
+def file_size_ok(path: str | Path, limit_bytes: int, what: str) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{what}: the uploaded file is missing; upload it again")
+    size = path.stat().st_size
+    if size > limit_bytes:
+        raise ValueError(f"{what}: the file is {size / 1e6:.1f} MB; the limit is {limit_bytes / 1e6:.0f} MB")
+    return path

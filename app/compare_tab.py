@@ -1,0 +1,231 @@
+"""The Compare screen: two to four settings on the same prompt and seed, run one after another.
+
+Each column streams its own text, timeline and metric cards; at the end a summary table gives
+speedup over the vanilla column measured in the same comparison, and a badge says whether every
+column produced identical tokens (greedy decoding is lossless, so it should say yes). API: `compare`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gradio as gr
+
+from easyspec.core.engine import CALIBRATION_POLICIES, MODES
+from easyspec.visualizations.cards import badge_html, metric_cards_html
+from easyspec.visualizations.timeline import timeline_figure
+from easyspec.visualizations.tokens import tokens_html
+
+from .common import friendly_stream, keep_run
+from .context import AppContext
+from .generate_tab import DEFAULT_PROMPT
+from .live import LiveRun
+from .settings import as_int, check_prompt_text, describe_config, spec_config
+from .state import UserState
+from .worker import DeviceJob
+
+MAX_COLUMNS = 4
+DEFAULT_COLUMNS = (("vanilla", 4, "every-round", 5), ("speculative", 4, "every-round", 5),
+                   ("easyspec", 4, "every-round", 5), ("easyspec", 2, "on-mismatch", 5))
+SUMMARY_HEADERS = ["column", "setting", "tokens", "seconds", "tok/s", "speedup vs vanilla", "AR", "AL",
+                   "draft s", "verify s", "calibrate s", "same tokens as column 1"]
+
+
+@dataclass
+class Column:
+    mode: gr.Dropdown
+    layer_parallel: gr.Slider
+    calibration: gr.Dropdown
+    draft_len: gr.Slider
+    container: gr.Column
+    header: gr.Markdown
+    text: gr.HTML
+    cards: gr.HTML
+    timeline: gr.Plot
+
+
+def _r(x, digits=3):
+    return None if x is None else round(x, digits)
+
+
+def summary_rows(lives: list[LiveRun]) -> tuple[list[list], bool | None, str]:
+    """Table rows, whether all columns produced identical tokens (None: not applicable), and a note."""
+    vanilla = next((lv for lv in lives if lv.mode == "vanilla" and lv.records), None)
+    v_rate = vanilla.metrics().tokens_per_s if vanilla else None
+    first = lives[0].token_ids if lives else []
+    rows = []
+    for i, live in enumerate(lives, start=1):
+        m = live.metrics()
+        if m is None:
+            continue
+        speedup = _r(m.tokens_per_s / v_rate, 3) if v_rate else None
+        rows.append([i, live.label, m.new_tokens, _r(m.total_s), _r(m.tokens_per_s), speedup,
+                     _r(m.acceptance_rate), _r(m.mean_accepted_length), _r(m.draft_s), _r(m.verify_s),
+                     _r(m.calibrate_s), "yes" if live.token_ids == first else "no"])
+    return rows, *_equality(lives)
+
+
+def _equality(lives: list[LiveRun]) -> tuple[bool | None, str]:
+    if any(lv.stopped_early for lv in lives) or len(lives) < 2:
+        return None, "stopped early: the columns are not complete"
+    same = all(lv.token_ids == lives[0].token_ids for lv in lives)
+    if not all(lv.greedy for lv in lives):
+        return None, ("sampling: tokens differ by design; speculative sampling preserves the base's distribution, "
+                      f"not the exact tokens ({'identical anyway' if same else 'they differ'})")
+    n = len(lives[0].token_ids)
+    if same:
+        return True, f"all {len(lives)} columns emitted the same {n} tokens (greedy decoding is lossless)"
+    firsts = [next((j for j, (a, b) in enumerate(zip(lv.token_ids, lives[0].token_ids)) if a != b),
+                   min(len(lv.token_ids), n)) for lv in lives[1:]]
+    return False, (f"first difference at new token {min(firsts)}: in fp32 only a genuine tie of the base's top two "
+                   f"logits may do this (EASYSPEC.md, 'Ties'); anything else is a bug")
+
+
+def make_compare(ctx: AppContext):
+    session = ctx.session
+
+    @friendly_stream
+    def compare(prompt, chat, max_new_tokens, temperature, seed, columns,
+                mode_1, layer_parallel_1, calibration_1, draft_len_1,
+                mode_2, layer_parallel_2, calibration_2, draft_len_2,
+                mode_3, layer_parallel_3, calibration_3, draft_len_3,
+                mode_4, layer_parallel_4, calibration_4, draft_len_4, state: UserState):
+        settings = [(mode_1, layer_parallel_1, calibration_1, draft_len_1),
+                    (mode_2, layer_parallel_2, calibration_2, draft_len_2),
+                    (mode_3, layer_parallel_3, calibration_3, draft_len_3),
+                    (mode_4, layer_parallel_4, calibration_4, draft_len_4)]
+        prompt = check_prompt_text(prompt)
+        n_cols = as_int(columns, "columns", 2, MAX_COLUMNS)
+        configs = []
+        for c in range(n_cols):
+            mode, n, calibration, k = settings[c]
+            try:
+                configs.append(spec_config(mode, n, calibration, k, temperature, 1.0, 0, seed, max_new_tokens))
+            except ValueError as exc:
+                raise ValueError(f"column {c + 1}: {exc}") from None
+        ids = session.encode(prompt, bool(chat))
+        for c, cfg in enumerate(configs):
+            try:
+                session.validate(cfg, ids)
+            except ValueError as exc:
+                raise ValueError(f"column {c + 1}: {exc}") from None
+        stop = state.begin("compare")
+        lives = [LiveRun(session.tokenizer, cfg.mode, ctx.info.device, ctx.info.devices, describe_config(cfg),
+                         greedy=cfg.sampling.greedy) for cfg in configs]
+
+        def produce(stop_event):
+            for c, cfg in enumerate(configs):
+                stream = session.generate(ids, cfg)
+                try:
+                    for rec in stream:
+                        yield c, rec
+                        if stop_event.is_set():
+                            return
+                finally:
+                    stream.close()
+
+        def view(draw: set[int], active: int | None, status: str, final: bool = False, x_range=None, reset=False):
+            """Outputs for the columns in `draw` (the others are left as they are)."""
+            out = []
+            for c in range(MAX_COLUMNS):
+                if c >= n_cols or c not in draw:
+                    out += [gr.skip()] * 4
+                    continue
+                live = lives[c]
+                state_word = "running" if c == active else ("done" if live.finished else "waiting")
+                out += [f"**{c + 1}. {live.label}** · {state_word}", live.text_html(), live.cards_html(),
+                        live.timeline(x_range=x_range, legend="bottom")]
+            if final:
+                rows, equal, note = summary_rows(lives)
+                return [status, rows, badge_html(equal, note), details(equal, note)] + out
+            if reset:
+                return [status, [], badge_html(None, "running …"), None] + out
+            return [status, gr.skip(), gr.skip(), gr.skip()] + out
+
+        def details(equal, note):
+            return {"identical": equal, "note": note, "columns": [lv.details() for lv in lives]}
+
+        every = set(range(n_cols))
+        yield view(every, None, f"**Comparing** {n_cols} settings on the same prompt …", reset=True)
+        active = 0
+        for batch in DeviceJob(produce, stop).batches():
+            touched = set()
+            for c, rec in batch:
+                if c != active:
+                    lives[active].finish()
+                    active = c
+                lives[c].add([rec])
+                touched.add(c)
+            yield view(touched, active, f"**Running** column {active + 1} of {n_cols}: {lives[active].label}")
+        for live in lives:
+            live.finish()
+        x_range = (0.0, max(lv.end_ms() for lv in lives) * 1.02 or 1.0)
+        for c, live in enumerate(lives):
+            if live.records:
+                keep_run(state, f"compare:{c + 1}", "compare", live, ids, prompt, configs[c].as_dict(),
+                         configs[c].sampling.greedy)
+        stopped = any(lv.stopped_early or not lv.records for lv in lives)
+        yield view(every, None, "**Stopped** early." if stopped else "**Done**: all columns ran on the same "
+                                                                     "prompt, one after another on the same devices.",
+                   final=True, x_range=x_range)
+
+    return compare
+
+
+def build(ctx: AppContext, state: gr.State) -> None:
+    compare = make_compare(ctx)
+    n_max = ctx.max_layer_parallel
+    with gr.Row():
+        with gr.Column(scale=3):
+            prompt = gr.Textbox(DEFAULT_PROMPT, label="Prompt (the same for every column)", lines=3,
+                                elem_id="cmp-prompt")
+        with gr.Column(scale=2):
+            with gr.Row():
+                chat = gr.Checkbox(True, label="use the chat template")
+                columns = gr.Radio([2, 3, 4], value=3, label="columns", elem_id="cmp-columns")
+            with gr.Row():
+                new = gr.Slider(1, ctx.max_new_tokens, value=min(48, ctx.max_new_tokens), step=1,
+                                label="max new tokens", elem_id="cmp-max-new")
+                temperature = gr.Slider(0, 2, value=0, step=0.05, label="temperature (0 = greedy)")
+                seed = gr.Number(0, label="seed", precision=0, minimum=0)
+    with gr.Row():
+        run = gr.Button("Run comparison", variant="primary", elem_id="cmp-run")
+        stop = gr.Button("Stop", variant="stop", elem_id="cmp-stop")
+    status = gr.Markdown("Pick two to four settings, then **Run comparison**.", elem_id="cmp-status")
+    badge = gr.HTML(badge_html(None, "run a comparison to check"), elem_id="cmp-badge")
+    table = gr.Dataframe(headers=SUMMARY_HEADERS, label="summary (speedup measured in this comparison)",
+                         interactive=False, elem_id="cmp-summary", wrap=True)
+    cols: list[Column] = []
+    with gr.Row(equal_height=False):
+        for c, (mode, n, calibration, k) in enumerate(DEFAULT_COLUMNS):
+            with gr.Column(visible=c < 3, min_width=260) as container:
+                with gr.Group():
+                    m = gr.Dropdown(list(MODES), value=mode, label=f"column {c + 1}: mode", elem_id=f"cmp-mode-{c + 1}")
+                    with gr.Row():
+                        nn = gr.Slider(1, n_max, value=min(n, n_max), step=1, label="N")
+                        kk = gr.Slider(1, 12, value=k, step=1, label="k")
+                    cal = gr.Dropdown(list(CALIBRATION_POLICIES), value=calibration, label="calibration")
+                header = gr.Markdown(f"**{c + 1}.** waiting", elem_id=f"cmp-header-{c + 1}")
+                text = gr.HTML(tokens_html([], mode), elem_id=f"cmp-text-{c + 1}")
+                cards = gr.HTML(metric_cards_html(None), elem_id=f"cmp-cards-{c + 1}")
+                plot = gr.Plot(timeline_figure([], legend="bottom"), show_label=False,
+                               elem_id=f"cmp-timeline-{c + 1}")
+            cols.append(Column(m, nn, cal, kk, container, header, text, cards, plot))
+    with gr.Accordion("Comparison details (JSON)", open=False):
+        details = gr.JSON(elem_id="cmp-details")
+
+    columns.change(lambda n: [gr.Column(visible=c < int(n)) for c in range(MAX_COLUMNS)], columns,
+                   [c.container for c in cols], api_visibility="private", queue=False)
+    inputs = [prompt, chat, new, temperature, seed, columns]
+    for c in cols:
+        inputs += [c.mode, c.layer_parallel, c.calibration, c.draft_len]
+    outputs = [status, table, badge, details]
+    for c in cols:
+        outputs += [c.header, c.text, c.cards, c.timeline]
+    run.click(compare, inputs + [state], outputs, api_name="compare", concurrency_id="device", concurrency_limit=1,
+              show_progress="hidden")
+    stop.click(request_stop, [state], None, queue=False, api_visibility="private")
+
+
+def request_stop(state: UserState) -> None:
+    if state.request_stop("compare"):
+        gr.Info("Stopping after the current round.")

@@ -1,0 +1,128 @@
+"""What the dashboard holds for its whole life: launch options, the one engine session, measured speed.
+
+Built once at launch (models loaded once per process) and only read by the handlers afterwards;
+per-user data lives in `gr.State` (`state.py`), never here.
+"""
+from __future__ import annotations
+
+import sys
+import tempfile
+import uuid
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from easyspec.core.device_stats import DeviceMonitor
+from easyspec.core.pilot import Throughput, measure_throughput
+from easyspec.core.records import RoundRecord, RunHeader, load_run
+from easyspec.core.session import Session
+
+from .worker import on_thread
+
+DEFAULT_PAIR = "qwen2.5-coder"
+DEMO_RUNS = {  # label -> asset recorded from the offline pair with `easyspec generate --save-run`
+    "speculative": "demo_run_speculative.jsonl",
+    "easyspec every-round": "demo_run_easyspec.jsonl",
+    "easyspec none": "demo_run_easyspec_none.jsonl",
+}
+
+
+@dataclass(frozen=True)
+class AppOptions:
+    host: str = "127.0.0.1"
+    port: int = 7860
+    devices: int = 1
+    pair: str | None = None
+    base: str | None = None
+    draft: str | None = None
+    dtype: str = "float32"
+    device: str = "cpu"
+    allow_custom_models: bool = False
+    share: bool = False
+    probe: bool = True  # measure the session's speed at start (warm-up and pilot estimates)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.port <= 65535:
+            raise ValueError(f"--port must be between 1 and 65535; got {self.port}")
+        if self.devices < 1:
+            raise ValueError(f"--devices must be >= 1; got {self.devices}")
+        if (self.base or self.draft) and not self.allow_custom_models:
+            raise ValueError("custom models (--base/--draft) are off: the operator enables them with "
+                             "--allow-custom-models")
+        if (self.base or self.draft) and self.pair:
+            raise ValueError("give --pair NAME or --base/--draft, not both")
+        if bool(self.base) != bool(self.draft):
+            raise ValueError("give both --base and --draft")
+
+    @property
+    def pair_name(self) -> str | None:
+        return None if self.base else (self.pair or DEFAULT_PAIR)
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    label: str
+    header: RunHeader
+    records: tuple[RoundRecord, ...]
+
+
+def load_demo_runs() -> list[DemoRun]:
+    """The recorded runs shipped in assets/ (missing or unreadable ones are skipped with a note)."""
+    out = []
+    for label, name in DEMO_RUNS.items():
+        try:
+            with resources.as_file(resources.files("easyspec.assets").joinpath(name)) as path:
+                header, records = load_run(path)
+            out.append(DemoRun(label, header, tuple(records)))
+        except (OSError, ValueError) as exc:
+            print(f"easyspec app: demo run {name} not loaded ({exc})", file=sys.stderr)
+    return out
+
+
+class AppContext:
+    """The session, its description, a device monitor, measured speed, demo runs and a files folder."""
+
+    def __init__(self, options: AppOptions, session: Session, throughput: Throughput | None,
+                 demo_runs: list[DemoRun]):
+        self.options, self.session, self.throughput, self.demo_runs = options, session, throughput, demo_runs
+        self.info = session.info
+        self.monitor = DeviceMonitor(prefer_gpu=self.info.device == "cuda")
+        self.files_dir = Path(tempfile.mkdtemp(prefix="easyspec-app-"))
+
+    @classmethod
+    def start(cls, options: AppOptions) -> "AppContext":
+        session = Session.open(pair=options.pair_name, base=options.base, draft=options.draft, dtype=options.dtype,
+                               device=options.device, devices=options.devices)
+        try:
+            throughput = on_thread(lambda: measure_throughput(session)) if options.probe else None
+        except Exception:
+            session.close()
+            raise
+        return cls(options, session, throughput, load_demo_runs())
+
+    def close(self) -> None:
+        self.session.close()
+
+    @property
+    def middle_layers(self) -> int:
+        return max(1, (self.info.draft_layers or 3) - 2)
+
+    @property
+    def max_layer_parallel(self) -> int:
+        """The largest N the settings offer: the middle layers (one device) or G (across G devices)."""
+        return self.middle_layers if self.info.devices == 1 else min(self.info.devices, self.middle_layers)
+
+    @property
+    def max_new_tokens(self) -> int:
+        return max(1, min(1024, self.info.context_window // 2))
+
+    def new_files_dir(self) -> Path:
+        path = self.files_dir / uuid.uuid4().hex[:12]
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def models_markdown(self) -> str:
+        i = self.info
+        where = f"{i.devices} × {i.device}" if i.devices > 1 else i.device
+        return (f"**Base** `{i.base}` ({i.base_layers} layers) · **draft** `{i.draft}` ({i.draft_layers} layers) · "
+                f"{i.dtype} · **devices G = {i.devices}** ({where}; set at launch with `--devices`)")

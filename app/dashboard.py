@@ -1,0 +1,65 @@
+"""EasySpec Studio's dashboard: a Gradio Blocks app over one engine session.
+
+Screens: Generate, Compare, Pilot, How it works (one module each). The session is loaded once per
+process; every run that needs the devices goes through one queue (`concurrency_id="device"`, one
+at a time), so several browsers can share the app without loading models twice or interleaving
+rounds. Per-user data lives in `gr.State`. API endpoints for `gradio_client`: `generate`,
+`compare`, `pilot` (each takes a `prompt`), plus `replay`.
+"""
+from __future__ import annotations
+
+import sys
+
+import gradio as gr
+
+from . import compare_tab, explainer_tab, generate_tab, pilot_tab
+from .context import AppContext, AppOptions
+from .state import UserState
+
+CSS = """
+.gradio-container {max-width: 1500px !important}
+#es-header h1 {margin-bottom: 0}
+.es-card-value {font-variant-numeric: tabular-nums}
+"""
+
+
+def build_app(ctx: AppContext) -> gr.Blocks:
+    with gr.Blocks(title="EasySpec Studio", analytics_enabled=False) as demo:
+        state = gr.State(UserState)  # called once per browser session
+        gr.Markdown("# EasySpec Studio\nLayer-parallel speculative decoding with bonus calibration: the draft's "
+                    "middle layers run as parallel groups, the base verifies every token, so the output is the "
+                    "base model's own.\n\n" + ctx.models_markdown(), elem_id="es-header")
+        with gr.Tabs():
+            with gr.Tab("Generate", id="generate"):
+                generate_tab.build(ctx, state)
+            with gr.Tab("Compare", id="compare"):
+                compare_tab.build(ctx, state)
+            with gr.Tab("Pilot", id="pilot"):
+                pilot_tab.build(ctx, state)
+            with gr.Tab("How it works", id="explainer") as explainer:
+                explainer_tab.build(ctx, state, explainer)
+    # Gradio gives a state with a callable initial value a page-load event of its own, public by
+    # default; it is plumbing, not part of the API.
+    for fn in demo.fns.values():
+        if fn.fn is UserState:
+            fn.api_visibility = "private"
+    return demo
+
+
+def serve(options: AppOptions) -> int:
+    """Load the session once, build the app and serve it until interrupted."""
+    print(f"easyspec app: loading {options.pair_name or options.base} "
+          f"({options.dtype}, {options.device}, G={options.devices}) …", file=sys.stderr)
+    ctx = AppContext.start(options)
+    try:
+        if ctx.throughput is not None:
+            rates = ", ".join(f"{m} {r:.1f} tok/s" for m, r in ctx.throughput.tokens_per_s.items())
+            print(f"easyspec app: measured {rates}", file=sys.stderr)
+        demo = build_app(ctx)
+        demo.queue(default_concurrency_limit=4)
+        demo.launch(server_name=options.host, server_port=options.port, share=options.share, css=CSS,
+                    theme=gr.themes.Soft(), max_file_size="5mb", footer_links=["api", "gradio"],
+                    allowed_paths=[str(ctx.files_dir)], quiet=False)
+    finally:
+        ctx.close()
+    return 0

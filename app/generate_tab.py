@@ -1,0 +1,256 @@
+"""The Generate screen: one prompt, live coloured text, live timeline, metric cards, replay of saved runs.
+
+Handlers are generators that yield once per batch of rounds (at most once per round); the device
+work runs in a `DeviceJob` so that Stop ends the run within one round. API name: `generate`.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import gradio as gr
+
+from easyspec.core.engine import CALIBRATION_POLICIES, MODES
+from easyspec.core.records import load_run
+from easyspec.visualizations.acceptance import accepted_histogram_figure, per_position_figure
+from easyspec.visualizations.cards import device_panel_html, metric_cards_html
+from easyspec.visualizations.timeline import round_range_ms, timeline_figure
+from easyspec.visualizations.tokens import tokens_html
+
+from .common import file_size_ok, friendly, friendly_stream, keep_run, write_run_files
+from .context import AppContext
+from .live import LiveRun
+from .settings import check_prompt_text, describe_config, spec_config
+from .state import UserState
+from .worker import DeviceJob, record_stream
+
+DEFAULT_PROMPT = "Write a Python function that checks whether a number is prime."
+REPLAY_SPEEDS = {"recorded pace": 1.0, "4x faster": 4.0, "instant": math.inf}
+MAX_RUN_FILE_BYTES = 50_000_000
+
+
+@dataclass
+class SettingsInputs:
+    """The settings panel's components, in the order the handlers take them."""
+
+    mode: gr.Radio
+    layer_parallel: gr.Slider
+    calibration: gr.Radio
+    draft_len: gr.Slider
+    temperature: gr.Slider
+    top_p: gr.Slider
+    top_k: gr.Number
+    seed: gr.Number
+    max_new_tokens: gr.Slider
+
+    def as_list(self) -> list:
+        return [self.mode, self.layer_parallel, self.calibration, self.draft_len, self.temperature, self.top_p,
+                self.top_k, self.seed, self.max_new_tokens]
+
+
+def settings_panel(ctx: AppContext, prefix: str, max_new_tokens: int = 64) -> SettingsInputs:
+    n_max = ctx.max_layer_parallel
+    n_info = (f"consecutive draft layers run as one parallel group (1..{n_max} middle layers)"
+              if ctx.info.devices == 1 else f"N <= G = {ctx.info.devices} devices")
+    mode = gr.Radio(list(MODES), value="easyspec", label="mode", elem_id=f"{prefix}-mode")
+    n = gr.Slider(1, n_max, value=min(4, n_max), step=1, label="layer-parallel size N", info=n_info,
+                  elem_id=f"{prefix}-n")
+    calibration = gr.Radio(list(CALIBRATION_POLICIES), value="every-round", label="calibration policy",
+                           elem_id=f"{prefix}-calibration")
+    k = gr.Slider(1, 12, value=5, step=1, label="draft length k", elem_id=f"{prefix}-k")
+    with gr.Row():
+        temperature = gr.Slider(0, 2, value=0, step=0.05, label="temperature (0 = greedy)",
+                                elem_id=f"{prefix}-temperature")
+        top_p = gr.Slider(0.05, 1, value=1, step=0.05, label="top-p", elem_id=f"{prefix}-top-p")
+    with gr.Row():
+        top_k = gr.Number(0, label="top-k (0 = off)", precision=0, minimum=0, elem_id=f"{prefix}-top-k")
+        seed = gr.Number(0, label="seed", precision=0, minimum=0, elem_id=f"{prefix}-seed")
+    new = gr.Slider(1, ctx.max_new_tokens, value=min(max_new_tokens, ctx.max_new_tokens), step=1,
+                    label="max new tokens", elem_id=f"{prefix}-max-new")
+    return SettingsInputs(mode, n, calibration, k, temperature, top_p, top_k, seed, new)
+
+
+@dataclass
+class GenerateOutputs:
+    status: gr.Markdown
+    text: gr.HTML
+    cards: gr.HTML
+    timeline: gr.Plot
+    per_position: gr.Plot
+    histogram: gr.Plot
+    details: gr.JSON
+    run_file: gr.File
+    trace_file: gr.File
+    round_slider: gr.Slider
+
+    def as_list(self) -> list:
+        return [self.status, self.text, self.cards, self.timeline, self.per_position, self.histogram, self.details,
+                self.run_file, self.trace_file, self.round_slider]
+
+
+def _view(live: LiveRun, status: str, final: bool = False, files: dict | None = None) -> tuple:
+    """Output values for GenerateOutputs; files, details and the round slider change only at the end."""
+    base = (status, live.text_html(), live.cards_html(), live.timeline(), live.per_position(), live.histogram())
+    if not final:
+        return base + (gr.skip(), gr.skip(), gr.skip(), gr.skip())
+    files = files or {}
+    last = max(0, len(live.records) - 1)
+    slider = gr.Slider(minimum=0, maximum=max(1, last), value=min(1, last), step=1, interactive=last > 0)
+    return base + (live.details(), files.get("run"), files.get("trace"), slider)
+
+
+def _running_status(live: LiveRun) -> str:
+    m = live.metrics()
+    if m is None:
+        return f"**Running** {live.label} …"
+    return (f"**Running** {live.label} · round {live.records[-1].index} · {m.new_tokens} tokens · "
+            f"{m.tokens_per_s:.2f} tok/s")
+
+
+def _final_status(live: LiveRun, what: str = "Done") -> str:
+    m = live.metrics()
+    if m is None:
+        return f"**{what}**: no rounds"
+    if live.stopped_early:
+        return f"**Stopped** after round {live.records[-1].index}: {m.new_tokens} tokens in {m.total_s:.2f} s"
+    return (f"**{what}**: {live.label} · {m.new_tokens} tokens in {m.total_s:.2f} s ({m.tokens_per_s:.2f} tok/s) · "
+            f"stop: {live.records[-1].stop}")
+
+
+def make_handlers(ctx: AppContext):
+    session = ctx.session
+
+    @friendly_stream
+    def generate(prompt, chat, mode, layer_parallel, calibration, draft_len, temperature, top_p, top_k, seed,
+                 max_new_tokens, state: UserState):
+        prompt = check_prompt_text(prompt)
+        cfg = spec_config(mode, layer_parallel, calibration, draft_len, temperature, top_p, top_k, seed,
+                          max_new_tokens)
+        ids = session.encode(prompt, bool(chat))
+        session.validate(cfg, ids)
+        stop = state.begin("generate")
+        live = LiveRun(session.tokenizer, cfg.mode, ctx.info.device, ctx.info.devices, describe_config(cfg))
+        yield (_running_status(live),) + _view(live, "")[1:6] + (None, None, None, gr.skip())
+        for batch in DeviceJob(record_stream(session, ids, cfg), stop).batches():
+            live.add(batch)
+            yield _view(live, _running_status(live))
+        live.finish()
+        files = write_run_files(ctx, live, cfg.as_dict(), ids, "run")
+        keep_run(state, "generate", "generate", live, ids, prompt, cfg.as_dict(), cfg.sampling.greedy, files)
+        yield _view(live, _final_status(live), final=True, files=files)
+
+    @friendly_stream
+    def replay(run_file, speed, state: UserState):
+        if not run_file:
+            raise ValueError("choose a saved run file (.jsonl, written by --save-run or the Download button) first")
+        path = file_size_ok(run_file, MAX_RUN_FILE_BYTES, "saved run")
+        try:
+            header, records = load_run(path)
+        except ValueError as exc:
+            raise ValueError(f"not a replayable easyspec run: {exc}") from None
+        except Exception as exc:  # malformed lines: wrong keys or types
+            raise ValueError(f"not a replayable easyspec run ({type(exc).__name__}: {exc})") from None
+        if not records:
+            raise ValueError("the saved run has a header but no rounds")
+        if header.base != ctx.info.base:
+            gr.Warning(f"This run was recorded with base {header.base}; its tokens are decoded with this session's "
+                       f"tokenizer ({ctx.info.base}), so the text may differ from the original.")
+        mode = header.settings.get("mode", "easyspec")
+        devices = int(header.extra.get("devices", 1)) if isinstance(header.extra, dict) else 1
+        label = f"replay ({header.settings.get('mode', '?')}, recorded {header.created or 'unknown date'})"
+        live = LiveRun(session.tokenizer, mode, header.device, devices, label)
+        stop = state.begin("generate")
+        pace = REPLAY_SPEEDS.get(speed, 1.0)
+        t0, last_yield = time.monotonic(), 0.0
+        for i, rec in enumerate(records):
+            if stop.is_set():
+                break
+            wait = rec.end_ns / 1e9 / pace - (time.monotonic() - t0)
+            if wait > 0 and stop.wait(wait):  # wakes at once on Stop
+                break
+            live.add([rec])
+            if pace != math.inf and (time.monotonic() - last_yield > 0.15 or i == len(records) - 1):
+                last_yield = time.monotonic()
+                yield _view(live, f"**Replaying** round {rec.index} of {records[-1].index} · {live.label}")
+        live.finish()
+        files = {"run": str(path), "trace": write_run_files(ctx, live, header.settings, header.prompt_ids,
+                                                            "replay")["trace"]}
+        keep_run(state, "generate", "replay", live, header.prompt_ids, "(replay)", header.settings, False, files)
+        yield _view(live, _final_status(live, "Replayed"), final=True, files=files)
+
+    @friendly
+    def inspect_round(index, state: UserState):
+        run = state.last.get("generate")
+        if run is None or not run.records:
+            return timeline_figure([], ctx.info.device, ctx.info.devices)
+        index = max(0, min(int(index or 0), len(run.records) - 1))
+        rec = run.records[index]
+        lo, hi = round_range_ms(run.records, rec.index)
+        return timeline_figure([rec], ctx.info.device, ctx.info.devices, run.mode, max_bars=20000,
+                               title=f"round {rec.index}: {len(rec.token_ids)} tokens, "
+                                     f"{rec.accepted}/{len(rec.drafted)} drafts accepted, every span",
+                               x_range=(lo - 0.02 * (hi - lo), hi + 0.02 * (hi - lo)))
+
+    def request_stop(state: UserState) -> None:
+        if state.request_stop("generate"):
+            gr.Info("Stopping after the current round.")
+
+    def devices_html() -> str:
+        return device_panel_html(ctx.monitor.read(), ctx.monitor.note)
+
+    return generate, replay, inspect_round, request_stop, devices_html
+
+
+def build(ctx: AppContext, state: gr.State) -> None:
+    generate, replay, inspect_round, request_stop, devices_html = make_handlers(ctx)
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=1, min_width=330):
+            prompt = gr.Textbox(DEFAULT_PROMPT, label="Prompt", lines=4, elem_id="gen-prompt")
+            chat = gr.Checkbox(True, label="use the chat template", elem_id="gen-chat")
+            with gr.Row():
+                run = gr.Button("Run", variant="primary", elem_id="gen-run")
+                stop = gr.Button("Stop", variant="stop", elem_id="gen-stop")
+            with gr.Accordion("Settings", open=True):
+                settings = settings_panel(ctx, "gen")
+                gr.Markdown(ctx.models_markdown(), elem_id="gen-models")
+            with gr.Accordion("Devices", open=True):
+                panel = gr.HTML(devices_html(), elem_id="gen-devices")
+            with gr.Accordion("Replay a saved run", open=False):
+                run_upload = gr.File(label="saved run (.jsonl from --save-run or Download)", file_types=[".jsonl"],
+                                     elem_id="gen-replay-file")
+                speed = gr.Radio(list(REPLAY_SPEEDS), value="4x faster", label="speed")
+                replay_btn = gr.Button("Replay", elem_id="gen-replay")
+        with gr.Column(scale=2, min_width=480):
+            status = gr.Markdown("Press **Run** to generate.", elem_id="gen-status")
+            text = gr.HTML(tokens_html([], "easyspec"), elem_id="gen-text")
+            cards = gr.HTML(metric_cards_html(None), elem_id="gen-cards")
+            timeline = gr.Plot(timeline_figure([]), label="Timeline (one lane group per device)",
+                               elem_id="gen-timeline")
+            with gr.Row():
+                per_position = gr.Plot(per_position_figure([]), show_label=False, elem_id="gen-per-position")
+                histogram = gr.Plot(accepted_histogram_figure([]), show_label=False, elem_id="gen-histogram")
+            with gr.Accordion("Inspect one round (every span)", open=False):
+                round_slider = gr.Slider(0, 1, value=0, step=1, label="round", interactive=False,
+                                         elem_id="gen-round")
+                round_plot = gr.Plot(label="round detail", elem_id="gen-round-plot")
+            with gr.Row():
+                run_file = gr.File(label="saved run (.jsonl, replayable)", interactive=False, height=90,
+                                   elem_id="gen-run-file")
+                trace_file = gr.File(label="Chrome trace (.json, opens in Perfetto)", interactive=False, height=90,
+                                     elem_id="gen-trace-file")
+            with gr.Accordion("Run details (JSON)", open=False):
+                details = gr.JSON(label="details", elem_id="gen-details")
+    out = GenerateOutputs(status, text, cards, timeline, per_position, histogram, details, run_file, trace_file,
+                          round_slider)
+
+    inputs = [prompt, chat, *settings.as_list(), state]
+    run.click(generate, inputs, out.as_list(), api_name="generate", concurrency_id="device",
+              concurrency_limit=1, show_progress="hidden")
+    stop.click(request_stop, [state], None, queue=False, api_visibility="private")
+    replay_btn.click(replay, [run_upload, speed, state], out.as_list(), api_name="replay", concurrency_id="replay",
+                     concurrency_limit=4, show_progress="hidden")
+    out.round_slider.change(inspect_round, [out.round_slider, state], round_plot, api_visibility="private",
+                            concurrency_id="views", concurrency_limit=4, show_progress="hidden")
+    timer = gr.Timer(2.0)
+    timer.tick(devices_html, None, panel, api_visibility="private", queue=False, show_progress="hidden")

@@ -1,0 +1,217 @@
+"""The Pilot screen: a batch evaluation over prompts x a settings grid, for ROI decisions.
+
+The evaluation itself is `core.pilot` (shared with `easyspec bench`); this screen picks the
+prompts (a built-in set, an uploaded JSONL/CSV, or typed prompts), shows the estimated duration
+before the start, streams progress and results, draws the charts and offers CSV, JSON and Chrome
+trace downloads. API: `pilot` (its `prompt` parameter holds typed prompts, one per line).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import gradio as gr
+
+from easyspec.core.engine import CALIBRATION_POLICIES
+from easyspec.core.pilot import (DEFAULT_PROMPTS, PilotGrid, PilotProgress, PilotRun, describe_seconds,
+                                 estimate_seconds, pilot_json, rows_to_csv, run_pilot, summarise)
+from easyspec.core.prompt_sets import BUILTIN_SETS, builtin_prompts, read_prompt_file
+from easyspec.visualizations.pilot_charts import pilot_figure
+
+from .common import friendly, friendly_stream, write_trace
+from .context import AppContext
+from .settings import as_float, as_int, check_choice
+from .state import LastRun, RunSummary, UserState, prompt_key
+from .worker import DeviceJob
+
+SOURCES = ("built-in set", "uploaded file", "typed prompts")
+RUN_COLUMNS = ["prompt", "setting", "new_tokens", "tokens_per_s", "speedup", "acceptance_rate",
+               "mean_accepted_length", "draft_s", "verify_s", "calibrate_s", "sample_s", "overhead_s",
+               "equal_to_vanilla"]
+SUMMARY_COLUMNS = ["setting", "prompts", "new_tokens", "tokens_per_s", "speedup", "acceptance_rate",
+                   "mean_accepted_length", "draft_s", "verify_s", "calibrate_s", "sample_s", "overhead_s",
+                   "equal_to_vanilla"]
+
+
+def _table(rows: list[dict], columns: list[str]) -> list[list]:
+    def cell(v):
+        if isinstance(v, bool):
+            return "yes" if v else "no"
+        return "" if v is None else v
+    return [[cell(r.get(c)) for c in columns] for r in rows]
+
+
+def pick_prompts(prompt, source, prompt_set, n_prompts, upload) -> list[str]:
+    """The pilot's prompts from the chosen source (ValueError with a clear message otherwise)."""
+    source = check_choice(source, "prompt source", SOURCES)
+    if source == "built-in set":
+        prompts = builtin_prompts(check_choice(prompt_set, "prompt set", BUILTIN_SETS))
+    elif source == "uploaded file":
+        if not upload:
+            raise ValueError("choose a JSONL or CSV file to upload first (or pick another prompt source)")
+        prompts = read_prompt_file(upload)
+    else:
+        prompts = [line.strip() for line in (prompt or "").splitlines() if line.strip()]
+        if not prompts:
+            raise ValueError("type at least one prompt (one per line), or pick another prompt source")
+    n = as_int(n_prompts, "number of prompts", 1, 1000)
+    return prompts[:n]
+
+
+def make_grid(layer_parallel, calibration, draft_len, speculative, max_new_tokens, chat, temperature) -> PilotGrid:
+    if not layer_parallel:
+        raise ValueError("tick at least one layer-parallel size N")
+    if not calibration:
+        raise ValueError("tick at least one calibration policy")
+    if not draft_len:
+        raise ValueError("tick at least one draft length k")
+    return PilotGrid(layer_parallel=tuple(as_int(n, "N", 1, 64) for n in layer_parallel),
+                     calibration=tuple(check_choice(c, "calibration policy", CALIBRATION_POLICIES)
+                                       for c in calibration),
+                     draft_len=tuple(as_int(k, "k", 1, 16) for k in draft_len), speculative=bool(speculative),
+                     max_new_tokens=as_int(max_new_tokens, "max new tokens", 1, 2048), chat=bool(chat),
+                     temperature=as_float(temperature, "temperature"))
+
+
+def make_handlers(ctx: AppContext):
+    session = ctx.session
+
+    def estimate(prompt, source, prompt_set, n_prompts, layer_parallel, calibration, draft_len, speculative,
+                 max_new_tokens, chat, temperature, upload) -> str:
+        try:
+            prompts = pick_prompts(prompt, source, prompt_set, n_prompts, upload)
+            grid = make_grid(layer_parallel, calibration, draft_len, speculative, max_new_tokens, chat, temperature)
+            lengths = [len(session.encode(p, grid.chat)) for p in prompts]
+        except ValueError as exc:
+            return f"⚠️ {exc}"
+        settings = len(grid.settings())
+        runs = settings * len(prompts)
+        text = (f"**{runs} runs**: {settings} settings × {len(prompts)} prompts × up to {grid.max_new_tokens} "
+                f"new tokens.")
+        if ctx.throughput is None:
+            return text + " (no speed measurement at launch, so no time estimate)"
+        seconds = estimate_seconds(lengths, grid, ctx.throughput)
+        rates = ", ".join(f"{m} {r:.1f} tok/s" for m, r in ctx.throughput.tokens_per_s.items())
+        return text + f" Estimated time: **about {describe_seconds(seconds)}** (speeds measured at launch: {rates})."
+
+    @friendly_stream
+    def pilot(prompt, source, prompt_set, n_prompts, layer_parallel, calibration, draft_len, speculative,
+              max_new_tokens, chat, temperature, upload=None, state: UserState | None = None,
+              progress=gr.Progress()):
+        state = state if state is not None else UserState()
+        prompts = pick_prompts(prompt, source, prompt_set, n_prompts, upload)
+        grid = make_grid(layer_parallel, calibration, draft_len, speculative, max_new_tokens, chat, temperature)
+        stop = state.begin("pilot")
+        state.pilot_runs = {}
+        rows: list[dict] = []
+        yield ("**Starting** the pilot (validating every setting on every prompt) …", [], [], pilot_figure([]),
+               None, None, gr.Dropdown(choices=[], value=None), None)
+        job = DeviceJob(lambda ev: run_pilot(session, prompts, grid, should_stop=ev.is_set), stop)
+        status, last, prompt_ids = "", None, {}
+        for batch in job.batches(min_interval_s=0.3):
+            for item in batch:
+                if isinstance(item, PilotProgress):
+                    last, remaining = item, ""
+                    if 0 < item.done < item.total:
+                        left = item.elapsed_s / item.done * (item.total - item.done)
+                        remaining = f" · about {describe_seconds(left)} left"
+                    status = (f"**{item.done}/{item.total} runs** · {describe_seconds(item.elapsed_s)} elapsed"
+                              f"{remaining} · {item.label}")
+                    progress((item.done, item.total), desc=item.label, unit="runs")
+                elif isinstance(item, PilotRun):
+                    rows.append(item.row)
+                    i = item.prompt_index
+                    if i not in prompt_ids:
+                        prompt_ids[i] = session.encode(prompts[i], grid.chat)
+                    _keep_pilot_run(state, item, prompts[i], prompt_ids[i])
+            summary = summarise(rows) if rows else []
+            yield (status, _table(summary, SUMMARY_COLUMNS), _table(rows, RUN_COLUMNS), pilot_figure(summary),
+                   gr.skip(), gr.skip(), gr.skip(), gr.skip())
+        summary = summarise(rows)
+        folder = ctx.new_files_dir()
+        csv_path, json_path = folder / "pilot_runs.csv", folder / "pilot.json"
+        csv_path.write_text(rows_to_csv(rows))
+        json_path.write_text(pilot_json(rows, grid, prompts, dataclasses.asdict(ctx.info)))
+        labels = list(state.pilot_runs)
+        done = "**Stopped** early" if last is not None and last.label == "stopped" else "**Done**"
+        took = f" in {describe_seconds(last.elapsed_s)}" if last else ""
+        yield (f"{done}: {len(rows)} of {last.total if last else len(rows)} runs{took}. Downloads below.",
+               _table(summary, SUMMARY_COLUMNS), _table(rows, RUN_COLUMNS), pilot_figure(summary),
+               str(csv_path), str(json_path), gr.Dropdown(choices=labels, value=labels[-1] if labels else None),
+               None)
+
+    @friendly
+    def trace_of(label, state: UserState):
+        run = state.pilot_runs.get(label)
+        if run is None:
+            return None
+        return write_trace(ctx, run.records, "pilot_trace")
+
+    def request_stop(state: UserState) -> None:
+        if state.request_stop("pilot"):
+            gr.Info("Stopping after the current round.")
+
+    return estimate, pilot, trace_of, request_stop
+
+
+def _keep_pilot_run(state: UserState, item: PilotRun, prompt: str, prompt_ids: list[int]) -> None:
+    """Keep a pilot run for its trace download, How it works and the equality evidence."""
+    cfg = item.setting.config
+    label = f"prompt {item.prompt_index + 1} · {item.setting.label}"
+    run = LastRun(label, cfg.mode, list(item.records), tuple(prompt_ids), cfg.as_dict())
+    state.pilot_runs[label] = run
+    state.keep("pilot", run)
+    state.remember(RunSummary("pilot", prompt_key(prompt_ids), prompt[:60], item.setting.label, cfg.mode,
+                              cfg.sampling.greedy, item.token_ids, complete=item.records[-1].stop is not None))
+
+
+def build(ctx: AppContext, state: gr.State) -> None:
+    estimate, pilot, trace_of, request_stop = make_handlers(ctx)
+    n_max = ctx.max_layer_parallel
+    n_choices = sorted({n for n in (1, 2, 3, 4, 5, 6, 8) if n <= n_max} | {n_max})
+    gr.Markdown("Run every setting of a grid on a set of prompts. Vanilla decoding runs first on each prompt: "
+                "speedups are measured against it in the same pilot, and greedy outputs are checked against it "
+                "token for token.")
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=1, min_width=320):
+            source = gr.Radio(list(SOURCES), value="built-in set", label="prompts from", elem_id="pilot-source")
+            prompt_set = gr.Dropdown(list(BUILTIN_SETS), value="code", label="built-in set", elem_id="pilot-set")
+            n_prompts = gr.Slider(1, 50, value=DEFAULT_PROMPTS, step=1, label="number of prompts (first n)",
+                                  elem_id="pilot-n-prompts")
+            upload = gr.File(label="upload JSONL ({\"prompt\": ...} per line) or CSV (a prompt column)",
+                             file_types=[".jsonl", ".csv", ".json", ".txt"], elem_id="pilot-upload")
+            prompt = gr.Textbox("", label="typed prompts (one per line)", lines=3, elem_id="pilot-prompt")
+        with gr.Column(scale=1, min_width=320):
+            layer_parallel = gr.CheckboxGroup(n_choices, value=[n for n in (2, 4) if n <= n_max] or [1],
+                                              label="layer-parallel size N", elem_id="pilot-n")
+            calibration = gr.CheckboxGroup(list(CALIBRATION_POLICIES), value=["none", "every-round"],
+                                           label="calibration policy", elem_id="pilot-calibration")
+            draft_len = gr.CheckboxGroup([3, 5, 7], value=[5], label="draft length k", elem_id="pilot-k")
+            speculative = gr.Checkbox(True, label="also sequential speculative decoding (per k)")
+            with gr.Row():
+                max_new_tokens = gr.Slider(4, min(512, ctx.max_new_tokens), value=32, step=4,
+                                           label="max new tokens per run", elem_id="pilot-max-new")
+                temperature = gr.Slider(0, 2, value=0, step=0.05, label="temperature (0 = greedy)")
+            chat = gr.Checkbox(True, label="use the chat template")
+    inputs = [prompt, source, prompt_set, n_prompts, layer_parallel, calibration, draft_len, speculative,
+              max_new_tokens, chat, temperature, upload]
+    estimate_md = gr.Markdown(estimate(*[c.value for c in inputs]), elem_id="pilot-estimate")
+    with gr.Row():
+        run = gr.Button("Run pilot", variant="primary", elem_id="pilot-run")
+        stop = gr.Button("Stop", variant="stop", elem_id="pilot-stop")
+    status = gr.Markdown("", elem_id="pilot-status")
+    summary = gr.Dataframe(headers=SUMMARY_COLUMNS, label="per setting (sums over prompts)", interactive=False,
+                           elem_id="pilot-summary", wrap=True)
+    chart = gr.Plot(pilot_figure([]), show_label=False, elem_id="pilot-chart")
+    runs = gr.Dataframe(headers=RUN_COLUMNS, label="per run", interactive=False, elem_id="pilot-runs", wrap=True)
+    with gr.Row():
+        csv_file = gr.File(label="results (CSV)", interactive=False, elem_id="pilot-csv")
+        json_file = gr.File(label="results (JSON)", interactive=False, elem_id="pilot-json")
+        with gr.Column():
+            trace_pick = gr.Dropdown([], label="Chrome trace of run", elem_id="pilot-trace-pick")
+            trace_file = gr.File(label="trace (.json, opens in Perfetto)", interactive=False, elem_id="pilot-trace")
+    for comp in inputs:
+        comp.change(estimate, inputs, estimate_md, api_visibility="private", queue=False, show_progress="hidden")
+    run.click(pilot, inputs + [state], [status, summary, runs, chart, csv_file, json_file, trace_pick, trace_file],
+              api_name="pilot", concurrency_id="device", concurrency_limit=1)
+    stop.click(request_stop, [state], None, queue=False, api_visibility="private")
+    trace_pick.change(trace_of, [trace_pick, state], trace_file, api_visibility="private")

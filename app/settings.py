@@ -1,0 +1,92 @@
+"""Turning the dashboard's inputs into engine settings, with messages a person can act on.
+
+Inputs arrive from the browser or from `gradio_client` scripts, so any of them may be missing,
+of the wrong type or out of range: each is checked here and a `ValueError` says which field is
+wrong, in the dashboard's own words (not the command line's flag names).
+"""
+from __future__ import annotations
+
+from easyspec.core.engine import CALIBRATION_POLICIES, MODES, SpecConfig
+from easyspec.core.sampling import SamplingConfig
+
+MAX_NEW_TOKENS_LIMIT = 2048
+MAX_DRAFT_LEN = 16
+MAX_PROMPT_CHARS = 20_000
+# Flag names in engine messages -> the dashboard's field names.
+_FIELD_NAMES = {"--layer-parallel": "layer-parallel size N", "--draft-len": "draft length k",
+                "--max-new-tokens": "max new tokens", "--temperature": "temperature", "--top-p": "top-p",
+                "--top-k": "top-k", "--sequential-head": "sequential head layers",
+                "--sequential-tail": "sequential tail layers"}
+
+
+def ui_message(exc: Exception) -> str:
+    """An engine ValueError's message with command-line flag names replaced by field names."""
+    msg = str(exc)
+    for flag, name in _FIELD_NAMES.items():
+        msg = msg.replace(flag, name)
+    return msg
+
+
+def as_int(value, name: str, lo: int | None = None, hi: int | None = None) -> int:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a whole number; got {value!r}") from None
+    if f != int(f):
+        raise ValueError(f"{name} must be a whole number; got {value!r}")
+    n = int(f)
+    if lo is not None and n < lo or hi is not None and n > hi:
+        raise ValueError(f"{name} must be between {lo} and {hi}; got {n}")
+    return n
+
+
+def as_float(value, name: str) -> float:
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number; got {value!r}") from None
+    if x != x or x in (float("inf"), float("-inf")):
+        raise ValueError(f"{name} must be a finite number; got {value!r}")
+    return x
+
+
+def check_prompt_text(prompt) -> str:
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError("the prompt is empty: type some text to continue")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise ValueError(f"the prompt has {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}")
+    return prompt
+
+
+def check_choice(value, name: str, choices) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(str, choices))}; got {value!r}")
+    return value
+
+
+def spec_config(mode, layer_parallel, calibration, draft_len, temperature, top_p, top_k, seed,
+                max_new_tokens) -> SpecConfig:
+    """A validated SpecConfig from raw input values (ValueError with a field name otherwise)."""
+    try:
+        sampling = SamplingConfig(temperature=as_float(temperature, "temperature"), top_p=as_float(top_p, "top-p"),
+                                  top_k=as_int(top_k, "top-k", 0, 10**6), seed=as_int(seed, "seed", 0, 2**63 - 1))
+        return SpecConfig(mode=check_choice(mode, "mode", MODES),
+                          layer_parallel=as_int(layer_parallel, "layer-parallel size N", 1, 64),
+                          calibration=check_choice(calibration, "calibration policy", CALIBRATION_POLICIES),
+                          draft_len=as_int(draft_len, "draft length k", 1, MAX_DRAFT_LEN),
+                          max_new_tokens=as_int(max_new_tokens, "max new tokens", 1, MAX_NEW_TOKENS_LIMIT),
+                          sampling=sampling)
+    except ValueError as exc:
+        raise ValueError(ui_message(exc)) from None
+
+
+def describe_config(cfg: SpecConfig) -> str:
+    """A short label: 'easyspec N=4 every-round k=5', 'speculative k=5', 'vanilla'."""
+    if cfg.mode == "vanilla":
+        text = "vanilla"
+    elif cfg.mode == "speculative":
+        text = f"speculative k={cfg.draft_len}"
+    else:
+        text = f"easyspec N={cfg.layer_parallel} {cfg.calibration} k={cfg.draft_len}"
+    s = cfg.sampling
+    return text if s.greedy else f"{text} T={s.temperature:g}"

@@ -1,0 +1,84 @@
+"""Per-user state of the dashboard (held in `gr.State`, one per browser session) and its run log.
+
+Nothing here is shared between users: the stop flags, the latest runs (for downloads, the round
+inspector and the How-it-works screen) and the log of greedy runs that serves as the evidence of
+output equality all live in one `UserState` per session.
+"""
+from __future__ import annotations
+
+import hashlib
+import threading
+from dataclasses import dataclass, field
+
+from easyspec.core.records import RoundRecord
+
+MAX_LOG = 50
+MAX_RUNS = 12  # finished runs kept per user (their records hold every span)
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What the equality evidence needs from one finished run."""
+
+    source: str  # "generate" | "compare" | "pilot"
+    prompt_key: str  # hash of the prompt token ids
+    prompt_preview: str
+    label: str
+    mode: str
+    greedy: bool
+    token_ids: tuple[int, ...]
+    complete: bool  # False when stopped early
+
+
+@dataclass
+class LastRun:
+    """A finished run kept for downloads and inspection."""
+
+    label: str
+    mode: str
+    records: list[RoundRecord]
+    prompt_ids: tuple[int, ...]
+    settings: dict
+    files: dict[str, str] = field(default_factory=dict)  # kind -> path
+
+
+def prompt_key(prompt_ids) -> str:
+    return hashlib.sha1(",".join(map(str, prompt_ids)).encode()).hexdigest()[:12]
+
+
+class UserState:
+    """Create one per session (pass the class itself to gr.State so that Gradio calls it per session)."""
+
+    def __init__(self) -> None:
+        self.stops: dict[str, threading.Event] = {}
+        self.log: list[RunSummary] = []
+        self.last: dict[str, LastRun] = {}  # screen -> latest run ("generate", "compare:1", ...)
+        self.pilot_runs: dict[str, LastRun] = {}  # the latest pilot's runs, by label
+        self.runs: list[LastRun] = []  # finished runs of every screen, oldest first
+
+    def __deepcopy__(self, memo) -> "UserState":
+        # Gradio deep-copies a state's initial value; this object is already a fresh one per session
+        # (its factory is called per session), and it holds thread events that cannot be copied.
+        return self
+
+    def begin(self, screen: str) -> threading.Event:
+        """A fresh stop flag for a run on `screen`."""
+        event = threading.Event()
+        self.stops[screen] = event
+        return event
+
+    def request_stop(self, screen: str) -> bool:
+        event = self.stops.get(screen)
+        if event is None or event.is_set():
+            return False
+        event.set()
+        return True
+
+    def remember(self, summary: RunSummary) -> None:
+        self.log.append(summary)
+        del self.log[:-MAX_LOG]
+
+    def keep(self, screen: str, run: LastRun) -> None:
+        self.last[screen] = run
+        self.runs.append(run)
+        del self.runs[:-MAX_RUNS]

@@ -1,0 +1,289 @@
+"""Pilot evaluation: many prompts x a grid of settings, with vanilla decoding as the yardstick.
+
+What it is: the batch evaluation that the dashboard's Pilot screen drives and `easyspec bench`
+shares. A `PilotGrid` names the settings (vanilla, sequential speculative decoding per draft
+length k, and EasySpec over layer-parallel size N x calibration policy x k); `estimate_seconds`
+says how long it will take from a measured `Throughput`; `run_pilot` runs every setting on every
+prompt through the session's one record stream and yields progress and one result row per run
+(tokens/s, speedup over vanilla on the same prompt in the same pilot, AR, AL, seconds per phase,
+greedy equality with vanilla); `summarise` folds rows per setting; CSV and JSON export.
+What it is not: a UI (no gradio, no plotly), or the engine (it only consumes `Session.generate`).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterator, Sequence
+
+from .engine import CALIBRATION_POLICIES, SpecConfig
+from .metrics import compute
+from .records import PHASES, RoundRecord
+from .sampling import SamplingConfig
+
+DEFAULT_PROMPTS = 3  # with the default grid: a few minutes on a 2-core CPU with the offline pair
+MAX_GRID_RUNS = 400
+
+
+@dataclass(frozen=True)
+class PilotSetting:
+    label: str
+    config: SpecConfig
+
+
+@dataclass(frozen=True)
+class PilotGrid:
+    """What to run on every prompt. Vanilla always runs first: it is the speedup's reference."""
+
+    layer_parallel: tuple[int, ...] = (2, 4)
+    calibration: tuple[str, ...] = ("none", "every-round")
+    draft_len: tuple[int, ...] = (5,)
+    speculative: bool = True  # also sequential speculative decoding (N = 1, exact) for each k
+    max_new_tokens: int = 32
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    chat: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("layer_parallel", "calibration", "draft_len"):
+            values = tuple(dict.fromkeys(getattr(self, name)))  # drop repeats, keep order
+            if not values:
+                raise ValueError(f"the pilot grid needs at least one {name.replace('_', ' ')} value")
+            object.__setattr__(self, name, values)
+        bad = [c for c in self.calibration if c not in CALIBRATION_POLICIES]
+        if bad:
+            raise ValueError(f"unknown calibration policy {bad[0]!r}: choose from {', '.join(CALIBRATION_POLICIES)}")
+        if any(int(n) != n or n < 1 for n in self.layer_parallel):
+            raise ValueError(f"layer-parallel sizes must be whole numbers >= 1; got {list(self.layer_parallel)}")
+        if any(int(k) != k or k < 1 for k in self.draft_len):
+            raise ValueError(f"draft lengths must be whole numbers >= 1; got {list(self.draft_len)}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max new tokens must be >= 1; got {self.max_new_tokens}")
+        SamplingConfig(self.temperature, self.top_p, 0, self.seed)  # raises on a bad value
+
+    @property
+    def sampling(self) -> SamplingConfig:
+        return SamplingConfig(temperature=self.temperature, top_p=self.top_p, seed=self.seed)
+
+    def settings(self) -> list[PilotSetting]:
+        common = dict(max_new_tokens=self.max_new_tokens, sampling=self.sampling)
+        out = [PilotSetting("vanilla", SpecConfig(mode="vanilla", **common))]
+        if self.speculative:
+            out += [PilotSetting(f"speculative k={k}", SpecConfig(mode="speculative", draft_len=k, **common))
+                    for k in self.draft_len]
+        for k in self.draft_len:
+            for policy in self.calibration:
+                for n in self.layer_parallel:
+                    out.append(PilotSetting(f"easyspec N={n} {policy} k={k}", SpecConfig(
+                        mode="easyspec", layer_parallel=n, calibration=policy, draft_len=k, **common)))
+        return out
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """Measured speed of this session, for duration estimates."""
+
+    prefill_tokens_per_s: float
+    tokens_per_s: dict[str, float] = field(default_factory=dict)  # mode -> decode tokens/s
+
+    def decode_rate(self, mode: str) -> float:
+        return self.tokens_per_s.get(mode) or self.tokens_per_s.get("vanilla") or 1.0
+
+
+def _decode_rate(records: Sequence[RoundRecord]) -> float:
+    m = compute(records)
+    after_first = m.total_s - m.time_to_first_token_s
+    return (m.new_tokens - 1) / after_first if m.new_tokens > 1 and after_first > 0 else m.tokens_per_s
+
+
+def measure_throughput(session, prompt: str = "def fibonacci(n):", new_tokens: int = 8,
+                       modes: Sequence[str] = ("vanilla", "easyspec")) -> Throughput:
+    """A short run per mode (it also warms the models up). Needs the device: call it outside runs."""
+    ids = session.encode(prompt, False)
+    for _ in session.generate(ids, SpecConfig(mode="vanilla", max_new_tokens=2)):  # warm-up, not measured
+        pass
+    rates, prefill = {}, []
+    for mode in modes:
+        if mode != "vanilla" and session.draft is None:
+            continue
+        n = min(4, max(1, (session.info.draft_layers or 3) - 2))  # the default N, within the middle layers
+        if session.info.devices > 1:
+            n = min(n, session.info.devices)  # across G devices, N <= G
+        cfg = SpecConfig(mode=mode, max_new_tokens=new_tokens, layer_parallel=n if mode == "easyspec" else 1)
+        records = list(session.generate(ids, cfg))
+        rates[mode] = _decode_rate(records)
+        prefill.append(len(ids) / max(records[0].end_ns / 1e9, 1e-9))
+    rates.setdefault("speculative", rates.get("easyspec", rates["vanilla"]))
+    return Throughput(prefill_tokens_per_s=max(prefill), tokens_per_s=rates)
+
+
+def estimate_seconds(prompt_tokens: Sequence[int], grid: PilotGrid, speed: Throughput) -> float:
+    """Expected wall time of `run_pilot`: prefill plus max_new_tokens at the measured rate, per run."""
+    total = 0.0
+    for setting in grid.settings():
+        rate = speed.decode_rate(setting.config.mode)
+        for n in prompt_tokens:
+            total += n / speed.prefill_tokens_per_s + grid.max_new_tokens / rate
+    return total
+
+
+def describe_seconds(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes, sec = divmod(int(round(seconds)), 60)
+    return f"{minutes} min {sec:02d} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+def check_pilot(session, prompt_ids: Sequence[Sequence[int]], grid: PilotGrid) -> list[PilotSetting]:
+    """Every setting validated against every prompt before any device work (ValueError says which)."""
+    settings = grid.settings()
+    runs = len(settings) * len(prompt_ids)
+    if runs > MAX_GRID_RUNS:
+        raise ValueError(f"the pilot would make {runs} runs ({len(settings)} settings x {len(prompt_ids)} prompts); "
+                         f"the limit is {MAX_GRID_RUNS}: pick fewer prompts or grid values")
+    for setting in settings:
+        for i, ids in enumerate(prompt_ids):
+            try:
+                session.validate(setting.config, ids)
+            except ValueError as exc:
+                raise ValueError(f"setting '{setting.label}', prompt {i + 1}: {exc}") from None
+    return settings
+
+
+@dataclass(frozen=True)
+class PilotProgress:
+    done: int
+    total: int
+    label: str
+    elapsed_s: float
+
+
+@dataclass(frozen=True)
+class PilotRun:
+    prompt_index: int
+    setting: PilotSetting
+    records: tuple[RoundRecord, ...]
+    token_ids: tuple[int, ...]
+    row: dict
+
+
+def result_row(prompt_index: int, setting: PilotSetting, prompt_tokens: int, records: Sequence[RoundRecord],
+               vanilla: PilotRun | None) -> dict:
+    """One flat row of plain values (what the CSV holds)."""
+    m, cfg = compute(records), setting.config
+    tokens = tuple(t for r in records for t in r.token_ids)
+    drafting = [r for r in records if r.drafted]
+    easy = cfg.mode == "easyspec"
+    row = {
+        "prompt": prompt_index + 1, "setting": setting.label, "mode": cfg.mode,
+        "layer_parallel": cfg.layer_parallel if easy else None, "calibration": cfg.calibration if easy else None,
+        "draft_len": cfg.draft_len if cfg.mode != "vanilla" else None,
+        "prompt_tokens": prompt_tokens, "new_tokens": m.new_tokens, "rounds": m.rounds,
+        "drafting_rounds": len(drafting), "drafted": m.drafted, "accepted": m.accepted,
+        "total_s": round(m.total_s, 6), "tokens_per_s": round(m.tokens_per_s, 4), "speedup": None,
+        "acceptance_rate": None if m.acceptance_rate is None else round(m.acceptance_rate, 4),
+        "mean_accepted_length": None if m.mean_accepted_length is None else round(m.mean_accepted_length, 4),
+        "ttft_s": round(m.time_to_first_token_s, 6), "draft_s": round(m.draft_s, 6),
+        "verify_s": round(m.verify_s, 6), "calibrate_s": round(m.calibrate_s, 6),
+        **{f"{p}_s": round(m.phase_s.get(p, 0.0), 6) for p in PHASES},
+        "equal_to_vanilla": None, "stop": records[-1].stop,
+    }
+    if vanilla is not None and cfg.mode != "vanilla":
+        base_rate = vanilla.row["tokens_per_s"]
+        row["speedup"] = round(m.tokens_per_s / base_rate, 4) if base_rate else None
+        if cfg.sampling.greedy:
+            row["equal_to_vanilla"] = tokens == vanilla.token_ids
+    elif cfg.mode == "vanilla":
+        row["speedup"] = 1.0
+    return row
+
+
+def run_pilot(session, prompts: Sequence[str], grid: PilotGrid,
+              should_stop: Callable[[], bool] = lambda: False) -> Iterator[PilotProgress | PilotRun]:
+    """Yield a PilotProgress before each run and a PilotRun after it; stop within one round on request."""
+    if not prompts:
+        raise ValueError("the pilot has no prompts")
+    prompt_ids = [session.encode(p, grid.chat) for p in prompts]
+    settings = check_pilot(session, prompt_ids, grid)
+    total, done, t0 = len(settings) * len(prompt_ids), 0, time.perf_counter()
+    # Warm-up: the first forward of a process is slow (allocations, kernel selection); keep it out
+    # of the vanilla yardstick.
+    for _ in session.generate(prompt_ids[0], SpecConfig(mode="vanilla", max_new_tokens=2)):
+        pass
+    for i, ids in enumerate(prompt_ids):
+        vanilla: PilotRun | None = None
+        for setting in settings:
+            yield PilotProgress(done, total, f"prompt {i + 1}/{len(prompt_ids)}: {setting.label}",
+                                time.perf_counter() - t0)
+            records: list[RoundRecord] = []
+            stream = session.generate(ids, setting.config)
+            try:
+                for rec in stream:
+                    records.append(rec)
+                    if should_stop():
+                        break
+            finally:
+                stream.close()
+            if should_stop():
+                yield PilotProgress(done, total, "stopped", time.perf_counter() - t0)
+                return
+            run = PilotRun(i, setting, tuple(records), tuple(t for r in records for t in r.token_ids),
+                           result_row(i, setting, len(ids), records, vanilla))
+            vanilla = run if setting.config.mode == "vanilla" else vanilla
+            done += 1
+            yield run
+    yield PilotProgress(done, total, "done", time.perf_counter() - t0)
+
+
+def summarise(rows: Sequence[dict]) -> list[dict]:
+    """One row per setting, in first-seen order: tokens/s and speedup from summed tokens and seconds
+    (vanilla's over the same prompts), AR from summed counts, AL over all drafting rounds."""
+    order = list(dict.fromkeys(r["setting"] for r in rows))
+    vanilla = [r for r in rows if r["mode"] == "vanilla"]
+    out = []
+    for label in order:
+        mine = [r for r in rows if r["setting"] == label]
+        prompts = {r["prompt"] for r in mine}
+        tokens, seconds = sum(r["new_tokens"] for r in mine), sum(r["total_s"] for r in mine)
+        ref = [r for r in vanilla if r["prompt"] in prompts]
+        ref_rate = sum(r["new_tokens"] for r in ref) / max(sum(r["total_s"] for r in ref), 1e-12) if ref else None
+        rate = tokens / seconds if seconds > 0 else 0.0
+        drafted, accepted = sum(r["drafted"] for r in mine), sum(r["accepted"] for r in mine)
+        al_rounds = sum(r["drafting_rounds"] for r in mine)
+        al_tokens = sum((r["mean_accepted_length"] or 0) * r["drafting_rounds"] for r in mine)
+        equal = [r["equal_to_vanilla"] for r in mine if r["equal_to_vanilla"] is not None]
+        first = mine[0]
+        out.append({
+            "setting": label, "mode": first["mode"], "layer_parallel": first["layer_parallel"],
+            "calibration": first["calibration"], "draft_len": first["draft_len"], "prompts": len(prompts),
+            "new_tokens": tokens, "total_s": round(seconds, 4), "tokens_per_s": round(rate, 4),
+            "speedup": round(rate / ref_rate, 4) if ref_rate else None,
+            "acceptance_rate": round(accepted / drafted, 4) if drafted else None,
+            "mean_accepted_length": round(al_tokens / al_rounds, 4) if al_rounds else None,
+            **{k: round(sum(r[k] for r in mine), 4) for k in ("draft_s", "verify_s", "calibrate_s", "sample_s",
+                                                             "overhead_s")},
+            "equal_to_vanilla": (all(equal) if equal else None),
+        })
+    return out
+
+
+def rows_to_csv(rows: Sequence[dict]) -> str:
+    if not rows:
+        return ""
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: "" if r.get(k) is None else r[k] for k in columns})
+    return buf.getvalue()
+
+
+def pilot_json(rows: Sequence[dict], grid: PilotGrid, prompts: Sequence[str], session_info: dict | None = None) -> str:
+    """Everything a report needs: grid, models, prompts, per-run rows and the per-setting summary."""
+    grid_d = asdict(grid)
+    return json.dumps({"grid": grid_d, "session": session_info or {}, "prompts": list(prompts),
+                       "rows": list(rows), "summary": summarise(rows)}, indent=1)

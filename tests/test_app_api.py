@@ -1,0 +1,135 @@
+"""The dashboard's API through gradio_client: generate, compare and pilot, and bad input handled cleanly.
+
+The app runs in a subprocess on the small random pair (`app_url` in conftest.py).
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+gradio_client = pytest.importorskip("gradio_client")
+from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
+
+from easyspec.core.records import load_run  # noqa: E402
+
+PROMPT = "The quick brown fox"  # the random pair does not stop early on this prompt
+
+
+@pytest.fixture(scope="module")
+def client(app_url):
+    return Client(app_url, verbose=False)
+
+
+def _bars(plot: dict) -> list[dict]:
+    assert plot["type"] == "plotly"
+    return [t for t in json.loads(plot["plot"])["data"] if t["type"] == "bar"]
+
+
+def test_named_endpoints_take_a_prompt(client):
+    api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    for name in ("/generate", "/compare", "/pilot"):
+        assert name in api
+        assert "prompt" in [p["parameter_name"] for p in api[name]["parameters"]]
+
+
+def test_generate_returns_text_timeline_metrics_and_files(client):
+    out = client.predict(prompt=PROMPT, chat=True, mode="easyspec", layer_parallel=4, calibration="every-round",
+                         draft_len=5, max_new_tokens=40, api_name="/generate")
+    status, text, cards, timeline, per_position, histogram, details, run_file, trace_file, _ = out
+    assert status.startswith("**Done**") and "40 tokens" in status
+    assert details["new_tokens"] == 40 and details["stop"] == "max_new_tokens" and not details["stopped_early"]
+    m = details["metrics"]
+    assert m["new_tokens"] == 40 and 0 <= m["acceptance_rate"] <= 1 and m["mean_accepted_length"] >= 1
+    assert 'class="es-tok' in text and 'data-origin="accepted"' in text
+    assert 'data-metric="acceptance_rate"' in cards and f"{m['acceptance_rate']:.3f}" in cards
+    bars = _bars(timeline)
+    phases = {t["name"] for t in bars}
+    assert {"draft attention", "draft MLP", "verify (base forward)", "calibrate (exact draft pass)"} <= phases
+    assert _bars(per_position)[0]["x"] == [1, 2, 3, 4, 5]
+    header, records = load_run(run_file)
+    assert [t for r in records for t in r.token_ids] == details["token_ids"]
+    assert header.settings["layer_parallel"] == 4
+    trace = json.loads(open(trace_file).read())
+    assert any(e.get("ph") == "X" and e.get("cat") == "draft.attn" for e in trace["traceEvents"])
+
+
+def test_generate_modes_agree_token_for_token(client):
+    tokens = []
+    for mode in ("vanilla", "speculative", "easyspec"):
+        details = client.predict(prompt=PROMPT, mode=mode, max_new_tokens=24, api_name="/generate")[6]
+        tokens.append(details["token_ids"])
+    assert len(tokens[0]) == 24 and tokens[0] == tokens[1] == tokens[2]
+
+
+def test_compare_reports_speedup_and_equality(client):
+    out = client.predict(prompt=PROMPT, max_new_tokens=24, columns=3, api_name="/compare")
+    status, table, badge, details = out[:4]
+    assert status.startswith("**Done**")
+    assert 'data-equal="yes"' in badge and details["identical"] is True
+    rows = table["data"]
+    assert [r[1] for r in rows] == ["vanilla", "speculative k=5", "easyspec N=4 every-round k=5"]
+    assert rows[0][5] == 1 and all(r[5] > 0 for r in rows) and all(r[-1] == "yes" for r in rows)
+    assert all(c["new_tokens"] == 24 for c in details["columns"])
+    texts = out[4:]  # per column: header, text, cards, timeline
+    assert all('class="es-tok' in texts[4 * c + 1] for c in range(3))
+
+
+def test_pilot_on_typed_prompts(client, tmp_path):
+    out = client.predict(prompt="The quick brown fox\n0123456789", source="typed prompts", n_prompts=2,
+                         layer_parallel=[2], calibration=["every-round"], draft_len=[3], speculative=True,
+                         max_new_tokens=8, api_name="/pilot")
+    status, summary, runs, chart, csv_path, json_path = out[:6]
+    assert status.startswith("**Done**: 6 of 6 runs")
+    assert [r[0] for r in summary["data"]] == ["vanilla", "speculative k=3", "easyspec N=2 every-round k=3"]
+    assert len(runs["data"]) == 6 and all(r[-1] in ("yes", "") for r in runs["data"])
+    assert open(csv_path).read().startswith("prompt,setting,mode")
+    assert len(json.loads(open(json_path).read())["rows"]) == 6
+    # an uploaded CSV works the same way
+    upload = tmp_path / "prompts.csv"
+    upload.write_text("prompt\nhello there\n")
+    out = client.predict(source="uploaded file", upload=handle_file(str(upload)), n_prompts=1, layer_parallel=[2],
+                         calibration=["none"], draft_len=[3], speculative=False, max_new_tokens=4,
+                         api_name="/pilot")
+    assert out[0].startswith("**Done**: 2 of 2 runs")
+
+
+@pytest.mark.parametrize("kwargs, api, message", [
+    (dict(prompt="   "), "/generate", "prompt is empty"),
+    (dict(prompt=PROMPT, layer_parallel=7), "/generate", "greater than maximum value 6"),  # Gradio's range check
+    (dict(prompt=PROMPT, top_p=0.0), "/generate", "less than minimum value"),
+    (dict(prompt=PROMPT, mode="turbo"), "/generate", "turbo"),
+    (dict(prompt="x" * 300, max_new_tokens=256), "/generate", "exceeds the base model's context window"),
+    (dict(prompt="x" * 300, max_new_tokens=256, columns=2), "/compare", "column 1: .*context window"),
+    (dict(prompt="", source="typed prompts"), "/pilot", "type at least one prompt"),
+    (dict(source="built-in set", layer_parallel=[]), "/pilot", "tick at least one layer-parallel size"),
+])
+def test_bad_input_gives_a_message_and_the_app_stays_up(client, kwargs, api, message):
+    with pytest.raises(AppError, match=message):
+        client.predict(**kwargs, api_name=api)
+    assert client.predict(prompt="abc", max_new_tokens=2, api_name="/generate")[6]["new_tokens"] >= 1
+
+
+def test_bad_uploads_are_rejected_with_the_reason(client, tmp_path):
+    binary = tmp_path / "prompts.csv"
+    binary.write_bytes(b"\x00\x01\x02binary\x00")
+    with pytest.raises(AppError, match="binary"):
+        client.predict(source="uploaded file", upload=handle_file(str(binary)), api_name="/pilot")
+    wrong = tmp_path / "prompts.jsonl"
+    wrong.write_text('{"question": "no prompt key"}\n')
+    with pytest.raises(AppError, match='line 1: expected an object with a "prompt" key'):
+        client.predict(source="uploaded file", upload=handle_file(str(wrong)), api_name="/pilot")
+    not_a_run = tmp_path / "run.jsonl"
+    not_a_run.write_text('{"prompt": "x"}\n')
+    with pytest.raises(AppError, match="not a replayable easyspec run"):
+        client.predict(run_file=handle_file(str(not_a_run)), speed="instant", api_name="/replay")
+
+
+def test_replay_of_a_saved_run(client):
+    details = client.predict(prompt=PROMPT, max_new_tokens=16, api_name="/generate")
+    run_file = details[7]
+    out = client.predict(run_file=handle_file(run_file), speed="instant", api_name="/replay")
+    assert out[0].startswith("**Replayed**")
+    assert out[6]["token_ids"] == details[6]["token_ids"]
+    assert _bars(out[3])

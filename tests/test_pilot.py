@@ -1,0 +1,173 @@
+"""Pilot evaluation: prompt files (good and bad), the settings grid, estimates, the runner, export."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+
+from easyspec.core.engine import SpecConfig
+from easyspec.core.pilot import (PilotGrid, PilotProgress, PilotRun, Throughput, describe_seconds,
+                                 estimate_seconds, measure_throughput, pilot_json, rows_to_csv, run_pilot,
+                                 summarise)
+from easyspec.core.prompt_sets import (BUILTIN_SETS, MAX_FILE_BYTES, builtin_prompts, parse_prompts,
+                                       read_prompt_file)
+
+
+# -- prompt files ------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", BUILTIN_SETS)
+def test_builtin_sets_have_a_few_dozen_distinct_prompts(name):
+    prompts = builtin_prompts(name)
+    assert len(prompts) >= 24 and len(set(prompts)) == len(prompts)
+    assert all(p.strip() and len(p) < 2000 for p in prompts)
+
+
+def test_jsonl_and_csv_uploads():
+    jsonl = b'{"prompt": "first"}\n\n{"prompt": "second \\u00e9", "id": 3}\n'
+    assert parse_prompts(jsonl, "p.jsonl") == ["first", "second é"]
+    data = '\ufeffid,Prompt\n1,"multi\nline, with comma"\n2,plain\n'.encode()
+    assert parse_prompts(data, "p.csv") == ["multi\nline, with comma", "plain"]
+    assert parse_prompts(b'{"prompt": "x"}', "noext") == ["x"]  # sniffed as JSON Lines
+
+
+@pytest.mark.parametrize("data, name, message", [
+    (b'{"prompt": "ok"}\n{"prompt": \n', "p.jsonl", "line 2: not valid JSON"),
+    (b'{"text": "no prompt key"}\n', "p.jsonl", 'line 1: expected an object with a "prompt" key'),
+    (b'["a list"]\n', "p.jsonl", "line 1: expected an object"),
+    (b'{"prompt": 5}\n', "p.jsonl", "must be a string"),
+    (b'{"prompt": "   "}\n', "p.jsonl", "the prompt is empty"),
+    (b"text,label\nhello,1\n", "p.csv", 'no "prompt" column'),
+    (b"prompt\n\n", "p.csv", "no prompts found"),
+    (b"", "p.jsonl", "no prompts found"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "p.csv", "binary file"),
+    (b'{"prompt": "caf\xe9"}\n', "p.jsonl", "not UTF-8"),
+    (b"x" * (MAX_FILE_BYTES + 1), "p.csv", "the limit is"),
+    (b'{"prompt": "x"}\n', "p.xlsx", "unknown file type"),
+])
+def test_bad_prompt_files_give_clear_messages(data, name, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace('"', '"')) as info:
+        parse_prompts(data, name)
+    assert name in str(info.value)
+
+
+def test_read_prompt_file(tmp_path):
+    path = tmp_path / "prompts.csv"
+    path.write_text("prompt\nhello\n")
+    assert read_prompt_file(path) == ["hello"]
+    with pytest.raises(ValueError, match="no such file"):
+        read_prompt_file(tmp_path / "missing.csv")
+
+
+# -- grid and estimate -------------------------------------------------------------------------
+def test_grid_settings_and_validation():
+    grid = PilotGrid(layer_parallel=(2, 4, 2), calibration=("none", "every-round"), draft_len=(3, 5))
+    labels = [s.label for s in grid.settings()]
+    assert labels[0] == "vanilla" and labels[1:3] == ["speculative k=3", "speculative k=5"]
+    assert len(labels) == 1 + 2 + 2 * 2 * 2  # N repeats dropped
+    assert "easyspec N=4 every-round k=5" in labels
+    cfg = grid.settings()[-1].config
+    assert (cfg.mode, cfg.layer_parallel, cfg.calibration, cfg.draft_len) == ("easyspec", 4, "every-round", 5)
+    assert len(PilotGrid(speculative=False).settings()) == 1 + 4
+    for bad, match in [(dict(layer_parallel=()), "at least one layer parallel"),
+                       (dict(calibration=("sometimes",)), "unknown calibration policy"),
+                       (dict(draft_len=(0,)), "draft lengths"), (dict(max_new_tokens=0), "max new tokens"),
+                       (dict(temperature=-1.0), "temperature")]:
+        with pytest.raises(ValueError, match=match):
+            PilotGrid(**bad)
+
+
+def test_estimate_scales_with_prompts_and_tokens():
+    speed = Throughput(prefill_tokens_per_s=100.0, tokens_per_s={"vanilla": 4.0, "easyspec": 8.0,
+                                                                  "speculative": 6.0})
+    grid = PilotGrid(max_new_tokens=32)  # vanilla, speculative, 4 easyspec
+    one = estimate_seconds([50], grid, speed)
+    assert one == pytest.approx(6 * 0.5 + 32 / 4 + 32 / 6 + 4 * 32 / 8)
+    assert estimate_seconds([50, 50], grid, speed) == pytest.approx(2 * one)
+    assert describe_seconds(42) == "42 s" and describe_seconds(125) == "2 min 05 s"
+
+
+# -- the runner on the small random pair ---------------------------------------------------------
+@pytest.fixture(scope="module")
+def session(pair_dirs):
+    from easyspec.core.session import Session
+
+    base, draft = pair_dirs["qwen2"]
+    with Session.open(base=str(base), draft=str(draft)) as s:
+        yield s
+
+
+def test_pilot_runner_rows_speedup_and_equality(session):
+    prompts = ["The quick brown fox", "0123456789"]
+    grid = PilotGrid(layer_parallel=(2, 4), calibration=("none", "every-round"), draft_len=(3,),
+                     max_new_tokens=24, chat=False)
+    events = list(run_pilot(session, prompts, grid))
+    runs = [e for e in events if isinstance(e, PilotRun)]
+    progress = [e for e in events if isinstance(e, PilotProgress)]
+    n_settings = len(grid.settings())
+    assert len(runs) == n_settings * len(prompts)
+    assert [p.done for p in progress] == sorted(p.done for p in progress) and progress[-1].label == "done"
+    assert progress[-1].done == progress[-1].total == len(runs)
+    for run in runs:
+        row = run.row
+        assert row["new_tokens"] == len(run.token_ids) > 0
+        assert row["tokens_per_s"] > 0 and row["total_s"] > 0
+        if row["mode"] == "vanilla":
+            assert row["speedup"] == 1.0 and row["acceptance_rate"] is None and row["equal_to_vanilla"] is None
+        else:
+            vanilla = next(r for r in runs if r.prompt_index == run.prompt_index and r.row["mode"] == "vanilla")
+            assert row["speedup"] == pytest.approx(row["tokens_per_s"] / vanilla.row["tokens_per_s"], rel=1e-2)
+            assert row["equal_to_vanilla"] is True, row  # greedy: lossless
+            assert 0 <= row["acceptance_rate"] <= 1 and row["mean_accepted_length"] >= 1
+            assert row["drafted"] >= row["accepted"]
+        phases = sum(row[f"{p}_s"] for p in ("draft.attn", "draft.mlp", "verify", "calibrate", "sample", "overhead"))
+        assert phases == pytest.approx(row["total_s"], rel=0.2, abs=5e-3)
+    summary = summarise([r.row for r in runs])
+    assert [s["setting"] for s in summary] == [s.label for s in grid.settings()]
+    assert all(s["prompts"] == 2 for s in summary) and summary[0]["speedup"] == pytest.approx(1.0)
+    assert all(s["equal_to_vanilla"] is True for s in summary[1:])
+    text = rows_to_csv([r.row for r in runs])
+    parsed = list(csv.DictReader(io.StringIO(text)))
+    assert len(parsed) == len(runs) and parsed[0]["setting"] == "vanilla" and "draft.attn_s" in parsed[0]
+    blob = json.loads(pilot_json([r.row for r in runs], grid, prompts, {"base": "x"}))
+    assert blob["grid"]["layer_parallel"] == [2, 4] and len(blob["summary"]) == n_settings
+    assert blob["prompts"] == prompts
+
+
+def test_pilot_checks_every_setting_before_running(session):
+    with pytest.raises(ValueError, match="setting 'easyspec N=7 none k=5'.*layer-parallel"):
+        list(run_pilot(session, ["hi"], PilotGrid(layer_parallel=(2, 7), calibration=("none",))))
+    with pytest.raises(ValueError, match="no prompts"):
+        list(run_pilot(session, [], PilotGrid()))
+
+
+def test_pilot_stops_within_one_round(session):
+    calls = {"n": 0}
+
+    def should_stop() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 3  # after the third round of the first run
+
+    grid = PilotGrid(layer_parallel=(2,), calibration=("none",), max_new_tokens=40, chat=False)
+    events = list(run_pilot(session, ["The quick brown fox"], grid, should_stop=should_stop))
+    assert not any(isinstance(e, PilotRun) for e in events)
+    assert events[-1].label == "stopped"
+    # the session is free again: the next generation runs at once
+    records = list(session.generate(session.encode("abc", False), SpecConfig(max_new_tokens=4)))
+    assert sum(len(r.token_ids) for r in records) <= 4
+
+
+def test_measure_throughput(session):
+    speed = measure_throughput(session, new_tokens=4)
+    assert speed.prefill_tokens_per_s > 0 and speed.tokens_per_s["vanilla"] > 0
+    assert set(speed.tokens_per_s) >= {"vanilla", "easyspec", "speculative"}
+
+
+def test_measure_throughput_keeps_n_within_g_devices(pair_dirs):
+    """With G ranks the probe's easyspec run must use N <= G (it used N = 4 once and failed at launch)."""
+    from easyspec.core.session import Session
+
+    base, draft = pair_dirs["qwen2"]
+    with Session.open(base=str(base), draft=str(draft), devices=2) as two:
+        speed = measure_throughput(two, new_tokens=3)
+    assert speed.tokens_per_s["easyspec"] > 0

@@ -1,0 +1,57 @@
+"""Pilot charts: speedup over vanilla and acceptance rate against the layer-parallel size N.
+
+Input: the pilot's per-setting summary rows (plain dicts, `core.pilot.summarise`). One line per
+calibration policy and draft length, so "with and without calibration" reads off directly;
+vanilla (1.0x) and sequential speculative decoding are drawn as reference lines.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from .palette import GREY, OKABE_ITO, POLICY_COLOURS
+
+DASHES = ("solid", "dot", "dash", "longdash", "dashdot")
+
+
+def pilot_figure(summary: Sequence[Mapping], height: int = 340) -> go.Figure:
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("Speedup over vanilla (same run)",
+                                                        "Acceptance rate (AR)"), horizontal_spacing=0.12)
+    easy = [r for r in summary if r.get("mode") == "easyspec"]
+    ks = sorted({r["draft_len"] for r in easy})
+    for policy in ("none", "on-mismatch", "every-round"):
+        for j, k in enumerate(ks):
+            rows = sorted((r for r in easy if r["calibration"] == policy and r["draft_len"] == k),
+                          key=lambda r: r["layer_parallel"])
+            if not rows:
+                continue
+            name = f"calibration {policy}" + (f", k={k}" if len(ks) > 1 else "")
+            style = dict(color=POLICY_COLOURS[policy], dash=DASHES[j % len(DASHES)])
+            for col, key in ((1, "speedup"), (2, "acceptance_rate")):
+                fig.add_trace(go.Scatter(
+                    x=[r["layer_parallel"] for r in rows], y=[r.get(key) for r in rows], mode="lines+markers",
+                    name=name, legendgroup=name, showlegend=col == 1, line=style, marker=dict(size=8),
+                    hovertemplate=f"{name}<br>N=%{{x}}<br>{key.replace('_', ' ')} %{{y:.3f}}<extra></extra>"),
+                    row=1, col=col)
+    for r in summary:
+        if r.get("mode") == "speculative":
+            label = f"speculative (sequential draft, k={r['draft_len']})"
+            for col, key in ((1, "speedup"), (2, "acceptance_rate")):
+                if r.get(key) is not None:
+                    fig.add_hline(y=r[key], line=dict(color=OKABE_ITO["black"], dash="dot", width=1),
+                                  annotation_text=label if col == 1 else "", annotation_font_size=10,
+                                  annotation_position="top left", row=1, col=col)
+    if any(r.get("mode") == "vanilla" for r in summary):
+        fig.add_hline(y=1.0, line=dict(color=GREY, width=1), annotation_text="vanilla = 1.0x",
+                      annotation_font_size=10, annotation_position="bottom right", row=1, col=1)
+    fig.update_xaxes(title_text="layer-parallel size N", dtick=1)
+    fig.update_yaxes(title_text="speedup (x)", row=1, col=1, rangemode="tozero", gridcolor="#eee")
+    fig.update_yaxes(title_text="accepted / drafted", row=1, col=2, range=[0, 1.05], gridcolor="#eee")
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=40, b=40), plot_bgcolor="white",
+                      legend=dict(orientation="h", y=-0.25, font=dict(size=11)))
+    if not summary:
+        fig.add_annotation(text="no pilot results yet", showarrow=False, x=0.5, y=0.5, xref="paper",
+                           yref="paper", font=dict(size=12, color="#777"))
+    return fig
