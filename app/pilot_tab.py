@@ -14,6 +14,7 @@ import gradio as gr
 from easyspec.core.engine import CALIBRATION_POLICIES
 from easyspec.core.pilot import (DEFAULT_PROMPTS, PilotGrid, PilotProgress, PilotRun, describe_seconds,
                                  estimate_seconds, pilot_json, rows_to_csv, run_pilot, summarise)
+from easyspec.core.projection import COMM_MODELS, Shape, project_pilot
 from easyspec.core.prompt_sets import BUILTIN_SETS, builtin_prompts, read_prompt_file
 from easyspec.visualizations.pilot_charts import pilot_figure
 
@@ -30,6 +31,31 @@ RUN_COLUMNS = ["prompt", "setting", "new_tokens", "tokens_per_s", "speedup", "ac
 SUMMARY_COLUMNS = ["setting", "prompts", "new_tokens", "tokens_per_s", "speedup", "acceptance_rate",
                    "mean_accepted_length", "draft_s", "verify_s", "calibrate_s", "sample_s", "overhead_s",
                    "equal_to_vanilla"]
+
+
+PROJECTION_COLUMNS = ["devices", "setting", "vanilla_tokens_per_s", "speculative_tokens_per_s",
+                      "easyspec_tokens_per_s", "easyspec_speedup", "speculative_utilisation", "easyspec_utilisation"]
+
+
+def projection(ctx: AppContext, runs: list[PilotRun], comm: str) -> tuple[list[list], str]:
+    """The projected table for G devices and its stated assumptions (never mixed with measurements)."""
+    if ctx.info.devices != 1:
+        return [], "The projection starts from one-device measurements: run the pilot on a one-device app."
+    try:
+        width = 4 if ctx.info.dtype == "float32" else 2
+        base, draft = ctx.session.base.cfg, ctx.session.draft.cfg
+        rows = project_pilot(runs, Shape(base.n_layers, base.hidden_size, base.n_heads, width),
+                             Shape(draft.n_layers, draft.hidden_size, draft.n_heads, width),
+                             comm=COMM_MODELS[comm])
+    except (ValueError, AttributeError) as exc:
+        return [], f"No projection: {exc}."
+    c = COMM_MODELS[comm]
+    note = (f"**Projected, not measured.** A model (`core/projection.py`) fed with this pilot's one-device "
+            f"per-phase latencies and measured acceptance; base tensor-parallel over G devices (largest per-device "
+            f"share of heads), draft at TP=1 for speculative, one fuzzy-group attention per device plus an "
+            f"all-gather for easyspec; communication `{c.name}`: {c.latency_s * 1e6:.0f} µs + bytes / "
+            f"{c.bandwidth_bytes_per_s / 1e9:.0f} GB/s per collective. Utilisation lists devices 0..G-1.")
+    return _table(rows, PROJECTION_COLUMNS), note
 
 
 def _table(rows: list[dict], columns: list[str]) -> list[list]:
@@ -95,16 +121,18 @@ def make_handlers(ctx: AppContext):
 
     @friendly_stream
     def pilot(prompt, source, prompt_set, n_prompts, layer_parallel, calibration, draft_len, speculative,
-              max_new_tokens, chat, temperature, upload=None, state: UserState | None = None,
+              max_new_tokens, chat, temperature, upload=None, comm="nvlink", state: UserState | None = None,
               progress=gr.Progress()):
         state = state if state is not None else UserState()
         prompts = pick_prompts(prompt, source, prompt_set, n_prompts, upload)
         grid = make_grid(layer_parallel, calibration, draft_len, speculative, max_new_tokens, chat, temperature)
+        comm = check_choice(comm, "communication model", tuple(COMM_MODELS))
         stop = state.begin("pilot")
         state.pilot_runs = {}
         rows: list[dict] = []
+        kept: list[PilotRun] = []
         yield ("**Starting** the pilot (validating every setting on every prompt) …", [], [], pilot_figure([]),
-               None, None, gr.Dropdown(choices=[], value=None), None)
+               None, None, gr.Dropdown(choices=[], value=None), None, [], "")
         job = DeviceJob(lambda ev: run_pilot(session, prompts, grid, should_stop=ev.is_set), stop)
         status, last, prompt_ids = "", None, {}
         for batch in job.batches(min_interval_s=0.3):
@@ -119,25 +147,27 @@ def make_handlers(ctx: AppContext):
                     progress((item.done, item.total), desc=item.label, unit="runs")
                 elif isinstance(item, PilotRun):
                     rows.append(item.row)
+                    kept.append(item)
                     i = item.prompt_index
                     if i not in prompt_ids:
                         prompt_ids[i] = session.encode(prompts[i], grid.chat)
                     _keep_pilot_run(state, item, prompts[i], prompt_ids[i])
             summary = summarise(rows) if rows else []
             yield (status, _table(summary, SUMMARY_COLUMNS), _table(rows, RUN_COLUMNS), pilot_figure(summary),
-                   gr.skip(), gr.skip(), gr.skip(), gr.skip())
+                   gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip())
         summary = summarise(rows)
         folder = ctx.new_files_dir()
         csv_path, json_path = folder / "pilot_runs.csv", folder / "pilot.json"
         csv_path.write_text(rows_to_csv(rows))
         json_path.write_text(pilot_json(rows, grid, prompts, dataclasses.asdict(ctx.info)))
+        projected, projected_note = projection(ctx, kept, comm)
         labels = list(state.pilot_runs)
         done = "**Stopped** early" if last is not None and last.label == "stopped" else "**Done**"
         took = f" in {describe_seconds(last.elapsed_s)}" if last else ""
         yield (f"{done}: {len(rows)} of {last.total if last else len(rows)} runs{took}. Downloads below.",
                _table(summary, SUMMARY_COLUMNS), _table(rows, RUN_COLUMNS), pilot_figure(summary),
                str(csv_path), str(json_path), gr.Dropdown(choices=labels, value=labels[-1] if labels else None),
-               None)
+               None, projected, projected_note)
 
     @friendly
     def trace_of(label, state: UserState):
@@ -192,6 +222,8 @@ def build(ctx: AppContext, state: gr.State) -> None:
                                            label="max new tokens per run", elem_id="pilot-max-new")
                 temperature = gr.Slider(0, 2, value=0, step=0.05, label="temperature (0 = greedy)")
             chat = gr.Checkbox(True, label="use the chat template")
+            comm = gr.Dropdown(list(COMM_MODELS), value="nvlink", label="projection: interconnect model",
+                               elem_id="pilot-comm")
     inputs = [prompt, source, prompt_set, n_prompts, layer_parallel, calibration, draft_len, speculative,
               max_new_tokens, chat, temperature, upload]
     estimate_md = gr.Markdown(estimate(*[c.value for c in inputs]), elem_id="pilot-estimate")
@@ -203,6 +235,11 @@ def build(ctx: AppContext, state: gr.State) -> None:
                            elem_id="pilot-summary", wrap=True)
     chart = gr.Plot(pilot_figure([]), show_label=False, elem_id="pilot-chart")
     runs = gr.Dataframe(headers=RUN_COLUMNS, label="per run", interactive=False, elem_id="pilot-runs", wrap=True)
+    gr.Markdown("### Projected for G devices (a model, not a measurement)")
+    projected_note = gr.Markdown("Runs after a pilot that includes vanilla and speculative decoding.",
+                                 elem_id="pilot-projection-note")
+    projected = gr.Dataframe(headers=PROJECTION_COLUMNS, label="projected (not measured)", interactive=False,
+                             elem_id="pilot-projection", wrap=True)
     with gr.Row():
         csv_file = gr.File(label="results (CSV)", interactive=False, elem_id="pilot-csv")
         json_file = gr.File(label="results (JSON)", interactive=False, elem_id="pilot-json")
@@ -211,7 +248,8 @@ def build(ctx: AppContext, state: gr.State) -> None:
             trace_file = gr.File(label="trace (.json, opens in Perfetto)", interactive=False, elem_id="pilot-trace")
     for comp in inputs:
         comp.change(estimate, inputs, estimate_md, api_visibility="private", queue=False, show_progress="hidden")
-    run.click(pilot, inputs + [state], [status, summary, runs, chart, csv_file, json_file, trace_pick, trace_file],
+    run.click(pilot, inputs + [comm, state],
+              [status, summary, runs, chart, csv_file, json_file, trace_pick, trace_file, projected, projected_note],
               api_name="pilot", concurrency_id="device", concurrency_limit=1)
     stop.click(request_stop, [state], None, queue=False, api_visibility="private")
     trace_pick.change(trace_of, [trace_pick, state], trace_file, api_visibility="private")

@@ -30,7 +30,7 @@ def measure(devices: int, max_new: int, repeats: int) -> dict:
     out = {}
     with Session(resolve_pair(pair="qwen2.5-coder"), devices=devices) as s:
         ids = s.encode(PROMPT, chat=True)
-        list(s.generate(ids, SpecConfig(max_new_tokens=8)))  # warm-up
+        list(s.generate(ids, SpecConfig(mode="speculative", max_new_tokens=8)))  # warm-up
         for label, setting in SETTINGS.items():
             runs = []
             for _ in range(repeats):

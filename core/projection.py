@@ -11,7 +11,9 @@ For G devices (EASYSPEC.md, "Multi-device form"):
 - vanilla: one base step per token;
 - speculative: the draft at TP = 1 on device 0 (the others idle), then the base verify at TP = G;
 - easyspec: in each fuzzy group of N <= G layers one attention per device plus an all-gather, the
-  group's N MLPs on every device; sequential layers, LM head and calibration as measured.
+  group's N MLPs on every device; sequential layers, LM head and calibration as measured. On one
+  device (G = 1) a group's batched attentions are counted as N attentions: the model claims no
+  single-device saving (the GPU table measures that one).
 Utilisation of device r = its busy time / round time (replicated work counts as busy).
 """
 from __future__ import annotations
@@ -103,7 +105,7 @@ def project(lat: Latencies, base: Shape, draft: Shape, k: int, g: int, comm: Com
             plan: Sequence[Group], al_speculative: float, al_easyspec: float) -> dict:
     """tokens/s, round seconds and per-device utilisation of vanilla, speculative and easyspec on G devices."""
     assert g >= 1 and k >= 1
-    if any(b - a > g for a, b in plan):
+    if g > 1 and any(b - a > g for a, b in plan):
         raise ValueError(f"a fuzzy group larger than G = {g} cannot run one layer per device")
     share = _tp_share(base.heads, g)
     reduce_verify = 2 * base.layers * comm.all_reduce((k + 1) * base.hidden * base.bytes_per_value, g)
@@ -118,6 +120,10 @@ def project(lat: Latencies, base: Shape, draft: Shape, k: int, g: int, comm: Com
     fuzzy_step, busy_attn = lat.draft_head, [0.0] * g
     for a, b in plan:
         n = b - a
+        if g == 1:  # one device: the group's attentions run batched; counted as n attentions (no saving)
+            fuzzy_step += n * (lat.draft_attn_layer + lat.draft_mlp_layer)
+            busy_attn[0] += n * lat.draft_attn_layer
+            continue
         fuzzy_step += lat.draft_attn_layer + n * lat.draft_mlp_layer + (gather if n > 1 else 0.0)
         for r in range(g):
             busy_attn[r] += lat.draft_attn_layer if (n == 1 or r < n) else 0.0
@@ -139,3 +145,47 @@ def project(lat: Latencies, base: Shape, draft: Shape, k: int, g: int, comm: Com
                         "comm": asdict(comm), "plan": [list(p) for p in plan],
                         "al_speculative": al_speculative, "al_easyspec": al_easyspec},
     }
+
+
+def project_pilot(runs: Sequence, base_shape: Shape, draft_shape: Shape, devices: Sequence[int] = (1, 2, 4, 8),
+                  comm: CommModel = COMM_MODELS["nvlink"]) -> list[dict]:
+    """Projected rows for a finished single-device pilot (`pilot.PilotRun`s): latencies from its
+    vanilla, speculative and easyspec runs, acceptance per setting from the same runs."""
+    from .grouping import layer_groups
+
+    by_mode: dict[str, list] = {}
+    for run in runs:
+        by_mode.setdefault(run.setting.config.mode, []).append(run)
+    if not by_mode.get("vanilla") or not by_mode.get("speculative"):
+        raise ValueError("the projection needs the pilot's vanilla and sequential speculative runs")
+
+    def records(rs):
+        return [rec for r in rs for rec in r.records]
+
+    def al(rs) -> float:
+        rounds = [rec for rec in records(rs) if rec.drafted]
+        return sum(len(rec.token_ids) for rec in rounds) / max(1, len(rounds))
+
+    spec = by_mode["speculative"]
+    lat = latencies_from_runs(records(spec), records(by_mode["vanilla"]), records(by_mode.get("easyspec", [])))
+    k = spec[0].setting.config.draft_len
+    settings: dict[str, list] = {}
+    for run in by_mode.get("easyspec", []):
+        settings.setdefault(run.setting.label, []).append(run)
+    rows = []
+    for g in devices:
+        for label, rs in settings.items():
+            cfg = rs[0].setting.config
+            if cfg.layer_parallel > g and g > 1:
+                continue
+            plan = layer_groups(draft_shape.layers, cfg.layer_parallel if g > 1 else 1, cfg.sequential_head,
+                                cfg.sequential_tail)
+            p = project(lat, base_shape, draft_shape, cfg.draft_len or k, g, comm, plan, al(spec), al(rs))
+            rows.append({"devices": g, "setting": label, "comm": comm.name,
+                         "vanilla_tokens_per_s": round(p["vanilla"]["tokens_per_s"], 3),
+                         "speculative_tokens_per_s": round(p["speculative"]["tokens_per_s"], 3),
+                         "easyspec_tokens_per_s": round(p["easyspec"]["tokens_per_s"], 3),
+                         "easyspec_speedup": round(p["easyspec"]["tokens_per_s"] / p["vanilla"]["tokens_per_s"], 3),
+                         "speculative_utilisation": [round(u, 2) for u in p["speculative"]["utilisation"]],
+                         "easyspec_utilisation": [round(u, 2) for u in p["easyspec"]["utilisation"]]})
+    return rows

@@ -86,6 +86,11 @@ def test_pilot_on_typed_prompts(client, tmp_path):
     assert len(runs["data"]) == 6 and all(r[-1] in ("yes", "") for r in runs["data"])
     assert open(csv_path).read().startswith("prompt,setting,mode")
     assert len(json.loads(open(json_path).read())["rows"]) == 6
+    projected, note = out[8], out[9]
+    assert note.startswith("**Projected, not measured.**") and "nvlink" in note
+    rows = projected["data"]
+    assert [r[0] for r in rows] == [1, 2, 4, 8] and all(r[1] == "easyspec N=2 every-round k=3" for r in rows)
+    assert all(float(r[2]) > 0 and float(r[4]) > 0 for r in rows)
     # an uploaded CSV works the same way
     upload = tmp_path / "prompts.csv"
     upload.write_text("prompt\nhello there\n")

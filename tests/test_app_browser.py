@@ -152,6 +152,8 @@ def test_pilot_and_how_it_works(page):
     table = page.inner_text("#pilot-summary")  # vanilla, speculative, 2 N x 2 policies
     assert all(name in table for name in ("vanilla", "speculative k=5", "easyspec N=2 none k=5",
                                           "easyspec N=4 every-round k=5"))
+    assert "Projected, not measured" in page.inner_text("#pilot-projection-note")
+    assert "easyspec N=4 every-round k=5" in page.inner_text("#pilot-projection")
     page.get_by_role("tab", name="How it works").click()
     page.wait_for_timeout(1500)
     page.screenshot(path=str(SHOTS / "how_it_works.png"), full_page=True)

@@ -36,6 +36,8 @@ def test_more_devices_help_easyspec_more_than_speculative():
     assert p5["vanilla"]["round_s"] >= p4["vanilla"]["round_s"]
     with pytest.raises(ValueError, match="larger than G"):
         project(LAT, BASE, DRAFT, 5, 2, COMM_MODELS["nvlink"], plan, 4.0, 3.9)
+    one = project(LAT, BASE, DRAFT, 5, 1, COMM_MODELS["nvlink"], plan, 4.0, 4.0)  # batched on one device
+    assert one["easyspec"]["round_s"] == pytest.approx(p1["speculative"]["round_s"])
 
 
 def test_latencies_from_measured_runs(decoders):
