@@ -25,6 +25,8 @@ def test_bench_acceptance_and_speed(pair_dirs, tmp_path, capsys):
         if r["temperature"] == 0:
             assert r["equal_to_vanilla"] is True  # greedy runs are lossless
     assert "| T | N |" in (out.with_suffix(".md")).read_text()
+    for t in ("0", "0.8"):  # the charts, self-contained HTML
+        assert "plotly" in (tmp_path / f"acc_T{t}.html").read_text()[:200000].lower()
     assert json.loads(out.with_suffix(".json").read_text())["meta"]["command"].startswith("easyspec")
 
     out = tmp_path / "speed"
