@@ -13,13 +13,12 @@ import sys
 from pathlib import Path
 
 from easyspec.core import metrics
+from easyspec.core.bench import git_commit, machine
 from easyspec.core.engine import SpecConfig
 from easyspec.core.loading import resolve_pair
 from easyspec.core.session import Session
 from easyspec.core.tracing import exclusive_seconds
 
-sys.path.insert(0, str(Path(__file__).parent))
-from engine_baseline import commit, machine  # noqa: E402
 
 PROMPT = "Write a Python function that checks whether a number is prime."
 SETTINGS = {"vanilla": dict(mode="vanilla"), "speculative": dict(mode="speculative"),
@@ -71,7 +70,7 @@ def main() -> None:
     res = {g: measure(g, args.max_new_tokens, args.repeats) for g in (1, 2)}
     proj = projection_check(res)
     lines = ["# 1 vs 2 CPU ranks (gloo) on the offline pair", "",
-             f"- command: `python {' '.join(sys.argv)}`", f"- machine: {machine()}", f"- commit: {commit()}",
+             f"- command: `python {' '.join(sys.argv)}`", f"- machine: {machine()}", f"- commit: {git_commit()}",
              f"- fp32, greedy, chat template, {args.max_new_tokens} new tokens, prompt: {PROMPT!r}; "
              f"median of {args.repeats} runs after a warm-up",
              "- CPU ranks share the machine's 2 cores (each rank gets 1 thread with G = 2) and every gloo "

@@ -12,7 +12,6 @@ import datetime
 import json
 import platform
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import torch
 import transformers
 
 from easyspec.core import metrics
+from easyspec.core.bench import git_commit, machine
 from easyspec.core.engine import SpecConfig, Stopping, generate
 from easyspec.core.loading import load_pair, resolve_pair
 from easyspec.core.text import encode_prompt
@@ -34,20 +34,6 @@ PROMPTS = {
 SETTINGS = [("vanilla", {"mode": "vanilla"}), ("speculative", {"mode": "speculative"})] + [
     (f"easyspec N={n} {c}", {"mode": "easyspec", "layer_parallel": n, "calibration": c})
     for c in ("none", "every-round") for n in (1, 2, 3, 4)]
-
-
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return f"{cpu}, {torch.get_num_threads()} threads, {platform.system()} {platform.release()}"
-
-
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except Exception:
-        return "unknown"
 
 
 def measure(dtype: str, max_new: int, draft_len: int) -> list[dict]:
@@ -117,7 +103,7 @@ def main() -> None:
     args = ap.parse_args()
     dtypes = args.dtypes.split(",")
     rows = [row for dtype in dtypes for row in measure(dtype, args.max_new_tokens, args.draft_len)]
-    meta = {"command": "python " + " ".join(sys.argv), "machine": machine(), "commit": commit(),
+    meta = {"command": "python " + " ".join(sys.argv), "machine": machine(), "commit": git_commit(),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "libraries": f"torch {torch.__version__}, transformers {transformers.__version__}, "
                          f"python {platform.python_version()}",

@@ -159,19 +159,24 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads{gpu}, {platform.system()}"
 
 
+def git_commit() -> str:
+    """Short hash of the checkout the command runs from ("unknown" outside a git checkout)."""
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except Exception:
+        return "unknown"
+
+
 def run_meta(command: str, started: str, info, args) -> dict:
     import platform
-    import subprocess
 
     import torch
     import transformers
 
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                check=True).stdout.strip()
-    except Exception:
-        commit = "unknown"
-    return {"command": command, "date": started, "machine": machine(), "commit": commit,
+    return {"command": command, "date": started, "machine": machine(), "commit": git_commit(),
             "libraries": f"torch {torch.__version__}, transformers {transformers.__version__}, "
                          f"python {platform.python_version()}",
             "base": info.base, "draft": info.draft, "dtype": info.dtype, "device": info.device,
