@@ -1,4 +1,4 @@
-"""The `easyspec` command line: `generate` (stream text or print one JSON line) and `cache info|clear`.
+"""The `easyspec` command line: `generate`, `tune` (layer plan and calibration), `bench`, `app`, `cache`.
 
 Every command consumes the engine's one record stream (`core.engine.generate`). Bad input ends in
 one readable line on stderr and exit status 2, never a traceback (EASYSPEC_DEBUG=1 shows one).
@@ -40,6 +40,8 @@ def _add_generate(sub) -> None:
                      help="layer-parallel size N (easyspec; default 4, at most --devices when G > 1)")
     gen.add_argument("--sequential-head", type=int, default=1, help="first draft layers kept sequential")
     gen.add_argument("--sequential-tail", type=int, default=1, help="last draft layers kept sequential")
+    gen.add_argument("--groups", default="", help="explicit draft layer plan, e.g. '0|1-4|5-8|...|23' (replaces N, "
+                                                  "head and tail), or 'auto' for the plan `easyspec tune` chose")
     gen.add_argument("--calibration", default="every-round", help="none | every-round | on-mismatch")
     gen.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
     gen.add_argument("--top-p", type=float, default=1.0)
@@ -121,6 +123,31 @@ def _add_bench(sub) -> None:
             b.add_argument("--no-transformers", action="store_true", help="skip transformers' assisted generation")
 
 
+def _add_tune(sub) -> None:
+    p = sub.add_parser("tune", help="auto-tune the draft's layer plan and calibration policy for a model pair",
+                       description="Measure hidden-state similarity and the acceptance of candidate layer plans on "
+                                   "a few calibration prompts (greedy), choose the plan with the fewest sequential "
+                                   "draft steps whose acceptance rate stays within --tolerance of N = 1, compare "
+                                   "the calibration policies on it, and cache the result for --groups auto.")
+    p.add_argument("--pair", default=None, help="a named offline pair (default qwen2.5-coder)")
+    p.add_argument("--base")
+    p.add_argument("--draft")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--prompts", default="code", help="a built-in set (code, chat, math, summarisation) "
+                                                      "or a JSONL/CSV file with a prompt column")
+    p.add_argument("--limit", type=int, default=4, help="use the first LIMIT prompts (default 4)")
+    p.add_argument("--chat", action="store_true", help="wrap the prompts in the chat template")
+    p.add_argument("--tolerance", type=float, default=0.05,
+                   help="relative acceptance-rate loss allowed against N = 1 (default 0.05)")
+    p.add_argument("--max-group", type=int, default=8, help="largest group (at most G on G devices; default 8)")
+    p.add_argument("--draft-len", type=int, default=5)
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--no-policies", action="store_true", help="skip measuring the calibration policies")
+    p.add_argument("--out", default=None, help="also write OUT.json and OUT.md")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON line on stdout")
+
+
 def _add_cache(sub) -> None:
     p = sub.add_parser("cache", help="show or clear the converted offline-model cache")
     p.add_argument("action", choices=("info", "clear"))
@@ -133,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cache(sub)
     _add_app(sub)
     _add_bench(sub)
+    _add_tune(sub)
     return parser
 
 
@@ -163,7 +191,7 @@ def _configs(args):
     spec = SpecConfig(mode=args.mode, draft_len=args.draft_len, layer_parallel=args.layer_parallel,
                       sequential_head=args.sequential_head, sequential_tail=args.sequential_tail,
                       calibration=args.calibration, max_new_tokens=args.max_new_tokens, sampling=sampling,
-                      stop_strings=tuple(args.stop))
+                      stop_strings=tuple(args.stop), groups=args.groups.strip())
     if args.check_lossless and not sampling.greedy:
         raise ValueError("--check-lossless compares greedy outputs token for token: it needs --temperature 0")
     if args.base is None and args.draft is not None:
@@ -201,20 +229,28 @@ def _generate_in(session, spec, prompt: str, args) -> int:
     from easyspec.core import metrics
     from easyspec.core.chrome_trace import write_chrome_trace
     from easyspec.core.engine import SpecConfig
-    from easyspec.core.grouping import describe, layer_groups
+    from easyspec.core.grouping import describe, largest_group
+    from easyspec.core.monitor import ALERT, alert_text, expectation, likely_cause, rolling_acceptance
     from easyspec.core.records import RunHeader, save_run
     from easyspec.core.text import TextStream
 
     prompt_ids = session.encode(prompt, args.chat)
     records = []
     stream = TextStream(session.tokenizer)
-    run = session.generate(prompt_ids, spec)  # validates N, head/tail and the context window first
-    if spec.mode == "easyspec":
-        plan = layer_groups(session.info.draft_layers, spec.layer_parallel, spec.sequential_head,
-                            spec.sequential_tail)
+    spec = session.resolve(spec)  # --groups auto -> the tuned plan; expected acceptance from the tuning
+    run = session.generate(prompt_ids, spec)  # validates the plan and the context window first
+    plan = spec.plan(session.info.draft_layers) if spec.mode == "easyspec" else None
+    if plan:
         print(f"easyspec: draft layer plan {describe(plan)}", file=sys.stderr)
+    alerted = False
     for rec in run:
         records.append(rec)
+        if ALERT in rec.flags and not alerted:
+            alerted = True
+            cause = likely_cause(spec.as_dict(), largest_group(plan) if plan else 1)
+            rate = rolling_acceptance(records)[-1][1]
+            print(f"\neasyspec: warning: {alert_text(rate, expectation(spec.expected_acceptance), cause)}",
+                  file=sys.stderr)
         piece = stream.push(rec.token_ids, final=rec.stop is not None)
         if not args.json and piece:
             sys.stdout.write(piece)
@@ -343,9 +379,34 @@ def _bench_pair(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    from easyspec.core.loading import resolve_pair
+    from easyspec.core.prompt_sets import BUILTIN_SETS, builtin_prompts, read_prompt_file
+    from easyspec.core.session import Session
+    from easyspec.core.tuning import TuneConfig, markdown, tuning_path
+
+    cfg = TuneConfig(tolerance=args.tolerance, max_group=args.max_group, draft_len=args.draft_len,
+                     max_new_tokens=args.max_new_tokens, policies=not args.no_policies)
+    prompts = builtin_prompts(args.prompts) if args.prompts in BUILTIN_SETS else read_prompt_file(args.prompts)
+    prompts = prompts[: max(1, args.limit)]
+    source = resolve_pair(args.base, args.draft, args.pair or (None if args.base else "qwen2.5-coder"))
+    with Session(source, args.dtype, args.device) as session:
+        ids = [session.encode(p, args.chat) for p in prompts]
+        result = session.tune(ids, cfg, progress=lambda m: print(f"easyspec: tune: {m}", file=sys.stderr))
+        key = session.pair_key
+    text = markdown(result)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(f"{args.out}.json").write_text(json.dumps(result.as_dict(), indent=1))
+        Path(f"{args.out}.md").write_text(text)
+    print(json.dumps(result.as_dict()) if args.json else text)
+    print(f"easyspec: tuned plan {result.plan} cached in {tuning_path(key)}; use --groups auto", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"generate": cmd_generate, "cache": cmd_cache, "app": cmd_app, "bench": cmd_bench}
+    handlers = {"generate": cmd_generate, "cache": cmd_cache, "app": cmd_app, "bench": cmd_bench, "tune": cmd_tune}
     try:
         return handlers[args.command](args)
     except ValueError as exc:  # bad input: one clear line, no traceback

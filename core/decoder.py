@@ -219,7 +219,8 @@ class Decoder:
         return out if self.reduce is None else self.reduce(out)
 
     def forward(self, tokens: torch.Tensor, pos: int, cache: KVCache, groups: Sequence[Group] | None = None,
-                span: SpanFn | None = None, all_logits: bool = False, logits: bool = True) -> torch.Tensor | None:
+                span: SpanFn | None = None, all_logits: bool = False, logits: bool = True,
+                taps: list | None = None) -> torch.Tensor | None:
         """Run tokens [T] at positions pos..pos+T-1, writing their K/V; returns logits [T or 1, vocab] fp32
         (None with logits=False: a follower rank that only keeps its cache in step).
 
@@ -227,6 +228,8 @@ class Decoder:
         the N attentions read the group input h, then the N MLPs run in order (EASYSPEC.md):
             a_j = Attn_{l+j}(RMSNorm_in(h));  x = h;  x += a_j;  x += MLP_{l+j}(RMSNorm_post(x))
         span: optional timer; each group's attention and MLPs are timed as draft.attn / draft.mlp.
+        taps: when a list, each group's input hidden state [T, D] is appended to it (the auto-tuner
+        compares the inputs of exact layers).
         """
         assert tokens.dim() == 1 and tokens.numel() > 0, tokens.shape
         T = tokens.numel()
@@ -236,6 +239,8 @@ class Decoder:
         x = self.w.embed[tokens]  # [T, D]
         for g in groups:
             label = f"L{g[0]}" if g[1] - g[0] == 1 else f"L{g[0]}-{g[1] - 1}"
+            if taps is not None:
+                taps.append(x)
             with span("draft.attn", label) if span else _NULL:
                 a = self.attend(x, g, pos, cache, rope, mask)  # [N, T, D]
             with span("draft.mlp", label) if span else _NULL:

@@ -12,8 +12,9 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
-from .decoder import Decoder, KVCache
-from .grouping import layer_groups
+from .decoder import Decoder, Group, KVCache
+from .grouping import layer_groups, parse_plan
+from .monitor import AcceptanceMonitor, expectation
 from .records import RoundRecord, Span
 from .sampling import SamplingConfig, pick, probs, verify_greedy, verify_sampling
 from .tracing import Tracer, exclusive_seconds, peak_memory_bytes
@@ -24,7 +25,13 @@ CALIBRATION_POLICIES = ("none", "every-round", "on-mismatch")
 
 @dataclass(frozen=True)
 class SpecConfig:
-    """How to generate. Defaults are the product's: easyspec, N = 4, every-round, k = 5, greedy."""
+    """How to generate. Defaults are the product's: easyspec, N = 4, every-round, k = 5, greedy.
+
+    groups: an explicit layer plan ('0|1-4|...|23', grouping.py) that replaces N, head and tail;
+    "" means equal groups of N. ("auto" is resolved to a plan by the session, from the tuning cache.)
+    expected_acceptance: the acceptance rate this run should reach (from the tuner), 0 if unknown;
+    the monitor flags rounds whose rolling acceptance falls far below it (monitor.py).
+    """
 
     mode: str = "easyspec"
     draft_len: int = 5
@@ -35,6 +42,8 @@ class SpecConfig:
     max_new_tokens: int = 128
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     stop_strings: tuple[str, ...] = ()
+    groups: str = ""
+    expected_acceptance: float = 0.0
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -48,6 +57,16 @@ class SpecConfig:
             raise ValueError(f"--max-new-tokens must be >= 1; got {self.max_new_tokens}")
         if self.layer_parallel < 1:
             raise ValueError(f"--layer-parallel must be >= 1; got {self.layer_parallel}")
+        if not 0.0 <= self.expected_acceptance <= 1.0:
+            raise ValueError(f"expected acceptance must be between 0 and 1; got {self.expected_acceptance}")
+
+    def plan(self, n_layers: int) -> tuple[Group, ...]:
+        """The draft's layer plan for this config (ValueError if it does not fit the draft)."""
+        if self.groups == "auto":
+            raise ValueError("--groups auto must be resolved to a tuned plan first (Session.resolve)")
+        if self.groups:
+            return parse_plan(self.groups, n_layers)
+        return layer_groups(n_layers, self.layer_parallel, self.sequential_head, self.sequential_tail)
 
     def as_dict(self) -> dict:
         """Plain JSON values (tuples become lists), as a saved run stores them."""
@@ -123,7 +142,7 @@ def generate(base: Decoder, draft: Decoder | None, prompt_ids: Sequence[int], cf
         if draft is None:
             raise ValueError(f"mode {cfg.mode} needs a draft model")
         if cfg.mode == "easyspec":
-            plan = layer_groups(draft.cfg.n_layers, cfg.layer_parallel, cfg.sequential_head, cfg.sequential_tail)
+            plan = cfg.plan(draft.cfg.n_layers)
     run = Generation(base, draft, prompt_ids, cfg, stopping, plan, runtime)
     yield from run.rounds()
 
@@ -152,6 +171,7 @@ class Generation:
         self.vocab = min(base.cfg.vocab_size, draft.cfg.vocab_size) if self.drafting else base.cfg.vocab_size
         self.runtime = runtime or LocalRuntime(device)
         self.tracer = self.runtime.start()
+        self.monitor = AcceptanceMonitor(expectation(cfg.expected_acceptance))
 
     # -- main loop ---------------------------------------------------------------------------
     def rounds(self) -> Iterator[RoundRecord]:
@@ -272,7 +292,8 @@ class Generation:
         phase_s = exclusive_seconds(own)
         phase_s["overhead"] = max(0.0, (end_ns - start_ns) / 1e9 - sum(phase_s.values()))
         spans = self.runtime.gather_spans(own)
+        flags = self.monitor.update(len(drafted), accepted) if drafted else ()
         return RoundRecord(index=index, token_ids=tuple(tokens), origins=tuple(origins), drafted=drafted,
                            accepted=accepted, phase_s=phase_s, spans=spans, end_ns=end_ns,
                            peak_memory_bytes=peak_memory_bytes(self.base.device), calibrated=calibrated,
-                           stop=stop)
+                           flags=flags, stop=stop)

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterator, Sequence
 
 from .engine import SpecConfig, Stopping, check_prompt, generate
-from .grouping import layer_groups
+from .grouping import largest_group
 from .loading import PairSource, load_pair, parse_device, parse_dtype, resolve_pair
 from .records import RoundRecord
 from .text import encode_prompt
+from .tuning import TuneConfig, TuneResult, load_tuning, pair_key, save_tuning, tune, with_expectation
 
 
 @dataclass(frozen=True)
@@ -90,18 +91,58 @@ class Session:
 
     def validate(self, cfg: SpecConfig, prompt_ids: Sequence[int]) -> None:
         """Raise ValueError for settings this session cannot run, before any device work."""
+        cfg = self.resolve(cfg)
         if cfg.mode != "vanilla" and self.draft is None:
             raise ValueError(f"mode {cfg.mode} needs a draft model, and this session loaded none")
         if cfg.mode == "easyspec":
-            layer_groups(self.info.draft_layers, cfg.layer_parallel, cfg.sequential_head, cfg.sequential_tail)
-            if cfg.layer_parallel > self.devices > 1:
-                raise ValueError(f"--layer-parallel {cfg.layer_parallel} is more than the {self.devices} devices: "
-                                 f"across devices each layer of a group runs on its own device, so N <= G")
+            size = largest_group(cfg.plan(self.info.draft_layers))
+            if size > self.devices > 1:
+                what = f"--layer-parallel {cfg.layer_parallel}" if not cfg.groups else f"a group of {size} layers"
+                raise ValueError(f"{what} is more than the {self.devices} devices: across devices each layer of "
+                                 f"a group runs on its own device, so groups can have at most G layers")
         check_prompt(prompt_ids, cfg, self.base)
+
+    # -- tuning (tuning.py) ----------------------------------------------------------------------
+    @property
+    def pair_key(self) -> str | None:
+        if self.source.draft_dir is None:
+            return None
+        return pair_key(self.source.base_dir, self.source.draft_dir, self.dtype)
+
+    def tuning(self) -> TuneResult | None:
+        key = self.pair_key
+        return load_tuning(key) if key else None
+
+    def resolve(self, cfg: SpecConfig) -> SpecConfig:
+        """`--groups auto` -> the tuned plan, and the expected acceptance from the tuning (if any)."""
+        if cfg.mode == "vanilla" or self.draft is None:
+            if cfg.groups == "auto" and cfg.mode == "easyspec":
+                raise ValueError("--groups auto needs a draft model")
+            return cfg
+        return with_expectation(cfg, self.tuning(), self.info.draft_layers)
+
+    def tune(self, prompt_ids: Sequence[Sequence[int]], cfg: TuneConfig = TuneConfig(), progress=lambda _: None,
+             save: bool = True) -> TuneResult:
+        """Run the auto-tuner on this pair (one device) and cache the result for `--groups auto`."""
+        if self.draft is None:
+            raise ValueError("the tuner needs a draft model, and this session loaded none")
+        if self.devices > 1:
+            raise ValueError(f"run the tuner on one device with --max-group {self.devices}: acceptance does not "
+                             f"depend on the device count, only on the plan")
+        for ids in prompt_ids:
+            check_prompt(ids, SpecConfig(max_new_tokens=cfg.max_new_tokens), self.base)
+        with self._lock:
+            result = tune(self.base, self.draft, prompt_ids, cfg, Stopping(self.pair.eos_ids), progress)
+        result = replace(result, pair={"base": self.info.base, "draft": self.info.draft, "dtype": self.dtype})
+        if save:
+            save_tuning(result, self.pair_key)
+        return result
 
     def generate(self, prompt_ids: Sequence[int], cfg: SpecConfig) -> Iterator[RoundRecord]:
         """Validate now (ValueError), then return the record stream of one generation. The stream holds
-        the device lock until it ends or is closed; closing it stops the run after the current round."""
+        the device lock until it ends or is closed; closing it stops the run after the current round.
+        Front ends that save the settings call `resolve` first, so that they save the plan that ran."""
+        cfg = self.resolve(cfg)
         self.validate(cfg, prompt_ids)
         return self._stream(list(prompt_ids), cfg)
 

@@ -1,0 +1,91 @@
+"""Acceptance monitoring: a rolling acceptance rate per run, and an alert when it collapses.
+
+What it is: the check that tells someone watching a run that drafting has gone wrong. The engine
+feeds it every drafting round; when the acceptance rate over the last `window` rounds falls below
+`drop` times the run's expectation, the round's record carries the flag `low-acceptance`.
+The expectation is the tuned figure for the plan in use, else the sequential-drafting (N = 1)
+figure measured for the pair (both from the tuning cache, `tuning.py`), else a fixed floor.
+`likely_cause` explains an alert from the run's settings, for the dashboard and the CLI.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Sequence
+
+from .records import RoundRecord
+
+ALERT = "low-acceptance"
+FLOOR = 0.2  # used when no figure was measured for this pair: below this, speculation rarely pays
+DROP = 0.5  # "far below" the expectation: under half of it
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """What acceptance rate a run should reach, and where that figure comes from (for the message)."""
+
+    rate: float
+    source: str  # "measured" (by the tuner, for this pair) | "floor"
+
+    @property
+    def threshold(self) -> float:
+        return self.rate * DROP if self.source != "floor" else self.rate
+
+
+def expectation(rate: float) -> Expectation:
+    """From SpecConfig.expected_acceptance (0 means nothing was measured for this pair)."""
+    return Expectation(rate, "measured") if rate > 0 else Expectation(FLOOR, "floor")
+
+
+class AcceptanceMonitor:
+    def __init__(self, expected: Expectation, window: int = 12, min_drafted: int = 30):
+        self.expected, self.window, self.min_drafted = expected, window, min_drafted
+        self.recent: deque[tuple[int, int]] = deque(maxlen=window)  # (drafted, accepted) per round
+
+    def update(self, drafted: int, accepted: int) -> tuple[str, ...]:
+        """Feed one drafting round; returns the flags for its record."""
+        self.recent.append((drafted, accepted))
+        rate = self.rate()
+        return (ALERT,) if rate is not None and rate < self.expected.threshold else ()
+
+    def rate(self) -> float | None:
+        """Rolling acceptance rate, once the window holds enough drafted tokens to judge."""
+        drafted = sum(d for d, _ in self.recent)
+        if len(self.recent) < self.window and drafted < self.min_drafted or drafted == 0:
+            return None
+        return sum(a for _, a in self.recent) / drafted
+
+
+def rolling_acceptance(records: Sequence[RoundRecord], window: int = 12) -> list[tuple[int, float]]:
+    """(round index, rolling AR over the last `window` drafting rounds) for every drafting round."""
+    out, recent = [], deque(maxlen=window)
+    for r in records:
+        if r.drafted:
+            recent.append((len(r.drafted), r.accepted))
+            out.append((r.index, sum(a for _, a in recent) / sum(d for d, _ in recent)))
+    return out
+
+
+def likely_cause(settings: dict, largest_group: int) -> str:
+    """A plain sentence on why acceptance collapsed, from the run's settings (SpecConfig.as_dict())."""
+    mode, policy = settings.get("mode"), settings.get("calibration")
+    temperature = settings.get("sampling", {}).get("temperature", 0.0)
+    if mode == "easyspec" and policy == "none" and largest_group > 1:
+        return (f"calibration is off with groups of up to {largest_group} layers: fuzzy K/V entries pile up in "
+                f"the draft's cache round after round. Turn calibration to every-round.")
+    if mode == "easyspec" and largest_group >= 5:
+        return (f"groups of {largest_group} layers are too large for this draft: its layers' inputs are no longer "
+                f"similar enough. Use N = 4 or less, or the auto-tuned plan.")
+    if mode == "easyspec" and policy == "on-mismatch" and largest_group > 1:
+        return ("on-mismatch calibration leaves fuzzy entries in the cache after fully accepted rounds; "
+                "every-round calibration keeps the cache exact.")
+    if temperature and temperature > 1.0:
+        return f"temperature {temperature} flattens both models' distributions, so they agree less often."
+    return ("the draft disagrees with the base on this text (the prompt may be unlike what the draft does well); "
+            "the output is still exactly the base model's.")
+
+
+def alert_text(rate: float, expected: Expectation, cause: str) -> str:
+    what = (f"the {FLOOR:.0%} floor (nothing was measured for this pair yet: run the tuner)"
+            if expected.source == "floor" else f"the {expected.rate:.0%} measured for this pair by the tuner")
+    return f"Acceptance fell to {rate:.0%} over the last rounds, far below {what}. Likely cause: {cause}"

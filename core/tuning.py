@@ -1,0 +1,371 @@
+"""Auto-tuning the draft's layer plan and the calibration policy, cached per model pair.
+
+What it does, from a few calibration prompts (greedy):
+1. Similarity. One exact draft forward per prompt records every layer's input hidden state h_l.
+   S[a, l] is the mean cosine, over prompt tokens, between what layer l's attention would read in
+   a fuzzy group starting at a (RMSNorm_in_l(h_a)) and what it reads exactly (RMSNorm_in_l(h_l)).
+2. Candidates. For thresholds t swept over the measured similarities, a plan grows each group from
+   its first layer a while S[a, l] >= t (and the group is at most `max_group` layers); the equal
+   plans of N = 2..6 join them. N = 1 (sequential drafting) is the baseline.
+3. Acceptance. Every candidate, and the baseline, drafts the same prompts in the same run. The
+   base's greedy output is computed once per prompt and played back (`ReplayBase`): greedy
+   acceptance depends only on that output, so each candidate costs draft forwards only, and the
+   counts equal those of a full run (a test checks this).
+4. Choice: the plan with the fewest sequential draft steps whose acceptance rate is within
+   `tolerance` (relative) of the baseline; ties go to the higher acceptance rate.
+5. Calibration. The chosen plan runs every-round, on-mismatch and none with the real base; the
+   recommendation is the fastest policy whose acceptance stays within tolerance.
+The result is written (atomically) to the cache under a key of both models' configs and the dtype,
+where `--groups auto` and the acceptance monitor find it.
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from .decoder import Decoder, Group
+from .engine import CALIBRATION_POLICIES, SpecConfig, Stopping, generate
+from .grouping import describe, layer_groups
+from .metrics import compute
+
+EQUAL_SIZES = (2, 3, 4, 5, 6)
+DRAFT_PHASES = ("draft.attn", "draft.mlp", "draft.comm")
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    tolerance: float = 0.05  # relative acceptance-rate loss allowed against N = 1
+    max_group: int = 8  # largest group (on G devices: at most G)
+    draft_len: int = 5
+    max_new_tokens: int = 32
+    thresholds: int = 12  # similarity thresholds swept
+    policies: bool = True  # also measure the calibration policies with the real base
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.tolerance < 1.0:
+            raise ValueError(f"--tolerance must be between 0 and 1 (a relative loss); got {self.tolerance}")
+        if self.max_group < 1:
+            raise ValueError(f"--max-group must be >= 1; got {self.max_group}")
+        if self.draft_len < 1 or self.max_new_tokens < 2:
+            raise ValueError("the tuner needs --draft-len >= 1 and --max-new-tokens >= 2")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    plan: str
+    steps: int  # sequential draft steps per drafted token (groups in the plan)
+    origin: str  # "sequential" | "equal N=4" | "similarity >= 0.93"
+    drafted: int
+    accepted: int
+    draft_s: float  # measured drafting seconds, all prompts
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+    @property
+    def draft_s_per_token(self) -> float:
+        return self.draft_s / self.drafted if self.drafted else 0.0
+
+
+@dataclass(frozen=True)
+class PolicyResult:
+    policy: str
+    acceptance_rate: float
+    tokens_per_s: float  # median over prompts, real base
+    calibrate_s: float
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    plan: str
+    acceptance_rate: float
+    baseline_rate: float  # N = 1, same run
+    steps: int
+    sequential_steps: int
+    tolerance: float
+    candidates: tuple[Candidate, ...]
+    policies: tuple[PolicyResult, ...] = ()
+    recommended_policy: str = "every-round"
+    adjacent_similarity: tuple[float, ...] = ()  # S[l, l + 1]
+    pair: dict = field(default_factory=dict)
+    created: str = ""
+    prompts: int = 0
+
+    @property
+    def predicted_saving(self) -> float:
+        """Fraction of sequential draft steps saved against N = 1 (the fuzzy groups' whole point)."""
+        return 1 - self.steps / self.sequential_steps
+
+    def expected_rate(self, plan: str, policy: str) -> float:
+        """The acceptance rate a run of (plan, policy) should reach: measured if tuned, else N = 1's."""
+        for p in self.policies:
+            if plan == self.plan and p.policy == policy:
+                return p.acceptance_rate
+        if policy == "every-round":
+            for c in self.candidates:
+                if c.plan == plan:
+                    return c.acceptance_rate
+        return self.baseline_rate
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        for c, cd in zip(self.candidates, d["candidates"]):
+            cd["acceptance_rate"] = c.acceptance_rate
+            cd["draft_s_per_token"] = c.draft_s_per_token
+        d["predicted_saving"] = self.predicted_saving
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TuneResult":
+        keep = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        cand = tuple(Candidate(**{k: v for k, v in c.items() if k in Candidate.__dataclass_fields__})
+                     for c in d["candidates"])
+        return cls(**{**keep, "candidates": cand, "policies": tuple(PolicyResult(**p) for p in d["policies"]),
+                      "adjacent_similarity": tuple(d["adjacent_similarity"])})
+
+
+# -- similarity ------------------------------------------------------------------------------------
+def layer_inputs(draft: Decoder, prompt_ids: Sequence[int]) -> torch.Tensor:
+    """[L, T, D]: the input hidden state of every draft layer on an exact forward of the prompt."""
+    taps: list[torch.Tensor] = []
+    tokens = torch.tensor(list(prompt_ids), dtype=torch.long, device=draft.device)
+    with torch.inference_mode():
+        draft.forward(tokens, 0, draft.new_cache(len(prompt_ids)), logits=False, taps=taps)
+    return torch.stack(taps).float()
+
+
+def similarity(draft: Decoder, prompts: Sequence[Sequence[int]]) -> torch.Tensor:
+    """S [L, L]: S[a, l] = mean cosine of RMSNorm_in_l(h_a) and RMSNorm_in_l(h_l) (a <= l), over all tokens."""
+    n = draft.cfg.n_layers
+    total, count = torch.zeros(n, n), 0
+    w = draft.w.norm_in.float()  # [L, D]; the RMS scale itself cannot change a cosine
+    for ids in prompts:
+        h = layer_inputs(draft, ids)  # [L, T, D]
+        for l in range(n):
+            x = h[: l + 1] * w[l]  # what layer l's attention reads from inputs h_0..h_l
+            total[: l + 1, l] += torch.nn.functional.cosine_similarity(x, x[l:l + 1], dim=-1).sum(-1)
+        count += h.shape[1]
+    return total / count
+
+
+def similarity_plan(s: torch.Tensor, threshold: float, max_group: int) -> tuple[Group, ...]:
+    """Grow each group from its first layer a while S[a, l] >= threshold and it has room."""
+    n, groups, a = s.shape[0], [], 0
+    while a < n:
+        b = a + 1
+        while b < n and b - a < max_group and s[a, b] >= threshold:
+            b += 1
+        groups.append((a, b))
+        a = b
+    return tuple(groups)
+
+
+def candidate_plans(s: torch.Tensor, n_layers: int, max_group: int, thresholds: int) -> dict[str, str]:
+    """Distinct plans (text -> origin), ordered by step count: equal groups first, then similarity."""
+    plans: dict[str, str] = {}
+    for size in EQUAL_SIZES:
+        if size <= min(max_group, n_layers - 2):
+            plans.setdefault(describe(layer_groups(n_layers, size)), f"equal N={size}")
+    pairs = torch.cat([s.diagonal(d) for d in range(1, min(max_group, n_layers))])
+    for t in torch.quantile(pairs, torch.linspace(0.05, 0.95, thresholds)).tolist():
+        plan = similarity_plan(s, t, max_group)
+        if len(plan) < n_layers:
+            plans.setdefault(describe(plan), f"similarity >= {t:.3f}")
+    return dict(sorted(plans.items(), key=lambda kv: kv[0].count("|")))
+
+
+# -- acceptance by playback ------------------------------------------------------------------------
+class _Cursor:
+    """The cache of a played-back base: only a length, as the engine expects of a KV cache."""
+
+    def __init__(self, max_len: int):
+        self.max_len, self.length = max_len, 0
+
+    def crop(self, length: int) -> None:
+        self.length = length
+
+
+class ReplayBase:
+    """The base model's greedy output played back as one-hot logits, for measuring greedy acceptance.
+
+    Row i of a forward over tokens at positions pos.. predicts position pos + i + 1. While the fed
+    tokens follow the recorded output, the base would have predicted the recorded next token; after
+    the first difference greedy verification reads no further rows, so the result is exact.
+    """
+
+    def __init__(self, base: Decoder, sequence: Sequence[int]):
+        self.cfg, self.device = base.cfg, base.device
+        self.seq = list(sequence)
+
+    def new_cache(self, max_len: int) -> _Cursor:
+        return _Cursor(max_len)
+
+    def forward(self, tokens: torch.Tensor, pos: int, cache: _Cursor, all_logits: bool = False, **_) -> torch.Tensor:
+        n = tokens.numel()
+        cache.length = pos + n
+        rows = range(pos, pos + n) if all_logits else range(pos + n - 1, pos + n)
+        out = torch.zeros(len(rows), self.cfg.vocab_size, device=self.device)
+        for i, p in enumerate(rows):
+            if p + 1 < len(self.seq):
+                out[i, self.seq[p + 1]] = 1.0
+        return out
+
+
+def _draft_seconds(records) -> float:
+    return sum(r.phase_s.get(p, 0.0) for r in records for p in DRAFT_PHASES)
+
+
+def measure_plan(base: Decoder, draft: Decoder, references: Sequence[tuple[list[int], list[int]]], plan: str,
+                 cfg: TuneConfig, origin: str, stopping: Stopping) -> Candidate:
+    """Draft every prompt with `plan` (every-round calibration) against the played-back base output."""
+    drafted = accepted = 0
+    draft_s = 0.0
+    for prompt, out in references:
+        spec = SpecConfig(mode="easyspec", groups=plan, draft_len=cfg.draft_len, max_new_tokens=len(out))
+        records = list(generate(ReplayBase(base, prompt + out), draft, prompt, spec, stopping))
+        got = [t for r in records for t in r.token_ids]
+        assert got == out, "playback diverged from the recorded base output"
+        drafted += sum(len(r.drafted) for r in records)
+        accepted += sum(r.accepted for r in records)
+        draft_s += _draft_seconds(records)
+    return Candidate(plan, plan.count("|") + 1, origin, drafted, accepted, draft_s)
+
+
+def _policy(base, draft, prompts, plan, policy, cfg: TuneConfig, stopping) -> PolicyResult:
+    runs = []
+    for prompt in prompts:
+        spec = SpecConfig(mode="easyspec", groups=plan, calibration=policy, draft_len=cfg.draft_len,
+                          max_new_tokens=cfg.max_new_tokens)
+        runs.append(compute(list(generate(base, draft, prompt, spec, stopping))))
+    drafted = sum(m.drafted for m in runs)
+    speeds = sorted(m.tokens_per_s for m in runs)
+    return PolicyResult(policy, sum(m.accepted for m in runs) / drafted if drafted else 0.0,
+                        speeds[len(speeds) // 2], sum(m.calibrate_s for m in runs))
+
+
+def tune(base: Decoder, draft: Decoder, prompts: Sequence[Sequence[int]], cfg: TuneConfig = TuneConfig(),
+         stopping: Stopping = Stopping(), progress: Callable[[str], None] = lambda _: None) -> TuneResult:
+    """Measure the candidates on `prompts` (token ids) and choose; see the module docstring."""
+    if not prompts:
+        raise ValueError("the tuner needs at least one calibration prompt")
+    n = draft.cfg.n_layers
+    progress("similarity of the draft's layer inputs")
+    s = similarity(draft, prompts)
+    references = []
+    for i, prompt in enumerate(prompts):
+        progress(f"base output for calibration prompt {i + 1}/{len(prompts)}")
+        vanilla = SpecConfig(mode="vanilla", max_new_tokens=cfg.max_new_tokens)
+        references.append((list(prompt), [t for r in generate(base, None, prompt, vanilla, stopping) for t in r.token_ids]))
+    plans = {describe(layer_groups(n, 1)): "sequential", **candidate_plans(s, n, cfg.max_group, cfg.thresholds)}
+    measured = []
+    for i, (plan, origin) in enumerate(plans.items()):
+        progress(f"acceptance of plan {i + 1}/{len(plans)}: {plan}")
+        measured.append(measure_plan(base, draft, references, plan, cfg, origin, stopping))
+    baseline = measured[0]
+    floor = (1 - cfg.tolerance) * baseline.acceptance_rate
+    ok = [c for c in measured if c.acceptance_rate >= floor]
+    best = min(ok, key=lambda c: (c.steps, -c.acceptance_rate))
+    policies, recommended = (), "every-round"
+    if cfg.policies:
+        results = []
+        for policy in CALIBRATION_POLICIES:
+            progress(f"calibration policy {policy} with the base model")
+            results.append(_policy(base, draft, prompts, best.plan, policy, cfg, stopping))
+        policies = tuple(results)
+        fine = [p for p in policies if p.acceptance_rate >= floor] or [policies[0]]
+        recommended = max(fine, key=lambda p: p.tokens_per_s).policy
+    return TuneResult(plan=best.plan, acceptance_rate=best.acceptance_rate, baseline_rate=baseline.acceptance_rate,
+                      steps=best.steps, sequential_steps=n, tolerance=cfg.tolerance, candidates=tuple(measured),
+                      policies=policies, recommended_policy=recommended,
+                      adjacent_similarity=tuple(s.diagonal(1).tolist()), prompts=len(prompts),
+                      created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+
+
+# -- cache -----------------------------------------------------------------------------------------
+def pair_key(base_dir: Path, draft_dir: Path, dtype: str) -> str:
+    """A key of both models' configs (and the dtype): a re-tuned or different pair gets a new key."""
+    h = hashlib.sha256(dtype.encode())
+    for folder in (base_dir, draft_dir):
+        h.update(Path(folder, "config.json").read_bytes())
+        for f in sorted(Path(folder).glob("*.safetensors")):
+            h.update(f"{f.name}:{f.stat().st_size}".encode())
+    return h.hexdigest()[:16]
+
+
+def tuning_path(key: str) -> Path:
+    from .offline_pair import cache_root
+
+    return cache_root() / "tuning" / f"{key}.json"
+
+
+def save_tuning(result: TuneResult, key: str) -> Path:
+    """Write to a temporary name, then rename: a reader never sees half a file."""
+    path = tuning_path(key)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(result.as_dict(), indent=1))
+        tmp.replace(path)
+    except OSError as e:
+        raise ValueError(f"cannot save the tuned plan under {path.parent} ({e.strerror}); "
+                         f"set EASYSPEC_CACHE to a writable folder") from e
+    return path
+
+
+def load_tuning(key: str) -> TuneResult | None:
+    path = tuning_path(key)
+    if not path.exists():
+        return None
+    try:
+        return TuneResult.from_dict(json.loads(path.read_text()))
+    except (ValueError, KeyError, TypeError):
+        return None  # an unreadable cache entry counts as no tuning; the next tune overwrites it
+
+
+def with_expectation(cfg: SpecConfig, result: TuneResult | None, n_layers: int) -> SpecConfig:
+    """`--groups auto` becomes the tuned plan; the run's expected acceptance comes from the tuning."""
+    if cfg.groups == "auto":
+        if result is None:
+            raise ValueError("--groups auto: this model pair has not been tuned yet; run `easyspec tune` "
+                             "(or the tuner in the Pilot screen) first, or give N or a plan")
+        cfg = replace(cfg, groups=result.plan)
+    if result is None or cfg.expected_acceptance > 0 or cfg.mode == "vanilla" or not cfg.sampling.greedy:
+        return cfg  # the tuner measures greedy acceptance only
+    if cfg.mode == "speculative":
+        return replace(cfg, expected_acceptance=result.baseline_rate)
+    return replace(cfg, expected_acceptance=result.expected_rate(describe(cfg.plan(n_layers)), cfg.calibration))
+
+
+def markdown(result: TuneResult) -> str:
+    """The tuner's report: the choice, every candidate measured in the run, the calibration policies."""
+    out = [f"# Auto-tuned layer plan ({result.pair.get('base', '?')} / {result.pair.get('draft', '?')}, "
+           f"{result.pair.get('dtype', '?')})", "",
+           f"Chosen plan `{result.plan}`: {result.steps} sequential draft steps instead of {result.sequential_steps} "
+           f"(predicted draft-step saving {result.predicted_saving:.0%}), acceptance rate "
+           f"{result.acceptance_rate:.3f} against {result.baseline_rate:.3f} for N = 1 in the same run "
+           f"(tolerance {result.tolerance:.0%} relative; {result.prompts} calibration prompts, greedy, "
+           f"every-round calibration).", "",
+           "| plan | steps | from | acceptance rate | vs N = 1 | draft ms per drafted token |",
+           "|---|---|---|---|---|---|"]
+    for c in result.candidates:
+        rel = c.acceptance_rate / result.baseline_rate - 1 if result.baseline_rate else 0.0
+        mark = " **chosen**" if c.plan == result.plan else ""
+        out.append(f"| `{c.plan}`{mark} | {c.steps} | {c.origin} | {c.acceptance_rate:.3f} | {rel:+.1%} | "
+                   f"{1000 * c.draft_s_per_token:.1f} |")
+    if result.policies:
+        out += ["", f"Calibration policies on the chosen plan (real base, median tokens/s over the prompts): "
+                    f"recommended **{result.recommended_policy}** (the fastest whose acceptance stays within "
+                    f"tolerance).", "", "| policy | acceptance rate | tokens/s | calibrate s |", "|---|---|---|---|"]
+        out += [f"| {p.policy} | {p.acceptance_rate:.3f} | {p.tokens_per_s:.2f} | {p.calibrate_s:.2f} |"
+                for p in result.policies]
+    sims = ", ".join(f"{x:.2f}" for x in result.adjacent_similarity)
+    out += ["", f"Adjacent-layer input similarity S[l, l+1]: {sims}", ""]
+    return "\n".join(out)

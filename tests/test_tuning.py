@@ -1,0 +1,194 @@
+"""Layer plans (`--groups`), the auto-tuner, and the acceptance monitor (issue: auto-tuning)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import CPU, assert_greedy_equal, tokens_of
+from easyspec.core.engine import SpecConfig, Stopping, generate
+from easyspec.core.grouping import describe, layer_groups, parse_plan
+from easyspec.core.monitor import ALERT, AcceptanceMonitor, expectation, likely_cause, rolling_acceptance
+from easyspec.core.tuning import TuneConfig, measure_plan, similarity, tune
+from helpers import hf_config, save_checkpoint
+
+PLANTED = range(3, 9)  # layers whose residual contributions are scaled down: their inputs are nearly equal
+
+
+# -- plans ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("text", ["0|1-4|5-8|9", "0-9", "0|1|2|3|4|5|6|7|8|9", " 0 | 1-8 | 9 "])
+def test_plan_round_trip(text):
+    assert describe(parse_plan(text, 10)) == text.replace(" ", "")
+
+
+def test_equal_groups_are_a_plan():
+    assert parse_plan(describe(layer_groups(24, 4)), 24) == layer_groups(24, 4)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "groups separated by '|'"),
+    ("0|1-4||5-9", "groups separated by '|'"),
+    ("0|1-4|6-9", "layer 5 is missing"),
+    ("0|1-4|4-9", "layer 4 appears twice"),
+    ("0|1-4|5-10", "layer 10 does not exist"),
+    ("0|1-4|5-8", "layers 9..9 are missing"),
+    ("0|4-1|5-9", "runs backwards"),
+    ("0|1-x|5-9", "not a layer number"),
+    ("0|1-2-3|4-9", "not a layer number"),
+    ("1-9", "layer 0 is missing"),
+])
+def test_bad_plans_say_what_is_wrong(text, message):
+    with pytest.raises(ValueError, match=message.replace("|", r"\|").replace(".", r"\.")):
+        parse_plan(text, 10)
+
+
+@pytest.mark.parametrize("plan, policy", [("0|1-3|4-6|7", "every-round"), ("0-2|3|4-7", "none"),
+                                          ("0|1-6|7", "on-mismatch")])
+def test_explicit_plans_are_lossless(decoders, plan, policy):
+    base, draft = decoders["qwen2"]
+    prompt = list(range(40, 52))
+    ref = tokens_of(generate(base, None, prompt, SpecConfig(mode="vanilla", max_new_tokens=40)))
+    got = tokens_of(generate(base, draft, prompt, SpecConfig(groups=plan, calibration=policy, max_new_tokens=40)))
+    assert_greedy_equal(got, ref, base, prompt)
+
+
+def test_auto_must_be_resolved_first(decoders):
+    base, draft = decoders["qwen2"]
+    with pytest.raises(ValueError, match="resolved"):
+        list(generate(base, draft, [1, 2, 3], SpecConfig(groups="auto")))
+
+
+# -- the tuner --------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def planted_dirs(tmp_path_factory):
+    """A 12-layer pair whose layers 3..8 barely change the residual stream (planted similar layers)."""
+    from transformers import AutoModelForCausalLM
+
+    root = tmp_path_factory.mktemp("planted")
+    cfg = hf_config("qwen2", n_layers=12)
+    base_dir = save_checkpoint(root / "base", cfg, 0)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    with torch.no_grad():
+        for layer in PLANTED:
+            model.model.layers[layer].self_attn.o_proj.weight.mul_(0.02)
+            model.model.layers[layer].mlp.down_proj.weight.mul_(0.02)
+    model.save_pretrained(base_dir)
+    save_checkpoint(root / "draft", cfg, 1, base_state=model.state_dict(), noise=0.01)
+    return base_dir, root / "draft"
+
+
+@pytest.fixture(scope="module")
+def planted(planted_dirs):
+    from easyspec.core.loading import load_decoder
+
+    return tuple(load_decoder(d, torch.float32, CPU) for d in planted_dirs)
+
+
+def prompts(n: int, seed: int = 0) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, 200, (12,), generator=g).tolist() for _ in range(n)]
+
+
+def test_similarity_finds_the_planted_layers(planted):
+    s = similarity(planted[1], prompts(2))
+    adjacent = s.diagonal(1)
+    assert all(adjacent[l] > 0.99 for l in range(3, 8))
+    assert adjacent[0] < 0.9 and s[3, 8] > 0.98
+
+
+def test_playback_acceptance_equals_a_real_run(planted):
+    base, draft = planted
+    stopping = Stopping()
+    for prompt in prompts(2, seed=3):
+        out = tokens_of(generate(base, None, prompt, SpecConfig(mode="vanilla", max_new_tokens=30)))
+        real = list(generate(base, draft, prompt, SpecConfig(groups="0|1-4|5-8|9-10|11", max_new_tokens=30)))
+        played = measure_plan(base, draft, [(prompt, out)], "0|1-4|5-8|9-10|11", TuneConfig(max_new_tokens=30),
+                              "test", stopping)
+        assert (played.drafted, played.accepted) == (sum(len(r.drafted) for r in real), sum(r.accepted for r in real))
+
+
+def test_tuner_groups_the_planted_layers(planted):
+    base, draft = planted
+    result = tune(base, draft, prompts(3), TuneConfig(tolerance=0.05, max_new_tokens=32))
+    plan = parse_plan(result.plan, 12)
+    equal4 = next(c for c in result.candidates if c.origin == "equal N=4")
+    # fewer sequential steps than equal groups of 4, acceptance within tolerance of N = 1 (same run)
+    assert result.steps < equal4.steps
+    assert result.acceptance_rate >= 0.95 * result.baseline_rate
+    assert any(b - a >= 5 and a <= 4 and b >= 8 for a, b in plan), result.plan  # one group spans the planted layers
+    # the choice is the fewest-step candidate within tolerance
+    ok = [c for c in result.candidates if c.acceptance_rate >= 0.95 * result.baseline_rate]
+    assert result.steps == min(c.steps for c in ok)
+    assert {p.policy for p in result.policies} == {"none", "every-round", "on-mismatch"}
+    assert result.recommended_policy in {p.policy for p in result.policies}
+    none = next(p for p in result.policies if p.policy == "none")
+    every = next(p for p in result.policies if p.policy == "every-round")
+    assert none.acceptance_rate < every.acceptance_rate  # uncalibrated fuzzy entries cost acceptance
+
+
+def test_tuning_is_cached_and_auto_resolves(planted_dirs, tmp_path, monkeypatch, capsys):
+    from easyspec.app.cli import main
+
+    monkeypatch.setenv("EASYSPEC_CACHE", str(tmp_path / "cache"))
+    base, draft = map(str, planted_dirs)
+    pair = ["--base", base, "--draft", draft]
+    code = main(["generate", *pair, "--prompt", "abc", "--groups", "auto", "--max-new-tokens", "8"])
+    assert code == 2 and "not been tuned yet" in capsys.readouterr().err
+    prompt_file = tmp_path / "p.jsonl"
+    prompt_file.write_text("\n".join(json.dumps({"prompt": p}) for p in ("hello there", "def f(x):")))
+    code = main(["tune", *pair, "--prompts", str(prompt_file), "--max-new-tokens", "24", "--no-policies",
+                 "--out", str(tmp_path / "tuning")])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    saved = json.loads((tmp_path / "tuning.json").read_text())
+    assert "Chosen plan" in out and saved["plan"] in out and list((tmp_path / "cache" / "tuning").glob("*.json"))
+    code = main(["generate", *pair, "--prompt", "abc", "--groups", "auto", "--max-new-tokens", "16", "--json",
+                 "--check-lossless"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["settings"]["groups"] == saved["plan"] and result["lossless"]
+    assert result["settings"]["expected_acceptance"] > 0
+    assert f"plan {saved['plan']}" in err
+    code = main(["generate", *pair, "--prompt", "abc", "--groups", "0|1-5|7-11"])
+    assert code == 2 and "layer 6 is missing" in capsys.readouterr().err
+
+
+# -- monitoring ---------------------------------------------------------------------------------
+def test_alert_fires_on_uncalibrated_large_groups_only(planted):
+    base, draft = planted
+    prompt = prompts(6, seed=5)[1]
+    expected = tune(base, draft, prompts(3), TuneConfig(max_new_tokens=32, policies=False)).baseline_rate
+    runs = {policy: list(generate(base, draft, prompt, SpecConfig(layer_parallel=6, calibration=policy,
+                                                                  max_new_tokens=96, expected_acceptance=expected)))
+            for policy in ("none", "every-round")}
+    flagged = {policy: [r.index for r in recs if ALERT in r.flags] for policy, recs in runs.items()}
+    assert flagged["none"] and not flagged["every-round"]
+    assert rolling_acceptance(runs["none"])[-1][1] < expected / 2
+    cause = likely_cause(SpecConfig(layer_parallel=6, calibration="none").as_dict(), 6)
+    assert "calibration is off" in cause
+
+
+def test_monitor_waits_for_enough_tokens_and_uses_a_floor_without_a_figure():
+    m = AcceptanceMonitor(expectation(0.0))
+    assert m.expected.source == "floor"
+    assert m.update(5, 0) == ()  # one round is not enough to judge
+    flags = [m.update(5, 0) for _ in range(11)]
+    assert flags[-1] == (ALERT,)
+    m = AcceptanceMonitor(expectation(0.8))
+    assert all(m.update(5, 3) == () for _ in range(20))  # 60% is not "far below" 80%
+
+
+def test_saved_runs_keep_the_flags(decoders, tmp_path):
+    from easyspec.core.records import RunHeader, load_run, save_run
+
+    base, draft = decoders["qwen2"]
+    cfg = SpecConfig(layer_parallel=6, calibration="none", max_new_tokens=60, expected_acceptance=1.0)
+    records = list(generate(base, draft, list(range(30, 40)), cfg))
+    save_run(tmp_path / "r.jsonl", RunHeader(cfg.as_dict(), "b", "d", (1,), "cpu", "float32"), records)
+    _, loaded = load_run(tmp_path / "r.jsonl")
+    assert any(r.flags for r in records) and [r.flags for r in loaded] == [r.flags for r in records]
+    assert SpecConfig.from_dict(cfg.as_dict()) == cfg
+    assert Path(tmp_path / "r.jsonl").exists()
