@@ -11,9 +11,10 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from easyspec.core.engine import CALIBRATION_POLICIES, MODES
+from easyspec.core.engine import CALIBRATION_POLICIES, MODES, SpecConfig
+from easyspec.core.grouping import largest_group
 from easyspec.core.records import load_run
-from easyspec.visualizations.acceptance import accepted_histogram_figure, per_position_figure
+from easyspec.visualizations.acceptance import accepted_histogram_figure, per_position_figure, rolling_acceptance_figure
 from easyspec.visualizations.cards import device_panel_html, metric_cards_html
 from easyspec.visualizations.timeline import round_range_ms, timeline_figure
 from easyspec.visualizations.tokens import tokens_html
@@ -21,7 +22,7 @@ from easyspec.visualizations.tokens import tokens_html
 from .common import file_size_ok, friendly, friendly_stream, keep_run, write_run_files
 from .context import AppContext
 from .live import LiveRun
-from .settings import check_prompt_text, describe_config, spec_config
+from .settings import GROUPINGS, check_prompt_text, describe_config, spec_config
 from .state import UserState
 from .worker import DeviceJob, record_stream
 
@@ -43,10 +44,12 @@ class SettingsInputs:
     top_k: gr.Number
     seed: gr.Number
     max_new_tokens: gr.Slider
+    grouping: gr.Radio
+    plan: gr.Textbox
 
     def as_list(self) -> list:
         return [self.mode, self.layer_parallel, self.calibration, self.draft_len, self.temperature, self.top_p,
-                self.top_k, self.seed, self.max_new_tokens]
+                self.top_k, self.seed, self.max_new_tokens, self.grouping, self.plan]
 
 
 def settings_panel(ctx: AppContext, prefix: str, max_new_tokens: int = 64) -> SettingsInputs:
@@ -54,8 +57,16 @@ def settings_panel(ctx: AppContext, prefix: str, max_new_tokens: int = 64) -> Se
     n_info = (f"consecutive draft layers run as one parallel group (1..{n_max} middle layers)"
               if ctx.info.devices == 1 else f"N <= G = {ctx.info.devices} devices")
     mode = gr.Radio(list(MODES), value="easyspec", label="mode", elem_id=f"{prefix}-mode")
+    grouping = gr.Radio(list(GROUPINGS), value=GROUPINGS[0], label="layer grouping",
+                        info="auto: the plan the tuner chose for this pair (Pilot screen, \"Tune the layer plan\")",
+                        elem_id=f"{prefix}-grouping")
     n = gr.Slider(1, n_max, value=min(4, n_max), step=1, label="layer-parallel size N", info=n_info,
                   elem_id=f"{prefix}-n")
+    plan = gr.Textbox("", label="custom plan", placeholder=f"e.g. 0|1-4|5-8|...|{ctx.info.draft_layers - 1}"
+                      if ctx.info.draft_layers else "", info="draft layers in order; a group 'a-b' runs in parallel",
+                      visible=False, elem_id=f"{prefix}-plan")
+    grouping.change(lambda g: (gr.update(visible=g == GROUPINGS[0]), gr.update(visible=g == GROUPINGS[2])),
+                    grouping, [n, plan], queue=False, api_visibility="private", show_progress="hidden")
     calibration = gr.Radio(list(CALIBRATION_POLICIES), value="every-round", label="calibration policy",
                            elem_id=f"{prefix}-calibration")
     k = gr.Slider(1, 12, value=5, step=1, label="draft length k", elem_id=f"{prefix}-k")
@@ -68,7 +79,7 @@ def settings_panel(ctx: AppContext, prefix: str, max_new_tokens: int = 64) -> Se
         seed = gr.Number(0, label="seed", precision=0, minimum=0, elem_id=f"{prefix}-seed")
     new = gr.Slider(1, ctx.max_new_tokens, value=min(max_new_tokens, ctx.max_new_tokens), step=1,
                     label="max new tokens", elem_id=f"{prefix}-max-new")
-    return SettingsInputs(mode, n, calibration, k, temperature, top_p, top_k, seed, new)
+    return SettingsInputs(mode, n, calibration, k, temperature, top_p, top_k, seed, new, grouping, plan)
 
 
 @dataclass
@@ -83,21 +94,24 @@ class GenerateOutputs:
     run_file: gr.File
     trace_file: gr.File
     round_slider: gr.Slider
+    alert: gr.HTML
+    rolling: gr.Plot
 
     def as_list(self) -> list:
         return [self.status, self.text, self.cards, self.timeline, self.per_position, self.histogram, self.details,
-                self.run_file, self.trace_file, self.round_slider]
+                self.run_file, self.trace_file, self.round_slider, self.alert, self.rolling]
 
 
 def _view(live: LiveRun, status: str, final: bool = False, files: dict | None = None) -> tuple:
     """Output values for GenerateOutputs; files, details and the round slider change only at the end."""
     base = (status, live.text_html(), live.cards_html(), live.timeline(), live.per_position(), live.histogram())
+    watch = (live.alert_html(), live.rolling())
     if not final:
-        return base + (gr.skip(), gr.skip(), gr.skip(), gr.skip())
+        return base + (gr.skip(), gr.skip(), gr.skip(), gr.skip()) + watch
     files = files or {}
     last = max(0, len(live.records) - 1)
     slider = gr.Slider(minimum=0, maximum=max(1, last), value=min(1, last), step=1, interactive=last > 0)
-    return base + (live.details(), files.get("run"), files.get("trace"), slider)
+    return base + (live.details(), files.get("run"), files.get("trace"), slider) + watch
 
 
 def _running_status(live: LiveRun) -> str:
@@ -123,15 +137,18 @@ def make_handlers(ctx: AppContext):
 
     @friendly_stream
     def generate(prompt, chat, mode, layer_parallel, calibration, draft_len, temperature, top_p, top_k, seed,
-                 max_new_tokens, state: UserState):
+                 max_new_tokens, grouping=GROUPINGS[0], plan="", state: UserState = None):
         prompt = check_prompt_text(prompt)
         cfg = spec_config(mode, layer_parallel, calibration, draft_len, temperature, top_p, top_k, seed,
-                          max_new_tokens)
+                          max_new_tokens, grouping, plan)
         ids = session.encode(prompt, bool(chat))
+        cfg = session.resolve(cfg)  # auto -> the tuned plan; the expected acceptance for the monitor
         session.validate(cfg, ids)
+        groups = largest_group(cfg.plan(ctx.info.draft_layers)) if cfg.mode == "easyspec" else 1
         stop = state.begin("generate")
-        live = LiveRun(session.tokenizer, cfg.mode, ctx.info.device, ctx.info.devices, describe_config(cfg))
-        yield (_running_status(live),) + _view(live, "")[1:6] + (None, None, None, gr.skip())
+        live = LiveRun(session.tokenizer, cfg.mode, ctx.info.device, ctx.info.devices, describe_config(cfg),
+                       settings=cfg.as_dict(), largest_group=groups)
+        yield (_running_status(live),) + _view(live, "")[1:6] + (None, None, None, gr.skip()) + _view(live, "")[-2:]
         for batch in DeviceJob(record_stream(session, ids, cfg), stop).batches():
             live.add(batch)
             yield _view(live, _running_status(live))
@@ -159,7 +176,14 @@ def make_handlers(ctx: AppContext):
         mode = header.settings.get("mode", "easyspec")
         devices = int(header.extra.get("devices", 1)) if isinstance(header.extra, dict) else 1
         label = f"replay ({header.settings.get('mode', '?')}, recorded {header.created or 'unknown date'})"
-        live = LiveRun(session.tokenizer, mode, header.device, devices, label)
+        settings = header.settings if isinstance(header.settings, dict) else {}
+        try:
+            groups = largest_group(SpecConfig.from_dict(settings).plan(ctx.info.draft_layers or 1)) \
+                if mode == "easyspec" else 1
+        except Exception:  # settings from another version or another draft: the alert just names fewer causes
+            groups = 1
+        live = LiveRun(session.tokenizer, mode, header.device, devices, label, settings=settings,
+                       largest_group=groups)
         stop = state.begin("generate")
         pace = REPLAY_SPEEDS.get(speed, 1.0)
         t0, last_yield = time.monotonic(), 0.0
@@ -223,6 +247,7 @@ def build(ctx: AppContext, state: gr.State) -> None:
                 replay_btn = gr.Button("Replay", elem_id="gen-replay")
         with gr.Column(scale=2, min_width=480):
             status = gr.Markdown("Press **Run** to generate.", elem_id="gen-status")
+            alert = gr.HTML("", elem_id="gen-alert")
             text = gr.HTML(tokens_html([], "easyspec"), elem_id="gen-text")
             cards = gr.HTML(metric_cards_html(None), elem_id="gen-cards")
             timeline = gr.Plot(timeline_figure([]), label="Timeline (one lane group per device)",
@@ -230,6 +255,8 @@ def build(ctx: AppContext, state: gr.State) -> None:
             with gr.Row():
                 per_position = gr.Plot(per_position_figure([]), show_label=False, elem_id="gen-per-position")
                 histogram = gr.Plot(accepted_histogram_figure([]), show_label=False, elem_id="gen-histogram")
+                rolling = gr.Plot(rolling_acceptance_figure([], [], None, 0.2), show_label=False,
+                                  elem_id="gen-rolling")
             with gr.Accordion("Inspect one round (every span)", open=False):
                 round_slider = gr.Slider(0, 1, value=0, step=1, label="round", interactive=False,
                                          elem_id="gen-round")
@@ -242,7 +269,7 @@ def build(ctx: AppContext, state: gr.State) -> None:
             with gr.Accordion("Run details (JSON)", open=False):
                 details = gr.JSON(label="details", elem_id="gen-details")
     out = GenerateOutputs(status, text, cards, timeline, per_position, histogram, details, run_file, trace_file,
-                          round_slider)
+                          round_slider, alert, rolling)
 
     inputs = [prompt, chat, *settings.as_list(), state]
     run.click(generate, inputs, out.as_list(), api_name="generate", concurrency_id="device",

@@ -7,10 +7,14 @@ from __future__ import annotations
 
 from typing import Iterable
 
+import html
+
 from easyspec.core.metrics import Metrics, compute
+from easyspec.core.monitor import ALERT, alert_text, expectation, likely_cause, rolling_acceptance
 from easyspec.core.records import RoundRecord
 from easyspec.core.text import TextStream
-from easyspec.visualizations.acceptance import accepted_histogram_figure, per_position_figure
+from easyspec.visualizations.acceptance import (accepted_histogram_figure, per_position_figure,
+                                                rolling_acceptance_figure)
 from easyspec.visualizations.cards import metric_cards_html
 from easyspec.visualizations.timeline import timeline_figure
 from easyspec.visualizations.tokens import TokenPiece, tokens_html
@@ -18,9 +22,10 @@ from easyspec.visualizations.tokens import TokenPiece, tokens_html
 
 class LiveRun:
     def __init__(self, tokenizer, mode: str, device: str = "cpu", devices: int = 1, label: str = "",
-                 greedy: bool = True):
+                 greedy: bool = True, settings: dict | None = None, largest_group: int = 1):
         self.tokenizer, self.mode, self.device, self.devices, self.label = tokenizer, mode, device, devices, label
         self.greedy = greedy
+        self.settings, self.largest_group = settings or {}, largest_group  # for the alert's likely cause
         self.records: list[RoundRecord] = []
         self.pieces: list[TokenPiece] = []
         self._stream = TextStream(tokenizer)
@@ -77,6 +82,24 @@ class LiveRun:
 
     def histogram(self):
         return accepted_histogram_figure(self.records)
+
+    def rolling(self):
+        points = rolling_acceptance(self.records)
+        exp = expectation(float(self.settings.get("expected_acceptance", 0.0)))
+        return rolling_acceptance_figure(points, [r.index for r in self.records if ALERT in r.flags],
+                                         exp.rate if exp.source != "floor" else None, exp.threshold)
+
+    def alert_html(self) -> str:
+        """A visible warning while (and after) acceptance has collapsed in this run; empty otherwise."""
+        flagged = {r.index for r in self.records if ALERT in r.flags}
+        if not flagged:
+            return ""
+        worst = min(rate for index, rate in rolling_acceptance(self.records) if index in flagged)
+        exp = expectation(float(self.settings.get("expected_acceptance", 0.0)))
+        text = alert_text(worst, exp, likely_cause(self.settings, self.largest_group))
+        return (f'<div class="es-alert" role="alert" style="border:2px solid #D55E00;background:#fff4ec;'
+                f'border-radius:8px;padding:8px 12px;margin:4px 0;color:#5a2200">'
+                f"<b>⚠ Low acceptance</b> ({len(flagged)} rounds flagged). {html.escape(text)}</div>")
 
     def end_ms(self) -> float:
         return self.records[-1].end_ns / 1e6 if self.records else 0.0

@@ -16,6 +16,8 @@ from easyspec.core.pilot import (DEFAULT_PROMPTS, PilotGrid, PilotProgress, Pilo
                                  estimate_seconds, pilot_json, rows_to_csv, run_pilot, summarise)
 from easyspec.core.projection import COMM_MODELS, Shape, project_pilot
 from easyspec.core.prompt_sets import BUILTIN_SETS, builtin_prompts, read_prompt_file
+from easyspec.core.tuning import TuneConfig, TuneResult
+from easyspec.core.tuning import markdown as tuning_markdown
 from easyspec.visualizations.pilot_charts import pilot_figure
 
 from .common import friendly, friendly_stream, write_trace
@@ -180,7 +182,39 @@ def make_handlers(ctx: AppContext):
         if state.request_stop("pilot"):
             gr.Info("Stopping after the current round.")
 
-    return estimate, pilot, trace_of, request_stop
+    @friendly_stream
+    def tune(prompt, source, prompt_set, n_prompts, upload=None, chat=True, tolerance=0.05, tokens=32,
+             state: UserState | None = None):
+        """The auto-tuner on the pilot's prompts; the result is cached for "auto" grouping."""
+        state = state if state is not None else UserState()
+        prompts = pick_prompts(prompt, source, prompt_set, n_prompts, upload)
+        tol = as_float(tolerance, "tolerance")
+        if not 0 < tol < 1:
+            raise ValueError(f"tolerance must be between 0 and 1 (a relative loss of acceptance); got {tol}")
+        cfg = TuneConfig(tolerance=tol, max_new_tokens=as_int(tokens, "tokens per prompt", 4, 256),
+                         max_group=min(8, ctx.max_layer_parallel) if ctx.info.devices == 1 else ctx.info.devices)
+        ids = [session.encode(p, bool(chat)) for p in prompts]
+        steps = session.tune_steps(ids, cfg)  # validates now: a bad setting never reaches the device
+        stop = state.begin("pilot")
+
+        def produce(ev):
+            for step in steps:
+                yield step
+                if ev.is_set():
+                    steps.close()
+                    return
+
+        yield f"**Tuning** on {len(ids)} prompts …", gr.skip()
+        for batch in DeviceJob(produce, stop).batches(min_interval_s=0.3):
+            for step in batch:
+                if isinstance(step, TuneResult):
+                    yield (f"**Done**: plan `{step.plan}` is cached for this pair; choose *auto (tuned)* as the "
+                           f"layer grouping on the Generate screen."), tuning_markdown(step)
+                    return
+            yield f"**Tuning** ({len(ids)} prompts): {batch[-1]} …", gr.skip()
+        yield "**Stopped**: the tuner did not finish, nothing was cached.", gr.skip()
+
+    return estimate, pilot, trace_of, request_stop, tune
 
 
 def _keep_pilot_run(state: UserState, item: PilotRun, prompt: str, prompt_ids: list[int]) -> None:
@@ -194,8 +228,16 @@ def _keep_pilot_run(state: UserState, item: PilotRun, prompt: str, prompt_ids: l
                               cfg.sampling.greedy, item.token_ids, complete=item.records[-1].stop is not None))
 
 
+def _tuned_note(ctx: AppContext) -> str:
+    result = ctx.session.tuning() if ctx.info.draft else None
+    if result is None:
+        return "This pair has not been tuned yet."
+    return (f"Cached for this pair: plan `{result.plan}` ({result.steps} draft steps, acceptance "
+            f"{result.acceptance_rate:.2f} vs {result.baseline_rate:.2f} for N = 1, tuned {result.created}).")
+
+
 def build(ctx: AppContext, state: gr.State) -> None:
-    estimate, pilot, trace_of, request_stop = make_handlers(ctx)
+    estimate, pilot, trace_of, request_stop, tune = make_handlers(ctx)
     n_max = ctx.max_layer_parallel
     n_choices = sorted({n for n in (1, 2, 3, 4, 5, 6, 8) if n <= n_max} | {n_max})
     gr.Markdown("Run every setting of a grid on a set of prompts. Vanilla decoding runs first on each prompt: "
@@ -253,3 +295,18 @@ def build(ctx: AppContext, state: gr.State) -> None:
               api_name="pilot", concurrency_id="device", concurrency_limit=1)
     stop.click(request_stop, [state], None, queue=False, api_visibility="private")
     trace_pick.change(trace_of, [trace_pick, state], trace_file, api_visibility="private")
+    with gr.Accordion("Tune the layer plan (auto grouping)", open=False):
+        gr.Markdown("Measures, on the prompts chosen above (greedy), how similar each draft layer's input is to the "
+                    "next layers' inputs and the acceptance rate of candidate layer plans against sequential "
+                    "drafting (N = 1), in one run; picks the plan with the fewest sequential draft steps whose "
+                    "acceptance stays within the tolerance, then compares the calibration policies on it. The "
+                    "result is cached for this model pair and used by *auto (tuned)* on the Generate screen.")
+        with gr.Row():
+            tolerance = gr.Slider(0.01, 0.3, value=0.05, step=0.01, label="tolerance (relative acceptance loss)",
+                                  elem_id="tune-tolerance")
+            tune_tokens = gr.Slider(8, 128, value=32, step=8, label="tokens per prompt", elem_id="tune-tokens")
+        tune_btn = gr.Button("Run the tuner", elem_id="tune-run")
+        tune_status = gr.Markdown(_tuned_note(ctx), elem_id="tune-status")
+        tune_result = gr.Markdown("", elem_id="tune-result")
+    tune_btn.click(tune, [prompt, source, prompt_set, n_prompts, upload, chat, tolerance, tune_tokens, state],
+                   [tune_status, tune_result], api_name="tune", concurrency_id="device", concurrency_limit=1)

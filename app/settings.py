@@ -16,7 +16,7 @@ MAX_PROMPT_CHARS = 20_000
 _FIELD_NAMES = {"--layer-parallel": "layer-parallel size N", "--draft-len": "draft length k",
                 "--max-new-tokens": "max new tokens", "--temperature": "temperature", "--top-p": "top-p",
                 "--top-k": "top-k", "--sequential-head": "sequential head layers",
-                "--sequential-tail": "sequential tail layers"}
+                "--sequential-tail": "sequential tail layers", "--groups": "layer plan"}
 
 
 def ui_message(exc: Exception) -> str:
@@ -64,8 +64,23 @@ def check_choice(value, name: str, choices) -> str:
     return value
 
 
+GROUPINGS = ("equal groups of N", "auto (tuned)", "custom plan")
+
+
+def groups_text(grouping, plan) -> str:
+    """SpecConfig.groups from the grouping choice: '' (equal groups of N), 'auto' or the typed plan."""
+    grouping = check_choice(grouping, "layer grouping", GROUPINGS)
+    if grouping == GROUPINGS[1]:
+        return "auto"
+    if grouping == GROUPINGS[2]:
+        if not isinstance(plan, str) or not plan.strip():
+            raise ValueError("custom plan is empty: write the draft's layers as groups, e.g. '0|1-4|5-8|...'")
+        return plan.strip()
+    return ""
+
+
 def spec_config(mode, layer_parallel, calibration, draft_len, temperature, top_p, top_k, seed,
-                max_new_tokens) -> SpecConfig:
+                max_new_tokens, grouping=GROUPINGS[0], plan="") -> SpecConfig:
     """A validated SpecConfig from raw input values (ValueError with a field name otherwise)."""
     try:
         sampling = SamplingConfig(temperature=as_float(temperature, "temperature"), top_p=as_float(top_p, "top-p"),
@@ -75,7 +90,7 @@ def spec_config(mode, layer_parallel, calibration, draft_len, temperature, top_p
                           calibration=check_choice(calibration, "calibration policy", CALIBRATION_POLICIES),
                           draft_len=as_int(draft_len, "draft length k", 1, MAX_DRAFT_LEN),
                           max_new_tokens=as_int(max_new_tokens, "max new tokens", 1, MAX_NEW_TOKENS_LIMIT),
-                          sampling=sampling)
+                          sampling=sampling, groups=groups_text(grouping, plan))
     except ValueError as exc:
         raise ValueError(ui_message(exc)) from None
 
@@ -86,6 +101,8 @@ def describe_config(cfg: SpecConfig) -> str:
         text = "vanilla"
     elif cfg.mode == "speculative":
         text = f"speculative k={cfg.draft_len}"
+    elif cfg.groups:
+        text = f"easyspec plan {cfg.groups} {cfg.calibration} k={cfg.draft_len}"
     else:
         text = f"easyspec N={cfg.layer_parallel} {cfg.calibration} k={cfg.draft_len}"
     s = cfg.sampling

@@ -18,7 +18,7 @@ from .grouping import largest_group
 from .loading import PairSource, load_pair, parse_device, parse_dtype, resolve_pair
 from .records import RoundRecord
 from .text import encode_prompt
-from .tuning import TuneConfig, TuneResult, load_tuning, pair_key, save_tuning, tune, with_expectation
+from .tuning import TuneConfig, TuneResult, load_tuning, pair_key, save_tuning, tune_steps, with_expectation
 
 
 @dataclass(frozen=True)
@@ -124,19 +124,34 @@ class Session:
     def tune(self, prompt_ids: Sequence[Sequence[int]], cfg: TuneConfig = TuneConfig(), progress=lambda _: None,
              save: bool = True) -> TuneResult:
         """Run the auto-tuner on this pair (one device) and cache the result for `--groups auto`."""
+        for step in self.tune_steps(prompt_ids, cfg, save):
+            if isinstance(step, TuneResult):
+                return step
+            progress(step)
+        raise AssertionError("the tuner ended without a result")
+
+    def tune_steps(self, prompt_ids: Sequence[Sequence[int]], cfg: TuneConfig = TuneConfig(),
+                   save: bool = True) -> Iterator[str | TuneResult]:
+        """The tuner as a stream of progress lines, then the (saved) result; holds the device lock."""
         if self.draft is None:
             raise ValueError("the tuner needs a draft model, and this session loaded none")
         if self.devices > 1:
             raise ValueError(f"run the tuner on one device with --max-group {self.devices}: acceptance does not "
                              f"depend on the device count, only on the plan")
+        if not prompt_ids:
+            raise ValueError("the tuner needs at least one calibration prompt")
         for ids in prompt_ids:
             check_prompt(ids, SpecConfig(max_new_tokens=cfg.max_new_tokens), self.base)
+        return self._tune_stream(prompt_ids, cfg, save)
+
+    def _tune_stream(self, prompt_ids, cfg: TuneConfig, save: bool) -> Iterator[str | TuneResult]:
         with self._lock:
-            result = tune(self.base, self.draft, prompt_ids, cfg, Stopping(self.pair.eos_ids), progress)
-        result = replace(result, pair={"base": self.info.base, "draft": self.info.draft, "dtype": self.dtype})
-        if save:
-            save_tuning(result, self.pair_key)
-        return result
+            for step in tune_steps(self.base, self.draft, prompt_ids, cfg, Stopping(self.pair.eos_ids)):
+                if isinstance(step, TuneResult):
+                    step = replace(step, pair={"base": self.info.base, "draft": self.info.draft, "dtype": self.dtype})
+                    if save:
+                        save_tuning(step, self.pair_key)
+                yield step
 
     def generate(self, prompt_ids: Sequence[int], cfg: SpecConfig) -> Iterator[RoundRecord]:
         """Validate now (ValueError), then return the record stream of one generation. The stream holds

@@ -26,7 +26,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -254,20 +254,30 @@ def _policy(base, draft, prompts, plan, policy, cfg: TuneConfig, stopping) -> Po
 def tune(base: Decoder, draft: Decoder, prompts: Sequence[Sequence[int]], cfg: TuneConfig = TuneConfig(),
          stopping: Stopping = Stopping(), progress: Callable[[str], None] = lambda _: None) -> TuneResult:
     """Measure the candidates on `prompts` (token ids) and choose; see the module docstring."""
+    for step in tune_steps(base, draft, prompts, cfg, stopping):
+        if isinstance(step, TuneResult):
+            return step
+        progress(step)
+    raise AssertionError("tune_steps ended without a result")
+
+
+def tune_steps(base: Decoder, draft: Decoder, prompts: Sequence[Sequence[int]], cfg: TuneConfig = TuneConfig(),
+               stopping: Stopping = Stopping()) -> Iterator[str | TuneResult]:
+    """The tuner as a stream: a progress line before each step, then the result (for live screens)."""
     if not prompts:
         raise ValueError("the tuner needs at least one calibration prompt")
     n = draft.cfg.n_layers
-    progress("similarity of the draft's layer inputs")
+    yield "similarity of the draft's layer inputs"
     s = similarity(draft, prompts)
     references = []
     for i, prompt in enumerate(prompts):
-        progress(f"base output for calibration prompt {i + 1}/{len(prompts)}")
+        yield f"base output for calibration prompt {i + 1}/{len(prompts)}"
         vanilla = SpecConfig(mode="vanilla", max_new_tokens=cfg.max_new_tokens)
         references.append((list(prompt), [t for r in generate(base, None, prompt, vanilla, stopping) for t in r.token_ids]))
     plans = {describe(layer_groups(n, 1)): "sequential", **candidate_plans(s, n, cfg.max_group, cfg.thresholds)}
     measured = []
     for i, (plan, origin) in enumerate(plans.items()):
-        progress(f"acceptance of plan {i + 1}/{len(plans)}: {plan}")
+        yield f"acceptance of plan {i + 1}/{len(plans)}: {plan}"
         measured.append(measure_plan(base, draft, references, plan, cfg, origin, stopping))
     baseline = measured[0]
     floor = (1 - cfg.tolerance) * baseline.acceptance_rate
@@ -277,12 +287,12 @@ def tune(base: Decoder, draft: Decoder, prompts: Sequence[Sequence[int]], cfg: T
     if cfg.policies:
         results = []
         for policy in CALIBRATION_POLICIES:
-            progress(f"calibration policy {policy} with the base model")
+            yield f"calibration policy {policy} with the base model"
             results.append(_policy(base, draft, prompts, best.plan, policy, cfg, stopping))
         policies = tuple(results)
         fine = [p for p in policies if p.acceptance_rate >= floor] or [policies[0]]
         recommended = max(fine, key=lambda p: p.tokens_per_s).policy
-    return TuneResult(plan=best.plan, acceptance_rate=best.acceptance_rate, baseline_rate=baseline.acceptance_rate,
+    yield TuneResult(plan=best.plan, acceptance_rate=best.acceptance_rate, baseline_rate=baseline.acceptance_rate,
                       steps=best.steps, sequential_steps=n, tolerance=cfg.tolerance, candidates=tuple(measured),
                       policies=policies, recommended_policy=recommended,
                       adjacent_similarity=tuple(s.diagonal(1).tolist()), prompts=len(prompts),
@@ -334,8 +344,8 @@ def with_expectation(cfg: SpecConfig, result: TuneResult | None, n_layers: int) 
     """`--groups auto` becomes the tuned plan; the run's expected acceptance comes from the tuning."""
     if cfg.groups == "auto":
         if result is None:
-            raise ValueError("--groups auto: this model pair has not been tuned yet; run `easyspec tune` "
-                             "(or the tuner in the Pilot screen) first, or give N or a plan")
+            raise ValueError("auto grouping: this model pair has not been tuned yet; run the tuner first "
+                             "(`easyspec tune`, or \"Tune the layer plan\" in the Pilot screen), or choose N or a plan")
         cfg = replace(cfg, groups=result.plan)
     if result is None or cfg.expected_acceptance > 0 or cfg.mode == "vanilla" or not cfg.sampling.greedy:
         return cfg  # the tuner measures greedy acceptance only

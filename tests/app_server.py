@@ -26,7 +26,8 @@ def running_app(base: Path, draft: Path, log_path: Path) -> Iterator[str]:
     port = free_port()
     cmd = [sys.executable, "-m", "easyspec.app.cli", "app", "--port", str(port), "--host", "127.0.0.1",
            "--allow-custom-models", "--base", str(base), "--draft", str(draft)]
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
+    # Its own cache folder: what the app writes there (tuned plans) stays out of the user's cache.
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "EASYSPEC_CACHE": str(Path(log_path).parent / "cache")}
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         url = f"http://127.0.0.1:{port}/"

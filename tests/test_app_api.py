@@ -37,7 +37,7 @@ def test_named_endpoints_take_a_prompt(client):
 def test_generate_returns_text_timeline_metrics_and_files(client):
     out = client.predict(prompt=PROMPT, chat=True, mode="easyspec", layer_parallel=4, calibration="every-round",
                          draft_len=5, max_new_tokens=40, api_name="/generate")
-    status, text, cards, timeline, per_position, histogram, details, run_file, trace_file, _ = out
+    status, text, cards, timeline, per_position, histogram, details, run_file, trace_file, _, alert, rolling = out
     assert status.startswith("**Done**") and "40 tokens" in status
     assert details["new_tokens"] == 40 and details["stop"] == "max_new_tokens" and not details["stopped_early"]
     m = details["metrics"]
@@ -53,6 +53,27 @@ def test_generate_returns_text_timeline_metrics_and_files(client):
     assert header.settings["layer_parallel"] == 4
     trace = json.loads(open(trace_file).read())
     assert any(e.get("ph") == "X" and e.get("cat") == "draft.attn" for e in trace["traceEvents"])
+    assert alert == "" and rolling["type"] == "plotly"  # a healthy run raises no acceptance alert
+
+
+def test_tuner_then_auto_grouping_and_the_alert(client):
+    with pytest.raises(Exception, match="not been tuned yet"):
+        client.predict(prompt=PROMPT, grouping="auto (tuned)", max_new_tokens=8, api_name="/generate")
+    status, table = client.predict(prompt="def add(a, b):\nThe quick brown fox", source="typed prompts",
+                                   n_prompts=2, tolerance=0.05, tokens=16, api_name="/tune")
+    assert status.startswith("**Done**") and "Chosen plan" in table
+    plan = table.split("Chosen plan `")[1].split("`")[0]
+    out = client.predict(prompt=PROMPT, grouping="auto (tuned)", max_new_tokens=24, api_name="/generate")
+    header, _ = load_run(out[7])
+    assert header.settings["groups"] == plan and header.settings["expected_acceptance"] > 0
+    with pytest.raises(Exception, match="layer 2 is missing"):
+        client.predict(prompt=PROMPT, grouping="custom plan", plan="0|1|3-7", api_name="/generate")
+    # an uncalibrated run with large groups collapses; the screen says so and why
+    out = client.predict(prompt=PROMPT, grouping="custom plan", plan="0-7", calibration="none", max_new_tokens=120,
+                         api_name="/generate")
+    alert, details = out[10], out[6]
+    assert details["metrics"]["acceptance_rate"] < header.settings["expected_acceptance"] / 2, details["metrics"]
+    assert "Low acceptance" in alert and "calibration is off" in alert
 
 
 def test_generate_modes_agree_token_for_token(client):

@@ -160,3 +160,30 @@ def test_pilot_and_how_it_works(page):
     assert page.evaluate(PLOT_BARS, "#how-seq")["spans"] > 0
     assert page.evaluate(PLOT_BARS, "#how-par")["spans"] > 0
     assert "your" in page.inner_text("#how-drafting")  # the user's own runs replaced the shipped ones
+
+
+def test_tuner_auto_grouping_and_the_acceptance_alert(page):
+    page.get_by_role("tab", name="Pilot").click()
+    page.get_by_text("Tune the layer plan (auto grouping)").click()
+    page.click("#tune-run")
+    _wait_text(page, "#tune-status", "Done")
+    assert "Chosen plan" in page.inner_text("#tune-result")
+    page.screenshot(path=str(SHOTS / "tuner.png"), full_page=True)
+    page.get_by_role("tab", name="Generate").click()
+    page.locator("#gen-grouping").get_by_label("custom plan").check()
+    page.locator("#gen-plan textarea, #gen-plan input").first.fill("0-7")
+    page.locator("#gen-calibration").get_by_label("none").check()
+    _set_number(page, "#gen-max-new", 80)
+    page.click("#gen-run")
+    _wait_text(page, "#gen-status", "Running")
+    _wait_text(page, "#gen-status", "Done")
+    _wait_text(page, "#gen-alert", "Low acceptance")
+    assert "calibration is off" in page.inner_text("#gen-alert")
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(SHOTS / "acceptance_alert.png"), full_page=True)
+    page.locator("#gen-grouping").get_by_label("auto (tuned)").check()
+    page.locator("#gen-calibration").get_by_label("every-round").check()
+    page.click("#gen-run")
+    _wait_text(page, "#gen-status", "Running")
+    _wait_text(page, "#gen-status", "Done")
+    assert "every-round" in page.inner_text("#gen-status") and page.inner_text("#gen-alert").strip() == ""

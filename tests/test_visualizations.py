@@ -185,3 +185,14 @@ def test_imports_point_one_way():
             "print(sorted(m for m in ('torch', 'gradio') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_rolling_acceptance_figure_marks_alerts():
+    from easyspec.visualizations.acceptance import rolling_acceptance_figure
+
+    fig = rolling_acceptance_figure([(1, 0.8), (2, 0.5), (3, 0.1)], [3], 0.8, 0.4)
+    lines, marks = fig.data
+    assert list(lines.y) == [0.8, 0.5, 0.1] and list(marks.x) == [3]
+    assert {s.y0 for s in fig.layout.shapes} == {0.8, 0.4}
+    empty = rolling_acceptance_figure([], [], None, 0.2)
+    assert not empty.data and "no drafting rounds" in empty.layout.annotations[0].text

@@ -1,4 +1,5 @@
-"""Acceptance figures from per-round records: per-position acceptance and the accepted-count histogram.
+"""Acceptance figures from per-round records: per-position acceptance, the accepted-count histogram
+and the rolling acceptance rate with its alert line.
 
 Per-position acceptance (vLLM's definition, ANCHORS.md): rounds that accepted draft position i /
 rounds that drafted position i. The histogram counts rounds by how many drafts the base accepted.
@@ -86,3 +87,31 @@ def acceptance_summary_figure(items: Sequence[tuple[str, float | None, float | N
     if not items:
         fig.add_annotation(text="no runs yet", showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
     return fig
+
+
+def rolling_acceptance_figure(points: Sequence[tuple[int, float]], flagged: Sequence[int], expected: float | None,
+                              threshold: float, height: int = 260) -> go.Figure:
+    """The rolling acceptance rate per round (core.monitor), the run's expectation and its alert line.
+
+    points: (round index, rolling AR); flagged: round indices whose record carries the alert flag;
+    expected: the measured expectation (None when only the fixed floor applies).
+    """
+    fig = go.Figure()
+    if points:
+        xs, ys = [p[0] for p in points], [p[1] for p in points]
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line=dict(color=OKABE_ITO["blue"], width=2),
+                                 hovertemplate="round %{x}<br>rolling acceptance %{y:.2f}<extra></extra>"))
+        bad = [(x, y) for x, y in points if x in set(flagged)]
+        if bad:
+            fig.add_trace(go.Scatter(x=[b[0] for b in bad], y=[b[1] for b in bad], mode="markers",
+                                     marker=dict(color=OKABE_ITO["vermillion"], size=7, symbol="x"),
+                                     hovertemplate="round %{x}: alert<extra></extra>"))
+        if expected is not None:
+            fig.add_hline(y=expected, line=dict(color=OKABE_ITO["bluish_green"], dash="dot"),
+                          annotation_text=f"expected {expected:.2f}", annotation_position="top left")
+        fig.add_hline(y=threshold, line=dict(color=OKABE_ITO["vermillion"], dash="dash"),
+                      annotation_text=f"alert below {threshold:.2f}", annotation_position="bottom left")
+    _layout(fig, "Rolling acceptance (last 12 rounds)", "round", "accepted / drafted", height)
+    fig.update_xaxes(dtick=None)
+    fig.update_yaxes(range=[0, 1.05])
+    return fig if points else _empty(fig, "no drafting rounds yet")
