@@ -7,7 +7,8 @@ What it does, from a few calibration prompts (greedy):
 2. Candidates. For thresholds t swept over the measured similarities, a plan grows each group from
    its first layer a while S[a, l] >= t (and the group is at most `max_group` layers); the equal
    plans of N = 2..6 join them. N = 1 (sequential drafting) is the baseline.
-3. Acceptance. Every candidate, and the baseline, drafts the same prompts in the same run. The
+3. Acceptance. The baseline, then the candidates from the fewest steps up, draft the same prompts
+   in the same run, until a step count has a candidate within tolerance (or all: `exhaustive`). The
    base's greedy output is computed once per prompt and played back (`ReplayBase`): greedy
    acceptance depends only on that output, so each candidate costs draft forwards only, and the
    counts equal those of a full run (a test checks this).
@@ -47,6 +48,7 @@ class TuneConfig:
     max_new_tokens: int = 32
     thresholds: int = 12  # similarity thresholds swept
     policies: bool = True  # also measure the calibration policies with the real base
+    exhaustive: bool = False  # measure every candidate, not only those with no more steps than the choice
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.tolerance < 1.0:
@@ -98,6 +100,7 @@ class TuneResult:
     pair: dict = field(default_factory=dict)
     created: str = ""
     prompts: int = 0
+    unmeasured: int = 0  # candidates with more steps than the choice, skipped (TuneConfig.exhaustive)
 
     @property
     def predicted_saving(self) -> float:
@@ -275,12 +278,19 @@ def tune_steps(base: Decoder, draft: Decoder, prompts: Sequence[Sequence[int]], 
         vanilla = SpecConfig(mode="vanilla", max_new_tokens=cfg.max_new_tokens)
         references.append((list(prompt), [t for r in generate(base, None, prompt, vanilla, stopping) for t in r.token_ids]))
     plans = {describe(layer_groups(n, 1)): "sequential", **candidate_plans(s, n, cfg.max_group, cfg.thresholds)}
-    measured = []
+    measured, floor, found = [], 0.0, n
     for i, (plan, origin) in enumerate(plans.items()):
+        steps = plan.count("|") + 1
+        if steps > found and not cfg.exhaustive:
+            break  # ascending step counts: nothing from here on can be chosen
         yield f"acceptance of plan {i + 1}/{len(plans)}: {plan}"
-        measured.append(measure_plan(base, draft, references, plan, cfg, origin, stopping))
+        c = measure_plan(base, draft, references, plan, cfg, origin, stopping)
+        measured.append(c)
+        if i == 0:
+            floor = (1 - cfg.tolerance) * c.acceptance_rate
+        elif c.acceptance_rate >= floor:
+            found = min(found, steps)
     baseline = measured[0]
-    floor = (1 - cfg.tolerance) * baseline.acceptance_rate
     ok = [c for c in measured if c.acceptance_rate >= floor]
     best = min(ok, key=lambda c: (c.steps, -c.acceptance_rate))
     policies, recommended = (), "every-round"
@@ -296,6 +306,7 @@ def tune_steps(base: Decoder, draft: Decoder, prompts: Sequence[Sequence[int]], 
                       steps=best.steps, sequential_steps=n, tolerance=cfg.tolerance, candidates=tuple(measured),
                       policies=policies, recommended_policy=recommended,
                       adjacent_similarity=tuple(s.diagonal(1).tolist()), prompts=len(prompts),
+                      unmeasured=len(plans) - len(measured),
                       created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
 
 
@@ -370,6 +381,9 @@ def markdown(result: TuneResult) -> str:
         mark = " **chosen**" if c.plan == result.plan else ""
         out.append(f"| `{c.plan}`{mark} | {c.steps} | {c.origin} | {c.acceptance_rate:.3f} | {rel:+.1%} | "
                    f"{1000 * c.draft_s_per_token:.1f} |")
+    if result.unmeasured:
+        out += ["", f"{result.unmeasured} more candidates have more steps than the chosen plan and were not measured "
+                    f"(`--exhaustive` measures them)."]
     if result.policies:
         out += ["", f"Calibration policies on the chosen plan (real base, median tokens/s over the prompts): "
                     f"recommended **{result.recommended_policy}** (the fastest whose acceptance stays within "
