@@ -67,7 +67,8 @@ def test_layer_parallel_draft_matches_single_device_batched(single, multi):
 def test_greedy_equals_single_device_in_every_mode(single, multi):
     settings = [dict(mode="vanilla"), dict(mode="speculative")] + [
         dict(mode="easyspec", layer_parallel=n, calibration=c)
-        for n, c in itertools.product(range(1, multi.devices + 1), POLICIES)]
+        for n, c in itertools.product(range(1, multi.devices + 1), POLICIES)] + [
+        dict(mode="easyspec", groups="0-1|2|3-4|5-6|7", calibration="none")]  # an explicit plan (tuner's form)
     for s in settings:
         cfg = SpecConfig(max_new_tokens=30, **s)
         ref = tokens_of(single.generate(PROMPT, cfg))
@@ -80,6 +81,8 @@ def test_greedy_equals_single_device_in_every_mode(single, multi):
 def test_n_above_g_and_a_second_group_are_refused(source, multi):
     with pytest.raises(ValueError, match="N <= G"):
         multi.generate(PROMPT, SpecConfig(layer_parallel=multi.devices + 1))
+    with pytest.raises(ValueError, match="a group of 5 layers"):
+        multi.generate(PROMPT, SpecConfig(groups="0|1-5|6-7"))
     with pytest.raises(ValueError, match="already runs a multi-device session"):
         Session(source, devices=2)
     assert len(tokens_of(multi.generate(PROMPT, SpecConfig(layer_parallel=2, max_new_tokens=4)))) == 4  # serving
