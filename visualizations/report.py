@@ -18,7 +18,9 @@ import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
 from easyspec.core.i18n import text, tr
+from easyspec.core.pilot import PilotGrid, PilotRun
 from easyspec.core.records import RoundRecord
+from easyspec.core.report import ReportContext, report_data
 
 from .pilot_charts import pilot_figure
 from .timeline import timeline_figure
@@ -182,6 +184,15 @@ def report_html(data: Mapping, records: Sequence[RoundRecord] = ()) -> str:
             f'<script type="text/javascript">{get_plotlyjs()}</script></head>\n<body>\n'
             + "\n".join(parts)
             + f'\n<script type="application/json" id="report-data">{payload}</script>\n</body></html>\n')
+
+
+def pilot_report_html(runs: Sequence[PilotRun], grid: PilotGrid, ctx: ReportContext, lang: str = "en") -> str:
+    """A finished pilot's report: its data (`core.report.report_data`) and its representative run's timeline."""
+    data = report_data(runs, grid, ctx, lang)
+    rep = data["representative"]
+    chosen = next((r for r in runs if rep and r.setting.label == rep["setting"] and r.prompt_index + 1 == rep["prompt"]),
+                  None)
+    return report_html(data, chosen.records if chosen else ())
 
 
 def _projection(p: Mapping, lang: str) -> str:
