@@ -8,15 +8,18 @@ trace downloads. API: `pilot` (its `prompt` parameter holds typed prompts, one p
 from __future__ import annotations
 
 import dataclasses
+from datetime import datetime, timezone
 
 import gradio as gr
 
 from easyspec.core.engine import CALIBRATION_POLICIES
 from easyspec.core.pilot import (DEFAULT_PROMPTS, PilotGrid, PilotProgress, PilotRun, describe_seconds,
                                  estimate_seconds, pilot_json, rows_to_csv, run_pilot, summarise)
-from easyspec.core.projection import COMM_MODELS, Shape, project_pilot
+from easyspec.core.projection import COMM_MODELS, project_pilot, session_shapes
+from easyspec.core.report import context_for
 from easyspec.core.prompt_sets import BUILTIN_SETS, builtin_prompts, read_prompt_file
 from easyspec.visualizations.pilot_charts import pilot_figure
+from easyspec.visualizations.report import pilot_report_html
 
 from .common import friendly, friendly_stream, write_trace
 from .context import AppContext
@@ -42,11 +45,7 @@ def projection(ctx: AppContext, runs: list[PilotRun], comm: str) -> tuple[list[l
     if ctx.info.devices != 1:
         return [], "The projection starts from one-device measurements: run the pilot on a one-device app."
     try:
-        width = 4 if ctx.info.dtype == "float32" else 2
-        base, draft = ctx.session.base.cfg, ctx.session.draft.cfg
-        rows = project_pilot(runs, Shape(base.n_layers, base.hidden_size, base.n_heads, width),
-                             Shape(draft.n_layers, draft.hidden_size, draft.n_heads, width),
-                             comm=COMM_MODELS[comm])
+        rows = project_pilot(runs, *session_shapes(ctx.session), comm=COMM_MODELS[comm])
     except (ValueError, AttributeError) as exc:
         return [], f"No projection: {exc}."
     c = COMM_MODELS[comm]
@@ -127,12 +126,14 @@ def make_handlers(ctx: AppContext):
         prompts = pick_prompts(prompt, source, prompt_set, n_prompts, upload)
         grid = make_grid(layer_parallel, calibration, draft_len, speculative, max_new_tokens, chat, temperature)
         comm = check_choice(comm, "communication model", tuple(COMM_MODELS))
+        started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         stop = state.begin("pilot")
         state.pilot_runs = {}
+        state.pilot_report = None
         rows: list[dict] = []
         kept: list[PilotRun] = []
         yield ("**Starting** the pilot (validating every setting on every prompt) …", [], [], pilot_figure([]),
-               None, None, gr.Dropdown(choices=[], value=None), None, [], "")
+               None, None, gr.Dropdown(choices=[], value=None), None, [], "", None)
         job = DeviceJob(lambda ev: run_pilot(session, prompts, grid, should_stop=ev.is_set), stop)
         status, last, prompt_ids = "", None, {}
         for batch in job.batches(min_interval_s=0.3):
@@ -154,20 +155,27 @@ def make_handlers(ctx: AppContext):
                     _keep_pilot_run(state, item, prompts[i], prompt_ids[i])
             summary = summarise(rows) if rows else []
             yield (status, _table(summary, SUMMARY_COLUMNS), _table(rows, RUN_COLUMNS), pilot_figure(summary),
-                   gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip())
+                   gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip())
         summary = summarise(rows)
         folder = ctx.new_files_dir()
         csv_path, json_path = folder / "pilot_runs.csv", folder / "pilot.json"
         csv_path.write_text(rows_to_csv(rows))
         json_path.write_text(pilot_json(rows, grid, prompts, dataclasses.asdict(ctx.info)))
         projected, projected_note = projection(ctx, kept, comm)
+        report_path = None
+        if kept:
+            notes = ["runs not made: the pilot was stopped early"] if len(kept) < len(grid.settings()) * len(prompts) \
+                else []
+            state.pilot_report = (kept, grid, context_for(session, prompts, "easyspec app: Pilot screen", comm,
+                                                          started, notes))
+            report_path = write_report(ctx, state)
         labels = list(state.pilot_runs)
         done = "**Stopped** early" if last is not None and last.label == "stopped" else "**Done**"
         took = f" in {describe_seconds(last.elapsed_s)}" if last else ""
         yield (f"{done}: {len(rows)} of {last.total if last else len(rows)} runs{took}. Downloads below.",
                _table(summary, SUMMARY_COLUMNS), _table(rows, RUN_COLUMNS), pilot_figure(summary),
                str(csv_path), str(json_path), gr.Dropdown(choices=labels, value=labels[-1] if labels else None),
-               None, projected, projected_note)
+               None, projected, projected_note, report_path)
 
     @friendly
     def trace_of(label, state: UserState):
@@ -176,11 +184,25 @@ def make_handlers(ctx: AppContext):
             return None
         return write_trace(ctx, run.records, "pilot_trace")
 
+    @friendly
+    def export_report(state: UserState):
+        if state.pilot_report is None:
+            raise ValueError("run a pilot first: the report is built from its results")
+        return write_report(ctx, state)
+
     def request_stop(state: UserState) -> None:
         if state.request_stop("pilot"):
             gr.Info("Stopping after the current round.")
 
-    return estimate, pilot, trace_of, request_stop
+    return estimate, pilot, trace_of, request_stop, export_report
+
+
+def write_report(ctx: AppContext, state: UserState) -> str:
+    """The latest pilot's report, in the dashboard's language, as a file to download."""
+    runs, grid, report_ctx = state.pilot_report
+    path = ctx.new_files_dir() / f"easyspec_pilot_report_{state.lang}.html"
+    path.write_text(pilot_report_html(runs, grid, report_ctx, state.lang), encoding="utf-8")
+    return str(path)
 
 
 def _keep_pilot_run(state: UserState, item: PilotRun, prompt: str, prompt_ids: list[int]) -> None:
@@ -195,7 +217,7 @@ def _keep_pilot_run(state: UserState, item: PilotRun, prompt: str, prompt_ids: l
 
 
 def build(ctx: AppContext, state: gr.State) -> None:
-    estimate, pilot, trace_of, request_stop = make_handlers(ctx)
+    estimate, pilot, trace_of, request_stop, export_report = make_handlers(ctx)
     n_max = ctx.max_layer_parallel
     n_choices = sorted({n for n in (1, 2, 3, 4, 5, 6, 8) if n <= n_max} | {n_max})
     gr.Markdown("Run every setting of a grid on a set of prompts. Vanilla decoding runs first on each prompt: "
@@ -241,6 +263,10 @@ def build(ctx: AppContext, state: gr.State) -> None:
     projected = gr.Dataframe(headers=PROJECTION_COLUMNS, label="projected (not measured)", interactive=False,
                              elem_id="pilot-projection", wrap=True)
     with gr.Row():
+        with gr.Column():
+            report_file = gr.File(label="report (one HTML file, opens offline)", interactive=False,
+                                  elem_id="pilot-report")
+            export = gr.Button("Export report", elem_id="pilot-export")
         csv_file = gr.File(label="results (CSV)", interactive=False, elem_id="pilot-csv")
         json_file = gr.File(label="results (JSON)", interactive=False, elem_id="pilot-json")
         with gr.Column():
@@ -249,7 +275,9 @@ def build(ctx: AppContext, state: gr.State) -> None:
     for comp in inputs:
         comp.change(estimate, inputs, estimate_md, api_visibility="private", queue=False, show_progress="hidden")
     run.click(pilot, inputs + [comm, state],
-              [status, summary, runs, chart, csv_file, json_file, trace_pick, trace_file, projected, projected_note],
+              [status, summary, runs, chart, csv_file, json_file, trace_pick, trace_file, projected, projected_note,
+               report_file],
               api_name="pilot", concurrency_id="device", concurrency_limit=1)
     stop.click(request_stop, [state], None, queue=False, api_visibility="private")
+    export.click(export_report, [state], report_file, api_visibility="private")
     trace_pick.change(trace_of, [trace_pick, state], trace_file, api_visibility="private")

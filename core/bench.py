@@ -175,12 +175,13 @@ def machine() -> str:
 
 
 def git_commit() -> str:
-    """Short hash of the checkout the command runs from ("unknown" outside a git checkout)."""
+    """Short hash of the checkout this package runs from ("unknown" outside a git checkout)."""
     import subprocess
+    from pathlib import Path
 
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).resolve().parent).stdout.strip()
     except Exception:
         return "unknown"
 
