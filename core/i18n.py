@@ -14,11 +14,13 @@ What it is not: a UI (no gradio); the dashboard's switch lives in `app/i18n.py`.
 from __future__ import annotations
 
 import json
+import re
 from functools import lru_cache
 from importlib import resources
 
 LANGS = ("en", "ja")
 LANG_NAMES = {"en": "English", "ja": "日本語"}
+_FIELD = re.compile(r"(\{\w+\})")  # a {placeholder}
 
 
 def check_lang(lang: str) -> str:
@@ -43,18 +45,33 @@ def text(key: str, lang: str = "en", **values) -> str:
 
 
 @lru_cache(maxsize=None)
-def _english_to_japanese() -> dict[str, str]:
+def _english_to_japanese() -> tuple[dict[str, str], list[tuple[re.Pattern, str]]]:
+    """Exact entries, and templates: a `ui` key with `{name}` fields matches strings made from it
+    (e.g. "(1..{n} middle layers)") and fills the same fields into the Japanese."""
     en, ja = table("en")["text"], table("ja")
-    mapping = dict(ja["ui"])
-    mapping.update({en[k]: ja["text"][k] for k in en if k in ja["text"]})
-    return mapping
+    exact = {k: v for k, v in ja["ui"].items() if not _FIELD.search(k)}
+    exact.update({en[k]: ja["text"][k] for k in en if k in ja["text"] and not _FIELD.search(en[k])})
+    templates = []
+    for english, japanese in ja["ui"].items():
+        if _FIELD.search(english):
+            pattern = "".join(f"(?P<{part[1:-1]}>.+?)" if _FIELD.fullmatch(part) else re.escape(part)
+                              for part in _FIELD.split(english) if part)
+            templates.append((re.compile(pattern, re.S), japanese))
+    return exact, templates
 
 
 def ui_translation(english: str, lang: str) -> str | None:
     """`english` (a label, a button text, a keyed text's English form) in `lang`; None if the table lacks it."""
     if check_lang(lang) == "en":
         return english
-    return _english_to_japanese().get(english)
+    exact, templates = _english_to_japanese()
+    if english in exact:
+        return exact[english]
+    for pattern, japanese in templates:
+        match = pattern.fullmatch(english)
+        if match:
+            return _FIELD.sub(lambda m: match.group(m.group(1)[1:-1]), japanese)
+    return None
 
 
 def tr(english: str, lang: str) -> str:

@@ -1,0 +1,122 @@
+"""The dashboard's language switch (English / 日本語).
+
+Why not only `gr.I18n`: Gradio 6 translates `i18n("key")` labels in the browser from the browser's
+locale, and offers no switch that an app can put on its own page. So the screens keep writing plain
+English, and after the layout is built `translatable(demo)` walks every component and collects the
+strings the translation table (`core.i18n`, `assets/i18n_ja.json`) knows: labels, info lines,
+placeholders, button texts, tab titles, choice labels (values stay English, so handlers are
+unchanged) and static Markdown. The language radio in the header returns one update per collected
+component. The page opens in Japanese for `?lang=ja` or a browser whose first language is Japanese
+(its Accept-Language header), as `gr.I18n` would. Gradio's own strings follow the browser locale.
+Handlers read the choice from `UserState.lang` (the pilot report, the explainer's own sentences).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import gradio as gr
+
+from easyspec.core.i18n import LANG_NAMES, LANGS, tr, ui_translation
+
+TEXT_ATTRS = ("label", "info", "placeholder")
+
+
+@dataclass(frozen=True)
+class Translatable:
+    block: gr.blocks.Block
+    english: dict  # attribute -> English value (a string, or a list of (label, value) choices)
+
+
+def _strings(block) -> dict:
+    out = {}
+    for attr in TEXT_ATTRS:
+        value = getattr(block, attr, None)
+        if isinstance(value, str) and value.strip():
+            out[attr] = value
+    if isinstance(block, (gr.Button, gr.Markdown)) and isinstance(block.value, str) and block.value.strip():
+        out["value"] = block.value
+    if isinstance(block, gr.Tab) and isinstance(block.label, str):
+        out["label"] = block.label
+    choices = getattr(block, "choices", None)
+    if isinstance(block, (gr.Radio, gr.Dropdown, gr.CheckboxGroup)) and choices:
+        if any(isinstance(c[0], str) and ui_translation(c[0], "ja") for c in choices):
+            out["choices"] = [tuple(c) for c in choices]
+    return out
+
+
+def english_strings(demo: gr.Blocks) -> list[tuple[str, str | None, str, str]]:
+    """(component type, elem_id, attribute, English text) of every label-like string in the app."""
+    out = []
+    for block in demo.blocks.values():
+        for attr, value in _strings(block).items():
+            if attr != "choices":
+                out.append((type(block).__name__, getattr(block, "elem_id", None), attr, value))
+    return out
+
+
+def translatable(demo: gr.Blocks) -> list[Translatable]:
+    """The components with at least one string that the translation table knows."""
+    found = []
+    for block in demo.blocks.values():
+        known = {a: v for a, v in _strings(block).items() if a == "choices" or ui_translation(v, "ja") is not None}
+        if known:
+            found.append(Translatable(block, known))
+    return found
+
+
+def updates(items: list[Translatable], lang: str) -> list[dict]:
+    out = []
+    for item in items:
+        attrs = {}
+        for attr, value in item.english.items():
+            if attr == "choices":
+                attrs[attr] = [(tr(label, lang) if isinstance(label, str) else label, v) for label, v in value]
+            else:
+                attrs[attr] = tr(value, lang)
+        out.append(gr.update(**attrs))
+    return out
+
+
+def requested_lang(request: gr.Request | None) -> str:
+    """`?lang=ja|en` wins; else the browser's first language; else English."""
+    if request is None:
+        return "en"
+    asked = request.query_params.get("lang", "")
+    if asked in LANGS:
+        return asked
+    first = (request.headers.get("accept-language") or "").split(",")[0].strip().lower()
+    return "ja" if first.startswith("ja") else "en"
+
+
+def language_switch() -> gr.Radio:
+    return gr.Radio([(LANG_NAMES[lang], lang) for lang in LANGS], value="en", label="Language / 言語",
+                    elem_id="es-lang", container=False)
+
+
+def wire(demo: gr.Blocks, switch: gr.Radio, state: gr.State,
+         refreshers: Sequence[tuple[Callable, Sequence[gr.blocks.Block]]] = ()) -> None:
+    """Connect the switch (and the page load) to every translatable component. Call after the layout.
+    `refreshers`: (handler of the user state, its outputs) for views that write text in the user's
+    language themselves (the How it works screen): they are re-run on a switch."""
+    redrawn = [block for _, blocks in refreshers for block in blocks]
+    items = [i for i in translatable(demo) if i.block is not switch and i.block not in redrawn]
+    outputs = [i.block for i in items] + redrawn
+
+    def redraw(user_state) -> list:
+        return [value for fn, _ in refreshers for value in fn(user_state)]
+
+    def on_switch(lang, user_state):
+        lang = lang if lang in LANGS else "en"
+        user_state.lang = lang
+        return updates(items, lang) + redraw(user_state)
+
+    def on_load(user_state, request: gr.Request):
+        lang = requested_lang(request)
+        user_state.lang = lang
+        if lang == "en":
+            return [gr.update(value=lang)] + [gr.skip()] * len(outputs)
+        return [gr.update(value=lang)] + updates(items, lang) + redraw(user_state)
+
+    switch.input(on_switch, [switch, state], outputs, api_visibility="private", queue=False, show_progress="hidden")
+    demo.load(on_load, [state], [switch] + outputs, api_visibility="private", queue=False, show_progress="hidden")
