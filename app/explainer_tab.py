@@ -14,11 +14,12 @@ from typing import Sequence
 
 import gradio as gr
 
-from easyspec.core.i18n import text
+from easyspec.core.i18n import text, tr
 from easyspec.core.metrics import compute
 from easyspec.core.records import RoundRecord
 from easyspec.visualizations.acceptance import acceptance_summary_figure
 from easyspec.visualizations.timeline import round_range_ms, timeline_figure
+from easyspec.visualizations.translate import translate_figure
 
 from .common import friendly
 from .context import AppContext
@@ -68,7 +69,7 @@ def round_story(src: Source, rec: RoundRecord, lang: str = "en") -> str:
         plan.append(s.label.lstrip("L"))
     draft_ms = 1e3 * sum(rec.phase_s.get(p, 0.0) for p in ("draft.attn", "draft.mlp", "draft.comm"))
     cal_ms, verify_ms = 1e3 * rec.phase_s.get("calibrate", 0.0), 1e3 * rec.phase_s.get("verify", 0.0)
-    return text("how.story", lang, label=src.label, index=rec.index, forwards=forwards, plan="|".join(plan),
+    return text("how.story", lang, label=tr(src.label, lang), index=rec.index, forwards=forwards, plan="|".join(plan),
                 draft_ms=f"{draft_ms:.1f}", per_step=f"{draft_ms / forwards:.1f}" if forwards else "-",
                 calibration=text("how.story_calibration", lang, ms=f"{cal_ms:.1f}") if cal_ms else "",
                 verify_ms=f"{verify_ms:.1f}", accepted=rec.accepted, drafted=len(rec.drafted))
@@ -162,7 +163,9 @@ def explainer_views(ctx: AppContext, state: UserState):
         rows.insert(0, ["(recorded demo runs)", "yes" if same else "NO", len(demo_tokens),
                         ", ".join(d.label for d in ctx.demo_runs)])
     note = "" if len(rows) > (1 if demo_tokens else 0) else text("how.evidence_hint", lang)
-    return drafting, figs[0], figs[1], acceptance_summary_figure(items), ar_note, rows, note
+    evidence = {"data": rows, "headers": [tr(h, lang) for h in EVIDENCE_HEADERS]}
+    figs = [translate_figure(f, lang) for f in (*figs, acceptance_summary_figure(items))]
+    return drafting, figs[0], figs[1], figs[2], ar_note, evidence, note
 
 
 def build(ctx: AppContext, state: gr.State, tab: gr.Tab):
@@ -177,7 +180,7 @@ def build(ctx: AppContext, state: gr.State, tab: gr.Tab):
     ar_plot = gr.Plot(first[3], show_label=False, elem_id="how-ar")
     ar_note = gr.Markdown(first[4])
     gr.Markdown(text("how.equality"))
-    evidence = gr.Dataframe(first[5], headers=EVIDENCE_HEADERS, interactive=False, elem_id="how-evidence",
+    evidence = gr.Dataframe(first[5]["data"], headers=EVIDENCE_HEADERS, interactive=False, elem_id="how-evidence",
                             wrap=True, column_widths=["30%", "12%", "10%", "48%"])
     evidence_note = gr.Markdown(first[6])
     gr.Markdown(text("how.pilot"))

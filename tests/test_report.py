@@ -20,7 +20,7 @@ import pytest
 
 from browser_fonts import assert_cjk_drawn
 
-from easyspec.core.i18n import LANGS, table, text, ui_translation
+from easyspec.core.i18n import LANGS, table, text, tr, ui_translation
 from easyspec.core.pilot import PilotGrid, PilotRun, run_pilot, summarise
 from easyspec.core.report import context_for, report_data
 from easyspec.visualizations.report import report_html
@@ -145,7 +145,9 @@ def test_report_is_one_self_contained_file(reports):
         assert "Plotly.newPlot" in html and len(html) > 1_000_000  # plotly.js is inlined
         assert f'<html lang="{lang}">' in html
         assert text("report.question", lang) in html
-        assert html.count(text("report.h.projection", lang)) == 1
+        projection = html[html.index('id="projection"'):]
+        assert html.count(text("report.h.projection", lang)) == 1 and tr("projected, not measured", lang) in projection
+        assert "projected, not measured" in projection or "実測ではありません" in projection
 
 
 def test_report_opens_offline_in_chromium_with_a_cjk_font(reports):

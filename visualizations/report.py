@@ -24,6 +24,7 @@ from easyspec.core.report import ReportContext, report_data
 
 from .pilot_charts import pilot_figure
 from .timeline import timeline_figure
+from .translate import translate_figure
 
 CSS = """
 body {font-family: "Noto Sans", "Noto Sans CJK JP", "Hiragino Sans", "Yu Gothic", "Meiryo", Arial, sans-serif;
@@ -69,26 +70,6 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], numeric: Seque
 
 def _pairs(items: Sequence[tuple[str, str]]) -> str:
     return "<table>" + "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in items) + "</table>"
-
-
-def translate_figure(fig: go.Figure, lang: str) -> go.Figure:
-    """Titles, axis titles, annotations and trace names that the translation table knows, in `lang`."""
-    if lang == "en":
-        return fig
-    for trace in fig.data:
-        if trace.name:
-            trace.name = tr(trace.name, lang)
-    for ann in fig.layout.annotations or ():
-        if ann.text:
-            ann.text = tr(ann.text, lang)
-    if fig.layout.title and fig.layout.title.text:
-        fig.layout.title.text = tr(fig.layout.title.text, lang)
-    for name in dir(fig.layout):
-        if name.startswith(("xaxis", "yaxis")):
-            axis = getattr(fig.layout, name, None)
-            if axis is not None and axis.title and axis.title.text:
-                axis.title.text = tr(axis.title.text, lang)
-    return fig
 
 
 def _figure(fig: go.Figure, elem_id: str) -> str:
@@ -166,7 +147,7 @@ def report_html(data: Mapping, records: Sequence[RoundRecord] = ()) -> str:
         parts.append(f'<p class="note">{_e(note)}</p>')
         mode = next((s["mode"] for s in settings if s["setting"] == rep["setting"]), None)
         fig = timeline_figure(records, ctx["device"] or "cpu", ctx["devices"] or 1, mode,
-                              title=f'{rep["setting"]} · prompt {rep["prompt"]}')
+                              title=tr(f'{rep["setting"]} · prompt {rep["prompt"]}', lang))
         parts.append(_figure(translate_figure(fig, lang), "chart-timeline"))
     else:
         parts.append(f"<p>{_e(t('report.timeline_none'))}</p>")
