@@ -5,7 +5,7 @@ locale, and offers no switch that an app can put on its own page. So the screens
 English, and after the layout is built `translatable(demo)` walks every component and collects the
 strings the translation table (`core.i18n`, `assets/i18n_ja.json`) knows: labels, info lines,
 placeholders, button texts, tab titles, choice labels (values stay English, so handlers are
-unchanged) and static Markdown. The language radio in the header returns one update per collected
+unchanged) and static Markdown (a Markdown that an event writes to is live output: left alone). The language radio in the header returns one update per collected
 component. The page opens in Japanese for `?lang=ja` or a browser whose first language is Japanese
 (its Accept-Language header), as `gr.I18n` would. Gradio's own strings follow the browser locale.
 Handlers read the choice from `UserState.lang` (the pilot report, the explainer's own sentences).
@@ -28,13 +28,19 @@ class Translatable:
     english: dict  # attribute -> English value (a string, or a list of (label, value) choices)
 
 
-def _strings(block) -> dict:
+def _written_by_handlers(demo: gr.Blocks) -> set[int]:
+    """ids of the components some event writes to: their value is live output, not a static text."""
+    return {id(block) for fn in demo.fns.values() for block in fn.outputs}
+
+
+def _strings(block, live: set[int]) -> dict:
     out = {}
     for attr in TEXT_ATTRS:
         value = getattr(block, attr, None)
         if isinstance(value, str) and value.strip():
             out[attr] = value
-    if isinstance(block, (gr.Button, gr.Markdown)) and isinstance(block.value, str) and block.value.strip():
+    if isinstance(block, (gr.Button, gr.Markdown)) and isinstance(block.value, str) and block.value.strip() \
+            and id(block) not in live:
         out["value"] = block.value
     if isinstance(block, gr.Tab) and isinstance(block.label, str):
         out["label"] = block.label
@@ -47,9 +53,9 @@ def _strings(block) -> dict:
 
 def english_strings(demo: gr.Blocks) -> list[tuple[str, str | None, str, str]]:
     """(component type, elem_id, attribute, English text) of every label-like string in the app."""
-    out = []
+    out, live = [], _written_by_handlers(demo)
     for block in demo.blocks.values():
-        for attr, value in _strings(block).items():
+        for attr, value in _strings(block, live).items():
             if attr != "choices":
                 out.append((type(block).__name__, getattr(block, "elem_id", None), attr, value))
     return out
@@ -57,9 +63,10 @@ def english_strings(demo: gr.Blocks) -> list[tuple[str, str | None, str, str]]:
 
 def translatable(demo: gr.Blocks) -> list[Translatable]:
     """The components with at least one string that the translation table knows."""
-    found = []
+    found, live = [], _written_by_handlers(demo)
     for block in demo.blocks.values():
-        known = {a: v for a, v in _strings(block).items() if a == "choices" or ui_translation(v, "ja") is not None}
+        known = {a: v for a, v in _strings(block, live).items()
+                 if a == "choices" or ui_translation(v, "ja") is not None}
         if known:
             found.append(Translatable(block, known))
     return found
