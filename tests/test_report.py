@@ -215,3 +215,42 @@ def test_japanese_keeps_the_glossary_terms():
             if re.search(rf"\b{re.escape(term)}\b", re.sub(r"\{\w*\}", "", english), re.I):
                 assert ja["glossary"][term] in japanese, (term, english, japanese)
     assert ui_translation("anything", "en") == "anything"
+
+
+# -- pilots that are not the full greedy grid: the export never fails ----------------------------
+def _html(runs, grid, ctx, lang="en"):
+    from easyspec.visualizations.report import pilot_report_html
+
+    html = pilot_report_html(runs, grid, ctx, lang)
+    data = json.loads(re.search(r'id="report-data">(.*?)</script>', html, re.S).group(1))
+    return html, data
+
+
+def test_report_of_a_stopped_or_partial_pilot(pilot):
+    runs, grid, ctx = pilot
+    html, data = _html(runs[:-3], grid, ctx)  # stopped early: the last prompt lacks three settings
+    last = [s for s in data["settings"] if s["prompts"] < len(PROMPTS)]
+    assert len(last) == 3 and all(s["runs"] == len(PROMPTS) - 1 for s in last)
+    plain = [r for r in runs if r.setting.config.mode != "easyspec"]
+    html, data = _html(plain, grid, ctx, "ja")  # no EasySpec runs: no EasySpec sentence, no N chart
+    assert data["representative"]["setting"].startswith("speculative")
+    assert not any("EasySpec で最も速かった" in c for c in data["conclusion"]) and 'id="chart-pilot"' not in html
+    vanilla = [r for r in runs if r.setting.config.mode == "vanilla"]
+    html, data = _html(vanilla, grid, ctx)  # vanilla only: nothing compared, no projection
+    assert data["conclusion"][0] == text("report.c.equal_none", "en")
+    assert "unavailable" in data["projection"] and "speculative" in data["projection"]["unavailable"]
+    with pytest.raises(ValueError, match="at least one run"):
+        report_data([], grid, ctx)
+
+
+def test_report_of_a_sampled_pilot(pair_dirs, pilot):
+    from easyspec.core.session import Session
+
+    base, draft = pair_dirs["qwen2"]
+    grid = PilotGrid(layer_parallel=(2,), calibration=("every-round",), draft_len=(3,), max_new_tokens=8,
+                     chat=False, temperature=0.8, seed=1)
+    with Session.open(base=str(base), draft=str(draft)) as session:
+        runs = [e for e in run_pilot(session, PROMPTS[:1], grid) if isinstance(e, PilotRun)]
+    html, data = _html(runs, grid, pilot[2])
+    assert text("report.equality_sampled", "en", temperature=0.8) in html and 'id="equality"' not in html
+    assert text("report.c.equal_none", "en") in data["conclusion"]
