@@ -40,10 +40,10 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             with gr.Tab("Compare", id="compare"):
                 compare_tab.build(ctx, state)
             with gr.Tab("Pilot", id="pilot"):
-                pilot_tab.build(ctx, state)
+                pilot_views = pilot_tab.build(ctx, state)
             with gr.Tab("How it works", id="explainer") as explainer:
-                refresh, outputs = explainer_tab.build(ctx, state, explainer)
-        i18n.wire(demo, switch, state, [(refresh, outputs)])
+                explainer_views = explainer_tab.build(ctx, state, explainer)
+        i18n.wire(demo, switch, state, [pilot_views, explainer_views])
     # Gradio gives a state with a callable initial value a page-load event of its own, public by
     # default; it is plumbing, not part of the API.
     for fn in demo.fns.values():

@@ -169,7 +169,7 @@ def explainer_views(ctx: AppContext, state: UserState):
 
 
 def build(ctx: AppContext, state: gr.State, tab: gr.Tab):
-    """Lay the screen out; returns (refresh handler, its outputs) for the language switch."""
+    """Lay the screen out; returns (handler, inputs, outputs) that the language switch re-runs."""
     first = explainer_views(ctx, UserState())  # the shipped runs until the user has runs of their own
     gr.Markdown(text("how.intro"))
     drafting = gr.Markdown(first[0], elem_id="how-drafting")
@@ -187,4 +187,4 @@ def build(ctx: AppContext, state: gr.State, tab: gr.Tab):
     outputs = [drafting, seq_plot, par_plot, ar_plot, ar_note, evidence, evidence_note]
     refresh = friendly(lambda s: explainer_views(ctx, s))
     tab.select(refresh, [state], outputs, api_visibility="private", concurrency_id="views", concurrency_limit=4)
-    return refresh, outputs
+    return refresh, [state], outputs

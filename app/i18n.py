@@ -5,8 +5,9 @@ locale, and offers no switch that an app can put on its own page. So the screens
 English, and after the layout is built `translatable(demo)` walks every component and collects the
 strings the translation table (`core.i18n`, `assets/i18n_ja.json`) knows: labels, info lines,
 placeholders, button texts, tab titles, choice labels (values stay English, so handlers are
-unchanged) and static Markdown (a Markdown that an event writes to is live output: left alone). The language radio in the header returns one update per collected
-component. The page opens in Japanese for `?lang=ja` or a browser whose first language is Japanese
+unchanged) and static Markdown (a Markdown that an event writes to is live output: left alone).
+The language radio in the header returns one update per collected component, and re-runs the
+views that write their own text in the user's language. The page opens in Japanese for `?lang=ja` or a browser whose first language is Japanese
 (its Accept-Language header), as `gr.I18n` would. Gradio's own strings follow the browser locale.
 Handlers read the choice from `UserState.lang` (the pilot report, the explainer's own sentences).
 """
@@ -39,11 +40,10 @@ def _strings(block, live: set[int]) -> dict:
         value = getattr(block, attr, None)
         if isinstance(value, str) and value.strip():
             out[attr] = value
-    if isinstance(block, (gr.Button, gr.Markdown)) and isinstance(block.value, str) and block.value.strip() \
-            and id(block) not in live:
-        out["value"] = block.value
-    if isinstance(block, gr.Tab) and isinstance(block.label, str):
-        out["label"] = block.label
+    value = getattr(block, "value", None)
+    if isinstance(value, str) and value.strip() and (
+            isinstance(block, gr.Button) or (isinstance(block, gr.Markdown) and id(block) not in live)):
+        out["value"] = value  # a button's text; a static Markdown
     choices = getattr(block, "choices", None)
     if isinstance(block, (gr.Radio, gr.Dropdown, gr.CheckboxGroup)) and choices:
         if any(isinstance(c[0], str) and ui_translation(c[0], "ja") for c in choices):
@@ -102,28 +102,35 @@ def language_switch() -> gr.Radio:
 
 
 def wire(demo: gr.Blocks, switch: gr.Radio, state: gr.State,
-         refreshers: Sequence[tuple[Callable, Sequence[gr.blocks.Block]]] = ()) -> None:
+         refreshers: Sequence[tuple[Callable, Sequence[gr.blocks.Block], Sequence[gr.blocks.Block]]] = ()) -> None:
     """Connect the switch (and the page load) to every translatable component. Call after the layout.
-    `refreshers`: (handler of the user state, its outputs) for views that write text in the user's
-    language themselves (the How it works screen): they are re-run on a switch."""
-    redrawn = [block for _, blocks in refreshers for block in blocks]
+    `refreshers`: (handler, its inputs, its outputs) of views that write their own text in the user's
+    language (`UserState.lang`): the pilot estimate, the How it works screen; re-run on a switch."""
+    redrawn = [block for _, _, blocks in refreshers for block in blocks]
     items = [i for i in translatable(demo) if i.block is not switch and i.block not in redrawn]
     outputs = [i.block for i in items] + redrawn
+    extra = list(dict.fromkeys(b for _, ins, _ in refreshers for b in ins if b is not state))
 
-    def redraw(user_state) -> list:
-        return [value for fn, _ in refreshers for value in fn(user_state)]
+    def redraw(data: dict) -> list:
+        out = []
+        for fn, ins, outs in refreshers:
+            result = fn(*[data[b] for b in ins])
+            out += list(result) if len(outs) > 1 else [result]
+        return out
 
-    def on_switch(lang, user_state):
-        lang = lang if lang in LANGS else "en"
-        user_state.lang = lang
-        return updates(items, lang) + redraw(user_state)
+    # A set of inputs: Gradio passes one dict, component -> value.
+    def on_switch(data: dict) -> list:
+        lang = data[switch] if data[switch] in LANGS else "en"
+        data[state].lang = lang
+        return updates(items, lang) + redraw(data)
 
-    def on_load(user_state, request: gr.Request):
+    def on_load(data: dict, request: gr.Request) -> list:
         lang = requested_lang(request)
-        user_state.lang = lang
+        data[state].lang = lang
         if lang == "en":
             return [gr.update(value=lang)] + [gr.skip()] * len(outputs)
-        return [gr.update(value=lang)] + updates(items, lang) + redraw(user_state)
+        return [gr.update(value=lang)] + updates(items, lang) + redraw(data)
 
-    switch.input(on_switch, [switch, state], outputs, api_visibility="private", queue=False, show_progress="hidden")
-    demo.load(on_load, [state], [switch] + outputs, api_visibility="private", queue=False, show_progress="hidden")
+    inputs = {switch, state, *extra}
+    switch.input(on_switch, inputs, outputs, api_visibility="private", queue=False, show_progress="hidden")
+    demo.load(on_load, inputs, [switch] + outputs, api_visibility="private", queue=False, show_progress="hidden")

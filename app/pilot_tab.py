@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 import gradio as gr
 
 from easyspec.core.engine import CALIBRATION_POLICIES
+from easyspec.core.i18n import text
 from easyspec.core.pilot import (DEFAULT_PROMPTS, PilotGrid, PilotProgress, PilotRun, describe_seconds,
                                  estimate_seconds, pilot_json, rows_to_csv, run_pilot, summarise)
 from easyspec.core.projection import COMM_MODELS, project_pilot, session_shapes
@@ -20,6 +21,7 @@ from easyspec.core.report import context_for
 from easyspec.core.prompt_sets import BUILTIN_SETS, builtin_prompts, read_prompt_file
 from easyspec.visualizations.pilot_charts import pilot_figure
 from easyspec.visualizations.report import pilot_report_html
+from easyspec.visualizations.translate import translate_figure
 
 from .common import friendly, friendly_stream, write_trace
 from .context import AppContext
@@ -101,7 +103,8 @@ def make_handlers(ctx: AppContext):
     session = ctx.session
 
     def estimate(prompt, source, prompt_set, n_prompts, layer_parallel, calibration, draft_len, speculative,
-                 max_new_tokens, chat, temperature, upload) -> str:
+                 max_new_tokens, chat, temperature, upload, state: UserState | None = None) -> str:
+        lang = state.lang if state is not None else "en"
         try:
             prompts = pick_prompts(prompt, source, prompt_set, n_prompts, upload)
             grid = make_grid(layer_parallel, calibration, draft_len, speculative, max_new_tokens, chat, temperature)
@@ -110,19 +113,19 @@ def make_handlers(ctx: AppContext):
             return f"⚠️ {exc}"
         settings = len(grid.settings())
         runs = settings * len(prompts)
-        text = (f"**{runs} runs**: {settings} settings × {len(prompts)} prompts × up to {grid.max_new_tokens} "
-                f"new tokens.")
+        size = text("pilot.size", lang, runs=runs, settings=settings, prompts=len(prompts), tokens=grid.max_new_tokens)
         if ctx.throughput is None:
-            return text + " (no speed measurement at launch, so no time estimate)"
+            return size + text("pilot.no_estimate", lang)
         seconds = estimate_seconds(lengths, grid, ctx.throughput)
         rates = ", ".join(f"{m} {r:.1f} tok/s" for m, r in ctx.throughput.tokens_per_s.items())
-        return text + f" Estimated time: **about {describe_seconds(seconds)}** (speeds measured at launch: {rates})."
+        return size + text("pilot.estimate", lang, time=describe_seconds(seconds), rates=rates)
 
     @friendly_stream
     def pilot(prompt, source, prompt_set, n_prompts, layer_parallel, calibration, draft_len, speculative,
               max_new_tokens, chat, temperature, upload=None, comm="nvlink", state: UserState | None = None,
               progress=gr.Progress()):
         state = state if state is not None else UserState()
+        lang = state.lang
         prompts = pick_prompts(prompt, source, prompt_set, n_prompts, upload)
         grid = make_grid(layer_parallel, calibration, draft_len, speculative, max_new_tokens, chat, temperature)
         comm = check_choice(comm, "communication model", tuple(COMM_MODELS))
@@ -132,7 +135,7 @@ def make_handlers(ctx: AppContext):
         state.pilot_report = None
         rows: list[dict] = []
         kept: list[PilotRun] = []
-        yield ("**Starting** the pilot (validating every setting on every prompt) …", [], [], pilot_figure([]),
+        yield (text("pilot.starting", lang), [], [], translate_figure(pilot_figure([]), lang),
                None, None, gr.Dropdown(choices=[], value=None), None, [], "", None)
         job = DeviceJob(lambda ev: run_pilot(session, prompts, grid, should_stop=ev.is_set), stop)
         status, last, prompt_ids = "", None, {}
@@ -142,9 +145,9 @@ def make_handlers(ctx: AppContext):
                     last, remaining = item, ""
                     if 0 < item.done < item.total:
                         left = item.elapsed_s / item.done * (item.total - item.done)
-                        remaining = f" · about {describe_seconds(left)} left"
-                    status = (f"**{item.done}/{item.total} runs** · {describe_seconds(item.elapsed_s)} elapsed"
-                              f"{remaining} · {item.label}")
+                        remaining = text("pilot.remaining", lang, time=describe_seconds(left))
+                    status = text("pilot.progress", lang, done=item.done, total=item.total,
+                                  elapsed=describe_seconds(item.elapsed_s), remaining=remaining, label=item.label)
                     progress((item.done, item.total), desc=item.label, unit="runs")
                 elif isinstance(item, PilotRun):
                     rows.append(item.row)
@@ -154,8 +157,8 @@ def make_handlers(ctx: AppContext):
                         prompt_ids[i] = session.encode(prompts[i], grid.chat)
                     _keep_pilot_run(state, item, prompts[i], prompt_ids[i])
             summary = summarise(rows) if rows else []
-            yield (status, _table(summary, SUMMARY_COLUMNS), _table(rows, RUN_COLUMNS), pilot_figure(summary),
-                   gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip())
+            yield (status, _table(summary, SUMMARY_COLUMNS), _table(rows, RUN_COLUMNS),
+                   translate_figure(pilot_figure(summary), lang), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip())
         summary = summarise(rows)
         folder = ctx.new_files_dir()
         csv_path, json_path = folder / "pilot_runs.csv", folder / "pilot.json"
@@ -170,10 +173,11 @@ def make_handlers(ctx: AppContext):
                                                           started, notes))
             report_path = write_report(ctx, state)
         labels = list(state.pilot_runs)
-        done = "**Stopped** early" if last is not None and last.label == "stopped" else "**Done**"
-        took = f" in {describe_seconds(last.elapsed_s)}" if last else ""
-        yield (f"{done}: {len(rows)} of {last.total if last else len(rows)} runs{took}. Downloads below.",
-               _table(summary, SUMMARY_COLUMNS), _table(rows, RUN_COLUMNS), pilot_figure(summary),
+        stopped = last is not None and last.label == "stopped"
+        took = text("pilot.took", lang, time=describe_seconds(last.elapsed_s)) if last else ""
+        yield (text("pilot.stopped" if stopped else "pilot.done", lang, n=len(rows),
+                    total=last.total if last else len(rows), took=took),
+               _table(summary, SUMMARY_COLUMNS), _table(rows, RUN_COLUMNS), translate_figure(pilot_figure(summary), lang),
                str(csv_path), str(json_path), gr.Dropdown(choices=labels, value=labels[-1] if labels else None),
                None, projected, projected_note, report_path)
 
@@ -216,7 +220,8 @@ def _keep_pilot_run(state: UserState, item: PilotRun, prompt: str, prompt_ids: l
                               cfg.sampling.greedy, item.token_ids, complete=item.records[-1].stop is not None))
 
 
-def build(ctx: AppContext, state: gr.State) -> None:
+def build(ctx: AppContext, state: gr.State):
+    """Lay the screen out; returns (handler, inputs, outputs) that the language switch re-runs."""
     estimate, pilot, trace_of, request_stop, export_report = make_handlers(ctx)
     n_max = ctx.max_layer_parallel
     n_choices = sorted({n for n in (1, 2, 3, 4, 5, 6, 8) if n <= n_max} | {n_max})
@@ -273,7 +278,7 @@ def build(ctx: AppContext, state: gr.State) -> None:
             trace_pick = gr.Dropdown([], label="Chrome trace of run", elem_id="pilot-trace-pick")
             trace_file = gr.File(label="trace (.json, opens in Perfetto)", interactive=False, elem_id="pilot-trace")
     for comp in inputs:
-        comp.change(estimate, inputs, estimate_md, api_visibility="private", queue=False, show_progress="hidden")
+        comp.change(estimate, inputs + [state], estimate_md, api_visibility="private", queue=False, show_progress="hidden")
     run.click(pilot, inputs + [comm, state],
               [status, summary, runs, chart, csv_file, json_file, trace_pick, trace_file, projected, projected_note,
                report_file],
@@ -281,3 +286,4 @@ def build(ctx: AppContext, state: gr.State) -> None:
     stop.click(request_stop, [state], None, queue=False, api_visibility="private")
     export.click(export_report, [state], report_file, api_visibility="private")
     trace_pick.change(trace_of, [trace_pick, state], trace_file, api_visibility="private")
+    return estimate, inputs + [state], [estimate_md]

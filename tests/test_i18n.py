@@ -101,10 +101,11 @@ def test_switch_to_japanese_and_back(browser, app_url):
     page.get_by_role("tab", name="パイロット評価").click()
     _wait_text(page, "#pilot-run", "パイロット評価を実行")
     assert page.get_by_text("組み込みセット").count() >= 1  # a choice label; its value stays "built-in set"
+    _wait_text(page, "#pilot-estimate", "回の実行")  # the estimate, re-written in Japanese
     box = page.locator("#pilot-n-prompts input[type=number]")
     box.fill("2")
     box.press("Enter")
-    _wait_text(page, "#pilot-estimate", "× 2 prompts")  # the handlers still get the English values
+    _wait_text(page, "#pilot-estimate", "× 2 プロンプト")  # the handlers still get the English values
     page.get_by_role("tab", name="しくみ").click()
     _wait_text(page, "#how-drafting", "レイヤ並列のドラフト")  # the explainer's own sentences, in Japanese
     page.wait_for_timeout(500)
@@ -113,7 +114,7 @@ def test_switch_to_japanese_and_back(browser, app_url):
     page.locator("#es-lang").get_by_text("English").click()
     _wait_text(page, "#how-drafting", "Sequential vs layer-parallel drafting")
     page.get_by_role("tab", name="Pilot").click()
-    assert "× 2 prompts" in page.inner_text("#pilot-estimate")  # live output is never reset by a switch
+    assert "× 2 prompts" in page.inner_text("#pilot-estimate")  # re-run on the switch, from the live inputs
     page.get_by_role("tab", name="Generate").click()
     _wait_text(page, "#gen-run", "Run")
     assert page.get_by_role("tab", name="Pilot").count() == 1 and page.get_by_role("tab", name="生成").count() == 0
