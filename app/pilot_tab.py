@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 import gradio as gr
 
 from easyspec.core.engine import CALIBRATION_POLICIES
-from easyspec.core.i18n import text
+from easyspec.core.i18n import text, tr
 from easyspec.core.pilot import (DEFAULT_PROMPTS, PilotGrid, PilotProgress, PilotRun, describe_seconds,
                                  estimate_seconds, pilot_json, rows_to_csv, run_pilot, summarise)
 from easyspec.core.projection import COMM_MODELS, project_pilot, session_shapes
@@ -42,29 +42,27 @@ PROJECTION_COLUMNS = ["devices", "setting", "vanilla_tokens_per_s", "speculative
                       "easyspec_tokens_per_s", "easyspec_speedup", "speculative_utilisation", "easyspec_utilisation"]
 
 
-def projection(ctx: AppContext, runs: list[PilotRun], comm: str) -> tuple[list[list], str]:
+def projection(ctx: AppContext, runs: list[PilotRun], comm: str, lang: str = "en") -> tuple[dict, str]:
     """The projected table for G devices and its stated assumptions (never mixed with measurements)."""
     if ctx.info.devices != 1:
-        return [], "The projection starts from one-device measurements: run the pilot on a one-device app."
+        return _table([], PROJECTION_COLUMNS, lang), text("pilot.projection_one_device", lang)
     try:
         rows = project_pilot(runs, *session_shapes(ctx.session), comm=COMM_MODELS[comm])
     except (ValueError, AttributeError) as exc:
-        return [], f"No projection: {exc}."
+        return _table([], PROJECTION_COLUMNS, lang), text("pilot.no_projection", lang, reason=exc)
     c = COMM_MODELS[comm]
-    note = (f"**Projected, not measured.** A model (`core/projection.py`) fed with this pilot's one-device "
-            f"per-phase latencies and measured acceptance; base tensor-parallel over G devices (largest per-device "
-            f"share of heads), draft at TP=1 for speculative, one fuzzy-group attention per device plus an "
-            f"all-gather for easyspec; communication `{c.name}`: {c.latency_s * 1e6:.0f} µs + bytes / "
-            f"{c.bandwidth_bytes_per_s / 1e9:.0f} GB/s per collective. Utilisation lists devices 0..G-1.")
-    return _table(rows, PROJECTION_COLUMNS), note
+    note = text("pilot.projection_note", lang, comm=c.name, latency_us=f"{c.latency_s * 1e6:.0f}",
+                bandwidth_gbs=f"{c.bandwidth_bytes_per_s / 1e9:.0f}")
+    return _table(rows, PROJECTION_COLUMNS, lang), note
 
 
-def _table(rows: list[dict], columns: list[str]) -> list[list]:
+def _table(rows: list[dict], columns: list[str], lang: str = "en") -> dict:
+    """A Dataframe value: the rows' cells in `columns` order under headers in `lang`."""
     def cell(v):
         if isinstance(v, bool):
-            return "yes" if v else "no"
+            return tr("yes" if v else "no", lang)
         return "" if v is None else v
-    return [[cell(r.get(c)) for c in columns] for r in rows]
+    return {"data": [[cell(r.get(c)) for c in columns] for r in rows], "headers": [tr(c, lang) for c in columns]}
 
 
 def pick_prompts(prompt, source, prompt_set, n_prompts, upload) -> list[str]:
@@ -135,8 +133,9 @@ def make_handlers(ctx: AppContext):
         state.pilot_report = None
         rows: list[dict] = []
         kept: list[PilotRun] = []
-        yield (text("pilot.starting", lang), [], [], translate_figure(pilot_figure([]), lang),
-               None, None, gr.Dropdown(choices=[], value=None), None, [], "", None)
+        yield (text("pilot.starting", lang), _table([], SUMMARY_COLUMNS, lang), _table([], RUN_COLUMNS, lang),
+               translate_figure(pilot_figure([]), lang), None, None, gr.Dropdown(choices=[], value=None), None,
+               _table([], PROJECTION_COLUMNS, lang), "", None)
         job = DeviceJob(lambda ev: run_pilot(session, prompts, grid, should_stop=ev.is_set), stop)
         status, last, prompt_ids = "", None, {}
         for batch in job.batches(min_interval_s=0.3):
@@ -157,14 +156,14 @@ def make_handlers(ctx: AppContext):
                         prompt_ids[i] = session.encode(prompts[i], grid.chat)
                     _keep_pilot_run(state, item, prompts[i], prompt_ids[i])
             summary = summarise(rows) if rows else []
-            yield (status, _table(summary, SUMMARY_COLUMNS), _table(rows, RUN_COLUMNS),
+            yield (status, _table(summary, SUMMARY_COLUMNS, lang), _table(rows, RUN_COLUMNS, lang),
                    translate_figure(pilot_figure(summary), lang), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip())
         summary = summarise(rows)
         folder = ctx.new_files_dir()
         csv_path, json_path = folder / "pilot_runs.csv", folder / "pilot.json"
         csv_path.write_text(rows_to_csv(rows))
         json_path.write_text(pilot_json(rows, grid, prompts, dataclasses.asdict(ctx.info)))
-        projected, projected_note = projection(ctx, kept, comm)
+        projected, projected_note = projection(ctx, kept, comm, lang)
         report_path = None
         if kept:
             notes = ["runs not made: the pilot was stopped early"] if len(kept) < len(grid.settings()) * len(prompts) \
@@ -177,7 +176,8 @@ def make_handlers(ctx: AppContext):
         took = text("pilot.took", lang, time=describe_seconds(last.elapsed_s)) if last else ""
         yield (text("pilot.stopped" if stopped else "pilot.done", lang, n=len(rows),
                     total=last.total if last else len(rows), took=took),
-               _table(summary, SUMMARY_COLUMNS), _table(rows, RUN_COLUMNS), translate_figure(pilot_figure(summary), lang),
+               _table(summary, SUMMARY_COLUMNS, lang), _table(rows, RUN_COLUMNS, lang),
+               translate_figure(pilot_figure(summary), lang),
                str(csv_path), str(json_path), gr.Dropdown(choices=labels, value=labels[-1] if labels else None),
                None, projected, projected_note, report_path)
 
