@@ -1,15 +1,17 @@
 """The dashboard's language switch (English / 日本語).
 
-Why not only `gr.I18n`: Gradio 6 translates `i18n("key")` labels in the browser from the browser's
-locale, and offers no switch that an app can put on its own page. So the screens keep writing plain
-English, and after the layout is built `translatable(demo)` walks every component and collects the
+Why not `gr.I18n`: Gradio 6 translates `i18n("key")` labels in the browser, from the browser's
+locale (or the language picked in Gradio's own settings panel); the app can neither switch it from a
+control on its page nor know the choice on the server, where the report and the handlers' own
+sentences are written. So the screens keep writing plain English, and after the layout is built `translatable(demo)` walks every component and collects the
 strings the translation table (`core.i18n`, `assets/i18n_ja.json`) knows: labels, info lines,
 placeholders, button texts, tab titles, choice labels (values stay English, so handlers are
-unchanged) and static Markdown (a Markdown that an event writes to is live output: left alone).
-The language radio in the header returns one update per collected component, and re-runs the
-views that write their own text in the user's language. The page opens in Japanese for `?lang=ja` or a browser whose first language is Japanese
-(its Accept-Language header), as `gr.I18n` would. Gradio's own strings follow the browser locale.
-Handlers read the choice from `UserState.lang` (the pilot report, the explainer's own sentences).
+unchanged) and static Markdown (a Markdown that an event writes to is live output: left alone). The
+language radio in the header returns one update per collected component, and re-runs the views that
+write their own text in the user's language. The page opens in Japanese for `?lang=ja` or a browser
+whose first language is Japanese (its Accept-Language header), as `gr.I18n` would. Gradio's own
+strings follow the browser locale. Handlers read the choice from `UserState.lang` (the pilot report,
+the explainer's own sentences).
 """
 from __future__ import annotations
 

@@ -157,7 +157,7 @@ def make_handlers(ctx: AppContext):
                     _keep_pilot_run(state, item, prompts[i], prompt_ids[i])
             summary = summarise(rows) if rows else []
             yield (status, _table(summary, SUMMARY_COLUMNS, lang), _table(rows, RUN_COLUMNS, lang),
-                   translate_figure(pilot_figure(summary), lang), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip())
+                   translate_figure(pilot_figure(summary), lang), *[gr.skip()] * 7)
         summary = summarise(rows)
         folder = ctx.new_files_dir()
         csv_path, json_path = folder / "pilot_runs.csv", folder / "pilot.json"
@@ -278,7 +278,8 @@ def build(ctx: AppContext, state: gr.State):
             trace_pick = gr.Dropdown([], label="Chrome trace of run", elem_id="pilot-trace-pick")
             trace_file = gr.File(label="trace (.json, opens in Perfetto)", interactive=False, elem_id="pilot-trace")
     for comp in inputs:
-        comp.change(estimate, inputs + [state], estimate_md, api_visibility="private", queue=False, show_progress="hidden")
+        comp.change(estimate, inputs + [state], estimate_md, api_visibility="private", queue=False,
+                    show_progress="hidden")
     run.click(pilot, inputs + [comm, state],
               [status, summary, runs, chart, csv_file, json_file, trace_pick, trace_file, projected, projected_note,
                report_file],

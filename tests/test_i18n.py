@@ -23,7 +23,8 @@ def test_templates_fill_their_values():
     assert ui_translation("consecutive draft layers run as one parallel group (1..22 middle layers)", "ja") == \
         "連続するドラフトのレイヤを 1 つの並列グループとして実行（中間レイヤ 1〜22）"
     assert ui_translation("no such label", "ja") is None and tr("no such label", "ja") == "no such label"
-    assert text("report.c.count_faster", "ja", faster=2, total=4) == "EasySpec の 4 設定のうち 2 設定が通常デコードより速くなりました。"
+    assert text("report.c.count_faster", "ja", faster=2, total=4) == \
+        "EasySpec の 4 設定のうち 2 設定が通常デコードより速くなりました。"
     with pytest.raises(ValueError, match="unknown language 'fr'"):
         text("report.title", "fr")
 

@@ -60,7 +60,8 @@ def _spread(s: Mapping | None, digits: int = 2, suffix: str = "") -> str:
     return f"{s['median']:.{digits}f}{suffix} ({s['min']:.{digits}f}-{s['max']:.{digits}f})"
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], numeric: Sequence[int] = (), elem_id: str = "") -> str:
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], numeric: Sequence[int] = (),
+           elem_id: str = "") -> str:
     head = "".join(f"<th>{_e(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f'<td{" class=num" if i in numeric else ""}>{c}</td>' for i, c in enumerate(r))
                    + "</tr>" for r in rows)
@@ -171,8 +172,8 @@ def pilot_report_html(runs: Sequence[PilotRun], grid: PilotGrid, ctx: ReportCont
     """A finished pilot's report: its data (`core.report.report_data`) and its representative run's timeline."""
     data = report_data(runs, grid, ctx, lang)
     rep = data["representative"]
-    chosen = next((r for r in runs if rep and r.setting.label == rep["setting"] and r.prompt_index + 1 == rep["prompt"]),
-                  None)
+    chosen = next((r for r in runs if rep and r.setting.label == rep["setting"]
+                   and r.prompt_index + 1 == rep["prompt"]), None)
     return report_html(data, chosen.records if chosen else ())
 
 
