@@ -40,9 +40,9 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             with gr.Tab("Compare", id="compare"):
                 compare_tab.build(ctx, state)
             with gr.Tab("Pilot", id="pilot"):
-                pilot_views = pilot_tab.build(ctx, state)
+                pilot_views = pilot_tab.build(ctx, state, switch)
             with gr.Tab("How it works", id="explainer") as explainer:
-                explainer_views = explainer_tab.build(ctx, state, explainer)
+                explainer_views = explainer_tab.build(ctx, state, explainer, switch)
         i18n.wire(demo, switch, state, [pilot_views, explainer_views])
     # Gradio gives a state with a callable initial value a page-load event of its own, public by
     # default; it is plumbing, not part of the API.

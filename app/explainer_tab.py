@@ -14,7 +14,7 @@ from typing import Sequence
 
 import gradio as gr
 
-from easyspec.core.i18n import text, tr
+from easyspec.core.i18n import check_lang, text, tr
 from easyspec.core.metrics import compute
 from easyspec.core.records import RoundRecord
 from easyspec.visualizations.acceptance import acceptance_summary_figure
@@ -137,7 +137,7 @@ def acceptance_items(ctx: AppContext, state: UserState) -> tuple[list[tuple[str,
     return out, own
 
 
-def explainer_views(ctx: AppContext, state: UserState):
+def explainer_views(ctx: AppContext, state: UserState, lang: str = "en"):
     seq, par, own = pick_sources(ctx, state)
     figs, stories = [], []
     chosen = [(src, typical_round(src.records)) for src in (seq, par) if src is not None]
@@ -148,10 +148,9 @@ def explainer_views(ctx: AppContext, state: UserState):
         figs.append(timeline_figure([rec], src.settings.get("device", "cpu"), 1, src.settings.get("mode"),
                                     title=src.label, x_range=(lo - 0.01 * width, lo + 1.03 * width),
                                     max_bars=20000, tokens_lane=False, legend="bottom"))
-        stories.append("- " + round_story(src, rec, state.lang))
+        stories.append("- " + round_story(src, rec, lang))
     while len(figs) < 2:
         figs.append(timeline_figure([], title="no recorded run available"))
-    lang = state.lang
     where = text("how.where_own" if own else "how.where_demo", lang)
     drafting = text("how.drafting", lang, where=where) + "\n\n" + "\n".join(stories)
     items, own_ar = acceptance_items(ctx, state)
@@ -168,8 +167,9 @@ def explainer_views(ctx: AppContext, state: UserState):
     return drafting, figs[0], figs[1], figs[2], ar_note, evidence, note
 
 
-def build(ctx: AppContext, state: gr.State, tab: gr.Tab):
-    """Lay the screen out; returns (handler, inputs, outputs) that the language switch re-runs."""
+def build(ctx: AppContext, state: gr.State, tab: gr.Tab, lang: gr.Radio):
+    """Lay the screen out (`lang`: the language switch); returns (handler, inputs, outputs) that the
+    switch re-runs."""
     first = explainer_views(ctx, UserState())  # the shipped runs until the user has runs of their own
     gr.Markdown(text("how.intro"))
     drafting = gr.Markdown(first[0], elem_id="how-drafting")
@@ -185,6 +185,7 @@ def build(ctx: AppContext, state: gr.State, tab: gr.Tab):
     evidence_note = gr.Markdown(first[6])
     gr.Markdown(text("how.pilot"))
     outputs = [drafting, seq_plot, par_plot, ar_plot, ar_note, evidence, evidence_note]
-    refresh = friendly(lambda s: explainer_views(ctx, s))
-    tab.select(refresh, [state], outputs, api_visibility="private", concurrency_id="views", concurrency_limit=4)
-    return refresh, [state], outputs
+    refresh = friendly(lambda s, language: explainer_views(ctx, s, check_lang(language)))
+    tab.select(refresh, [state, lang], outputs, api_visibility="private", concurrency_id="views",
+               concurrency_limit=4)
+    return refresh, [state, lang], outputs

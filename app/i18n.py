@@ -3,15 +3,16 @@
 Why not `gr.I18n`: Gradio 6 translates `i18n("key")` labels in the browser, from the browser's
 locale (or the language picked in Gradio's own settings panel); the app can neither switch it from a
 control on its page nor know the choice on the server, where the report and the handlers' own
-sentences are written. So the screens keep writing plain English, and after the layout is built `translatable(demo)` walks every component and collects the
-strings the translation table (`core.i18n`, `assets/i18n_ja.json`) knows: labels, info lines,
-placeholders, button texts, tab titles, choice labels (values stay English, so handlers are
-unchanged) and static Markdown (a Markdown that an event writes to is live output: left alone). The
-language radio in the header returns one update per collected component, and re-runs the views that
-write their own text in the user's language. The page opens in Japanese for `?lang=ja` or a browser
-whose first language is Japanese (its Accept-Language header), as `gr.I18n` would. Gradio's own
-strings follow the browser locale. Handlers read the choice from `UserState.lang` (the pilot report,
-the explainer's own sentences).
+sentences are written. So the screens keep writing plain English, and after the layout is built
+`translatable(demo)` walks every component and collects the strings the translation table
+(`core.i18n`, `assets/i18n_ja.json`) knows: labels, info lines, placeholders, button texts, tab
+titles, choice labels (values stay English, so handlers are unchanged) and static Markdown (a
+Markdown that an event writes to is live output: left alone). The language radio in the header
+returns one update per collected component, and re-runs the views that write their own text in the
+user's language. The page opens in Japanese for `?lang=ja` or a browser whose first language is
+Japanese (its Accept-Language header), as `gr.I18n` would. Gradio's own strings follow the browser
+locale. Handlers that write text take the switch as an input (the pilot screen, the report export,
+the explainer).
 """
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from typing import Callable, Sequence
 import gradio as gr
 
 from easyspec.core.i18n import LANG_NAMES, LANGS, tr, ui_translation
+
+from .state import UserState
 
 TEXT_ATTRS = ("label", "info", "placeholder")
 
@@ -106,33 +109,33 @@ def language_switch() -> gr.Radio:
 def wire(demo: gr.Blocks, switch: gr.Radio, state: gr.State,
          refreshers: Sequence[tuple[Callable, Sequence[gr.blocks.Block], Sequence[gr.blocks.Block]]] = ()) -> None:
     """Connect the switch (and the page load) to every translatable component. Call after the layout.
-    `refreshers`: (handler, its inputs, its outputs) of views that write their own text in the user's
-    language (`UserState.lang`): the pilot estimate, the How it works screen; re-run on a switch."""
+    `refreshers`: (handler, its inputs, its outputs) of views that write their own text in the
+    language the switch (one of their inputs) says: the pilot estimate, How it works. Re-run on a switch."""
     redrawn = [block for _, _, blocks in refreshers for block in blocks]
     items = [i for i in translatable(demo) if i.block is not switch and i.block not in redrawn]
     outputs = [i.block for i in items] + redrawn
-    extra = list(dict.fromkeys(b for _, ins, _ in refreshers for b in ins if b is not state))
 
     def redraw(data: dict) -> list:
         out = []
         for fn, ins, outs in refreshers:
-            result = fn(*[data[b] for b in ins])
+            # on page load the user's state may not be made yet: a fresh one has no runs either
+            args = [(v if isinstance(v, UserState) else UserState()) if b is state else v
+                    for b, v in ((b, data[b]) for b in ins)]
+            result = fn(*args)
             out += list(result) if len(outs) > 1 else [result]
         return out
 
     # A set of inputs: Gradio passes one dict, component -> value.
     def on_switch(data: dict) -> list:
         lang = data[switch] if data[switch] in LANGS else "en"
-        data[state].lang = lang
-        return updates(items, lang) + redraw(data)
+        return updates(items, lang) + redraw({**data, switch: lang})
 
     def on_load(data: dict, request: gr.Request) -> list:
         lang = requested_lang(request)
-        data[state].lang = lang
         if lang == "en":
             return [gr.update(value=lang)] + [gr.skip()] * len(outputs)
-        return [gr.update(value=lang)] + updates(items, lang) + redraw(data)
+        return [gr.update(value=lang)] + updates(items, lang) + redraw({**data, switch: lang})
 
-    inputs = {switch, state, *extra}
+    inputs = {switch, *(b for _, ins, _ in refreshers for b in ins)}
     switch.input(on_switch, inputs, outputs, api_visibility="private", queue=False, show_progress="hidden")
     demo.load(on_load, inputs, [switch] + outputs, api_visibility="private", queue=False, show_progress="hidden")

@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 import gradio as gr
 
 from easyspec.core.engine import CALIBRATION_POLICIES
-from easyspec.core.i18n import text, tr
+from easyspec.core.i18n import check_lang, text, tr
 from easyspec.core.pilot import (DEFAULT_PROMPTS, PilotGrid, PilotProgress, PilotRun, describe_seconds,
                                  estimate_seconds, pilot_json, rows_to_csv, run_pilot, summarise)
 from easyspec.core.projection import COMM_MODELS, project_pilot, session_shapes
@@ -101,8 +101,7 @@ def make_handlers(ctx: AppContext):
     session = ctx.session
 
     def estimate(prompt, source, prompt_set, n_prompts, layer_parallel, calibration, draft_len, speculative,
-                 max_new_tokens, chat, temperature, upload, state: UserState | None = None) -> str:
-        lang = state.lang if state is not None else "en"
+                 max_new_tokens, chat, temperature, upload, lang: str = "en") -> str:
         try:
             prompts = pick_prompts(prompt, source, prompt_set, n_prompts, upload)
             grid = make_grid(layer_parallel, calibration, draft_len, speculative, max_new_tokens, chat, temperature)
@@ -121,9 +120,9 @@ def make_handlers(ctx: AppContext):
     @friendly_stream
     def pilot(prompt, source, prompt_set, n_prompts, layer_parallel, calibration, draft_len, speculative,
               max_new_tokens, chat, temperature, upload=None, comm="nvlink", state: UserState | None = None,
-              progress=gr.Progress()):
+              lang: str = "en", progress=gr.Progress()):
         state = state if state is not None else UserState()
-        lang = state.lang
+        lang = check_lang(lang)
         prompts = pick_prompts(prompt, source, prompt_set, n_prompts, upload)
         grid = make_grid(layer_parallel, calibration, draft_len, speculative, max_new_tokens, chat, temperature)
         comm = check_choice(comm, "communication model", tuple(COMM_MODELS))
@@ -170,7 +169,7 @@ def make_handlers(ctx: AppContext):
                 else []
             state.pilot_report = (kept, grid, context_for(session, prompts, "easyspec app: Pilot screen", comm,
                                                           started, notes))
-            report_path = write_report(ctx, state)
+            report_path = write_report(ctx, state, lang)
         labels = list(state.pilot_runs)
         stopped = last is not None and last.label == "stopped"
         took = text("pilot.took", lang, time=describe_seconds(last.elapsed_s)) if last else ""
@@ -189,10 +188,10 @@ def make_handlers(ctx: AppContext):
         return write_trace(ctx, run.records, "pilot_trace")
 
     @friendly
-    def export_report(state: UserState):
+    def export_report(state: UserState, lang: str):
         if state.pilot_report is None:
             raise ValueError("run a pilot first: the report is built from its results")
-        return write_report(ctx, state)
+        return write_report(ctx, state, check_lang(lang))
 
     def request_stop(state: UserState) -> None:
         if state.request_stop("pilot"):
@@ -201,11 +200,11 @@ def make_handlers(ctx: AppContext):
     return estimate, pilot, trace_of, request_stop, export_report
 
 
-def write_report(ctx: AppContext, state: UserState) -> str:
-    """The latest pilot's report, in the dashboard's language, as a file to download."""
+def write_report(ctx: AppContext, state: UserState, lang: str) -> str:
+    """The latest pilot's report in `lang`, as a file to download."""
     runs, grid, report_ctx = state.pilot_report
-    path = ctx.new_files_dir() / f"easyspec_pilot_report_{state.lang}.html"
-    path.write_text(pilot_report_html(runs, grid, report_ctx, state.lang), encoding="utf-8")
+    path = ctx.new_files_dir() / f"easyspec_pilot_report_{lang}.html"
+    path.write_text(pilot_report_html(runs, grid, report_ctx, lang), encoding="utf-8")
     return str(path)
 
 
@@ -220,8 +219,9 @@ def _keep_pilot_run(state: UserState, item: PilotRun, prompt: str, prompt_ids: l
                               cfg.sampling.greedy, item.token_ids, complete=item.records[-1].stop is not None))
 
 
-def build(ctx: AppContext, state: gr.State):
-    """Lay the screen out; returns (handler, inputs, outputs) that the language switch re-runs."""
+def build(ctx: AppContext, state: gr.State, lang: gr.Radio):
+    """Lay the screen out (`lang`: the language switch, an input of every handler that writes text);
+    returns (handler, inputs, outputs) that the switch re-runs."""
     estimate, pilot, trace_of, request_stop, export_report = make_handlers(ctx)
     n_max = ctx.max_layer_parallel
     n_choices = sorted({n for n in (1, 2, 3, 4, 5, 6, 8) if n <= n_max} | {n_max})
@@ -278,13 +278,13 @@ def build(ctx: AppContext, state: gr.State):
             trace_pick = gr.Dropdown([], label="Chrome trace of run", elem_id="pilot-trace-pick")
             trace_file = gr.File(label="trace (.json, opens in Perfetto)", interactive=False, elem_id="pilot-trace")
     for comp in inputs:
-        comp.change(estimate, inputs + [state], estimate_md, api_visibility="private", queue=False,
+        comp.change(estimate, inputs + [lang], estimate_md, api_visibility="private", queue=False,
                     show_progress="hidden")
-    run.click(pilot, inputs + [comm, state],
+    run.click(pilot, inputs + [comm, state, lang],
               [status, summary, runs, chart, csv_file, json_file, trace_pick, trace_file, projected, projected_note,
                report_file],
               api_name="pilot", concurrency_id="device", concurrency_limit=1)
     stop.click(request_stop, [state], None, queue=False, api_visibility="private")
-    export.click(export_report, [state], report_file, api_visibility="private")
+    export.click(export_report, [state, lang], report_file, api_visibility="private")
     trace_pick.change(trace_of, [trace_pick, state], trace_file, api_visibility="private")
-    return estimate, inputs + [state], [estimate_md]
+    return estimate, inputs + [lang], [estimate_md]

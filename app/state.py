@@ -56,7 +56,6 @@ class UserState:
         self.pilot_runs: dict[str, LastRun] = {}  # the latest pilot's runs, by label
         self.runs: list[LastRun] = []  # finished runs of every screen, oldest first
         self.pilot_report: tuple | None = None  # (runs, grid, ReportContext) of the latest finished pilot
-        self.lang = "en"  # the dashboard's language ("en" | "ja"), set by the language switch
 
     def __deepcopy__(self, memo) -> "UserState":
         # Gradio deep-copies a state's initial value; this object is already a fresh one per session

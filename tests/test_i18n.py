@@ -136,3 +136,38 @@ def test_page_opens_in_japanese_for_lang_ja_or_a_japanese_browser(browser, app_u
     _wait_text(page, "#gen-run", "実行")
     assert page.get_by_role("tab", name="しくみ").count() == 1
     context.close()
+
+
+REPORT_LINK = "(lang) => [...document.querySelectorAll('#pilot-report a[href]')].some(a => a.href.includes(`report_${lang}`))"
+
+
+def _report(page, lang: str) -> str:
+    page.wait_for_function(REPORT_LINK, arg=lang, timeout=TIMEOUT_MS)
+    href = page.eval_on_selector_all("#pilot-report a[href]", f"as => as.map(a => a.href).find(h => h.includes("
+                                     f"'report_{lang}'))")
+    return page.request.get(href).text()
+
+
+def test_pilot_report_in_the_chosen_language(browser, app_url):
+    """A pilot run in Japanese gives a Japanese report; Export report after switching gives an English one."""
+    page = browser.new_page(viewport={"width": 1500, "height": 1000})
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(app_url + "?lang=ja")
+    _wait_text(page, "#gen-run", "実行")
+    page.get_by_role("tab", name="パイロット評価").click()
+    box = page.locator("#pilot-n-prompts input[type=number]")
+    box.fill("1")
+    box.press("Enter")
+    _wait_text(page, "#pilot-estimate", "× 1 プロンプト")
+    page.click("#pilot-run")
+    _wait_text(page, "#pilot-status", "完了")
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(SHOTS / "ui_ja_pilot.png"), full_page=True)
+    html = _report(page, "ja")
+    assert '<html lang="ja">' in html and text("report.question", "ja") in html
+    page.locator("#es-lang").get_by_text("English").click()
+    _wait_text(page, "#pilot-export", "Export report")
+    page.click("#pilot-export")
+    html = _report(page, "en")
+    assert '<html lang="en">' in html and text("report.question", "en") in html
+    page.close()
