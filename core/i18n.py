@@ -49,8 +49,8 @@ def _english_to_japanese() -> tuple[dict[str, str], list[tuple[re.Pattern, str]]
     """Exact entries, and templates: a `ui` key with `{name}` fields matches strings made from it
     (e.g. "(1..{n} middle layers)") and fills the same fields into the Japanese."""
     en, ja = table("en")["text"], table("ja")
-    exact = {k: v for k, v in ja["ui"].items() if not _FIELD.search(k)}
-    exact.update({en[k]: ja["text"][k] for k in en if k in ja["text"] and not _FIELD.search(en[k])})
+    exact = {en[k]: ja["text"][k] for k in en if k in ja["text"] and not _FIELD.search(en[k])}
+    exact.update({k: v for k, v in ja["ui"].items() if not _FIELD.search(k)})  # a label's own entry wins
     templates = []
     for english, japanese in ja["ui"].items():
         if _FIELD.search(english):
