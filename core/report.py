@@ -134,13 +134,12 @@ def conclusion(settings: Sequence[dict], grid: dict, models: dict, projection: d
     pairs = {}
     for s in easy:
         pairs.setdefault((s["layer_parallel"], s["draft_len"]), {})[s["calibration"]] = s
-    for (n, k), by_policy in pairs.items():
+    for (n, k), by_policy in sorted(pairs.items()):  # one sentence per N (and k): the effect differs by N
         if "none" in by_policy and "every-round" in by_policy:
             a, b = by_policy["none"]["acceptance_rate"], by_policy["every-round"]["acceptance_rate"]
             if a is not None and b is not None:
                 out.append(t("calibration" if b > a else "calibration_no_gain", n=n, k=k, without=_pct(a),
                              with_=_pct(b)))
-                break
     with_ar = [s for s in settings if s["acceptance_rate"] is not None]
     if with_ar:
         hi = max(with_ar, key=lambda s: s["acceptance_rate"])

@@ -132,6 +132,10 @@ def test_report_figures_equal_the_pilots_results(pilot, reports):
     best = max((s for s in en["settings"] if s["mode"] == "easyspec"), key=lambda s: s["speedup"])
     assert f"{best['speedup']:.2f}x" in en["conclusion"][0] and best["setting"] in en["conclusion"][0]
     assert f"{best['speedup']:.2f} 倍" in ja["conclusion"][0]
+    for n in grid.layer_parallel:  # calibration: one sentence per N, with both acceptance rates
+        by = {s["calibration"]: s for s in en["settings"] if s["layer_parallel"] == n}
+        pct = [f"{100 * by[p]['acceptance_rate']:.0f}%" for p in ("every-round", "none")]
+        assert any(f"N = {n}," in c and pct[0] in c and pct[1] in c for c in en["conclusion"]), (n, pct)
     total = sum(s["compared_count"] for s in en["settings"])
     assert any(f"all {total} greedy comparisons" in c for c in en["conclusion"])
 
