@@ -116,6 +116,8 @@ def _add_bench(sub) -> None:
         b.add_argument("--max-new-tokens", type=int, default=32)
         b.add_argument("--json", action="store_true", help="print the result as one JSON line on stdout")
         b.add_argument("--out", default=f"results/bench_{name}", help="writes OUT.json and OUT.md")
+        b.add_argument("--report", help="also write the pilot report (one self-contained HTML file) here")
+        b.add_argument("--report-lang", default="en", choices=("en", "ja"), help="the report's language (default en)")
         if name == "acceptance":
             b.add_argument("--temperatures", default="0,0.8")
         else:
@@ -332,11 +334,23 @@ def cmd_bench(args) -> int:
     return bench_gpu(cfg)
 
 
+def _write_report(args, session, prompts, runs, grid, notes) -> None:
+    from easyspec.core.report import context_for
+    from easyspec.visualizations.report import pilot_report_html
+
+    ctx = context_for(session, prompts, " ".join(["easyspec", *sys.argv[1:]]), notes=notes)
+    path = Path(args.report)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(pilot_report_html(runs, grid, ctx, args.report_lang), encoding="utf-8")
+    print(f"easyspec: report written to {path}", file=sys.stderr)
+
+
 def _bench_pair(args) -> int:
     """`bench acceptance` and `bench speed` on a real pair; JSON + Markdown under --out."""
     from easyspec.core import bench
     from easyspec.core.engine import SpecConfig
     from easyspec.core.loading import resolve_pair
+    from easyspec.core.pilot import PilotGrid
     from easyspec.core.prompt_sets import BUILTIN_SETS, builtin_prompts, read_prompt_file
     from easyspec.core.session import Session
 
@@ -353,8 +367,15 @@ def _bench_pair(args) -> int:
     with Session(source, args.dtype, args.device, args.devices) as session:
         if args.bench_command == "acceptance":
             temps = [float(t) for t in args.temperatures.split(",") if t.strip()]
-            rows = bench.acceptance(session, prompts, sizes, policies, args.draft_len, args.max_new_tokens, temps)
+            kept: list = []
+            rows = bench.acceptance(session, prompts, sizes, policies, args.draft_len, args.max_new_tokens, temps,
+                                    keep=kept)
             result = {"rows": rows}
+            if args.report:  # the greedy pass when there is one: it carries the equality evidence
+                grid, runs = min(kept, key=lambda gr: gr[0].temperature)
+                left_out = [f"T={g.temperature:g}" for g, _ in kept if g is not grid]
+                notes = [f"runs at {', '.join(left_out)} (in {args.out}.md)"] if left_out else []
+                _write_report(args, session, prompts, runs, grid, notes)
         else:
             settings = {"vanilla": SpecConfig(mode="vanilla", max_new_tokens=args.max_new_tokens),
                         f"speculative k={args.draft_len}": SpecConfig(mode="speculative", draft_len=args.draft_len,
@@ -363,8 +384,15 @@ def _bench_pair(args) -> int:
                 for p in policies:
                     settings[f"easyspec N={n} {p} k={args.draft_len}"] = SpecConfig(
                         layer_parallel=n, calibration=p, draft_len=args.draft_len, max_new_tokens=args.max_new_tokens)
+            runs: list = []
             result = bench.speed(session, prompts, settings, args.repeats, args.max_new_tokens,
-                                 not args.no_transformers, args.draft_len)
+                                 not args.no_transformers, args.draft_len, keep=runs)
+            if args.report:
+                grid = PilotGrid(layer_parallel=sizes, calibration=tuple(policies), draft_len=(args.draft_len,),
+                                 max_new_tokens=args.max_new_tokens, chat=True)
+                notes = [f"transformers' assisted generation (no round records; in {args.out}.md)"] \
+                    if not args.no_transformers else []
+                _write_report(args, session, prompts, runs, grid, notes)
         info = session.info
     result["meta"] = bench.run_meta(" ".join(["easyspec", *sys.argv[1:]]), started, info, args)
     bench.write_results(args.out, args.bench_command, result)

@@ -12,7 +12,9 @@ import sys
 
 import gradio as gr
 
-from . import compare_tab, explainer_tab, generate_tab, pilot_tab
+from easyspec.core.i18n import text
+
+from . import compare_tab, explainer_tab, generate_tab, i18n, pilot_tab
 from .context import AppContext, AppOptions
 from .state import UserState
 
@@ -26,18 +28,22 @@ CSS = """
 def build_app(ctx: AppContext) -> gr.Blocks:
     with gr.Blocks(title="EasySpec Studio", analytics_enabled=False) as demo:
         state = gr.State(UserState)  # called once per browser session
-        gr.Markdown("# EasySpec Studio\nLayer-parallel speculative decoding with bonus calibration: the draft's "
-                    "middle layers run as parallel groups, the base verifies every token, so the output is the "
-                    "base model's own.\n\n" + ctx.models_markdown(), elem_id="es-header")
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=5):
+                gr.Markdown(text("app.header"), elem_id="es-header")
+            with gr.Column(scale=1, min_width=220):
+                switch = i18n.language_switch()
+        gr.Markdown(ctx.models_markdown(), elem_id="es-models")
         with gr.Tabs():
             with gr.Tab("Generate", id="generate"):
                 generate_tab.build(ctx, state)
             with gr.Tab("Compare", id="compare"):
                 compare_tab.build(ctx, state)
             with gr.Tab("Pilot", id="pilot"):
-                pilot_tab.build(ctx, state)
+                pilot_views = pilot_tab.build(ctx, state, switch)
             with gr.Tab("How it works", id="explainer") as explainer:
-                explainer_tab.build(ctx, state, explainer)
+                explainer_views = explainer_tab.build(ctx, state, explainer, switch)
+        i18n.wire(demo, switch, state, [pilot_views, explainer_views])
     # Gradio gives a state with a callable initial value a page-load event of its own, public by
     # default; it is plumbing, not part of the API.
     for fn in demo.fns.values():

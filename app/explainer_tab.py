@@ -14,60 +14,18 @@ from typing import Sequence
 
 import gradio as gr
 
+from easyspec.core.i18n import check_lang, text, tr
 from easyspec.core.metrics import compute
 from easyspec.core.records import RoundRecord
 from easyspec.visualizations.acceptance import acceptance_summary_figure
 from easyspec.visualizations.timeline import round_range_ms, timeline_figure
+from easyspec.visualizations.translate import translate_figure
 
 from .common import friendly
 from .context import AppContext
 from .state import RunSummary, UserState
 
 EVIDENCE_HEADERS = ["prompt", "identical tokens", "greedy runs", "settings"]
-
-INTRO = """
-**Speculative decoding** makes a large *base* model faster without changing what it writes: a small *draft*
-model guesses the next few tokens, and the base checks all the guesses in one pass. Every guess the base agrees
-with is kept (*accepted*); at the first disagreement the base's own token is used instead (*recovered*); if all
-guesses pass, the base adds one more (*bonus*). The base reads the whole guess at once, which costs about as
-much as producing one token, so every accepted guess saves time.
-
-**EasySpec** speeds up the guessing itself. A draft model is a stack of layers that normally run one after
-another. Neighbouring layers compute very similar things, so EasySpec lets a group of *N* of them read the same
-input and run **at the same time** (on several GPUs, or as one batched computation on one device). The guesses
-become slightly *fuzzy*, but the base still checks every one of them, so the output stays exactly the base's.
-"""
-
-CALIBRATION = """
-**What calibration fixes.** Fuzzy layers also leave slightly wrong entries in the draft's memory (its KV cache).
-Left alone, these errors pile up round after round and the draft's guesses get worse. After every check,
-*bonus calibration* throws the fuzzy entries away and re-reads the accepted tokens once, exactly, in a single
-pass. That pass is needed anyway to feed the newest token to the draft, and on a GPU, where decoding is limited by
-memory traffic, reading a few tokens costs about as much as reading one, so calibration is cheap there (on a CPU
-it costs more: compare the calibrate bar with the drafting bars above). The chart shows how often the base
-accepted the draft's guesses (AR) and how many tokens each round produced (AL) with and without it.
-"""
-
-EQUALITY = """
-**Why output quality is unchanged.** The base model decides every token: a guess is only kept if the base would
-have produced it anyway (greedy decoding), or through a rejection-sampling rule that provably leaves the base's
-probabilities unchanged (sampling). So with temperature 0, vanilla decoding, speculative decoding and EasySpec
-write the same text token for token: fuzzy drafting can only cost speed, never quality. The evidence from the
-runs made in this browser session so far:
-"""
-
-PILOT = """
-**What to measure in a pilot.**
-- **Speedup over vanilla** on *your* prompts, measured in the same run on the same devices (the Pilot screen
-  does this): it depends on how predictable your text is (code and summaries are usually easier than chat).
-- **Acceptance rate (AR)** and **mean accepted length (AL)**: if EasySpec's AR falls far below sequential
-  speculative decoding's, use a smaller N or keep calibration on.
-- **Where the time goes** (draft / verify / calibrate): drafting should be a small share; if verification
-  dominates, a larger draft length k may pay off.
-- **Greedy equality**: every run should report identical tokens; a difference means a bug (or, rarely, an exact
-  tie between the base's top two choices).
-- The best **N** (around 4 in the paper) and the calibration policy for your models and devices.
-"""
 
 
 @dataclass(frozen=True)
@@ -98,7 +56,7 @@ def _duration(records, rec) -> float:
     return hi - lo
 
 
-def round_story(src: Source, rec: RoundRecord) -> str:
+def round_story(src: Source, rec: RoundRecord, lang: str = "en") -> str:
     """Plain numbers for one round: draft forwards, their layer plan, drafting and calibration time."""
     forwards = sum(1 for s in rec.spans if s.phase == "draft.mlp" and s.label == "head" and s.rank == 0)
     plan, seen = [], set()
@@ -111,12 +69,10 @@ def round_story(src: Source, rec: RoundRecord) -> str:
         plan.append(s.label.lstrip("L"))
     draft_ms = 1e3 * sum(rec.phase_s.get(p, 0.0) for p in ("draft.attn", "draft.mlp", "draft.comm"))
     cal_ms, verify_ms = 1e3 * rec.phase_s.get("calibrate", 0.0), 1e3 * rec.phase_s.get("verify", 0.0)
-    per = f" ({draft_ms / forwards:.1f} ms per draft step)" if forwards else ""
-    text = (f"**{src.label}**, round {rec.index}: {forwards} draft steps through the layer plan `{'|'.join(plan)}`"
-            f" took {draft_ms:.1f} ms{per}")
-    if cal_ms:
-        text += f", calibration {cal_ms:.1f} ms"
-    return text + f", verification {verify_ms:.1f} ms; {rec.accepted} of {len(rec.drafted)} guesses accepted."
+    return text("how.story", lang, label=tr(src.label, lang), index=rec.index, forwards=forwards, plan="|".join(plan),
+                draft_ms=f"{draft_ms:.1f}", per_step=f"{draft_ms / forwards:.1f}" if forwards else "-",
+                calibration=text("how.story_calibration", lang, ms=f"{cal_ms:.1f}") if cal_ms else "",
+                verify_ms=f"{verify_ms:.1f}", accepted=rec.accepted, drafted=len(rec.drafted))
 
 
 def agree(a: Sequence[int], b: Sequence[int]) -> bool:
@@ -181,7 +137,7 @@ def acceptance_items(ctx: AppContext, state: UserState) -> tuple[list[tuple[str,
     return out, own
 
 
-def explainer_views(ctx: AppContext, state: UserState):
+def explainer_views(ctx: AppContext, state: UserState, lang: str = "en"):
     seq, par, own = pick_sources(ctx, state)
     figs, stories = [], []
     chosen = [(src, typical_round(src.records)) for src in (seq, par) if src is not None]
@@ -192,45 +148,44 @@ def explainer_views(ctx: AppContext, state: UserState):
         figs.append(timeline_figure([rec], src.settings.get("device", "cpu"), 1, src.settings.get("mode"),
                                     title=src.label, x_range=(lo - 0.01 * width, lo + 1.03 * width),
                                     max_bars=20000, tokens_lane=False, legend="bottom"))
-        stories.append("- " + round_story(src, rec))
+        stories.append("- " + round_story(src, rec, lang))
     while len(figs) < 2:
         figs.append(timeline_figure([], title="no recorded run available"))
-    where = ("your own runs (newest speculative and easyspec)" if own else
-             "runs recorded from the offline pair and shipped with the app; make a speculative and an easyspec "
-             "run in Generate or Compare and they replace these")
-    drafting = (f"**Sequential vs layer-parallel drafting**, one typical round of each on the same time scale "
-                f"(from {where}). In the sequential run each draft step passes through every draft layer in turn; "
-                f"in the layer-parallel run the middle layers run in groups of N, so each step has fewer, larger "
-                f"pieces of work (on several GPUs they run side by side, one layer per device).\n\n"
-                + "\n".join(stories))
+    where = text("how.where_own" if own else "how.where_demo", lang)
+    drafting = text("how.drafting", lang, where=where) + "\n\n" + "\n".join(stories)
     items, own_ar = acceptance_items(ctx, state)
-    ar_note = "From your runs." if own_ar else "From the recorded runs shipped with the app (48 tokens each)."
+    ar_note = text("how.ar_own" if own_ar else "how.ar_demo", lang)
     rows = evidence_rows(state.log)
     demo_tokens = [tuple(t for r in d.records for t in r.token_ids) for d in ctx.demo_runs]
     if len(demo_tokens) >= 2:
         same = all(t == demo_tokens[0] for t in demo_tokens)
         rows.insert(0, ["(recorded demo runs)", "yes" if same else "NO", len(demo_tokens),
                         ", ".join(d.label for d in ctx.demo_runs)])
-    note = ("" if len(rows) > (1 if demo_tokens else 0) else
-            "Run the same prompt with two settings at temperature 0 (Compare does this) to add your own evidence.")
-    return drafting, figs[0], figs[1], acceptance_summary_figure(items), ar_note, rows, note
+    note = "" if len(rows) > (1 if demo_tokens else 0) else text("how.evidence_hint", lang)
+    evidence = {"data": rows, "headers": [tr(h, lang) for h in EVIDENCE_HEADERS]}
+    figs = [translate_figure(f, lang) for f in (*figs, acceptance_summary_figure(items))]
+    return drafting, figs[0], figs[1], figs[2], ar_note, evidence, note
 
 
-def build(ctx: AppContext, state: gr.State, tab: gr.Tab) -> None:
+def build(ctx: AppContext, state: gr.State, tab: gr.Tab, lang: gr.Radio):
+    """Lay the screen out (`lang`: the language switch); returns (handler, inputs, outputs) that the
+    switch re-runs."""
     first = explainer_views(ctx, UserState())  # the shipped runs until the user has runs of their own
-    gr.Markdown(INTRO)
+    gr.Markdown(text("how.intro"))
     drafting = gr.Markdown(first[0], elem_id="how-drafting")
     with gr.Row():
         seq_plot = gr.Plot(first[1], show_label=False, elem_id="how-seq")
         par_plot = gr.Plot(first[2], show_label=False, elem_id="how-par")
-    gr.Markdown(CALIBRATION)
+    gr.Markdown(text("how.calibration"))
     ar_plot = gr.Plot(first[3], show_label=False, elem_id="how-ar")
     ar_note = gr.Markdown(first[4])
-    gr.Markdown(EQUALITY)
-    evidence = gr.Dataframe(first[5], headers=EVIDENCE_HEADERS, interactive=False, elem_id="how-evidence",
+    gr.Markdown(text("how.equality"))
+    evidence = gr.Dataframe(first[5]["data"], headers=EVIDENCE_HEADERS, interactive=False, elem_id="how-evidence",
                             wrap=True, column_widths=["30%", "12%", "10%", "48%"])
     evidence_note = gr.Markdown(first[6])
-    gr.Markdown(PILOT)
+    gr.Markdown(text("how.pilot"))
     outputs = [drafting, seq_plot, par_plot, ar_plot, ar_note, evidence, evidence_note]
-    refresh = friendly(lambda s: explainer_views(ctx, s))
-    tab.select(refresh, [state], outputs, api_visibility="private", concurrency_id="views", concurrency_limit=4)
+    refresh = friendly(lambda s, language: explainer_views(ctx, s, check_lang(language)))
+    tab.select(refresh, [state, lang], outputs, api_visibility="private", concurrency_id="views",
+               concurrency_limit=4)
+    return refresh, [state, lang], outputs

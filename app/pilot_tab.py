@@ -8,17 +8,22 @@ trace downloads. API: `pilot` (its `prompt` parameter holds typed prompts, one p
 from __future__ import annotations
 
 import dataclasses
+from datetime import datetime, timezone
 
 import gradio as gr
 
 from easyspec.core.engine import CALIBRATION_POLICIES
+from easyspec.core.i18n import check_lang, text, tr
 from easyspec.core.pilot import (DEFAULT_PROMPTS, PilotGrid, PilotProgress, PilotRun, describe_seconds,
                                  estimate_seconds, pilot_json, rows_to_csv, run_pilot, summarise)
-from easyspec.core.projection import COMM_MODELS, Shape, project_pilot
+from easyspec.core.projection import COMM_MODELS, project_pilot, session_shapes
+from easyspec.core.report import context_for
 from easyspec.core.prompt_sets import BUILTIN_SETS, builtin_prompts, read_prompt_file
 from easyspec.core.tuning import TuneConfig, TuneResult
 from easyspec.core.tuning import markdown as tuning_markdown
 from easyspec.visualizations.pilot_charts import pilot_figure
+from easyspec.visualizations.report import pilot_report_html
+from easyspec.visualizations.translate import translate_figure
 
 from .common import friendly, friendly_stream, write_trace
 from .context import AppContext
@@ -39,33 +44,27 @@ PROJECTION_COLUMNS = ["devices", "setting", "vanilla_tokens_per_s", "speculative
                       "easyspec_tokens_per_s", "easyspec_speedup", "speculative_utilisation", "easyspec_utilisation"]
 
 
-def projection(ctx: AppContext, runs: list[PilotRun], comm: str) -> tuple[list[list], str]:
+def projection(ctx: AppContext, runs: list[PilotRun], comm: str, lang: str = "en") -> tuple[dict, str]:
     """The projected table for G devices and its stated assumptions (never mixed with measurements)."""
     if ctx.info.devices != 1:
-        return [], "The projection starts from one-device measurements: run the pilot on a one-device app."
+        return _table([], PROJECTION_COLUMNS, lang), text("pilot.projection_one_device", lang)
     try:
-        width = 4 if ctx.info.dtype == "float32" else 2
-        base, draft = ctx.session.base.cfg, ctx.session.draft.cfg
-        rows = project_pilot(runs, Shape(base.n_layers, base.hidden_size, base.n_heads, width),
-                             Shape(draft.n_layers, draft.hidden_size, draft.n_heads, width),
-                             comm=COMM_MODELS[comm])
+        rows = project_pilot(runs, *session_shapes(ctx.session), comm=COMM_MODELS[comm])
     except (ValueError, AttributeError) as exc:
-        return [], f"No projection: {exc}."
+        return _table([], PROJECTION_COLUMNS, lang), text("pilot.no_projection", lang, reason=exc)
     c = COMM_MODELS[comm]
-    note = (f"**Projected, not measured.** A model (`core/projection.py`) fed with this pilot's one-device "
-            f"per-phase latencies and measured acceptance; base tensor-parallel over G devices (largest per-device "
-            f"share of heads), draft at TP=1 for speculative, one fuzzy-group attention per device plus an "
-            f"all-gather for easyspec; communication `{c.name}`: {c.latency_s * 1e6:.0f} µs + bytes / "
-            f"{c.bandwidth_bytes_per_s / 1e9:.0f} GB/s per collective. Utilisation lists devices 0..G-1.")
-    return _table(rows, PROJECTION_COLUMNS), note
+    note = text("pilot.projection_note", lang, comm=c.name, latency_us=f"{c.latency_s * 1e6:.0f}",
+                bandwidth_gbs=f"{c.bandwidth_bytes_per_s / 1e9:.0f}")
+    return _table(rows, PROJECTION_COLUMNS, lang), note
 
 
-def _table(rows: list[dict], columns: list[str]) -> list[list]:
+def _table(rows: list[dict], columns: list[str], lang: str = "en") -> dict:
+    """A Dataframe value: the rows' cells in `columns` order under headers in `lang`."""
     def cell(v):
         if isinstance(v, bool):
-            return "yes" if v else "no"
+            return tr("yes" if v else "no", lang)
         return "" if v is None else v
-    return [[cell(r.get(c)) for c in columns] for r in rows]
+    return {"data": [[cell(r.get(c)) for c in columns] for r in rows], "headers": [tr(c, lang) for c in columns]}
 
 
 def pick_prompts(prompt, source, prompt_set, n_prompts, upload) -> list[str]:
@@ -104,7 +103,7 @@ def make_handlers(ctx: AppContext):
     session = ctx.session
 
     def estimate(prompt, source, prompt_set, n_prompts, layer_parallel, calibration, draft_len, speculative,
-                 max_new_tokens, chat, temperature, upload) -> str:
+                 max_new_tokens, chat, temperature, upload, lang: str = "en") -> str:
         try:
             prompts = pick_prompts(prompt, source, prompt_set, n_prompts, upload)
             grid = make_grid(layer_parallel, calibration, draft_len, speculative, max_new_tokens, chat, temperature)
@@ -113,28 +112,31 @@ def make_handlers(ctx: AppContext):
             return f"⚠️ {exc}"
         settings = len(grid.settings())
         runs = settings * len(prompts)
-        text = (f"**{runs} runs**: {settings} settings × {len(prompts)} prompts × up to {grid.max_new_tokens} "
-                f"new tokens.")
+        size = text("pilot.size", lang, runs=runs, settings=settings, prompts=len(prompts), tokens=grid.max_new_tokens)
         if ctx.throughput is None:
-            return text + " (no speed measurement at launch, so no time estimate)"
+            return size + text("pilot.no_estimate", lang)
         seconds = estimate_seconds(lengths, grid, ctx.throughput)
         rates = ", ".join(f"{m} {r:.1f} tok/s" for m, r in ctx.throughput.tokens_per_s.items())
-        return text + f" Estimated time: **about {describe_seconds(seconds)}** (speeds measured at launch: {rates})."
+        return size + text("pilot.estimate", lang, time=describe_seconds(seconds), rates=rates)
 
     @friendly_stream
     def pilot(prompt, source, prompt_set, n_prompts, layer_parallel, calibration, draft_len, speculative,
               max_new_tokens, chat, temperature, upload=None, comm="nvlink", state: UserState | None = None,
-              progress=gr.Progress()):
+              lang: str = "en", progress=gr.Progress()):
         state = state if state is not None else UserState()
+        lang = check_lang(lang)
         prompts = pick_prompts(prompt, source, prompt_set, n_prompts, upload)
         grid = make_grid(layer_parallel, calibration, draft_len, speculative, max_new_tokens, chat, temperature)
         comm = check_choice(comm, "communication model", tuple(COMM_MODELS))
+        started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         stop = state.begin("pilot")
         state.pilot_runs = {}
+        state.pilot_report = None
         rows: list[dict] = []
         kept: list[PilotRun] = []
-        yield ("**Starting** the pilot (validating every setting on every prompt) …", [], [], pilot_figure([]),
-               None, None, gr.Dropdown(choices=[], value=None), None, [], "")
+        yield (text("pilot.starting", lang), _table([], SUMMARY_COLUMNS, lang), _table([], RUN_COLUMNS, lang),
+               translate_figure(pilot_figure([]), lang), None, None, gr.Dropdown(choices=[], value=None), None,
+               _table([], PROJECTION_COLUMNS, lang), "", None)
         job = DeviceJob(lambda ev: run_pilot(session, prompts, grid, should_stop=ev.is_set), stop)
         status, last, prompt_ids = "", None, {}
         for batch in job.batches(min_interval_s=0.3):
@@ -143,9 +145,9 @@ def make_handlers(ctx: AppContext):
                     last, remaining = item, ""
                     if 0 < item.done < item.total:
                         left = item.elapsed_s / item.done * (item.total - item.done)
-                        remaining = f" · about {describe_seconds(left)} left"
-                    status = (f"**{item.done}/{item.total} runs** · {describe_seconds(item.elapsed_s)} elapsed"
-                              f"{remaining} · {item.label}")
+                        remaining = text("pilot.remaining", lang, time=describe_seconds(left))
+                    status = text("pilot.progress", lang, done=item.done, total=item.total,
+                                  elapsed=describe_seconds(item.elapsed_s), remaining=remaining, label=item.label)
                     progress((item.done, item.total), desc=item.label, unit="runs")
                 elif isinstance(item, PilotRun):
                     rows.append(item.row)
@@ -155,21 +157,30 @@ def make_handlers(ctx: AppContext):
                         prompt_ids[i] = session.encode(prompts[i], grid.chat)
                     _keep_pilot_run(state, item, prompts[i], prompt_ids[i])
             summary = summarise(rows) if rows else []
-            yield (status, _table(summary, SUMMARY_COLUMNS), _table(rows, RUN_COLUMNS), pilot_figure(summary),
-                   gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip())
+            yield (status, _table(summary, SUMMARY_COLUMNS, lang), _table(rows, RUN_COLUMNS, lang),
+                   translate_figure(pilot_figure(summary), lang), *[gr.skip()] * 7)
         summary = summarise(rows)
         folder = ctx.new_files_dir()
         csv_path, json_path = folder / "pilot_runs.csv", folder / "pilot.json"
         csv_path.write_text(rows_to_csv(rows))
         json_path.write_text(pilot_json(rows, grid, prompts, dataclasses.asdict(ctx.info)))
-        projected, projected_note = projection(ctx, kept, comm)
+        projected, projected_note = projection(ctx, kept, comm, lang)
+        report_path = None
+        if kept:
+            notes = ["runs not made: the pilot was stopped early"] if len(kept) < len(grid.settings()) * len(prompts) \
+                else []
+            state.pilot_report = (kept, grid, context_for(session, prompts, "easyspec app: Pilot screen", comm,
+                                                          started, notes))
+            report_path = write_report(ctx, state, lang)
         labels = list(state.pilot_runs)
-        done = "**Stopped** early" if last is not None and last.label == "stopped" else "**Done**"
-        took = f" in {describe_seconds(last.elapsed_s)}" if last else ""
-        yield (f"{done}: {len(rows)} of {last.total if last else len(rows)} runs{took}. Downloads below.",
-               _table(summary, SUMMARY_COLUMNS), _table(rows, RUN_COLUMNS), pilot_figure(summary),
+        stopped = last is not None and last.label == "stopped"
+        took = text("pilot.took", lang, time=describe_seconds(last.elapsed_s)) if last else ""
+        yield (text("pilot.stopped" if stopped else "pilot.done", lang, n=len(rows),
+                    total=last.total if last else len(rows), took=took),
+               _table(summary, SUMMARY_COLUMNS, lang), _table(rows, RUN_COLUMNS, lang),
+               translate_figure(pilot_figure(summary), lang),
                str(csv_path), str(json_path), gr.Dropdown(choices=labels, value=labels[-1] if labels else None),
-               None, projected, projected_note)
+               None, projected, projected_note, report_path)
 
     @friendly
     def trace_of(label, state: UserState):
@@ -177,6 +188,12 @@ def make_handlers(ctx: AppContext):
         if run is None:
             return None
         return write_trace(ctx, run.records, "pilot_trace")
+
+    @friendly
+    def export_report(state: UserState, lang: str):
+        if state.pilot_report is None:
+            raise ValueError("run a pilot first: the report is built from its results")
+        return write_report(ctx, state, check_lang(lang))
 
     def request_stop(state: UserState) -> None:
         if state.request_stop("pilot"):
@@ -214,7 +231,15 @@ def make_handlers(ctx: AppContext):
             yield f"**Tuning** ({len(ids)} prompts): {batch[-1]} …", gr.skip()
         yield "**Stopped**: the tuner did not finish, nothing was cached.", gr.skip()
 
-    return estimate, pilot, trace_of, request_stop, tune
+    return estimate, pilot, trace_of, request_stop, export_report, tune
+
+
+def write_report(ctx: AppContext, state: UserState, lang: str) -> str:
+    """The latest pilot's report in `lang`, as a file to download."""
+    runs, grid, report_ctx = state.pilot_report
+    path = ctx.new_files_dir() / f"easyspec_pilot_report_{lang}.html"
+    path.write_text(pilot_report_html(runs, grid, report_ctx, lang), encoding="utf-8")
+    return str(path)
 
 
 def _keep_pilot_run(state: UserState, item: PilotRun, prompt: str, prompt_ids: list[int]) -> None:
@@ -236,8 +261,10 @@ def _tuned_note(ctx: AppContext) -> str:
             f"{result.acceptance_rate:.2f} vs {result.baseline_rate:.2f} for N = 1, tuned {result.created}).")
 
 
-def build(ctx: AppContext, state: gr.State) -> None:
-    estimate, pilot, trace_of, request_stop, tune = make_handlers(ctx)
+def build(ctx: AppContext, state: gr.State, lang: gr.Radio):
+    """Lay the screen out (`lang`: the language switch, an input of every handler that writes text);
+    returns (handler, inputs, outputs) that the switch re-runs."""
+    estimate, pilot, trace_of, request_stop, export_report, tune = make_handlers(ctx)
     n_max = ctx.max_layer_parallel
     n_choices = sorted({n for n in (1, 2, 3, 4, 5, 6, 8) if n <= n_max} | {n_max})
     gr.Markdown("Run every setting of a grid on a set of prompts. Vanilla decoding runs first on each prompt: "
@@ -283,17 +310,24 @@ def build(ctx: AppContext, state: gr.State) -> None:
     projected = gr.Dataframe(headers=PROJECTION_COLUMNS, label="projected (not measured)", interactive=False,
                              elem_id="pilot-projection", wrap=True)
     with gr.Row():
+        with gr.Column():
+            report_file = gr.File(label="report (one HTML file, opens offline)", interactive=False,
+                                  elem_id="pilot-report")
+            export = gr.Button("Export report", elem_id="pilot-export")
         csv_file = gr.File(label="results (CSV)", interactive=False, elem_id="pilot-csv")
         json_file = gr.File(label="results (JSON)", interactive=False, elem_id="pilot-json")
         with gr.Column():
             trace_pick = gr.Dropdown([], label="Chrome trace of run", elem_id="pilot-trace-pick")
             trace_file = gr.File(label="trace (.json, opens in Perfetto)", interactive=False, elem_id="pilot-trace")
     for comp in inputs:
-        comp.change(estimate, inputs, estimate_md, api_visibility="private", queue=False, show_progress="hidden")
-    run.click(pilot, inputs + [comm, state],
-              [status, summary, runs, chart, csv_file, json_file, trace_pick, trace_file, projected, projected_note],
+        comp.change(estimate, inputs + [lang], estimate_md, api_visibility="private", queue=False,
+                    show_progress="hidden")
+    run.click(pilot, inputs + [comm, state, lang],
+              [status, summary, runs, chart, csv_file, json_file, trace_pick, trace_file, projected, projected_note,
+               report_file],
               api_name="pilot", concurrency_id="device", concurrency_limit=1)
     stop.click(request_stop, [state], None, queue=False, api_visibility="private")
+    export.click(export_report, [state, lang], report_file, api_visibility="private")
     trace_pick.change(trace_of, [trace_pick, state], trace_file, api_visibility="private")
     with gr.Accordion("Tune the layer plan (auto grouping)", open=False):
         gr.Markdown("Measures, on the prompts chosen above (greedy), how similar each draft layer's input is to the "
@@ -310,3 +344,4 @@ def build(ctx: AppContext, state: gr.State) -> None:
         tune_result = gr.Markdown("", elem_id="tune-result")
     tune_btn.click(tune, [prompt, source, prompt_set, n_prompts, upload, chat, tolerance, tune_tokens, state],
                    [tune_status, tune_result], api_name="tune", concurrency_id="device", concurrency_limit=1)
+    return estimate, inputs + [lang], [estimate_md]

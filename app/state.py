@@ -55,6 +55,7 @@ class UserState:
         self.last: dict[str, LastRun] = {}  # screen -> latest run ("generate", "compare:1", ...)
         self.pilot_runs: dict[str, LastRun] = {}  # the latest pilot's runs, by label
         self.runs: list[LastRun] = []  # finished runs of every screen, oldest first
+        self.pilot_report: tuple | None = None  # (runs, grid, ReportContext) of the latest finished pilot
 
     def __deepcopy__(self, memo) -> "UserState":
         # Gradio deep-copies a state's initial value; this object is already a fresh one per session

@@ -16,7 +16,7 @@ import time
 from typing import Callable, Sequence
 
 from .engine import SpecConfig
-from .pilot import PilotGrid, PilotRun, run_pilot, summarise
+from .pilot import PilotGrid, PilotRun, PilotSetting, result_row, run_pilot, summarise
 
 Progress = Callable[[str], None]
 
@@ -35,8 +35,9 @@ def per_position(runs: Sequence[PilotRun]) -> tuple[float, ...]:
 
 def acceptance(session, prompts: Sequence[str], layer_parallel: Sequence[int], calibration: Sequence[str],
                draft_len: int, max_new_tokens: int, temperatures: Sequence[float] = (0.0, 0.8), seed: int = 0,
-               progress: Progress = _stderr) -> list[dict]:
-    """One row per (temperature, N, policy); N = 1 is added as the reference when missing."""
+               progress: Progress = _stderr, keep: list | None = None) -> list[dict]:
+    """One row per (temperature, N, policy); N = 1 is added as the reference when missing. `keep`
+    receives (grid, runs) per temperature, for a report."""
     sizes = tuple(sorted(set(layer_parallel) | {1}))
     rows = []
     for temperature in temperatures:
@@ -48,6 +49,8 @@ def acceptance(session, prompts: Sequence[str], layer_parallel: Sequence[int], c
                 runs.append(event)
             else:
                 progress(f"acceptance T={temperature}: {event.label} ({event.done}/{event.total})")
+        if keep is not None:
+            keep.append((grid, runs))
         for s in summarise([r.row for r in runs]):
             if s["mode"] != "easyspec":
                 continue
@@ -97,15 +100,18 @@ def _hf_assisted(base, draft, ids: list[int], max_new_tokens: int, eos: list[int
 
 
 def speed(session, prompts: Sequence[str], settings: dict[str, SpecConfig], repeats: int, max_new_tokens: int,
-          with_transformers: bool = True, draft_len: int = 5, progress: Progress = _stderr) -> dict:
-    """Per setting: median tokens/s and median speedup over vanilla (per prompt and repeat), equality."""
+          with_transformers: bool = True, draft_len: int = 5, progress: Progress = _stderr,
+          keep: list | None = None) -> dict:
+    """Per setting: median tokens/s and median speedup over vanilla (per prompt and repeat), equality.
+    `keep` receives a `PilotRun` per engine run (prompt index, repeat after repeat), for a report."""
     if session.info.devices != 1 and with_transformers:
         raise ValueError("the comparison with transformers runs on one device: use --devices 1 or --no-transformers")
     prompt_ids = [session.encode(p, chat=True) for p in prompts]
     runners: dict[str, Callable[[list[int]], tuple[list[int], float]]] = {}
+    last_records: dict[str, list] = {}
     for label, cfg in settings.items():
-        def run(ids, cfg=cfg):
-            records = list(session.generate(ids, cfg))
+        def run(ids, cfg=cfg, label=label):
+            records = last_records[label] = list(session.generate(ids, cfg))
             return [t for r in records for t in r.token_ids], records[-1].end_ns / 1e9
         runners[label] = run
     if with_transformers:
@@ -132,6 +138,15 @@ def speed(session, prompts: Sequence[str], settings: dict[str, SpecConfig], repe
                 tokens, seconds = run(ids)
                 got[label] = tokens
                 rates[label].append(len(tokens) / seconds)
+            if keep is not None:
+                vanilla = None
+                for label in sorted(settings, key=lambda x: settings[x].mode != "vanilla"):  # vanilla first:
+                    cfg = settings[label]  # it is the rows' speedup reference
+                    setting, records = PilotSetting(label, cfg), last_records[label]
+                    run = PilotRun(i, setting, tuple(records), tuple(got[label]),
+                                   result_row(i, setting, len(ids), records, vanilla))
+                    vanilla = run if cfg.mode == "vanilla" else vanilla
+                    keep.append(run)
             for label in runners:
                 ratios[label].append(rates[label][-1] / rates["vanilla"][-1])
                 if rep == 0:
@@ -160,12 +175,13 @@ def machine() -> str:
 
 
 def git_commit() -> str:
-    """Short hash of the checkout the command runs from ("unknown" outside a git checkout)."""
+    """Short hash of the checkout this package runs from ("unknown" outside a git checkout)."""
     import subprocess
+    from pathlib import Path
 
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).resolve().parent).stdout.strip()
     except Exception:
         return "unknown"
 

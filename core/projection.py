@@ -189,3 +189,11 @@ def project_pilot(runs: Sequence, base_shape: Shape, draft_shape: Shape, devices
                          "speculative_utilisation": [round(u, 2) for u in p["speculative"]["utilisation"]],
                          "easyspec_utilisation": [round(u, 2) for u in p["easyspec"]["utilisation"]]})
     return rows
+
+
+def session_shapes(session) -> tuple[Shape, Shape]:
+    """(base, draft) shapes of a loaded session's decoders, values as wide as its dtype."""
+    width = 4 if session.info.dtype == "float32" else 2
+    base, draft = session.base.cfg, session.draft.cfg
+    return (Shape(base.n_layers, base.hidden_size, base.n_heads, width),
+            Shape(draft.n_layers, draft.hidden_size, draft.n_heads, width))

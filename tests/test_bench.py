@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import re
+
+import pytest
 
 from easyspec.app.cli import main
 
@@ -13,7 +16,8 @@ def test_bench_acceptance_and_speed(pair_dirs, tmp_path, capsys):
     common = ["--base", str(base), "--draft", str(draft), "--prompts", str(prompts), "--max-new-tokens", "12"]
     out = tmp_path / "acc"
     assert main(["bench", "acceptance", *common, "--layer-parallel", "2,4", "--calibration", "none,every-round",
-                 "--temperatures", "0,0.8", "--out", str(out), "--json"]) == 0
+                 "--temperatures", "0,0.8", "--out", str(out), "--json", "--report", str(tmp_path / "acc.html"),
+                 "--report-lang", "ja"]) == 0
     result = json.loads(capsys.readouterr().out)
     rows = result["rows"]
     assert {(r["temperature"], r["layer_parallel"], r["calibration"]) for r in rows} == {
@@ -28,15 +32,36 @@ def test_bench_acceptance_and_speed(pair_dirs, tmp_path, capsys):
     for t in ("0", "0.8"):  # the charts, self-contained HTML
         assert "plotly" in (tmp_path / f"acc_T{t}.html").read_text()[:200000].lower()
     assert json.loads(out.with_suffix(".json").read_text())["meta"]["command"].startswith("easyspec")
+    report = _report_data(tmp_path / "acc.html")  # the greedy pass, in Japanese
+    assert report["lang"] == "ja" and report["grid"]["temperature"] == 0.0
+    greedy = {(r["layer_parallel"], r["calibration"]): r for r in rows if r["temperature"] == 0}
+    for s in report["settings"][1:]:
+        assert s["acceptance_rate"] == greedy[(s["layer_parallel"], s["calibration"])]["acceptance_rate"]
+        assert s["equal_count"] == s["compared_count"] == 2
+    assert "T=0.8" in report["notes"][0]
 
     out = tmp_path / "speed"
-    assert main(["bench", "speed", *common, "--layer-parallel", "2", "--repeats", "2", "--out", str(out)]) == 0
+    assert main(["bench", "speed", *common, "--layer-parallel", "2", "--repeats", "2", "--out", str(out),
+                 "--report", str(tmp_path / "speed.html")]) == 0
     table = capsys.readouterr().out
     assert "transformers assisted k=5 constant" in table and "easyspec N=2 every-round k=5" in table
     rows = {r["setting"]: r for r in json.loads(out.with_suffix(".json").read_text())["rows"]}
     assert rows["vanilla"]["speedup_median"] == 1.0
     assert all(r["equal_to_vanilla"] == "2/2" for r in rows.values()), rows  # every row equals vanilla, HF too
     assert all(r["tokens_per_s_median"] > 0 for r in rows.values())
+    report = _report_data(tmp_path / "speed.html")
+    assert [s["setting"] for s in report["settings"]] == [x for x in rows if not x.startswith("transformers")]
+    assert len(report["settings"]) == 3 and "transformers" in report["notes"][0]
+    for s in report["settings"]:  # 2 prompts x 2 repeats; the same medians as the speed table
+        assert s["runs"] == 4 and s["speedup_spread"]["n"] == 4
+        assert s["speedup_spread"]["median"] == pytest.approx(rows[s["setting"]]["speedup_median"], rel=2e-3)
+        assert s["speedup_spread"]["min"] == pytest.approx(rows[s["setting"]]["speedup_min"], rel=2e-3)
+
+
+def _report_data(path) -> dict:
+    html = path.read_text(encoding="utf-8")
+    return json.loads(re.search(r'<script type="application/json" id="report-data">(.*?)</script>', html, re.S)
+                      .group(1))
 
 
 def test_bench_rejects_bad_settings(pair_dirs, capsys):

@@ -1,0 +1,173 @@
+"""English / Japanese: every label of the dashboard has a Japanese form, templates fill in their values,
+the page language follows ?lang= and the browser, and in a real browser the switch turns the UI to
+Japanese (drawn with a CJK font) and back, with the screens still working."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from easyspec.core.i18n import text, tr, ui_translation
+
+CHROMIUM = os.environ.get("EASYSPEC_CHROMIUM", "/usr/bin/chromium")
+REQUIRED = bool(os.environ.get("EASYSPEC_REQUIRE_BROWSER"))
+SHOTS = Path(__file__).resolve().parents[1] / "results" / "screenshots" / "browser_test"
+TIMEOUT_MS = 240_000
+
+
+def test_templates_fill_their_values():
+    assert ui_translation("column 3: mode", "ja") == "列 3：方式"
+    assert ui_translation("consecutive draft layers run as one parallel group (1..22 middle layers)", "ja") == \
+        "連続するドラフトのレイヤを 1 つの並列グループとして実行（中間レイヤ 1〜22）"
+    assert ui_translation("no such label", "ja") is None and tr("no such label", "ja") == "no such label"
+    assert text("report.c.count_faster", "ja", faster=2, total=4) == \
+        "EasySpec の 4 設定のうち 2 設定が通常デコードより速くなりました。"
+    with pytest.raises(ValueError, match="unknown language 'fr'"):
+        text("report.title", "fr")
+
+
+def test_requested_language():
+    from easyspec.app.i18n import requested_lang
+
+    def request(query=None, accept=""):
+        return SimpleNamespace(query_params=query or {}, headers={"accept-language": accept})
+
+    assert requested_lang(request({"lang": "ja"})) == "ja"
+    assert requested_lang(request({"lang": "en"}, "ja-JP,ja;q=0.9")) == "en"
+    assert requested_lang(request(accept="ja-JP,ja;q=0.9,en;q=0.8")) == "ja"
+    assert requested_lang(request(accept="en-US,ja;q=0.5")) == "en"
+    assert requested_lang(request({"lang": "xx"})) == "en" and requested_lang(None) == "en"
+
+
+def test_every_dashboard_label_has_a_japanese_form(pair_dirs):
+    """New labels must be added to assets/i18n_ja.json ("ui": English -> Japanese); this lists the missing."""
+    from easyspec.app.context import AppContext, AppOptions
+    from easyspec.app.dashboard import build_app
+    from easyspec.app.i18n import english_strings, translatable
+
+    base, draft = pair_dirs["qwen2"]
+    ctx = AppContext.start(AppOptions(base=str(base), draft=str(draft), allow_custom_models=True, probe=False))
+    try:
+        demo = build_app(ctx)
+        strings = english_strings(demo)
+        missing = sorted({v for kind, elem, attr, v in strings
+                          if ui_translation(v, "ja") is None})
+        assert not missing, "no Japanese for:\n" + "\n".join(missing)
+        assert len(strings) > 60
+        choices = [i.english["choices"] for i in translatable(demo) if "choices" in i.english]
+        assert ("built-in set", "built-in set") in [c for cs in choices for c in cs]
+    finally:
+        ctx.close()
+
+
+# -- in a real browser ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def browser():
+    try:
+        from playwright import sync_api
+    except ImportError:
+        if REQUIRED:
+            raise
+        pytest.skip("playwright is not installed (pip install '.[test]')")
+    if not shutil.which(CHROMIUM):
+        if REQUIRED:
+            raise RuntimeError(f"no Chromium at {CHROMIUM}: apt-get install chromium")
+        pytest.skip(f"no Chromium at {CHROMIUM}")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                              args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        yield b
+        b.close()
+
+
+def _wait_text(page, selector: str, text: str) -> None:
+    page.wait_for_function("([s, t]) => (document.querySelector(s)?.innerText || '').includes(t)", arg=[selector, text],
+                           timeout=TIMEOUT_MS)
+
+
+def test_switch_to_japanese_and_back(browser, app_url):
+    from browser_fonts import assert_cjk_drawn
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page = browser.new_page(viewport={"width": 1500, "height": 1000})
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(app_url)
+    page.wait_for_selector("#gen-run")
+    assert page.inner_text("#gen-run").strip() == "Run"
+    page.locator("#es-lang").get_by_text("日本語").click()
+    _wait_text(page, "#gen-run", "実行")
+    page.get_by_role("tab", name="パイロット評価").click()
+    _wait_text(page, "#pilot-run", "パイロット評価を実行")
+    assert page.get_by_text("組み込みセット").count() >= 1  # a choice label; its value stays "built-in set"
+    _wait_text(page, "#pilot-estimate", "回の実行")  # the estimate, re-written in Japanese
+    box = page.locator("#pilot-n-prompts input[type=number]")
+    box.fill("2")
+    box.press("Enter")
+    _wait_text(page, "#pilot-estimate", "× 2 プロンプト")  # the handlers still get the English values
+    page.get_by_role("tab", name="しくみ").click()
+    _wait_text(page, "#how-drafting", "レイヤ並列のドラフト")  # the explainer's own sentences, in Japanese
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(SHOTS / "ui_ja_how_it_works.png"), full_page=True)
+    assert_cjk_drawn(page, "#how-drafting strong")
+    page.locator("#es-lang").get_by_text("English").click()
+    _wait_text(page, "#how-drafting", "Sequential vs layer-parallel drafting")
+    page.get_by_role("tab", name="Pilot").click()
+    assert "× 2 prompts" in page.inner_text("#pilot-estimate")  # re-run on the switch, from the live inputs
+    page.get_by_role("tab", name="Generate").click()
+    _wait_text(page, "#gen-run", "Run")
+    assert page.get_by_role("tab", name="Pilot").count() == 1 and page.get_by_role("tab", name="生成").count() == 0
+    page.close()
+
+
+def test_page_opens_in_japanese_for_lang_ja_or_a_japanese_browser(browser, app_url):
+    page = browser.new_page(viewport={"width": 1500, "height": 1000})
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(app_url + "?lang=ja")
+    _wait_text(page, "#gen-run", "実行")
+    page.screenshot(path=str(SHOTS / "ui_ja_generate.png"), full_page=True)
+    page.close()
+    context = browser.new_context(locale="ja-JP")
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(app_url)
+    _wait_text(page, "#gen-run", "実行")
+    assert page.get_by_role("tab", name="しくみ").count() == 1
+    context.close()
+
+
+REPORT_LINK = "(lang) => [...document.querySelectorAll('#pilot-report a[href]')].some(a => a.href.includes(`report_${lang}`))"
+
+
+def _report(page, lang: str) -> str:
+    page.wait_for_function(REPORT_LINK, arg=lang, timeout=TIMEOUT_MS)
+    href = page.eval_on_selector_all("#pilot-report a[href]", f"as => as.map(a => a.href).find(h => h.includes("
+                                     f"'report_{lang}'))")
+    return page.request.get(href).text()
+
+
+def test_pilot_report_in_the_chosen_language(browser, app_url):
+    """A pilot run in Japanese gives a Japanese report; Export report after switching gives an English one."""
+    page = browser.new_page(viewport={"width": 1500, "height": 1000})
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(app_url + "?lang=ja")
+    _wait_text(page, "#gen-run", "実行")
+    page.get_by_role("tab", name="パイロット評価").click()
+    box = page.locator("#pilot-n-prompts input[type=number]")
+    box.fill("1")
+    box.press("Enter")
+    _wait_text(page, "#pilot-estimate", "× 1 プロンプト")
+    page.click("#pilot-run")
+    _wait_text(page, "#pilot-status", "完了")
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(SHOTS / "ui_ja_pilot.png"), full_page=True)
+    html = _report(page, "ja")
+    assert '<html lang="ja">' in html and text("report.question", "ja") in html
+    page.locator("#es-lang").get_by_text("English").click()
+    _wait_text(page, "#pilot-export", "Export report")
+    page.click("#pilot-export")
+    html = _report(page, "en")
+    assert '<html lang="en">' in html and text("report.question", "en") in html
+    page.close()
