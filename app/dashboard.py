@@ -48,6 +48,9 @@ def build_app(ctx: AppContext) -> gr.Blocks:
 
 def serve(options: AppOptions) -> int:
     """Load the session once, build the app and serve it until interrupted."""
+    if options.exposed and not options.auth:
+        print("easyspec app: WARNING: other machines can reach this app and no login is required "
+              "(add --auth-file FILE or --auth USER:PASSWORD)", file=sys.stderr)
     print(f"easyspec app: loading {options.pair_name or options.base} "
           f"({options.dtype}, {options.device}, G={options.devices}) …", file=sys.stderr)
     ctx = AppContext.start(options)
@@ -59,7 +62,8 @@ def serve(options: AppOptions) -> int:
         demo.queue(default_concurrency_limit=4)
         demo.launch(server_name=options.host, server_port=options.port, share=options.share, css=CSS,
                     theme=gr.themes.Soft(), max_file_size="5mb", footer_links=["api", "gradio"],
-                    allowed_paths=[str(ctx.files_dir)], quiet=False)
+                    allowed_paths=[str(ctx.files_dir)], quiet=False, auth=list(options.auth) or None,
+                    auth_message="EasySpec Studio: log in with the user name and password from the operator.")
     finally:
         ctx.close()
     return 0

@@ -12,6 +12,7 @@ import dataclasses
 import gradio as gr
 
 from easyspec.core.engine import CALIBRATION_POLICIES
+from easyspec.core.files import write_text_atomic
 from easyspec.core.pilot import (DEFAULT_PROMPTS, PilotGrid, PilotProgress, PilotRun, describe_seconds,
                                  estimate_seconds, pilot_json, rows_to_csv, run_pilot, summarise)
 from easyspec.core.projection import COMM_MODELS, Shape, project_pilot
@@ -158,8 +159,8 @@ def make_handlers(ctx: AppContext):
         summary = summarise(rows)
         folder = ctx.new_files_dir()
         csv_path, json_path = folder / "pilot_runs.csv", folder / "pilot.json"
-        csv_path.write_text(rows_to_csv(rows))
-        json_path.write_text(pilot_json(rows, grid, prompts, dataclasses.asdict(ctx.info)))
+        write_text_atomic(csv_path, rows_to_csv(rows))
+        write_text_atomic(json_path, pilot_json(rows, grid, prompts, dataclasses.asdict(ctx.info)))
         projected, projected_note = projection(ctx, kept, comm)
         labels = list(state.pilot_runs)
         done = "**Stopped** early" if last is not None and last.label == "stopped" else "**Done**"

@@ -13,11 +13,24 @@ import threading
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
+import torch
+
+from .decoder import DecoderConfig
 from .engine import SpecConfig, Stopping, check_prompt, generate
 from .grouping import layer_groups
 from .loading import PairSource, load_pair, parse_device, parse_dtype, resolve_pair
 from .records import RoundRecord
 from .text import encode_prompt
+
+
+class DeviceMemoryError(RuntimeError):
+    """A run needed more device memory than there is (torch's out-of-memory error, or the operator's
+    memory budget); the session stays usable for smaller runs."""
+
+
+def kv_cache_bytes(cfg: DecoderConfig, tokens: int, dtype: torch.dtype) -> int:
+    """Bytes of one KV cache for `tokens` positions: K and V, [L, Hkv, S, hd] each."""
+    return 2 * cfg.n_layers * cfg.n_kv_heads * tokens * cfg.head_dim * torch.empty((), dtype=dtype).element_size()
 
 
 @dataclass(frozen=True)
@@ -36,13 +49,16 @@ class Session:
     """Use as a context manager (or call close()) so that worker ranks are shut down."""
 
     def __init__(self, source: PairSource, dtype: str = "float32", device: str = "cpu", devices: int = 1,
-                 timeout_s: float = 60.0):
+                 timeout_s: float = 60.0, memory_budget_mb: float | None = None):
         parse_dtype(dtype)
         if devices < 1:
             raise ValueError(f"--devices must be >= 1; got {devices}")
         if devices == 1:
             parse_device(device)
+        if memory_budget_mb is not None and memory_budget_mb <= 0:
+            raise ValueError(f"--memory-budget-mb must be > 0; got {memory_budget_mb}")
         self.source, self.dtype, self.device, self.devices, self.timeout_s = source, dtype, device, devices, timeout_s
+        self.memory_budget_mb = memory_budget_mb
         self._lock = threading.Lock()
         self.ranks = None
         self._start()
@@ -50,8 +66,8 @@ class Session:
     @classmethod
     def open(cls, pair: str | None = None, base: str | None = None, draft: str | None = None,
              dtype: str = "float32", device: str = "cpu", with_draft: bool = True, devices: int = 1,
-             timeout_s: float = 60.0) -> "Session":
-        return cls(resolve_pair(base, draft, pair, with_draft), dtype, device, devices, timeout_s)
+             timeout_s: float = 60.0, memory_budget_mb: float | None = None) -> "Session":
+        return cls(resolve_pair(base, draft, pair, with_draft), dtype, device, devices, timeout_s, memory_budget_mb)
 
     def _start(self) -> None:
         if self.devices == 1:
@@ -105,18 +121,42 @@ class Session:
         self.validate(cfg, prompt_ids)
         return self._stream(list(prompt_ids), cfg)
 
+    def _check_budget(self, tokens: int, cfg: SpecConfig) -> None:
+        """The operator's memory budget, enforced the way a device enforces its memory: by raising
+        torch's out-of-memory error, so that a breach takes the same path as a real one."""
+        if self.memory_budget_mb is None:
+            return
+        dtype = parse_dtype(self.dtype)
+        need = kv_cache_bytes(self.base.cfg, tokens, dtype)
+        if cfg.mode != "vanilla" and self.draft is not None:
+            need += kv_cache_bytes(self.draft.cfg, tokens, dtype)
+        if need > self.memory_budget_mb * 1e6:
+            raise torch.OutOfMemoryError(f"the KV caches for {tokens} tokens need {need / 1e6:.1f} MB, over the "
+                                         f"memory budget of {self.memory_budget_mb:g} MB set at start")
+
     def _stream(self, prompt_ids: list[int], cfg: SpecConfig) -> Iterator[RoundRecord]:
         stopping = Stopping(self.pair.eos_ids, cfg.stop_strings, self.decode)
         with self._lock:
             if self.devices > 1 and self.ranks is None:  # an earlier failure took the ranks down
                 print("easyspec: restarting the worker ranks", file=sys.stderr)
                 self._start()
-            if self.ranks is None:
-                yield from generate(self.base, self.draft, prompt_ids, cfg, stopping, self.runtime)
-                return
+            started = False
             try:
+                self._check_budget(len(prompt_ids) + cfg.max_new_tokens, cfg)
+                started = True
                 yield from generate(self.base, self.draft, prompt_ids, cfg, stopping, self.runtime)
+            except torch.OutOfMemoryError as exc:
+                if self.ranks is not None and started:  # the other ranks may wait in a collective
+                    self.ranks.abort()
+                    self.ranks = None
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                raise DeviceMemoryError(
+                    f"out of device memory for a prompt of {len(prompt_ids)} tokens plus {cfg.max_new_tokens} new "
+                    f"tokens ({exc}). Shorten the prompt or lower max new tokens; shorter runs still work.") from None
             except Exception as exc:
+                if self.ranks is None:
+                    raise
                 reason = self.ranks.failure(exc)
                 self.ranks.abort()
                 self.ranks = None
