@@ -169,6 +169,8 @@ def _configs(args):
     from easyspec.core.engine import SpecConfig
     from easyspec.core.sampling import SamplingConfig
 
+    if args.devices < 1:
+        raise ValueError(f"--devices must be >= 1; got {args.devices}")
     sampling = SamplingConfig(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed)
     if args.layer_parallel is None:
         args.layer_parallel = 4 if args.devices == 1 else min(4, args.devices)

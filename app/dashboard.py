@@ -14,6 +14,7 @@ import gradio as gr
 
 from . import compare_tab, explainer_tab, generate_tab, pilot_tab
 from .context import AppContext, AppOptions
+from .fields import name_input_errors
 from .state import UserState
 
 CSS = """
@@ -43,6 +44,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
     for fn in demo.fns.values():
         if fn.fn is UserState:
             fn.api_visibility = "private"
+    name_input_errors(demo)
     return demo
 
 
@@ -63,6 +65,9 @@ def serve(options: AppOptions) -> int:
         demo.launch(server_name=options.host, server_port=options.port, share=options.share, css=CSS,
                     theme=gr.themes.Soft(), max_file_size="5mb", footer_links=["api", "gradio"],
                     allowed_paths=[str(ctx.files_dir)], quiet=False, auth=list(options.auth) or None,
+                    # Gradio's own refusals (a file path that was not uploaded, ...) reach clients as
+                    # their one-line message; the handlers turn every error into a message themselves.
+                    show_error=True,
                     auth_message="EasySpec Studio: log in with the user name and password from the operator.")
     finally:
         ctx.close()
