@@ -8,6 +8,7 @@ What it is not: the decoding loop (`engine.py`) or the multi-device protocol (`p
 """
 from __future__ import annotations
 
+import re
 import sys
 import threading
 from dataclasses import dataclass
@@ -26,6 +27,18 @@ from .text import encode_prompt
 class DeviceMemoryError(RuntimeError):
     """A run needed more device memory than there is (torch's out-of-memory error, or the operator's
     memory budget); the session stays usable for smaller runs."""
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """torch's out-of-memory error (CUDA), or the CPU allocator's refusal (a RuntimeError)."""
+    return isinstance(exc, torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "DefaultCPUAllocator: can't allocate memory" in str(exc))
+
+
+def _first_line(exc: BaseException) -> str:
+    """The gist of an allocator message, without the C++ assertion prefix."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return re.sub(r"^\[enforce fail at [^\]]*\] err == 0\. ", "", text)[:300]
 
 
 def kv_cache_bytes(cfg: DecoderConfig, tokens: int, dtype: torch.dtype) -> int:
@@ -145,16 +158,17 @@ class Session:
                 self._check_budget(len(prompt_ids) + cfg.max_new_tokens, cfg)
                 started = True
                 yield from generate(self.base, self.draft, prompt_ids, cfg, stopping, self.runtime)
-            except torch.OutOfMemoryError as exc:
-                if self.ranks is not None and started:  # the other ranks may wait in a collective
-                    self.ranks.abort()
-                    self.ranks = None
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-                raise DeviceMemoryError(
-                    f"out of device memory for a prompt of {len(prompt_ids)} tokens plus {cfg.max_new_tokens} new "
-                    f"tokens ({exc}). Shorten the prompt or lower max new tokens; shorter runs still work.") from None
             except Exception as exc:
+                if out_of_memory(exc):
+                    if self.ranks is not None and started:  # the other ranks may wait in a collective
+                        self.ranks.abort()
+                        self.ranks = None
+                    if torch.cuda.is_available():
+                        torch.cuda.empty_cache()
+                    raise DeviceMemoryError(
+                        f"out of device memory for a prompt of {len(prompt_ids)} tokens plus {cfg.max_new_tokens} "
+                        f"new tokens ({_first_line(exc)}). Shorten the prompt or lower max new tokens; "
+                        f"shorter runs still work.") from None
                 if self.ranks is None:
                     raise
                 reason = self.ranks.failure(exc)
