@@ -21,13 +21,6 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_app(base: Path, draft: Path, log_path: Path, extra: Sequence[str] = ()) -> Iterator[str]:
-    """Yield the app's URL once it answers; stop the process (by its pid) afterwards."""
-    with app_process(base, draft, log_path, extra) as (url, _):
-        yield url
-
-
-@contextlib.contextmanager
 def app_process(base: Path, draft: Path, log_path: Path,
                 extra: Sequence[str] = ()) -> Iterator[tuple[str, subprocess.Popen]]:
     """Yield (URL, process) once the app answers; stop the process (by its pid) afterwards."""

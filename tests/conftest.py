@@ -60,14 +60,20 @@ def assert_greedy_equal(tokens: list[int], reference: list[int], base, prompt_id
 
 
 @pytest.fixture(scope="session")
-def app_url(pair_dirs, tmp_path_factory):
-    """`easyspec app` on the small random Qwen2 pair, on a free localhost port (one per test session)."""
-    from app_server import running_app
+def app_server(pair_dirs, tmp_path_factory):
+    """(url, process) of `easyspec app` on the small random Qwen2 pair, on a free localhost port
+    (one per test session)."""
+    from app_server import app_process
 
     base, draft = pair_dirs["qwen2"]
     log = tmp_path_factory.mktemp("app") / "app.log"
-    with running_app(base, draft, log) as url:
-        yield url
+    with app_process(base, draft, log) as (url, proc):
+        yield url, proc
+
+
+@pytest.fixture(scope="session")
+def app_url(app_server):
+    return app_server[0]
 
 
 GUARDED_LOGIN = ("operator", "s3cret pass")
