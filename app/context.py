@@ -9,7 +9,7 @@ import ipaddress
 import sys
 import tempfile
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -41,7 +41,7 @@ class AppOptions:
     allow_custom_models: bool = False
     share: bool = False
     allow_remote: bool = False  # the operator's acknowledgement that other machines may connect
-    auth: tuple[tuple[str, str], ...] = ()  # (user, password) pairs; empty: no login
+    auth: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # (user, password) pairs; () = no login
     timeout_s: float = 60.0  # multi-device collective timeout: a rank that stops answering fails the run
     memory_budget_mb: float | None = None  # refuse runs whose KV caches would exceed this (as out-of-memory)
     probe: bool = True  # measure the session's speed at start (warm-up and pilot estimates)

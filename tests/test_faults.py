@@ -80,6 +80,37 @@ def test_rank_that_stops_answering_times_out(guarded):
     assert len(reference(client)) == 12 and proc.poll() is None
 
 
+def test_cli_killed_rank_is_one_error_line(pair_dirs, capsys):
+    """`easyspec generate --devices 2` with its worker rank killed once the run streams (or, on a
+    slow machine, while it loads): one line naming the rank, exit status 1, nothing left running."""
+    import threading
+
+    base, draft = pair_dirs["qwen2"]
+    me = psutil.Process()
+    killed: list[int] = []
+
+    def kill_rank() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not killed:
+            ranks = [p for p in me.children(recursive=True) if "spawn_main" in " ".join(p.cmdline())]
+            if ranks:
+                time.sleep(5)  # loading takes a second or two; then the run streams
+                os.kill(ranks[0].pid, signal.SIGKILL)
+                killed.append(ranks[0].pid)
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=kill_rank, daemon=True)
+    killer.start()
+    code = main(["generate", "--base", str(base), "--draft", str(draft), "--prompt", "x" * 50, "--devices", "2",
+                 "--layer-parallel", "2", "--max-new-tokens", "400"])
+    killer.join()
+    err = capsys.readouterr().err
+    assert killed and code == 1, err
+    assert re.search(r"easyspec: error: multi-device run failed: rank 1 exited with code -9", err), err
+    assert "Traceback" not in err and not [p for p in me.children(recursive=True)
+                                           if "spawn_main" in " ".join(p.cmdline())]
+
+
 def test_memory_budget_breach_is_an_out_of_memory_error(guarded):
     client, proc = guarded
     long_prompt = "x " * 200  # ~400 tokens: its KV caches need more than the 1 MB budget
