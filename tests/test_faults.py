@@ -89,15 +89,19 @@ def test_cli_killed_rank_is_one_error_line(pair_dirs, capsys):
     me = psutil.Process()
     killed: list[int] = []
 
+    def own_ranks() -> list[psutil.Process]:  # this process's own children: not the app fixtures' ranks
+        return [p for p in me.children() if "spawn_main" in " ".join(p.cmdline())]
+
     def kill_rank() -> None:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not killed:
-            ranks = [p for p in me.children(recursive=True) if "spawn_main" in " ".join(p.cmdline())]
-            if ranks:
-                time.sleep(5)  # loading takes a second or two; then the run streams
-                os.kill(ranks[0].pid, signal.SIGKILL)
-                killed.append(ranks[0].pid)
-            time.sleep(0.2)
+            for rank in own_ranks():
+                # Once the rank has joined the process group (its gloo connections are up), rank 0
+                # notices its death at the next collective: while loading or while generating.
+                if any(c.status == psutil.CONN_ESTABLISHED for c in rank.net_connections()):
+                    os.kill(rank.pid, signal.SIGKILL)
+                    killed.append(rank.pid)
+            time.sleep(0.05)
 
     killer = threading.Thread(target=kill_rank, daemon=True)
     killer.start()
@@ -107,8 +111,7 @@ def test_cli_killed_rank_is_one_error_line(pair_dirs, capsys):
     err = capsys.readouterr().err
     assert killed and code == 1, err
     assert re.search(r"easyspec: error: multi-device run failed: rank 1 exited with code -9", err), err
-    assert "Traceback" not in err and not [p for p in me.children(recursive=True)
-                                           if "spawn_main" in " ".join(p.cmdline())]
+    assert "Traceback" not in err and not own_ranks()
 
 
 def test_memory_budget_breach_is_an_out_of_memory_error(guarded):
