@@ -12,7 +12,7 @@ import functools
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, reject, settings
+from hypothesis import HealthCheck, event, given, reject, settings
 from hypothesis import strategies as st
 
 from conftest import CPU, TIE_MARGIN, tokens_of
@@ -51,6 +51,7 @@ def check_lossless(tokens: list[int], reference: list[int], base, prompt: list[i
             ids = torch.tensor(prompt + reference[:i])
             top2 = base.forward(ids, 0, base.new_cache(len(ids)))[0].topk(2).values
         if float(top2[0] - top2[1]) < TIE_MARGIN:
+            event("rejected: a genuine tie of the base's top two logits")
             reject()
     raise AssertionError(f"differs from vanilla at new token {i}: {tokens[i:i + 5]} vs {reference[i:i + 5]}")
 
