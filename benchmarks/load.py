@@ -20,7 +20,7 @@ import argparse
 import datetime
 import json
 import random
-import statistics
+import shlex
 import sys
 import threading
 import time
@@ -319,6 +319,8 @@ def summarise(plan, outcomes, mismatches, checked, sampler, baseline, end_rss, w
     unexpected = [asdict(o) | {"token_ids": None} for o in outcomes.values() if o.status in ("error", "hung")]
     compare_disagree = [o.index for o in outcomes.values() if o.kind == "compare" and o.identical is False]
     peak = max((v for _, v in sampler.samples), default=None)
+    values = [v for _, v in sampler.samples]
+    quarters = [_mb(max(values[: max(1, len(values) * q // 4)])) for q in (1, 2, 3, 4)] if values else []
     growth = None if baseline is None or end_rss is None else (end_rss - baseline) / 1e6
     memory_ok = growth is not None and growth <= growth_allowance_mb
     checks = {"none_lost": not lost, "none_hung": statuses.get("hung", 0) == 0, "no_unexpected_errors": not unexpected,
@@ -337,6 +339,7 @@ def summarise(plan, outcomes, mismatches, checked, sampler, baseline, end_rss, w
         "greedy_checked_alone": checked, "greedy_mismatches": mismatches,
         "memory": {"app_pid": app_pid, "baseline_mb": _mb(baseline), "peak_mb": _mb(peak), "end_mb": _mb(end_rss),
                    "growth_mb": None if growth is None else round(growth, 1),
+                   "peak_by_quarter_mb": quarters,  # peak RSS up to 1/4, 1/2, 3/4 and all of the run
                    "allowance_mb": growth_allowance_mb, "samples": len(sampler.samples)},
         "unexpected": unexpected[:20], "checks": checks, "passed": all(checks.values()),
     }
@@ -396,7 +399,8 @@ def main(argv: list[str] | None = None) -> int:
     result = run_load(args.url, args.clients, args.requests, args.short_tokens, args.long_tokens, args.seed, auth,
                       args.deadline_s, args.app_pid, args.growth_allowance_mb, args.long_repeat, args.distinct)
     result["meta"] = {"started": started, "machine": machine(), "commit": git_commit(), "label": args.label,
-                      "command": " ".join(["python benchmarks/load.py", *(argv if argv is not None else sys.argv[1:])])}
+                      "command": shlex.join(["python", "benchmarks/load.py",
+                                             *(argv if argv is not None else sys.argv[1:])])}
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(args.out + ".json", json.dumps(result, indent=1))
