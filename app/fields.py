@@ -46,8 +46,6 @@ def name_input_errors(demo: gr.Blocks) -> None:
 def _checked(component, preprocess):
     @functools.wraps(preprocess)
     def wrapper(payload):
-        if payload is None:  # an optional input left out: the handler's default applies
-            return preprocess(payload)
         try:
             return preprocess(payload)
         except Exception:

@@ -86,6 +86,8 @@ CASES = [
     Case("k out of range", "/generate", dict(prompt=PROMPT, draft_len=0), "draft length k must be between 1 and 12"),
     Case("max new tokens not a number", "/generate", dict(prompt=PROMPT, max_new_tokens="many"),
          "max new tokens must be a number; got 'many'"),
+    Case("max new tokens missing", "/generate", dict(prompt=PROMPT, max_new_tokens=None),
+         "max new tokens must be a number; got None"),
     Case("top-p 0", "/generate", dict(prompt=PROMPT, top_p=0.0), "top-p must be between 0.05 and 1"),
     Case("negative top-k", "/generate", dict(prompt=PROMPT, top_k=-3), r"top-k \(0 = off\) must be at least 0"),
     Case("temperature 5", "/generate", dict(prompt=PROMPT, temperature=5), "temperature .* must be between 0 and 2"),
