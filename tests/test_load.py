@@ -31,7 +31,8 @@ def test_load_on_the_small_pair(app_server, tmp_path):
     assert kinds["invalid"] == {"rejected": kinds["invalid"]["rejected"]}  # each got its specific message
     assert result["greedy_checked_alone"] >= 5 and not result["greedy_mismatches"]
     m = result["memory"]
-    assert m["peak_mb"] > 0 and m["growth_mb"] <= m["allowance_mb"]
+    assert m["peak_mb"] > 0 and m["second_half_growth_mb"] <= m["allowance_mb"]
+    assert m["peak_by_quarter_mb"] == sorted(m["peak_by_quarter_mb"])
     assert result["latency_s"]["p50"] <= result["latency_s"]["p95"]
     assert "| requests | clients | served |" in (tmp_path / "load.md").read_text()
     assert proc.poll() is None  # the app is still up
