@@ -116,6 +116,10 @@ class Ranks:
         return DistributedError(f"multi-device run failed: {what}. All ranks were stopped; the next run "
                                 f"starts them again.")
 
+    def alive(self) -> bool:
+        """Whether every follower this process spawned is still running."""
+        return all(p.is_alive() for p in self.procs)
+
     def abort(self) -> None:
         """Stop every follower now and leave the process group; nothing is left running."""
         for p in self.procs:

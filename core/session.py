@@ -75,6 +75,11 @@ class Session:
         self._lock = threading.Lock()
         self.ranks = None
         self._start()
+        self._closed = threading.Event()
+        self._keepalive = None
+        if devices > 1:
+            self._keepalive = threading.Thread(target=self._keep_ranks_alive, name="easyspec-keepalive", daemon=True)
+            self._keepalive.start()
 
     @classmethod
     def open(cls, pair: str | None = None, base: str | None = None, draft: str | None = None,
@@ -100,7 +105,27 @@ class Session:
             devices=self.devices, draft_layers=self.draft.cfg.n_layers if self.draft else None,
             base_layers=self.base.cfg.n_layers, context_window=self.base.cfg.max_position)
 
+    def _keep_ranks_alive(self) -> None:
+        """Between generations the followers wait for rank 0 inside a collective that times out after
+        timeout_s: ping them every timeout_s / 3 while no generation holds the devices. A ping that
+        fails means a rank died while idle: the ranks are stopped now and restarted by the next run."""
+        while not self._closed.wait(self.timeout_s / 3):
+            if not self._lock.acquire(blocking=False):
+                continue  # a generation is running: its own collectives keep the followers busy
+            try:
+                if self.ranks is not None:
+                    self.ranks.leader.ping()
+            except Exception as exc:
+                print(f"easyspec: {self.ranks.failure(exc)}", file=sys.stderr)
+                self.ranks.abort()
+                self.ranks = None
+            finally:
+                self._lock.release()
+
     def close(self) -> None:
+        self._closed.set()
+        if self._keepalive is not None:
+            self._keepalive.join()
         if self.ranks is not None:
             self.ranks.stop()
             self.ranks = None
@@ -150,6 +175,10 @@ class Session:
     def _stream(self, prompt_ids: list[int], cfg: SpecConfig) -> Iterator[RoundRecord]:
         stopping = Stopping(self.pair.eos_ids, cfg.stop_strings, self.decode)
         with self._lock:
+            if self.ranks is not None and not self.ranks.alive():  # a rank died while idle
+                print(f"easyspec: {self.ranks.failure(RuntimeError('exited while idle'))}", file=sys.stderr)
+                self.ranks.abort()
+                self.ranks = None
             if self.devices > 1 and self.ranks is None:  # an earlier failure took the ranks down
                 print("easyspec: restarting the worker ranks", file=sys.stderr)
                 self._start()

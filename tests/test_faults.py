@@ -80,6 +80,27 @@ def test_rank_that_stops_answering_times_out(guarded):
     assert len(reference(client)) == 12 and proc.poll() is None
 
 
+def test_idle_longer_than_the_collective_timeout_keeps_the_ranks(guarded):
+    """Idle followers wait inside a collective that times out after --timeout (8 s here); rank 0
+    pings them while idle, so the next request after a long pause is served by the same ranks."""
+    client, proc = guarded
+    reference(client)
+    ranks = worker_ranks(proc)
+    time.sleep(20)
+    assert len(reference(client)) == 12
+    assert [r.pid for r in worker_ranks(proc)] == [r.pid for r in ranks]
+
+
+def test_rank_killed_while_idle_is_replaced_before_the_next_request(guarded):
+    client, proc = guarded
+    before = reference(client)
+    rank = worker_ranks(proc)[0]
+    os.kill(rank.pid, signal.SIGKILL)
+    time.sleep(1)
+    assert reference(client) == before  # no error: the dead rank is noticed and the ranks restarted
+    assert rank.pid not in [r.pid for r in worker_ranks(proc)] and len(worker_ranks(proc)) == 1
+
+
 def test_cli_killed_rank_is_one_error_line(pair_dirs, capsys):
     """`easyspec generate --devices 2` with its worker rank killed once the run streams (or, on a
     slow machine, while it loads): one line naming the rank, exit status 1, nothing left running."""
