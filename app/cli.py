@@ -25,6 +25,8 @@ def _add_generate(sub) -> None:
     src.add_argument("--draft", help="draft model: Hugging Face id or local checkpoint folder")
     src.add_argument("--dtype", default="float32", help="float32 | bfloat16 (default float32)")
     src.add_argument("--device", default="cpu", help="cpu | cuda (default cpu)")
+    src.add_argument("--memory-budget-mb", type=float, default=None,
+                     help="refuse a run whose KV caches would exceed this many MB, as an out-of-memory error")
     src.add_argument("--devices", type=int, default=1,
                      help="G ranks: the base tensor-parallel over G devices, the draft's fuzzy groups across them "
                           "(CPU: G gloo processes; under torchrun, the number of ranks it started)")
@@ -60,7 +62,17 @@ def _add_app(sub) -> None:
     p = sub.add_parser("app", help="serve the dashboard (Generate, Compare, Pilot, How it works) in a browser",
                        description="Serve the EasySpec Studio dashboard on one engine session (models loaded once).")
     p.add_argument("--port", type=int, default=7860, help="TCP port (default 7860)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine only)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1, this machine only; any other needs --allow-remote)")
+    p.add_argument("--allow-remote", action="store_true",
+                   help="confirm that other machines may connect (needed for a non-loopback --host or --share true)")
+    p.add_argument("--auth", action="append", metavar="USER:PASSWORD",
+                   help="require a login (repeatable); prefer --auth-file, command lines are visible to other users")
+    p.add_argument("--auth-file", help="require a login: a UTF-8 file with one USER:PASSWORD per line")
+    p.add_argument("--timeout", type=float, default=60.0,
+                   help="seconds a multi-device collective may wait for a rank before the run fails (default 60)")
+    p.add_argument("--memory-budget-mb", type=float, default=None,
+                   help="refuse a run whose KV caches would exceed this many MB, as an out-of-memory error")
     p.add_argument("--devices", type=int, default=1, help="G devices (ranks) for the session; shown read-only")
     p.add_argument("--pair", help="a configured offline pair (default qwen2.5-coder)")
     p.add_argument("--base", help="custom base model id or folder (needs --allow-custom-models)")
@@ -189,6 +201,8 @@ def _configs(args):
     from easyspec.core.engine import SpecConfig
     from easyspec.core.sampling import SamplingConfig
 
+    if args.devices < 1:
+        raise ValueError(f"--devices must be >= 1; got {args.devices}")
     sampling = SamplingConfig(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed)
     if args.layer_parallel is None:
         args.layer_parallel = 4 if args.devices == 1 else min(4, args.devices)
@@ -225,7 +239,7 @@ def cmd_generate(args) -> int:
         run_follower(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), "env://", source, args.dtype,
                      args.device, 60.0, int(os.environ.get("LOCAL_RANK", 0)))
         return 0
-    with Session(source, args.dtype, args.device, args.devices) as session:
+    with Session(source, args.dtype, args.device, args.devices, memory_budget_mb=args.memory_budget_mb) as session:
         return _generate_in(session, spec, prompt, args)
 
 
@@ -294,12 +308,16 @@ def _generate_in(session, spec, prompt: str, args) -> int:
 
 
 def cmd_app(args) -> int:
-    from easyspec.app.context import AppOptions
-    from easyspec.app.dashboard import serve
+    from easyspec.app.context import AppOptions, parse_auth
 
-    return serve(AppOptions(host=args.host, port=args.port, devices=args.devices, pair=args.pair, base=args.base,
-                            draft=args.draft, dtype=args.dtype, device=args.device,
-                            allow_custom_models=args.allow_custom_models, share=args.share == "true"))
+    options = AppOptions(host=args.host, port=args.port, devices=args.devices, pair=args.pair, base=args.base,
+                         draft=args.draft, dtype=args.dtype, device=args.device,
+                         allow_custom_models=args.allow_custom_models, share=args.share == "true",
+                         allow_remote=args.allow_remote, auth=parse_auth(args.auth, args.auth_file),
+                         timeout_s=args.timeout, memory_budget_mb=args.memory_budget_mb)
+    from easyspec.app.dashboard import serve  # gradio: imported only once the options are valid
+
+    return serve(options)
 
 
 def cmd_cache(args) -> int:
@@ -335,13 +353,14 @@ def cmd_bench(args) -> int:
 
 
 def _write_report(args, session, prompts, runs, grid, notes) -> None:
+    from easyspec.core.files import write_text_atomic
     from easyspec.core.report import context_for
     from easyspec.visualizations.report import pilot_report_html
 
     ctx = context_for(session, prompts, " ".join(["easyspec", *sys.argv[1:]]), notes=notes)
     path = Path(args.report)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(pilot_report_html(runs, grid, ctx, args.report_lang), encoding="utf-8")
+    write_text_atomic(path, pilot_report_html(runs, grid, ctx, args.report_lang))
     print(f"easyspec: report written to {path}", file=sys.stderr)
 
 
@@ -413,6 +432,7 @@ def cmd_tune(args) -> int:
     from easyspec.core.loading import resolve_pair
     from easyspec.core.prompt_sets import BUILTIN_SETS, builtin_prompts, read_prompt_file
     from easyspec.core.session import Session
+    from easyspec.core.files import write_text_atomic
     from easyspec.core.tuning import TuneConfig, markdown, tuning_path
 
     cfg = TuneConfig(tolerance=args.tolerance, max_group=args.max_group, draft_len=args.draft_len,
@@ -427,11 +447,22 @@ def cmd_tune(args) -> int:
     text = markdown(result)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(f"{args.out}.json").write_text(json.dumps(result.as_dict(), indent=1))
-        Path(f"{args.out}.md").write_text(text)
+        write_text_atomic(f"{args.out}.json", json.dumps(result.as_dict(), indent=1))
+        write_text_atomic(f"{args.out}.md", text)
     print(json.dumps(result.as_dict()) if args.json else text)
     print(f"easyspec: tuned plan {result.plan} cached in {tuning_path(key)}; use --groups auto", file=sys.stderr)
     return 0
+
+
+def _fault_message(exc: Exception) -> str | None:
+    """The message of a fault that explains itself (a file that cannot be written, a rank that died,
+    out of memory); None for anything else. Looked up lazily: `cache info` never imports torch."""
+    if isinstance(exc, OSError) and exc.filename:
+        return f"{exc.filename}: {exc.strerror or exc}"
+    kinds = tuple(getattr(sys.modules[m], n) for m, n in (("easyspec.core.parallel", "DistributedError"),
+                                                          ("easyspec.core.session", "DeviceMemoryError"))
+                  if m in sys.modules)
+    return str(exc) if kinds and isinstance(exc, kinds) else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -445,9 +476,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("easyspec: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # an unexpected failure: still no traceback unless asked for
+    except Exception as exc:  # a fault or an unexpected failure: still no traceback unless asked for
         if os.environ.get("EASYSPEC_DEBUG"):
             raise
+        fault = _fault_message(exc)
+        if fault is not None:
+            print(f"easyspec: error: {fault}", file=sys.stderr)
+            return 1
         print(f"easyspec: internal error: {type(exc).__name__}: {exc} (set EASYSPEC_DEBUG=1 for a traceback)",
               file=sys.stderr)
         return 1

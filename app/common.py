@@ -16,7 +16,9 @@ from typing import Callable
 import gradio as gr
 
 from easyspec.core.chrome_trace import write_chrome_trace
+from easyspec.core.parallel import DistributedError
 from easyspec.core.records import RunHeader, save_run
+from easyspec.core.session import DeviceMemoryError
 
 from .context import AppContext
 from .live import LiveRun
@@ -29,6 +31,9 @@ def _as_gr_error(exc: Exception) -> gr.Error:
         return exc
     if isinstance(exc, ValueError):
         return gr.Error(ui_message(exc), title="Please check the input", print_exception=False)
+    if isinstance(exc, (DeviceMemoryError, DistributedError)):  # faults with a message of their own
+        print(f"easyspec app: run failed: {exc}", file=sys.stderr)
+        return gr.Error(f"{ui_message(exc)} The app is still running.", title="Run failed", print_exception=False)
     print(f"easyspec app: unexpected error\n{traceback.format_exc()}", file=sys.stderr)
     return gr.Error(f"The run failed: {type(exc).__name__}: {exc}. The app is still running; see the server "
                     f"log for details.", title="Run failed", print_exception=False)

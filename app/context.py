@@ -5,10 +5,11 @@ per-user data lives in `gr.State` (`state.py`), never here.
 """
 from __future__ import annotations
 
+import ipaddress
 import sys
 import tempfile
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -39,11 +40,25 @@ class AppOptions:
     device: str = "cpu"
     allow_custom_models: bool = False
     share: bool = False
+    allow_remote: bool = False  # the operator's acknowledgement that other machines may connect
+    auth: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # (user, password) pairs; () = no login
+    timeout_s: float = 60.0  # multi-device collective timeout: a rank that stops answering fails the run
+    memory_budget_mb: float | None = None  # refuse runs whose KV caches would exceed this (as out-of-memory)
     probe: bool = True  # measure the session's speed at start (warm-up and pilot estimates)
 
     def __post_init__(self) -> None:
         if not 1 <= self.port <= 65535:
             raise ValueError(f"--port must be between 1 and 65535; got {self.port}")
+        if not (is_loopback(self.host) or self.allow_remote):
+            raise ValueError(f"--host {self.host} would serve the app to other machines: add --allow-remote to "
+                             f"confirm (and --auth USER:PASSWORD or --auth-file FILE to require a login)")
+        if self.share and not self.allow_remote:
+            raise ValueError("--share true publishes the app on a public gradio.live address: add --allow-remote "
+                             "to confirm (and --auth USER:PASSWORD or --auth-file FILE to require a login)")
+        if self.timeout_s <= 0:
+            raise ValueError(f"--timeout must be > 0 seconds; got {self.timeout_s}")
+        if self.memory_budget_mb is not None and self.memory_budget_mb <= 0:
+            raise ValueError(f"--memory-budget-mb must be > 0; got {self.memory_budget_mb}")
         if self.devices < 1:
             raise ValueError(f"--devices must be >= 1; got {self.devices}")
         if (self.base or self.draft) and not self.allow_custom_models:
@@ -57,6 +72,45 @@ class AppOptions:
     @property
     def pair_name(self) -> str | None:
         return None if self.base else (self.pair or DEFAULT_PAIR)
+
+    @property
+    def exposed(self) -> bool:
+        return self.share or not is_loopback(self.host)
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
+def parse_auth(pairs: list[str] | None = None, auth_file: str | None = None) -> tuple[tuple[str, str], ...]:
+    """(user, password) pairs from `USER:PASSWORD` strings and/or a file with one such line each
+    (blank lines and lines starting with # are skipped)."""
+    items = [(f"--auth (number {i})", p) for i, p in enumerate(pairs or [], 1)]  # never echo a password
+    if auth_file is not None:
+        path = Path(auth_file)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ValueError(f"--auth-file {path}: no such file") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"--auth-file {path}: cannot be read as UTF-8 text ({exc})") from None
+        items += [(f"--auth-file {path} line {n}", line.strip()) for n, line in enumerate(text.splitlines(), 1)
+                  if line.strip() and not line.lstrip().startswith("#")]
+        if not any(where.startswith("--auth-file") for where, _ in items):
+            raise ValueError(f"--auth-file {path}: no USER:PASSWORD lines in it")
+    out = []
+    for where, item in items:
+        user, sep, password = item.partition(":")
+        if not sep or not user.strip() or not password:
+            raise ValueError(f"{where}: expected USER:PASSWORD with a non-empty user and password")
+        out.append((user.strip(), password))
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -92,7 +146,8 @@ class AppContext:
     @classmethod
     def start(cls, options: AppOptions) -> "AppContext":
         session = Session.open(pair=options.pair_name, base=options.base, draft=options.draft, dtype=options.dtype,
-                               device=options.device, devices=options.devices)
+                               device=options.device, devices=options.devices, timeout_s=options.timeout_s,
+                               memory_budget_mb=options.memory_budget_mb)
         try:
             throughput = on_thread(lambda: measure_throughput(session)) if options.probe else None
         except Exception:

@@ -16,6 +16,7 @@ from easyspec.core.i18n import text
 
 from . import compare_tab, explainer_tab, generate_tab, i18n, pilot_tab
 from .context import AppContext, AppOptions
+from .fields import name_input_errors
 from .state import UserState
 
 CSS = """
@@ -49,11 +50,15 @@ def build_app(ctx: AppContext) -> gr.Blocks:
     for fn in demo.fns.values():
         if fn.fn is UserState:
             fn.api_visibility = "private"
+    name_input_errors(demo)
     return demo
 
 
 def serve(options: AppOptions) -> int:
     """Load the session once, build the app and serve it until interrupted."""
+    if options.exposed and not options.auth:
+        print("easyspec app: WARNING: other machines can reach this app and no login is required "
+              "(add --auth-file FILE or --auth USER:PASSWORD)", file=sys.stderr)
     print(f"easyspec app: loading {options.pair_name or options.base} "
           f"({options.dtype}, {options.device}, G={options.devices}) …", file=sys.stderr)
     ctx = AppContext.start(options)
@@ -65,7 +70,11 @@ def serve(options: AppOptions) -> int:
         demo.queue(default_concurrency_limit=4)
         demo.launch(server_name=options.host, server_port=options.port, share=options.share, css=CSS,
                     theme=gr.themes.Soft(), max_file_size="5mb", footer_links=["api", "gradio"],
-                    allowed_paths=[str(ctx.files_dir)], quiet=False)
+                    allowed_paths=[str(ctx.files_dir)], quiet=False, auth=list(options.auth) or None,
+                    # Gradio's own refusals (a file path that was not uploaded, ...) reach clients as
+                    # their one-line message; the handlers turn every error into a message themselves.
+                    show_error=True,
+                    auth_message="EasySpec Studio: log in with the user name and password from the operator.")
     finally:
         ctx.close()
     return 0

@@ -14,6 +14,7 @@ import gradio as gr
 
 from easyspec.core.engine import CALIBRATION_POLICIES
 from easyspec.core.i18n import check_lang, text, tr
+from easyspec.core.files import write_text_atomic
 from easyspec.core.pilot import (DEFAULT_PROMPTS, PilotGrid, PilotProgress, PilotRun, describe_seconds,
                                  estimate_seconds, pilot_json, rows_to_csv, run_pilot, summarise)
 from easyspec.core.projection import COMM_MODELS, project_pilot, session_shapes
@@ -162,8 +163,8 @@ def make_handlers(ctx: AppContext):
         summary = summarise(rows)
         folder = ctx.new_files_dir()
         csv_path, json_path = folder / "pilot_runs.csv", folder / "pilot.json"
-        csv_path.write_text(rows_to_csv(rows))
-        json_path.write_text(pilot_json(rows, grid, prompts, dataclasses.asdict(ctx.info)))
+        write_text_atomic(csv_path, rows_to_csv(rows))
+        write_text_atomic(json_path, pilot_json(rows, grid, prompts, dataclasses.asdict(ctx.info)))
         projected, projected_note = projection(ctx, kept, comm, lang)
         report_path = None
         if kept:
@@ -238,7 +239,7 @@ def write_report(ctx: AppContext, state: UserState, lang: str) -> str:
     """The latest pilot's report in `lang`, as a file to download."""
     runs, grid, report_ctx = state.pilot_report
     path = ctx.new_files_dir() / f"easyspec_pilot_report_{lang}.html"
-    path.write_text(pilot_report_html(runs, grid, report_ctx, lang), encoding="utf-8")
+    write_text_atomic(path, pilot_report_html(runs, grid, report_ctx, lang))
     return str(path)
 
 

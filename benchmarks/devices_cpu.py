@@ -15,6 +15,7 @@ from pathlib import Path
 from easyspec.core import metrics
 from easyspec.core.bench import git_commit, machine
 from easyspec.core.engine import SpecConfig
+from easyspec.core.files import write_text_atomic
 from easyspec.core.loading import resolve_pair
 from easyspec.core.session import Session
 from easyspec.core.tracing import exclusive_seconds
@@ -103,8 +104,8 @@ def main() -> None:
         for row in g.values():
             row.pop("records")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out + ".json").write_text(json.dumps(res, indent=1, default=str))
-    Path(args.out + ".md").write_text("\n".join(lines) + "\n")
+    write_text_atomic(args.out + ".json", json.dumps(res, indent=1, default=str))
+    write_text_atomic(args.out + ".md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

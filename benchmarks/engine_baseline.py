@@ -21,6 +21,7 @@ import transformers
 from easyspec.core import metrics
 from easyspec.core.bench import git_commit, machine
 from easyspec.core.engine import SpecConfig, Stopping, generate
+from easyspec.core.files import write_text_atomic
 from easyspec.core.loading import load_pair, resolve_pair
 from easyspec.core.text import encode_prompt
 
@@ -109,8 +110,8 @@ def main() -> None:
                          f"python {platform.python_version()}",
             "dtypes": dtypes, "max_new_tokens": args.max_new_tokens, "draft_len": args.draft_len}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out + ".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    Path(args.out + ".md").write_text(markdown(rows, meta))
+    write_text_atomic(args.out + ".json", json.dumps({"meta": meta, "rows": rows}, indent=1))
+    write_text_atomic(args.out + ".md", markdown(rows, meta))
     print(markdown(rows, meta))
 
 

@@ -20,7 +20,8 @@ from pathlib import Path
 from easyspec.core import metrics
 from easyspec.core.bench import git_commit, machine
 from easyspec.core.engine import SpecConfig
-from easyspec.core.grouping import describe, layer_groups
+from easyspec.core.files import write_text_atomic
+from easyspec.core.grouping import describe
 from easyspec.core.prompt_sets import builtin_prompts
 from easyspec.core.session import Session
 from easyspec.core.tuning import TuneConfig, markdown
@@ -79,7 +80,8 @@ def main() -> None:
             "eval_tokens": args.eval_tokens, "command": "python benchmarks/tuning.py " + " ".join(sys.argv[1:])}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "tuning": result.as_dict(), "rows": rows}, indent=1))
+    write_text_atomic(out.with_suffix(".json"), json.dumps({"meta": meta, "tuning": result.as_dict(), "rows": rows},
+                                                           indent=1))
     lines = [f"# Equal groups against the auto-tuned plan (qwen2.5-coder pair, {args.dtype})", "",
              f"{started}, {meta['machine']}, commit {meta['commit']}. Command: `{meta['command']}`. Greedy, chat "
              f"template. Tuned on {len(tune_ids)} prompts ({args.tune_tokens} tokens); the table below is measured "
@@ -93,7 +95,7 @@ def main() -> None:
                   f"N = 1, on the held-out prompts): **{'met' if target else 'not met'}** (tuned plan "
                   f"{tuned['steps']} steps vs {n4['steps']}, {tuned['vs_n1']:+.1%}).", "",
               "## The tuner's own run (calibration prompts)", "", markdown(result)]
-    out.with_suffix(".md").write_text("\n".join(lines))
+    write_text_atomic(out.with_suffix(".md"), "\n".join(lines))
     print("\n".join(lines))
 
 

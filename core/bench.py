@@ -239,7 +239,9 @@ def write_results(out: str, kind: str, result: dict) -> None:
     import json
     from pathlib import Path
 
+    from .files import write_text_atomic
+
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.with_suffix(".json").write_text(json.dumps(result, indent=1))
-    path.with_suffix(".md").write_text(markdown(kind, result))
+    write_text_atomic(path.with_suffix(".json"), json.dumps(result, indent=1))
+    write_text_atomic(path.with_suffix(".md"), markdown(kind, result))

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
+from .files import write_text_atomic
 from .records import RoundRecord
 
 LANES = {  # phase -> (lane id, lane name)
@@ -53,7 +54,4 @@ def chrome_trace(records: Sequence[RoundRecord], device: str = "cpu") -> dict:
 
 
 def write_chrome_trace(path: str | Path, records: Sequence[RoundRecord], device: str = "cpu") -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(chrome_trace(records, device)))
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(chrome_trace(records, device)))

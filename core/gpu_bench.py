@@ -27,6 +27,7 @@ from typing import Callable
 import torch
 
 from .decoder import Decoder, DecoderConfig, DecoderWeights, Group, KVCache, RopeConfig
+from .files import write_text_atomic
 from .grouping import describe, layer_groups
 
 SCHEMA = "easyspec.gpu_bench/1"
@@ -441,7 +442,7 @@ def save(result: dict, out_dir: str | Path) -> Path:
     """Write the full result as `gpu_bench_<cuda|cpu>.json` in out_dir; returns the path."""
     path = Path(out_dir) / f"gpu_bench_{result['device']['type']}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    write_text_atomic(path, json.dumps(result, indent=1) + "\n")
     return path
 
 

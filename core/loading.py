@@ -111,19 +111,37 @@ def decoder_config(hf) -> DecoderConfig:
         sliding_window=window, model_type=hf.model_type)
 
 
+def _open_safetensors(path: Path):
+    """safe_open, with a damaged file (truncated by a full disk or an interrupted copy, or overwritten)
+    reported as such, with what to do about it."""
+    from safetensors import safe_open
+
+    try:
+        return safe_open(path, "pt")
+    except FileNotFoundError:
+        raise ModelLoadError(f"{path}: weight file missing (named by the checkpoint's index); copy the "
+                             f"checkpoint again") from None
+    except Exception as exc:  # SafetensorError: bad header, file shorter than its header says
+        raise ModelLoadError(
+            f"{path}: corrupt or partial weight file ({exc}). If it is in the easyspec cache, run "
+            f"`easyspec cache clear` and start again to rebuild it; otherwise copy the checkpoint again") from None
+
+
 def _tensor_getter(folder: Path) -> Callable[[str], object | None]:
     """name -> a sliceable view of the tensor (or None when absent), reading safetensors lazily:
     `view[a:b]` or `view[:, a:b]` reads only that part, so a rank loads only its shard."""
-    from safetensors import safe_open
-
     index = folder / "model.safetensors.index.json"
     if index.exists():
-        weight_map = json.loads(index.read_text())["weight_map"]
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ModelLoadError(f"{index}: corrupt index ({type(exc).__name__}: {exc}); copy the checkpoint "
+                                 f"again, or for the easyspec cache run `easyspec cache clear`") from None
         files = {name: folder / f for name, f in weight_map.items()}
     else:
         files = {}
         for f in sorted(folder.glob("*.safetensors")):
-            with safe_open(f, "pt") as h:
+            with _open_safetensors(f) as h:
                 files.update({name: f for name in h.keys()})
     if not files:
         return _transformers_getter(folder)
@@ -134,7 +152,7 @@ def _tensor_getter(folder: Path) -> Callable[[str], object | None]:
         if f is None:
             return None
         if f not in handles:
-            handles[f] = safe_open(f, "pt")
+            handles[f] = _open_safetensors(f)
         return handles[f].get_slice(name)
 
     return get

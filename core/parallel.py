@@ -28,7 +28,7 @@ from .decoder import Decoder, Group, KVCache
 from .records import Span
 from .tracing import Tracer
 
-OP_EXIT, OP_CLOCK, OP_CACHE, OP_FORWARD, OP_GATHER = range(5)
+OP_EXIT, OP_CLOCK, OP_CACHE, OP_FORWARD, OP_GATHER, OP_PING = range(6)  # OP_PING: nothing to do
 BASE, DRAFT = 0, 1
 PH_VERIFY, PH_CALIBRATE, PH_DRAFT = range(3)
 HEADER = 8  # [op, model, pos, n_tokens, phase, plan follows, use plan, cache length]
@@ -149,6 +149,10 @@ class Leader:
         out: list = [None] * self.info.world
         dist.gather_object(spans, out, dst=0, group=self.info.group)
         return tuple(sorted((s for rank_spans in out for s in rank_spans), key=lambda s: (s.start_ns, s.rank)))
+
+    def ping(self) -> None:
+        """Tell idle followers that rank 0 is still here (they wait inside a collective that times out)."""
+        self.announce(OP_PING)
 
     def close(self) -> None:
         self.announce(OP_EXIT)

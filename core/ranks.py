@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import re
 import socket
 import sys
 
@@ -110,9 +111,14 @@ class Ranks:
             p.join(timeout=2)
         dead = [f"rank {i + 1} exited with code {p.exitcode}" for i, p in enumerate(self.procs)
                 if p.exitcode is not None]
-        what = "; ".join(dead) if dead else f"a rank stopped answering ({type(exc).__name__}: {exc})"
+        gist = re.sub(r"^\[[^\]]*\] ", "", (str(exc).splitlines() or [""])[0])  # drop gloo's source location
+        what = "; ".join(dead) if dead else f"a rank stopped answering ({type(exc).__name__}: {gist})"
         return DistributedError(f"multi-device run failed: {what}. All ranks were stopped; the next run "
                                 f"starts them again.")
+
+    def alive(self) -> bool:
+        """Whether every follower this process spawned is still running."""
+        return all(p.is_alive() for p in self.procs)
 
     def abort(self) -> None:
         """Stop every follower now and leave the process group; nothing is left running."""

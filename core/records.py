@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+from .files import atomic_writer
+
 RECORD_VERSION = 1
 PHASES = ("draft.attn", "draft.mlp", "draft.comm", "verify", "verify.comm", "calibrate", "sample", "idle",
           "overhead")
@@ -90,13 +92,10 @@ def record_from_dict(d: dict) -> RoundRecord:
 
 def save_run(path: str | Path, header: RunHeader, records: Iterable[RoundRecord]) -> None:
     """Write header + records as JSON Lines (to a temporary name first, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w") as f:
+    with atomic_writer(path) as f:
         f.write(json.dumps({"kind": "header", **asdict(header)}) + "\n")
         for rec in records:
             f.write(json.dumps({"kind": "round", **record_to_dict(rec)}) + "\n")
-    tmp.replace(path)
 
 
 def load_run(path: str | Path) -> tuple[RunHeader, list[RoundRecord]]:

@@ -8,17 +8,43 @@ What it is not: the decoding loop (`engine.py`) or the multi-device protocol (`p
 """
 from __future__ import annotations
 
+import re
 import sys
 import threading
 from dataclasses import dataclass, replace
 from typing import Iterator, Sequence
 
+import torch
+
+from .decoder import DecoderConfig
 from .engine import SpecConfig, Stopping, check_prompt, generate
 from .grouping import largest_group
 from .loading import PairSource, load_pair, parse_device, parse_dtype, resolve_pair
 from .records import RoundRecord
 from .text import encode_prompt
 from .tuning import TuneConfig, TuneResult, load_tuning, pair_key, save_tuning, tune_steps, with_expectation
+
+
+class DeviceMemoryError(RuntimeError):
+    """A run needed more device memory than there is (torch's out-of-memory error, or the operator's
+    memory budget); the session stays usable for smaller runs."""
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """torch's out-of-memory error (CUDA), or the CPU allocator's refusal (a RuntimeError)."""
+    return isinstance(exc, torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "DefaultCPUAllocator: can't allocate memory" in str(exc))
+
+
+def _first_line(exc: BaseException) -> str:
+    """The gist of an allocator message, without the C++ assertion prefix."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return re.sub(r"^\[enforce fail at [^\]]*\] err == 0\. ", "", text)[:300]
+
+
+def kv_cache_bytes(cfg: DecoderConfig, tokens: int, dtype: torch.dtype) -> int:
+    """Bytes of one KV cache for `tokens` positions: K and V, [L, Hkv, S, hd] each."""
+    return 2 * cfg.n_layers * cfg.n_kv_heads * tokens * cfg.head_dim * torch.empty((), dtype=dtype).element_size()
 
 
 @dataclass(frozen=True)
@@ -37,22 +63,30 @@ class Session:
     """Use as a context manager (or call close()) so that worker ranks are shut down."""
 
     def __init__(self, source: PairSource, dtype: str = "float32", device: str = "cpu", devices: int = 1,
-                 timeout_s: float = 60.0):
+                 timeout_s: float = 60.0, memory_budget_mb: float | None = None):
         parse_dtype(dtype)
         if devices < 1:
             raise ValueError(f"--devices must be >= 1; got {devices}")
         if devices == 1:
             parse_device(device)
+        if memory_budget_mb is not None and memory_budget_mb <= 0:
+            raise ValueError(f"--memory-budget-mb must be > 0; got {memory_budget_mb}")
         self.source, self.dtype, self.device, self.devices, self.timeout_s = source, dtype, device, devices, timeout_s
+        self.memory_budget_mb = memory_budget_mb
         self._lock = threading.Lock()
         self.ranks = None
         self._start()
+        self._closed = threading.Event()
+        self._keepalive = None
+        if devices > 1:
+            self._keepalive = threading.Thread(target=self._keep_ranks_alive, name="easyspec-keepalive", daemon=True)
+            self._keepalive.start()
 
     @classmethod
     def open(cls, pair: str | None = None, base: str | None = None, draft: str | None = None,
              dtype: str = "float32", device: str = "cpu", with_draft: bool = True, devices: int = 1,
-             timeout_s: float = 60.0) -> "Session":
-        return cls(resolve_pair(base, draft, pair, with_draft), dtype, device, devices, timeout_s)
+             timeout_s: float = 60.0, memory_budget_mb: float | None = None) -> "Session":
+        return cls(resolve_pair(base, draft, pair, with_draft), dtype, device, devices, timeout_s, memory_budget_mb)
 
     def _start(self) -> None:
         if self.devices == 1:
@@ -72,7 +106,27 @@ class Session:
             devices=self.devices, draft_layers=self.draft.cfg.n_layers if self.draft else None,
             base_layers=self.base.cfg.n_layers, context_window=self.base.cfg.max_position)
 
+    def _keep_ranks_alive(self) -> None:
+        """Between generations the followers wait for rank 0 inside a collective that times out after
+        timeout_s: ping them every timeout_s / 3 while no generation holds the devices. A ping that
+        fails means a rank died while idle: the ranks are stopped now and restarted by the next run."""
+        while not self._closed.wait(self.timeout_s / 3):
+            if not self._lock.acquire(blocking=False):
+                continue  # a generation is running: its own collectives keep the followers busy
+            try:
+                if self.ranks is not None:
+                    self.ranks.leader.ping()
+            except Exception as exc:
+                print(f"easyspec: {self.ranks.failure(exc)}", file=sys.stderr)
+                self.ranks.abort()
+                self.ranks = None
+            finally:
+                self._lock.release()
+
     def close(self) -> None:
+        self._closed.set()
+        if self._keepalive is not None:
+            self._keepalive.join()
         if self.ranks is not None:
             self.ranks.stop()
             self.ranks = None
@@ -161,18 +215,47 @@ class Session:
         self.validate(cfg, prompt_ids)
         return self._stream(list(prompt_ids), cfg)
 
+    def _check_budget(self, tokens: int, cfg: SpecConfig) -> None:
+        """The operator's memory budget, enforced the way a device enforces its memory: by raising
+        torch's out-of-memory error, so that a breach takes the same path as a real one."""
+        if self.memory_budget_mb is None:
+            return
+        dtype = parse_dtype(self.dtype)
+        need = kv_cache_bytes(self.base.cfg, tokens, dtype)
+        if cfg.mode != "vanilla" and self.draft is not None:
+            need += kv_cache_bytes(self.draft.cfg, tokens, dtype)
+        if need > self.memory_budget_mb * 1e6:
+            raise torch.OutOfMemoryError(f"the KV caches for {tokens} tokens need {need / 1e6:.1f} MB, over the "
+                                         f"memory budget of {self.memory_budget_mb:g} MB set at start")
+
     def _stream(self, prompt_ids: list[int], cfg: SpecConfig) -> Iterator[RoundRecord]:
         stopping = Stopping(self.pair.eos_ids, cfg.stop_strings, self.decode)
         with self._lock:
+            if self.ranks is not None and not self.ranks.alive():  # a rank died while idle
+                print(f"easyspec: {self.ranks.failure(RuntimeError('exited while idle'))}", file=sys.stderr)
+                self.ranks.abort()
+                self.ranks = None
             if self.devices > 1 and self.ranks is None:  # an earlier failure took the ranks down
                 print("easyspec: restarting the worker ranks", file=sys.stderr)
                 self._start()
-            if self.ranks is None:
-                yield from generate(self.base, self.draft, prompt_ids, cfg, stopping, self.runtime)
-                return
+            started = False
             try:
+                self._check_budget(len(prompt_ids) + cfg.max_new_tokens, cfg)
+                started = True
                 yield from generate(self.base, self.draft, prompt_ids, cfg, stopping, self.runtime)
             except Exception as exc:
+                if out_of_memory(exc):
+                    if self.ranks is not None and started:  # the other ranks may wait in a collective
+                        self.ranks.abort()
+                        self.ranks = None
+                    if torch.cuda.is_available():
+                        torch.cuda.empty_cache()
+                    raise DeviceMemoryError(
+                        f"out of device memory for a prompt of {len(prompt_ids)} tokens plus {cfg.max_new_tokens} "
+                        f"new tokens ({_first_line(exc)}). Shorten the prompt or lower max new tokens; "
+                        f"shorter runs still work.") from None
+                if self.ranks is None:
+                    raise
                 reason = self.ranks.failure(exc)
                 self.ranks.abort()
                 self.ranks = None

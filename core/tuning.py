@@ -24,7 +24,6 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -32,6 +31,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 from .decoder import Decoder, Group
+from .files import write_text_atomic
 from .engine import CALIBRATION_POLICIES, SpecConfig, Stopping, generate
 from .grouping import describe, layer_groups
 from .metrics import compute
@@ -332,9 +332,7 @@ def save_tuning(result: TuneResult, key: str) -> Path:
     path = tuning_path(key)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(result.as_dict(), indent=1))
-        tmp.replace(path)
+        write_text_atomic(path, json.dumps(result.as_dict(), indent=1))
     except OSError as e:
         raise ValueError(f"cannot save the tuned plan under {path.parent} ({e.strerror}); "
                          f"set EASYSPEC_CACHE to a writable folder") from e

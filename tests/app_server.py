@@ -9,7 +9,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 STARTUP_TIMEOUT_S = 240  # imports + model load + speed probe on a loaded 2-core machine
 
@@ -21,11 +21,12 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_app(base: Path, draft: Path, log_path: Path) -> Iterator[str]:
-    """Yield the app's URL once it answers; stop the process (by its pid) afterwards."""
+def app_process(base: Path, draft: Path, log_path: Path,
+                extra: Sequence[str] = ()) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Yield (URL, process) once the app answers; stop the process (by its pid) afterwards."""
     port = free_port()
     cmd = [sys.executable, "-m", "easyspec.app.cli", "app", "--port", str(port), "--host", "127.0.0.1",
-           "--allow-custom-models", "--base", str(base), "--draft", str(draft)]
+           "--allow-custom-models", "--base", str(base), "--draft", str(draft), *extra]
     # Its own cache folder: what the app writes there (tuned plans) stays out of the user's cache.
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "EASYSPEC_CACHE": str(Path(log_path).parent / "cache")}
     with open(log_path, "w") as log:
@@ -46,7 +47,7 @@ def running_app(base: Path, draft: Path, log_path: Path) -> Iterator[str]:
                     raise RuntimeError(f"the app did not answer within {STARTUP_TIMEOUT_S} s:\n"
                                        f"{Path(log_path).read_text()[-3000:]}")
                 time.sleep(0.5)
-            yield url
+            yield url, proc
         finally:
             proc.terminate()
             try:

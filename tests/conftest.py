@@ -60,14 +60,38 @@ def assert_greedy_equal(tokens: list[int], reference: list[int], base, prompt_id
 
 
 @pytest.fixture(scope="session")
-def app_url(pair_dirs, tmp_path_factory):
-    """`easyspec app` on the small random Qwen2 pair, on a free localhost port (one per test session)."""
-    from app_server import running_app
+def app_server(pair_dirs, tmp_path_factory):
+    """(url, process) of `easyspec app` on the small random Qwen2 pair, on a free localhost port
+    (one per test session)."""
+    from app_server import app_process
 
     base, draft = pair_dirs["qwen2"]
     log = tmp_path_factory.mktemp("app") / "app.log"
-    with running_app(base, draft, log) as url:
-        yield url
+    with app_process(base, draft, log) as (url, proc):
+        yield url, proc
+
+
+@pytest.fixture(scope="session")
+def app_url(app_server):
+    return app_server[0]
+
+
+GUARDED_LOGIN = ("operator", "s3cret pass")
+
+
+@pytest.fixture(scope="session")
+def guarded_app(pair_dirs, tmp_path_factory):
+    """(url, process) of `easyspec app` with a login, G = 2 ranks, a short collective timeout and a
+    memory budget, on the small random Qwen2 pair: the security and fault tests share it."""
+    from app_server import app_process
+
+    base, draft = pair_dirs["qwen2"]
+    folder = tmp_path_factory.mktemp("guarded-app")
+    (folder / "users.txt").write_text("# operators\n" + ":".join(GUARDED_LOGIN) + "\n")
+    extra = ["--devices", "2", "--auth-file", str(folder / "users.txt"), "--timeout", "8",
+             "--memory-budget-mb", "1"]
+    with app_process(base, draft, folder / "app.log", extra) as (url, proc):
+        yield url, proc
 
 
 @pytest.fixture(scope="session")

@@ -128,8 +128,8 @@ def test_pilot_on_typed_prompts(client, tmp_path):
 
 @pytest.mark.parametrize("kwargs, api, message", [
     (dict(prompt="   "), "/generate", "prompt is empty"),
-    (dict(prompt=PROMPT, layer_parallel=7), "/generate", "greater than maximum value 6"),  # Gradio's range check
-    (dict(prompt=PROMPT, top_p=0.0), "/generate", "less than minimum value"),
+    (dict(prompt=PROMPT, layer_parallel=7), "/generate", "layer-parallel size N must be between 1 and 6"),
+    (dict(prompt=PROMPT, top_p=0.0), "/generate", "top-p must be between 0.05 and 1"),
     (dict(prompt=PROMPT, mode="turbo"), "/generate", "turbo"),
     (dict(prompt="x" * 300, max_new_tokens=256), "/generate", "exceeds the base model's context window"),
     (dict(prompt="x" * 300, max_new_tokens=256, columns=2), "/compare", "column 1: .*context window"),
