@@ -13,6 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from easyspec.core.files import write_text_atomic
 from easyspec.core.loading import resolve_pair
 from easyspec.core.pilot import PilotGrid, PilotProgress, PilotRun, run_pilot
 from easyspec.core.prompt_sets import builtin_prompts
@@ -58,7 +59,7 @@ def main() -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     for lang in ("en", "ja"):
         html = out.with_name(f"{out.name}_{lang}.html")
-        html.write_text(pilot_report_html(runs, grid, ctx, lang), encoding="utf-8")
+        write_text_atomic(html, pilot_report_html(runs, grid, ctx, lang))
         print(f"wrote {html}", file=sys.stderr)
         if args.screenshots:
             png = ROOT / "results" / "screenshots" / f"real_pair_report_{lang}.png"
