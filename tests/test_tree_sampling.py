@@ -65,16 +65,18 @@ def test_tree_sampled_tokens_follow_the_base_distribution(noisy_pair):
     shaping = SamplingConfig(temperature=1.0, top_k=5)
     expected = _exact_marginals(base, prompt, shaping, 3)
     draft_marginals = _exact_marginals(draft, prompt, shaping, 3)
-    runs = 1200
+    runs = 400  # the power check passes with a wide margin (chi2 about 30x critical at 800 runs)
     counts = [dict() for _ in range(3)]
     origins = set()
     for seed in range(runs):
-        cfg = SpecConfig(mode="easyspec", layer_parallel=4, tree_depth=2, tree_width=3, max_new_tokens=3,
+        # 4 new tokens: the prefill emits token 1, then a depth-2 tree round emits tokens 2 and 3 or
+        # fewer (token 4, if any, belongs to a later round and is not counted).
+        cfg = SpecConfig(mode="easyspec", layer_parallel=4, tree_depth=2, tree_width=3, max_new_tokens=4,
                          sampling=SamplingConfig(temperature=1.0, top_k=5, seed=seed))
         records = list(generate(base, draft, prompt, cfg))
         out = [t for r in records for t in r.token_ids]
         origins.update(o for r in records for o in r.origins)
-        for pos, t in enumerate(out):
+        for pos, t in enumerate(out[:3]):
             counts[pos][t] = counts[pos].get(t, 0) + 1
     assert {"accepted", "recovered", "bonus"} <= origins, origins
     for pos in (1, 2):
