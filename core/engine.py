@@ -187,6 +187,7 @@ class Generation:
         self.runtime = runtime or LocalRuntime(device)
         self.tracer = self.runtime.start()
         self.adaptive = Adaptive(cfg.tree_depth if cfg.tree else cfg.draft_len) if cfg.adaptive else None
+        self.tree_info: tuple[tuple[int, ...], ...] = ((), (), ())  # this round's tree: tokens, parents, path
 
     # -- main loop ---------------------------------------------------------------------------
     def rounds(self) -> Iterator[RoundRecord]:

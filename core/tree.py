@@ -23,32 +23,24 @@ node i's K/V sit in cache slot prefix + i. Two ways to build the tree:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 
 from .decoder import TreeAttention
 from .sampling import SamplingConfig, probs
 
 
-@dataclass
 class DraftTree:
     """One round's tree. Tensors live on the device; nothing here syncs with the host."""
 
-    device: torch.device
-    tokens: torch.Tensor = None  # [M] int64
-    parents: torch.Tensor = None  # [M] int64, -1 for children of the root
-    depth: torch.Tensor = None  # [M] int64, 1 for children of the root
-    score: torch.Tensor = None  # [M] fp32 log path probability under the draft (greedy trees)
-    anc: torch.Tensor = None  # [M, M] bool: anc[i, j] = node j is node i or one of its ancestors
-    levels: list[tuple[int, int]] = field(default_factory=list)  # node ranges [a, b) per depth
-    q: list[torch.Tensor] = field(default_factory=list)  # sampling: q(. | root), then per fed node [V]
-
-    def __post_init__(self) -> None:
-        empty = torch.empty(0, dtype=torch.long, device=self.device)
-        self.tokens, self.parents, self.depth = empty, empty, empty
-        self.score = torch.empty(0, device=self.device)
-        self.anc = torch.empty((0, 0), dtype=torch.bool, device=self.device)
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.tokens = torch.empty(0, dtype=torch.long, device=device)  # [M] int64
+        self.parents = torch.empty(0, dtype=torch.long, device=device)  # [M] int64, -1: child of the root
+        self.depth = torch.empty(0, dtype=torch.long, device=device)  # [M] int64, 1: child of the root
+        self.score = torch.empty(0, device=device)  # [M] fp32 log path probability (greedy trees)
+        self.anc = torch.empty((0, 0), dtype=torch.bool, device=device)  # [M, M]: j is i or an ancestor of i
+        self.levels: list[tuple[int, int]] = []  # node ranges [a, b) per depth
+        self.q: list[torch.Tensor] = []  # sampled trees: q(. | root), then q(. | node i) per fed node, [V] each
 
     @property
     def size(self) -> int:
