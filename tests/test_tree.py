@@ -184,6 +184,10 @@ def test_tree_records_round_trip_and_old_records_load(decoders):
     spans = [s.label for s in rec.spans]
     assert any(label.startswith("tree step 2 (2 nodes)") for label in spans), spans
     assert any(label == "tree of 4 nodes" for label in spans), spans
+    from easyspec.visualizations.timeline import timeline_figure
+
+    shown = timeline_figure(records).to_json()
+    assert "tree step 2 (2 nodes)" in shown and "tree of 4 nodes" in shown
 
 
 def test_tree_settings_are_checked():
