@@ -105,13 +105,17 @@ class Stopping:
         return any(s in tail for s in self.stop_strings)
 
 
-def check_prompt(prompt_ids: Sequence[int], cfg: SpecConfig, base: Decoder) -> None:
+def check_prompt(prompt_ids: Sequence[int], cfg: SpecConfig, base: Decoder, draft: Decoder | None = None) -> None:
     if len(prompt_ids) == 0:
         raise ValueError("the prompt is empty: give some text to continue")
     window = base.cfg.max_position
     if len(prompt_ids) + cfg.max_new_tokens > window:
         raise ValueError(f"the prompt ({len(prompt_ids)} tokens) plus --max-new-tokens {cfg.max_new_tokens} "
                          f"exceeds the base model's context window of {window} tokens")
+    windows = [m.cfg.sliding_window for m in (base, draft) if m is not None and m.cfg.sliding_window]
+    if cfg.tree and windows and len(prompt_ids) + cfg.max_new_tokens > min(windows):
+        raise ValueError(f"token trees do not support sliding-window attention: the prompt plus --max-new-tokens "
+                         f"must stay within the {min(windows)}-token window")
 
 
 class Adaptive:
@@ -149,7 +153,7 @@ class LocalRuntime:
 def generate(base: Decoder, draft: Decoder | None, prompt_ids: Sequence[int], cfg: SpecConfig,
              stopping: Stopping = Stopping(), runtime=None) -> Iterator[RoundRecord]:
     """Yield one record per round until EOS, a stop string or the token limit."""
-    check_prompt(prompt_ids, cfg, base)
+    check_prompt(prompt_ids, cfg, base, draft)
     plan = None
     if cfg.mode != "vanilla":
         if draft is None:

@@ -97,7 +97,7 @@ class Session:
             if cfg.layer_parallel > self.devices > 1:
                 raise ValueError(f"--layer-parallel {cfg.layer_parallel} is more than the {self.devices} devices: "
                                  f"across devices each layer of a group runs on its own device, so N <= G")
-        check_prompt(prompt_ids, cfg, self.base)
+        check_prompt(prompt_ids, cfg, self.base, self.draft)
 
     def generate(self, prompt_ids: Sequence[int], cfg: SpecConfig) -> Iterator[RoundRecord]:
         """Validate now (ValueError), then return the record stream of one generation. The stream holds

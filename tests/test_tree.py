@@ -201,3 +201,16 @@ def test_tree_settings_are_checked():
 def test_tree_attention_rejects_bad_shapes():
     with pytest.raises(AssertionError):
         TreeAttention(torch.zeros(3, dtype=torch.long), torch.ones(2, 3, dtype=torch.bool))
+
+
+def test_trees_refuse_sliding_window_models_past_the_window(decoders):
+    from dataclasses import replace
+
+    from easyspec.core.decoder import Decoder
+
+    base, draft = decoders["qwen2"]
+    windowed = Decoder(replace(draft.cfg, sliding_window=16), draft.w)
+    with pytest.raises(ValueError, match="sliding-window"):
+        list(generate(base, windowed, PROMPTS[0], SpecConfig(tree_depth=2, max_new_tokens=8)))
+    short = list(generate(base, windowed, PROMPTS[1], SpecConfig(tree_depth=2, max_new_tokens=8)))
+    assert tokens_of(short) == _vanilla(base, PROMPTS[1], 8)
