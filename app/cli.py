@@ -45,6 +45,7 @@ def _add_generate(sub) -> None:
     gen.add_argument("--groups", default="", help="explicit draft layer plan, e.g. '0|1-4|5-8|...|23' (replaces N, "
                                                   "head and tail), or 'auto' for the plan `easyspec tune` chose")
     gen.add_argument("--calibration", default="every-round", help="none | every-round | on-mismatch")
+    _add_drafting(gen)
     gen.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
     gen.add_argument("--top-p", type=float, default=1.0)
     gen.add_argument("--top-k", type=int, default=0, help="0 turns top-k off")
@@ -56,6 +57,20 @@ def _add_generate(sub) -> None:
                      help="also run vanilla decoding and report whether the tokens are identical (greedy only)")
     out.add_argument("--save-run", help="write the per-round records to this JSON Lines file (replayable)")
     out.add_argument("--trace", help="write a Chrome Trace Event JSON of every rank's timeline (opens in Perfetto)")
+
+
+def _add_drafting(group, bench: bool = False) -> None:
+    """--tree-depth, --tree-width and --adaptive (bench: variants added next to every chain setting)."""
+    also = "also run every drafting setting with " if bench else ""
+    group.add_argument("--tree-depth", type=int, default=0,
+                       help=f"{also}a token tree of this depth instead of a chain of --draft-len tokens "
+                            "(0: chain; greedy: top-width children per leaf, best width leaves kept per level; "
+                            "sampling: width i.i.d. children of the root, verified by SpecInfer's multi-step "
+                            "speculative sampling)")
+    group.add_argument("--tree-width", type=int, default=4, help="leaves kept per tree level (default 4)")
+    group.add_argument("--adaptive", action="store_true",
+                       help=f"{also}adaptive draft length / tree depth: +2 after a fully accepted round, -1 after "
+                            "a rejection, early stop when the draft's probability falls under 0.4")
 
 
 def _add_app(sub) -> None:
@@ -125,6 +140,7 @@ def _add_bench(sub) -> None:
         b.add_argument("--calibration", default="none,every-round,on-mismatch" if name == "acceptance"
                        else "every-round")
         b.add_argument("--draft-len", type=int, default=5)
+        _add_drafting(b, bench=True)
         b.add_argument("--max-new-tokens", type=int, default=32)
         b.add_argument("--json", action="store_true", help="print the result as one JSON line on stdout")
         b.add_argument("--out", default=f"results/bench_{name}", help="writes OUT.json and OUT.md")
@@ -209,7 +225,8 @@ def _configs(args):
     spec = SpecConfig(mode=args.mode, draft_len=args.draft_len, layer_parallel=args.layer_parallel,
                       sequential_head=args.sequential_head, sequential_tail=args.sequential_tail,
                       calibration=args.calibration, max_new_tokens=args.max_new_tokens, sampling=sampling,
-                      stop_strings=tuple(args.stop), groups=args.groups.strip())
+                      stop_strings=tuple(args.stop), groups=args.groups.strip(), tree_depth=args.tree_depth,
+                      tree_width=args.tree_width, adaptive=args.adaptive)
     if args.check_lossless and not sampling.greedy:
         raise ValueError("--check-lossless compares greedy outputs token for token: it needs --temperature 0")
     if args.base is None and args.draft is not None:
@@ -381,6 +398,7 @@ def _bench_pair(args) -> int:
         SpecConfig(layer_parallel=n)
     for p in policies:
         SpecConfig(calibration=p)
+    SpecConfig(tree_depth=args.tree_depth, tree_width=args.tree_width)
     source = resolve_pair(args.base, args.draft, args.pair or (None if args.base else "qwen2.5-coder"))
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     with Session(source, args.dtype, args.device, args.devices) as session:
@@ -388,7 +406,8 @@ def _bench_pair(args) -> int:
             temps = [float(t) for t in args.temperatures.split(",") if t.strip()]
             kept: list = []
             rows = bench.acceptance(session, prompts, sizes, policies, args.draft_len, args.max_new_tokens, temps,
-                                    keep=kept)
+                                    keep=kept, tree_depth=args.tree_depth, tree_width=args.tree_width,
+                                    adaptive=args.adaptive)
             result = {"rows": rows}
             if args.report:  # the greedy pass when there is one: it carries the equality evidence
                 grid, runs = min(kept, key=lambda gr: gr[0].temperature)
@@ -396,13 +415,10 @@ def _bench_pair(args) -> int:
                 notes = [f"runs at {', '.join(left_out)} (in {args.out}.md)"] if left_out else []
                 _write_report(args, session, prompts, runs, grid, notes)
         else:
-            settings = {"vanilla": SpecConfig(mode="vanilla", max_new_tokens=args.max_new_tokens),
-                        f"speculative k={args.draft_len}": SpecConfig(mode="speculative", draft_len=args.draft_len,
-                                                                      max_new_tokens=args.max_new_tokens)}
-            for n in sizes:
-                for p in policies:
-                    settings[f"easyspec N={n} {p} k={args.draft_len}"] = SpecConfig(
-                        layer_parallel=n, calibration=p, draft_len=args.draft_len, max_new_tokens=args.max_new_tokens)
+            grid = PilotGrid(layer_parallel=tuple(sizes), calibration=tuple(policies), draft_len=(args.draft_len,),
+                             max_new_tokens=args.max_new_tokens, tree_depth=args.tree_depth,
+                             tree_width=args.tree_width, adaptive=args.adaptive)
+            settings = {s.label: s.config for s in grid.settings()}
             runs: list = []
             result = bench.speed(session, prompts, settings, args.repeats, args.max_new_tokens,
                                  not args.no_transformers, args.draft_len, keep=runs)

@@ -22,7 +22,7 @@ from easyspec.visualizations.tokens import tokens_html
 from .common import file_size_ok, friendly, friendly_stream, keep_run, write_run_files
 from .context import AppContext
 from .live import LiveRun
-from .settings import GROUPINGS, check_prompt_text, describe_config, spec_config
+from .settings import GROUPINGS, MAX_TREE_DEPTH, MAX_TREE_WIDTH, check_prompt_text, describe_config, spec_config
 from .state import UserState
 from .worker import DeviceJob, record_stream
 
@@ -46,10 +46,14 @@ class SettingsInputs:
     max_new_tokens: gr.Slider
     grouping: gr.Radio
     plan: gr.Textbox
+    tree_depth: gr.Slider
+    tree_width: gr.Slider
+    adaptive: gr.Checkbox
 
     def as_list(self) -> list:
         return [self.mode, self.layer_parallel, self.calibration, self.draft_len, self.temperature, self.top_p,
-                self.top_k, self.seed, self.max_new_tokens, self.grouping, self.plan]
+                self.top_k, self.seed, self.max_new_tokens, self.grouping, self.plan, self.tree_depth, self.tree_width,
+                self.adaptive]
 
 
 def settings_panel(ctx: AppContext, prefix: str, max_new_tokens: int = 64) -> SettingsInputs:
@@ -71,6 +75,13 @@ def settings_panel(ctx: AppContext, prefix: str, max_new_tokens: int = 64) -> Se
                            elem_id=f"{prefix}-calibration")
     k = gr.Slider(1, 12, value=5, step=1, label="draft length k", elem_id=f"{prefix}-k")
     with gr.Row():
+        tree_depth = gr.Slider(0, MAX_TREE_DEPTH, value=0, step=1, label="tree depth (0 = chain of k)",
+                               info="draft a token tree, verified in one base forward", elem_id=f"{prefix}-tree-depth")
+        tree_width = gr.Slider(1, MAX_TREE_WIDTH, value=4, step=1, label="tree width",
+                               info="leaves kept per tree level", elem_id=f"{prefix}-tree-width")
+    adaptive = gr.Checkbox(False, label="adaptive draft length / tree depth", elem_id=f"{prefix}-adaptive",
+                           info="+2 after a fully accepted round, -1 after a rejection, stop when the draft is unsure")
+    with gr.Row():
         temperature = gr.Slider(0, 2, value=0, step=0.05, label="temperature (0 = greedy)",
                                 elem_id=f"{prefix}-temperature")
         top_p = gr.Slider(0.05, 1, value=1, step=0.05, label="top-p", elem_id=f"{prefix}-top-p")
@@ -79,7 +90,8 @@ def settings_panel(ctx: AppContext, prefix: str, max_new_tokens: int = 64) -> Se
         seed = gr.Number(0, label="seed", precision=0, minimum=0, elem_id=f"{prefix}-seed")
     new = gr.Slider(1, ctx.max_new_tokens, value=min(max_new_tokens, ctx.max_new_tokens), step=1,
                     label="max new tokens", elem_id=f"{prefix}-max-new")
-    return SettingsInputs(mode, n, calibration, k, temperature, top_p, top_k, seed, new, grouping, plan)
+    return SettingsInputs(mode, n, calibration, k, temperature, top_p, top_k, seed, new, grouping, plan, tree_depth,
+                          tree_width, adaptive)
 
 
 @dataclass
@@ -137,10 +149,11 @@ def make_handlers(ctx: AppContext):
 
     @friendly_stream
     def generate(prompt, chat, mode, layer_parallel, calibration, draft_len, temperature, top_p, top_k, seed,
-                 max_new_tokens, grouping=GROUPINGS[0], plan="", state: UserState = None):
+                 max_new_tokens, grouping=GROUPINGS[0], plan="", tree_depth=0, tree_width=4, adaptive=False,
+                 state: UserState = None):
         prompt = check_prompt_text(prompt)
         cfg = spec_config(mode, layer_parallel, calibration, draft_len, temperature, top_p, top_k, seed,
-                          max_new_tokens, grouping, plan)
+                          max_new_tokens, grouping, plan, tree_depth, tree_width, adaptive)
         ids = session.encode(prompt, bool(chat))
         cfg = session.resolve(cfg)  # auto -> the tuned plan; the expected acceptance for the monitor
         session.validate(cfg, ids)

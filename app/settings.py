@@ -11,12 +11,15 @@ from easyspec.core.sampling import SamplingConfig
 
 MAX_NEW_TOKENS_LIMIT = 2048
 MAX_DRAFT_LEN = 16
+MAX_TREE_DEPTH = 8
+MAX_TREE_WIDTH = 8
 MAX_PROMPT_CHARS = 20_000
 # Flag names in engine messages -> the dashboard's field names.
 _FIELD_NAMES = {"--layer-parallel": "layer-parallel size N", "--draft-len": "draft length k",
                 "--max-new-tokens": "max new tokens", "--temperature": "temperature", "--top-p": "top-p",
                 "--top-k": "top-k", "--sequential-head": "sequential head layers",
-                "--sequential-tail": "sequential tail layers", "--groups": "layer plan"}
+                "--sequential-tail": "sequential tail layers", "--groups": "layer plan", "--tree-depth": "tree depth",
+                "--tree-width": "tree width"}
 
 
 def ui_message(exc: Exception) -> str:
@@ -58,6 +61,12 @@ def check_prompt_text(prompt) -> str:
     return prompt
 
 
+def as_bool(value, name: str) -> bool:
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    raise ValueError(f"{name} must be true or false; got {value!r}")
+
+
 def check_choice(value, name: str, choices) -> str:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(str, choices))}; got {value!r}")
@@ -80,7 +89,7 @@ def groups_text(grouping, plan) -> str:
 
 
 def spec_config(mode, layer_parallel, calibration, draft_len, temperature, top_p, top_k, seed,
-                max_new_tokens, grouping=GROUPINGS[0], plan="") -> SpecConfig:
+                max_new_tokens, grouping=GROUPINGS[0], plan="", tree_depth=0, tree_width=4, adaptive=False) -> SpecConfig:
     """A validated SpecConfig from raw input values (ValueError with a field name otherwise)."""
     try:
         sampling = SamplingConfig(temperature=as_float(temperature, "temperature"), top_p=as_float(top_p, "top-p"),
@@ -90,7 +99,10 @@ def spec_config(mode, layer_parallel, calibration, draft_len, temperature, top_p
                           calibration=check_choice(calibration, "calibration policy", CALIBRATION_POLICIES),
                           draft_len=as_int(draft_len, "draft length k", 1, MAX_DRAFT_LEN),
                           max_new_tokens=as_int(max_new_tokens, "max new tokens", 1, MAX_NEW_TOKENS_LIMIT),
-                          sampling=sampling, groups=groups_text(grouping, plan))
+                          sampling=sampling, groups=groups_text(grouping, plan),
+                          tree_depth=as_int(tree_depth, "tree depth", 0, MAX_TREE_DEPTH),
+                          tree_width=as_int(tree_width, "tree width", 1, MAX_TREE_WIDTH),
+                          adaptive=as_bool(adaptive, "adaptive draft length"))
     except ValueError as exc:
         raise ValueError(ui_message(exc)) from None
 
@@ -105,5 +117,9 @@ def describe_config(cfg: SpecConfig) -> str:
         text = f"easyspec plan {cfg.groups} {cfg.calibration} k={cfg.draft_len}"
     else:
         text = f"easyspec N={cfg.layer_parallel} {cfg.calibration} k={cfg.draft_len}"
+    if cfg.tree:
+        text = f"{text.rsplit(' k=', 1)[0]} tree {cfg.tree_depth}x{cfg.tree_width}"
+    if cfg.adaptive and cfg.mode != "vanilla":
+        text += " adaptive"
     s = cfg.sampling
     return text if s.greedy else f"{text} T={s.temperature:g}"

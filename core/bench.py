@@ -7,6 +7,8 @@ speed: tokens/s of vanilla, speculative and easyspec, and in the same process on
 transformers' own assisted generation with the same pair, dtype and a constant draft length (its
 adaptive schedule and confidence threshold off), plus its default settings; medians over repeats
 after a warm-up, ratios to vanilla per prompt and repeat, and output equality for every prompt.
+Both can add token-tree and adaptive variants of every drafting setting (`drafting` column), so that
+chain, tree and adaptive drafting are compared in the same run.
 """
 from __future__ import annotations
 
@@ -33,16 +35,24 @@ def per_position(runs: Sequence[PilotRun]) -> tuple[float, ...]:
                  for i in range(depth))
 
 
+def drafting(cfg: SpecConfig) -> str:
+    """'chain', 'tree 4x4', 'chain adaptive', ...: how a setting drafts."""
+    text = f"tree {cfg.tree_depth}x{cfg.tree_width}" if cfg.tree else "chain"
+    return f"{text} adaptive" if cfg.adaptive else text
+
+
 def acceptance(session, prompts: Sequence[str], layer_parallel: Sequence[int], calibration: Sequence[str],
                draft_len: int, max_new_tokens: int, temperatures: Sequence[float] = (0.0, 0.8), seed: int = 0,
-               progress: Progress = _stderr, keep: list | None = None) -> list[dict]:
-    """One row per (temperature, N, policy); N = 1 is added as the reference when missing. `keep`
-    receives (grid, runs) per temperature, for a report."""
+               progress: Progress = _stderr, keep: list | None = None, tree_depth: int = 0, tree_width: int = 4,
+               adaptive: bool = False) -> list[dict]:
+    """One row per (temperature, N, policy, drafting); N = 1 is added as the reference when missing.
+    `keep` receives (grid, runs) per temperature, for a report."""
     sizes = tuple(sorted(set(layer_parallel) | {1}))
     rows = []
     for temperature in temperatures:
         grid = PilotGrid(layer_parallel=sizes, calibration=tuple(calibration), draft_len=(draft_len,),
-                         speculative=False, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+                         speculative=False, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+                         tree_depth=tree_depth, tree_width=tree_width, adaptive=adaptive)
         runs: list[PilotRun] = []
         for event in run_pilot(session, prompts, grid):
             if isinstance(event, PilotRun):
@@ -56,14 +66,15 @@ def acceptance(session, prompts: Sequence[str], layer_parallel: Sequence[int], c
                 continue
             mine = [r for r in runs if r.setting.label == s["setting"]]
             rows.append({"temperature": temperature, "layer_parallel": s["layer_parallel"],
-                         "calibration": s["calibration"], "draft_len": draft_len, "prompts": s["prompts"],
+                         "calibration": s["calibration"], "drafting": drafting(mine[0].setting.config),
+                         "draft_len": draft_len, "prompts": s["prompts"],
                          "acceptance_rate": s["acceptance_rate"], "mean_accepted_length": s["mean_accepted_length"],
                          "per_position_acceptance": per_position(mine), "tokens_per_s": s["tokens_per_s"],
                          "speedup": s["speedup"], "draft_s": s["draft_s"], "calibrate_s": s["calibrate_s"],
                          "equal_to_vanilla": s["equal_to_vanilla"]})
-    for row in rows:  # relative drop against N = 1 with the same policy and temperature, same run
+    for row in rows:  # relative drop against N = 1 with the same policy, drafting and temperature, same run
         ref = next(r for r in rows if r["layer_parallel"] == 1 and r["calibration"] == row["calibration"]
-                   and r["temperature"] == row["temperature"])
+                   and r["temperature"] == row["temperature"] and r["drafting"] == row["drafting"])
         ar, ref_ar = row["acceptance_rate"], ref["acceptance_rate"]
         row["relative_drop"] = round(1 - ar / ref_ar, 4) if ar is not None and ref_ar else None
     return rows
@@ -109,9 +120,13 @@ def speed(session, prompts: Sequence[str], settings: dict[str, SpecConfig], repe
     prompt_ids = [session.encode(p, chat=True) for p in prompts]
     runners: dict[str, Callable[[list[int]], tuple[list[int], float]]] = {}
     last_records: dict[str, list] = {}
+    counts: dict[str, list[int]] = {label: [0, 0, 0, 0] for label in settings}  # drafted, accepted, rounds, tokens
     for label, cfg in settings.items():
         def run(ids, cfg=cfg, label=label):
             records = last_records[label] = list(session.generate(ids, cfg))
+            for r in (r for r in records if r.drafted):
+                for i, x in enumerate((len(r.drafted), r.accepted, 1, len(r.token_ids))):
+                    counts[label][i] += x
             return [t for r in records for t in r.token_ids], records[-1].end_ns / 1e9
         runners[label] = run
     if with_transformers:
@@ -127,6 +142,8 @@ def speed(session, prompts: Sequence[str], settings: dict[str, SpecConfig], repe
     assert "vanilla" in runners, "the speed table needs vanilla as its reference"
     for run in runners.values():  # warm-up, not measured
         run(prompt_ids[0][:8])
+    for c in counts.values():
+        c[:] = [0, 0, 0, 0]
     rates: dict[str, list[float]] = {k: [] for k in runners}
     ratios: dict[str, list[float]] = {k: [] for k in runners}
     equal: dict[str, list[bool]] = {k: [] for k in runners}
@@ -154,8 +171,16 @@ def speed(session, prompts: Sequence[str], settings: dict[str, SpecConfig], repe
     return {"rows": [{"setting": label, "tokens_per_s_median": round(statistics.median(rates[label]), 4),
                       "speedup_median": round(statistics.median(ratios[label]), 4),
                       "speedup_min": round(min(ratios[label]), 4), "speedup_max": round(max(ratios[label]), 4),
-                      "equal_to_vanilla": f"{sum(equal[label])}/{len(equal[label])}"} for label in runners],
+                      "equal_to_vanilla": f"{sum(equal[label])}/{len(equal[label])}",
+                      **_ar_al(counts.get(label, [0, 0, 0, 0]))} for label in runners],
             "prompts": list(prompts), "repeats": repeats, "max_new_tokens": max_new_tokens}
+
+
+def _ar_al(counts: list[int]) -> dict:
+    """AR and AL from [drafted, accepted, drafting rounds, tokens of drafting rounds] (None without drafts)."""
+    drafted, accepted, rounds, tokens = counts
+    return {"acceptance_rate": round(accepted / drafted, 4) if drafted else None,
+            "mean_accepted_length": round(tokens / rounds, 4) if rounds else None}
 
 
 def machine() -> str:
@@ -220,18 +245,21 @@ def markdown(kind: str, result: dict) -> str:
     if kind == "acceptance":
         out += ["AR = accepted / drafted; AL = tokens per drafting round (bonus/recovered included); drop = "
                 "1 - AR / AR(N = 1, same policy, same run); per-position = acceptance of draft positions 1..k.", "",
-                "| T | N | calibration | AR | AL | drop vs N=1 | per-position | same as vanilla |",
-                "|---|---|---|---|---|---|---|---|"]
-        out += [f"| {r['temperature']} | {r['layer_parallel']} | {r['calibration']} | {_fmt(r['acceptance_rate'])} | "
+                "| T | N | calibration | drafting | AR | AL | drop vs N=1 | per-position | same as vanilla |",
+                "|---|---|---|---|---|---|---|---|---|"]
+        out += [f"| {r['temperature']} | {r['layer_parallel']} | {r['calibration']} | {r.get('drafting', 'chain')} | "
+                f"{_fmt(r['acceptance_rate'])} | "
                 f"{_fmt(r['mean_accepted_length'])} | {_fmt(r['relative_drop'])} | "
                 f"{_fmt(r['per_position_acceptance'])} | {_fmt(r['equal_to_vanilla'])} |" for r in result["rows"]]
     else:
         out += [f"Medians over {result['repeats']} repeats per prompt after a warm-up; speedup = tokens/s over "
                 "vanilla's in the same repeat on the same prompt (min..max across prompts and repeats); "
-                "equality = prompts whose greedy tokens equal vanilla's.", "",
-                "| setting | tok/s | speedup | range | same as vanilla |", "|---|---|---|---|---|"]
+                "equality = prompts whose greedy tokens equal vanilla's; AR and AL (see `bench acceptance`) over "
+                "every measured run of the setting (a tree's AR is per depth: accepted path / tree depth).", "",
+                "| setting | tok/s | speedup | range | AR | AL | same as vanilla |", "|---|---|---|---|---|---|---|"]
         out += [f"| {r['setting']} | {r['tokens_per_s_median']:.2f} | {r['speedup_median']:.2f}x | "
-                f"{r['speedup_min']:.2f}..{r['speedup_max']:.2f} | {r['equal_to_vanilla']} |" for r in result["rows"]]
+                f"{r['speedup_min']:.2f}..{r['speedup_max']:.2f} | {_fmt(r.get('acceptance_rate'))} | "
+                f"{_fmt(r.get('mean_accepted_length'))} | {r['equal_to_vanilla']} |" for r in result["rows"]]
     return "\n".join(out) + "\n"
 
 

@@ -96,6 +96,17 @@ class KVCache:
         assert 0 <= length <= self.length, (length, self.length)
         self.length = length
 
+    def compact(self, start: int, keep: torch.Tensor) -> None:
+        """Keep the entries at slots `keep` [m] (ascending, all >= start), moved to start..start+m-1,
+        and drop everything else from `start` on: a token tree's accepted path after verification."""
+        m = keep.numel()
+        assert m == 0 or (int(keep.min()) >= start and int(keep.max()) < self.length), (start, keep, self.length)
+        if m:
+            # Advanced indexing copies first, so overlapping source and destination slots are safe.
+            self.k[:, :, start: start + m] = self.k[:, :, keep]
+            self.v[:, :, start: start + m] = self.v[:, :, keep]
+        self.length = start + m
+
     def valid(self) -> tuple[torch.Tensor, torch.Tensor]:  # 2 x [n_layers, n_kv_heads, length, head_dim]
         return self.k[:, :, : self.length], self.v[:, :, : self.length]
 
@@ -117,6 +128,24 @@ class DecoderWeights:
     b_down: torch.Tensor | None  # [L, D]
     norm: torch.Tensor  # [D]
     lm_head: torch.Tensor  # [vocab, D] (the embedding itself when tied)
+
+
+@dataclass(frozen=True)
+class TreeAttention:
+    """Where the new tokens of one forward sit in a token tree (batch size 1, T new tokens).
+
+    positions: [T] int64 RoPE positions (prefix length + depth - 1 for a node at depth >= 1).
+    visible: [T, W] bool, which of the last W cache slots (the tree part, the new tokens included)
+    each new token attends to: its ancestors and itself. Every slot before the tree part (the
+    committed prefix) is visible to all of them.
+    """
+
+    positions: torch.Tensor  # [T] int64
+    visible: torch.Tensor  # [T, W] bool
+
+    def __post_init__(self) -> None:
+        assert self.positions.dim() == 1 and self.visible.dim() == 2, (self.positions.shape, self.visible.shape)
+        assert self.visible.shape[0] == self.positions.numel() <= self.visible.shape[1], self.visible.shape
 
 
 # `span(phase, label)` returns a context manager that times one piece of a forward.
@@ -152,8 +181,12 @@ class Decoder:
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.cfg.rms_norm_eps)
         return weight * xf.to(x.dtype)
 
-    def _rope(self, pos: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:  # 2 x [T, hd]
-        t = torch.arange(pos, pos + n, device=self.device, dtype=torch.float32)
+    def _rope(self, pos: int, n: int, positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        # -> 2 x [T, hd]; positions [T] overrides pos..pos+n-1 (tree nodes share positions by depth)
+        if positions is None:
+            t = torch.arange(pos, pos + n, device=self.device, dtype=torch.float32)
+        else:
+            t = positions.to(self.device, torch.float32)
         freqs = torch.outer(t, self.inv_freq)  # [T, hd / 2]
         emb = torch.cat((freqs, freqs), dim=-1)
         return emb.cos().to(self.dtype), emb.sin().to(self.dtype)
@@ -176,6 +209,14 @@ class Decoder:
         if window is not None:
             allowed &= k > q - window
         return allowed
+
+    def _tree_mask(self, pos: int, tree: TreeAttention) -> torch.Tensor:  # [T, S] bool, S = pos + T
+        T, W = tree.visible.shape
+        window = self.cfg.sliding_window
+        if window is not None and int(tree.positions.max()) >= window:
+            raise ValueError(f"token trees past the sliding window ({window} tokens) are not supported")
+        prefix = torch.ones((T, pos + T - W), dtype=torch.bool, device=self.device)
+        return torch.cat([prefix, tree.visible.to(self.device, torch.bool)], dim=1)
 
     def _attention(self, h: torch.Tensor, g: Group, pos: int, cache: KVCache, rope, mask) -> torch.Tensor:
         """Attention of layers g[0]..g[1]-1, all from the same input h; returns [N, T, D].
@@ -220,9 +261,11 @@ class Decoder:
 
     def forward(self, tokens: torch.Tensor, pos: int, cache: KVCache, groups: Sequence[Group] | None = None,
                 span: SpanFn | None = None, all_logits: bool = False, logits: bool = True,
-                taps: list | None = None) -> torch.Tensor | None:
+                taps: list | None = None, tree: TreeAttention | None = None) -> torch.Tensor | None:
         """Run tokens [T] at positions pos..pos+T-1, writing their K/V; returns logits [T or 1, vocab] fp32
         (None with logits=False: a follower rank that only keeps its cache in step).
+        pos is always the first cache slot written; with `tree`, the RoPE positions and the attention
+        mask come from it instead (token-tree drafting and verification; see tree.py).
 
         groups: the layer plan; None means exact sequential layers. A group of N > 1 runs fuzzy:
         the N attentions read the group input h, then the N MLPs run in order (EASYSPEC.md):
@@ -235,7 +278,11 @@ class Decoder:
         T = tokens.numel()
         assert pos == cache.length and pos + T <= cache.max_len, (pos, cache.length, T, cache.max_len)
         groups = self.exact if groups is None else groups
-        rope, mask = self._rope(pos, T), self._mask(pos, T)
+        if tree is None:
+            rope, mask = self._rope(pos, T), self._mask(pos, T)
+        else:
+            assert tree.positions.numel() == T, (tree.positions.shape, T)
+            rope, mask = self._rope(pos, T, tree.positions), self._tree_mask(pos, tree)
         x = self.w.embed[tokens]  # [T, D]
         for g in groups:
             label = f"L{g[0]}" if g[1] - g[0] == 1 else f"L{g[0]}-{g[1] - 1}"

@@ -4,6 +4,8 @@
 dashboard, benchmarks) reads that one stream; there is no second generation path.
 Modes: `vanilla` (base only), `speculative` (chain of k draft tokens, sequential draft layers),
 `easyspec` (fuzzy layer-parallel drafting plus a bonus-calibration policy; EASYSPEC.md).
+Either drafting mode can draft a token tree instead of a chain (`tree_depth` > 0; tree.py) and can
+adapt its draft length or tree depth from round to round (`adaptive`; `Adaptive` below).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from .monitor import AcceptanceMonitor, expectation
 from .records import RoundRecord, Span
 from .sampling import SamplingConfig, pick, probs, verify_greedy, verify_sampling
 from .tracing import Tracer, exclusive_seconds, peak_memory_bytes
+from .tree import DraftTree, accept_greedy, accept_sampling, expand_greedy, expand_sampled
 
 MODES = ("vanilla", "speculative", "easyspec")
 CALIBRATION_POLICIES = ("none", "every-round", "on-mismatch")
@@ -42,6 +45,9 @@ class SpecConfig:
     max_new_tokens: int = 128
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     stop_strings: tuple[str, ...] = ()
+    tree_depth: int = 0  # 0 drafts a chain of draft_len tokens; d > 0 drafts a token tree of depth d
+    tree_width: int = 4  # tree leaves kept per level (and children per leaf); used when tree_depth > 0
+    adaptive: bool = False  # adapt the draft length (chain) or depth (tree) per round; see `Adaptive`
     groups: str = ""
     expected_acceptance: float = 0.0
 
@@ -57,6 +63,14 @@ class SpecConfig:
             raise ValueError(f"--max-new-tokens must be >= 1; got {self.max_new_tokens}")
         if self.layer_parallel < 1:
             raise ValueError(f"--layer-parallel must be >= 1; got {self.layer_parallel}")
+        if self.tree_depth < 0:
+            raise ValueError(f"--tree-depth must be >= 0 (0 drafts a chain); got {self.tree_depth}")
+        if self.tree_width < 1:
+            raise ValueError(f"--tree-width must be >= 1; got {self.tree_width}")
+
+    @property
+    def tree(self) -> bool:
+        return self.tree_depth > 0 and self.mode != "vanilla"
         if not 0.0 <= self.expected_acceptance <= 1.0:
             raise ValueError(f"expected acceptance must be between 0 and 1; got {self.expected_acceptance}")
 
@@ -110,13 +124,35 @@ class Stopping:
         return any(s in tail for s in self.stop_strings)
 
 
-def check_prompt(prompt_ids: Sequence[int], cfg: SpecConfig, base: Decoder) -> None:
+def check_prompt(prompt_ids: Sequence[int], cfg: SpecConfig, base: Decoder, draft: Decoder | None = None) -> None:
     if len(prompt_ids) == 0:
         raise ValueError("the prompt is empty: give some text to continue")
     window = base.cfg.max_position
     if len(prompt_ids) + cfg.max_new_tokens > window:
         raise ValueError(f"the prompt ({len(prompt_ids)} tokens) plus --max-new-tokens {cfg.max_new_tokens} "
                          f"exceeds the base model's context window of {window} tokens")
+    windows = [m.cfg.sliding_window for m in (base, draft) if m is not None and m.cfg.sliding_window]
+    if cfg.tree and windows and len(prompt_ids) + cfg.max_new_tokens > min(windows):
+        raise ValueError(f"token trees do not support sliding-window attention: the prompt plus --max-new-tokens "
+                         f"must stay within the {min(windows)}-token window")
+
+
+class Adaptive:
+    """Adaptive draft length (chain) or tree depth, as transformers' assisted generation adapts
+    `num_assistant_tokens`: +2 after a round that accepted every draft, -1 after one that rejected
+    one, between 1 and twice the configured value. Within a round, drafting also stops early once
+    the draft's probability of its newest token (for a tree: of the likeliest new node) falls under
+    `CONFIDENCE` (transformers' `assistant_confidence_threshold` default). Stopping on the draft's
+    own probabilities keeps verification lossless: the draft length is a stopping time of the draft.
+    """
+
+    CONFIDENCE = 0.4
+
+    def __init__(self, start: int):
+        self.length, self.most = start, 2 * start
+
+    def update(self, drafted: int, accepted: int) -> None:
+        self.length = min(self.length + 2, self.most) if accepted == drafted else max(1, self.length - 1)
 
 
 class LocalRuntime:
@@ -136,7 +172,7 @@ class LocalRuntime:
 def generate(base: Decoder, draft: Decoder | None, prompt_ids: Sequence[int], cfg: SpecConfig,
              stopping: Stopping = Stopping(), runtime=None) -> Iterator[RoundRecord]:
     """Yield one record per round until EOS, a stop string or the token limit."""
-    check_prompt(prompt_ids, cfg, base)
+    check_prompt(prompt_ids, cfg, base, draft)
     plan = None
     if cfg.mode != "vanilla":
         if draft is None:
@@ -163,8 +199,10 @@ class Generation:
         self.ids[: self.n_prompt] = torch.tensor(list(prompt_ids), dtype=torch.long)
         self.n = self.n_prompt  # committed tokens; the base cache always holds all but the last
         self.generated: list[int] = []
-        self.bcache = base.new_cache(max_len)
-        self.dcache: KVCache | None = draft.new_cache(max_len) if self.drafting else None
+        # A tree round writes every node past the committed tokens before only its path is kept.
+        room = cfg.tree_depth * (1 + cfg.adaptive) * cfg.tree_width if cfg.tree else 0
+        self.bcache = base.new_cache(max_len + room)
+        self.dcache: KVCache | None = draft.new_cache(max_len + room) if self.drafting else None
         self.exact_len = 0  # draft cache entries before this position are exact
         self.calibrate_next = False
         # Token ids both models can emit (embeddings may be padded differently past the tokenizer).
@@ -172,6 +210,8 @@ class Generation:
         self.runtime = runtime or LocalRuntime(device)
         self.tracer = self.runtime.start()
         self.monitor = AcceptanceMonitor(expectation(cfg.expected_acceptance))
+        self.adaptive = Adaptive(cfg.tree_depth if cfg.tree else cfg.draft_len) if cfg.adaptive else None
+        self.tree_info: tuple[tuple[int, ...], ...] = ((), (), ())  # this round's tree: tokens, parents, path
 
     # -- main loop ---------------------------------------------------------------------------
     def rounds(self) -> Iterator[RoundRecord]:
@@ -179,6 +219,7 @@ class Generation:
             index, stop = 0, None
             while stop is None:
                 start_ns = self.tracer.now_ns()
+                self.tree_info = ((), (), ())
                 if index == 0:
                     out = self._prefill()
                 elif self.drafting and self._remaining() > 1:
@@ -221,10 +262,20 @@ class Generation:
             token = int(pick(logits, self.s, self.gen)[0])
         return [token], ["bonus"], (), 0, False
 
+    def _draft_length(self) -> int:
+        """Draft tokens (chain) or tree depth this round, never past the token limit."""
+        cfg = self.cfg
+        k = self.adaptive.length if self.adaptive else (cfg.tree_depth if cfg.tree else cfg.draft_len)
+        return min(k, self._remaining() - 1)
+
+    def _confident(self, own: torch.Tensor) -> bool:
+        """Adaptive early stop: does the draft still believe in its newest token(s)? own [m] probs."""
+        return self.adaptive is None or float(own.max()) >= Adaptive.CONFIDENCE
+
     def _speculate(self):
-        """One round of draft-then-verify (steps 1-5 below)."""
+        """One round of draft-then-verify (steps 1-5 below; steps 2-5 for a tree in `_tree_round`)."""
         cfg, tr, draft, dcache = self.cfg, self.tracer, self.draft, self.dcache
-        k = min(cfg.draft_len, self._remaining() - 1)  # never draft past the token limit
+        k = self._draft_length()
         n = self.n
         # 1. Feed the draft every committed token it has not read (the last round's accepted tokens
         #    and its recovered/bonus token). When calibrating, the cache was cropped back to the last
@@ -239,8 +290,10 @@ class Generation:
             logits = self._logits(draft, pending, dcache.length, dcache, groups=self.plan, span=tr.span)
         if calibrated or self.plan is None:
             self.exact_len = n
+        if cfg.tree:
+            return self._tree_round(logits, k, calibrated)
         # 2. Draft k tokens; steps after the first run the layer plan (fuzzy groups in easyspec).
-        #    Tokens stay on the device: no host sync inside the drafting loop.
+        #    Tokens stay on the device: no host sync inside the drafting loop (unless adaptive).
         drafted, qs = [], []
         for j in range(k):
             if j > 0:
@@ -249,6 +302,11 @@ class Generation:
                 token, q = pick(logits, self.s, self.gen)  # token [1], q [1, V] or None
             drafted.append(token)
             qs.append(q)
+            if self.adaptive and j < k - 1:
+                own = logits.softmax(-1)[0, token] if q is None else q[0, token]
+                if not self._confident(own):
+                    break
+        k = len(drafted)
         drafted_t = torch.cat(drafted)  # [k]
         # 3. Verify: the base reads the last committed token and the k drafts in one forward.
         with tr.span("verify"):
@@ -266,12 +324,75 @@ class Generation:
         # 5. Keep the draft entries of accepted tokens (d_k was never fed to the draft); decide
         #    whether the next round calibrates, and if so drop every fuzzy entry now.
         dcache.crop(n + min(accepted, k - 1))
+        self._after_round(k, accepted)
+        return emitted, origins, tuple(drafted_ids), accepted, calibrated
+
+    def _tree_round(self, logits: torch.Tensor, depth: int, calibrated: bool):
+        """Steps 2-5 for a token tree (tree.py): draft `depth` levels, verify every node in one base
+        forward with a tree attention mask, keep only the accepted path in both caches."""
+        cfg, tr, draft, dcache, n = self.cfg, self.tracer, self.draft, self.dcache, self.n
+        tree = DraftTree(self.base.device)
+        # 2. Level d's nodes come from the draft logits of level d - 1 (the root's: `logits`). Each
+        #    level is one draft forward through the layer plan, nodes attending to the committed prefix
+        #    and their ancestors; the last level is never fed to the draft (like d_k of a chain).
+        for d in range(1, depth + 1):
+            if d > 1:
+                tokens, att = tree.draft_inputs(n)
+                label = f"tree step {d} ({tokens.numel()} nodes)"
+                logits = self._logits(draft, tokens, dcache.length, dcache, groups=self.plan, all_logits=True,
+                                       tree=att, span=lambda phase, text: tr.span(phase, f"{label} {text}"))
+            with tr.span("sample", f"tree step {d}"):
+                if self.s.greedy:
+                    own = expand_greedy(tree, logits, cfg.tree_width)
+                else:
+                    own = expand_sampled(tree, logits, cfg.tree_width, self.s, self.gen)
+            if d < depth and not self._confident(own):
+                break
+        levels = len(tree.levels)
+        # 3. Verify: the base reads the last committed token and every node in one forward.
+        tokens, att = tree.verify_inputs(self.ids[n - 1: n], n)
+        with tr.span("verify", f"tree of {tree.size} nodes"):
+            blogits = self._logits(self.base, tokens, n - 1, self.bcache, all_logits=True, tree=att)  # [M + 1, V]
+        # 4. Accept the longest path the base agrees with (greedy) or multi-step speculative sampling.
+        with tr.span("sample", "verify"):
+            if self.s.greedy:
+                path, nxt = accept_greedy(tree, blogits)
+            else:
+                path, nxt = accept_sampling(tree, probs(blogits, self.s), self.gen)
+            node_tokens, parents = tree.tokens.tolist(), tree.parents.tolist()
+        leaf = not any(par == (path[-1] if path else -1) for par in parents)
+        emitted = [node_tokens[i] for i in path] + [nxt]
+        origins = ["accepted"] * len(path) + ["bonus" if leaf else "recovered"]
+        # 5. Both caches keep only the accepted path: the base's node i sits at slot n + i (the root
+        #    at n - 1); the draft holds the nodes of every level but the last, node i at slot n + i.
+        keep = torch.tensor([n + i for i in path], dtype=torch.long, device=self.bcache.k.device)
+        self.bcache.compact(n, keep)
+        dcache.compact(n, keep[keep < n + tree.levels[-1][0]])
+        self._after_round(levels, len(path))
+        line = self._tree_line(path, parents, node_tokens)
+        self.tree_info = (tuple(node_tokens), tuple(parents), tuple(path))
+        return emitted, origins, line, len(path), calibrated
+
+    @staticmethod
+    def _tree_line(path: list[int], parents: list[int], tokens: list[int]) -> tuple[int, ...]:
+        """The record's `drafted` for a tree: the accepted path continued by first children down to
+        a leaf, so that accepted / drafted and per-depth acceptance read as for a chain."""
+        line, cur = list(path), (path[-1] if path else -1)
+        while (cur := next((i for i, par in enumerate(parents) if par == cur), None)) is not None:
+            line.append(cur)
+        return tuple(tokens[i] for i in line)
+
+    def _after_round(self, drafted: int, accepted: int) -> None:
+        """Adapt the next round's length; decide whether it calibrates, and if so drop every fuzzy
+        draft entry now (EASYSPEC.md, "Bonus calibration")."""
+        cfg = self.cfg
+        if self.adaptive:
+            self.adaptive.update(drafted, accepted)
         if cfg.mode == "easyspec":
             self.calibrate_next = (cfg.calibration == "every-round"
-                                   or (cfg.calibration == "on-mismatch" and accepted < k))
+                                   or (cfg.calibration == "on-mismatch" and accepted < drafted))
             if self.calibrate_next:
-                dcache.crop(self.exact_len)
-        return emitted, origins, tuple(drafted_ids), accepted, calibrated
+                self.dcache.crop(self.exact_len)
 
     # -- bookkeeping ---------------------------------------------------------------------------
     def _commit(self, tokens: list[int], accepted: int) -> None:
@@ -296,4 +417,5 @@ class Generation:
         return RoundRecord(index=index, token_ids=tuple(tokens), origins=tuple(origins), drafted=drafted,
                            accepted=accepted, phase_s=phase_s, spans=spans, end_ns=end_ns,
                            peak_memory_bytes=peak_memory_bytes(self.base.device), calibrated=calibrated,
-                           flags=flags, stop=stop)
+                           flags=flags, stop=stop, tree_tokens=self.tree_info[0], tree_parents=self.tree_info[1],
+                           tree_path=self.tree_info[2])

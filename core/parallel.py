@@ -8,7 +8,9 @@ fuzzy groups spread over the same ranks (EASYSPEC.md, "Multi-device form").
   rank, and every rank runs the N MLPs. Sequential layers and calibration run on every rank, so all
   ranks hold the same exact draft cache after calibration. Ranks >= N idle in that group.
 - Control: rank 0 (the leader) runs the engine loop unchanged; each model call is first announced
-  to the other ranks (followers) by a small broadcast, then all ranks run it together. Rank 0 owns
+  to the other ranks (followers) by a small broadcast, then all ranks run it together. A token-tree
+  call also sends its tree attention (positions and the visible tree slots, one [T, 1 + W] tensor),
+  and keeping a tree's accepted path in a cache (`KVCache.compact`) is announced too. Rank 0 owns
   the tokenizer, sampling and acceptance; followers never compute logits.
 - Clock: t0 is agreed at a barrier at the start of each generation; rank 0 gathers every rank's
   spans once per round. gloo on CPU, NCCL on GPUs: the same code apart from backend and device.
@@ -24,14 +26,14 @@ from typing import Sequence
 import torch
 import torch.distributed as dist
 
-from .decoder import Decoder, Group, KVCache
+from .decoder import Decoder, Group, KVCache, TreeAttention
 from .records import Span
 from .tracing import Tracer
 
-OP_EXIT, OP_CLOCK, OP_CACHE, OP_FORWARD, OP_GATHER, OP_PING = range(6)  # OP_PING: nothing to do
+OP_EXIT, OP_CLOCK, OP_CACHE, OP_FORWARD, OP_GATHER, OP_PING, OP_COMPACT = range(7)  # OP_PING: nothing to do
 BASE, DRAFT = 0, 1
 PH_VERIFY, PH_CALIBRATE, PH_DRAFT = range(3)
-HEADER = 8  # [op, model, pos, n_tokens, phase, plan follows, use plan, cache length]
+HEADER = 9  # [op, model, pos, n_tokens, phase, plan follows, use plan, cache length, tree columns]
 
 
 class DistributedError(RuntimeError):
@@ -122,16 +124,20 @@ class Leader:
 
     def announce(self, op: int, model: int = 0, pos: int = 0, tokens: torch.Tensor | None = None,
                  phase: int = 0, plan: Sequence[Group] | None = None, use_plan: bool = False,
-                 length: int = 0) -> None:
-        """Broadcast one command (and its token ids and layer plan when they travel)."""
+                 length: int = 0, tree: TreeAttention | None = None) -> None:
+        """Broadcast one command (and its token ids, layer plan and tree attention when they travel)."""
         plan_key = tuple(plan) if plan is not None else None
         send_plan = use_plan and plan_key != self._plan_sent
         n = 0 if tokens is None else tokens.numel()
-        header = torch.tensor([op, model, pos, n, phase, int(send_plan), int(use_plan), length],
+        tree_cols = 0 if tree is None else 1 + tree.visible.shape[1]
+        header = torch.tensor([op, model, pos, n, phase, int(send_plan), int(use_plan), length, tree_cols],
                               dtype=torch.long, device=self.info.device)
         dist.broadcast(header, 0, group=self.info.group)
         if n:
             dist.broadcast(tokens.to(torch.long), 0, group=self.info.group)
+        if tree is not None:  # [T, 1 + W]: positions, then the visible tree slots as 0/1
+            packed = torch.cat([tree.positions[:, None], tree.visible.long()], dim=1).to(self.info.device)
+            dist.broadcast(packed, 0, group=self.info.group)
         if send_plan:
             dist.broadcast(plan_mask(plan, self.draft.cfg.n_layers).to(self.info.device), 0, group=self.info.group)
             self._plan_sent = plan_key
@@ -167,17 +173,31 @@ class Announced:
 
     def new_cache(self, max_len: int) -> KVCache:
         self.leader.announce(OP_CACHE, self.which, length=max_len)
-        return self.decoder.new_cache(max_len)
+        return AnnouncedCache(self, max_len)
 
     def forward(self, tokens: torch.Tensor, pos: int, cache: KVCache, groups: Sequence[Group] | None = None,
-                span=None, all_logits: bool = False, logits: bool = True) -> torch.Tensor | None:
+                span=None, all_logits: bool = False, logits: bool = True,
+                tree: TreeAttention | None = None) -> torch.Tensor | None:
         if self.which == BASE:
             phase = PH_VERIFY
         else:
             phase = PH_DRAFT if span is not None else PH_CALIBRATE
-        self.leader.announce(OP_FORWARD, self.which, pos, tokens, phase, groups, groups is not None)
+        self.leader.announce(OP_FORWARD, self.which, pos, tokens, phase, groups, groups is not None, tree=tree)
         return self.decoder.forward(tokens, pos, cache, groups=groups, span=span, all_logits=all_logits,
-                                    logits=logits)
+                                    logits=logits, tree=tree)
+
+
+class AnnouncedCache(KVCache):
+    """Rank 0's cache of one model: compactions are announced, so every rank keeps the same entries
+    (crops need no message: each forward tells the followers where their cache ends)."""
+
+    def __init__(self, owner: Announced, max_len: int):
+        super().__init__(owner.cfg, max_len, owner.dtype, owner.device)
+        self.owner = owner
+
+    def compact(self, start: int, keep: torch.Tensor) -> None:
+        self.owner.leader.announce(OP_COMPACT, self.owner.which, start, keep, length=self.length)
+        super().compact(start, keep)
 
 
 def follow(info: DistInfo, base: Decoder, draft: Decoder | None) -> None:
@@ -194,7 +214,7 @@ def follow(info: DistInfo, base: Decoder, draft: Decoder | None) -> None:
     with torch.inference_mode():
         while True:
             dist.broadcast(header, 0, group=info.group)
-            op, which, pos, n, phase, plan_follows, use_plan, length = header.tolist()
+            op, which, pos, n, phase, plan_follows, use_plan, length, tree_cols = header.tolist()
             if op == OP_EXIT:
                 return
             if op == OP_CLOCK:
@@ -204,9 +224,20 @@ def follow(info: DistInfo, base: Decoder, draft: Decoder | None) -> None:
                 caches[which] = models[which].new_cache(length)
             elif op == OP_GATHER:
                 dist.gather_object(state.tracer.take(), None, dst=0, group=info.group)
+            elif op == OP_COMPACT:
+                keep = torch.empty(n, dtype=torch.long, device=info.device)
+                if n:
+                    dist.broadcast(keep, 0, group=info.group)
+                caches[which].length = length
+                caches[which].compact(pos, keep)
             elif op == OP_FORWARD:
                 tokens = torch.empty(n, dtype=torch.long, device=info.device)
                 dist.broadcast(tokens, 0, group=info.group)
+                tree = None
+                if tree_cols:
+                    packed = torch.empty((n, tree_cols), dtype=torch.long, device=info.device)
+                    dist.broadcast(packed, 0, group=info.group)
+                    tree = TreeAttention(packed[:, 0], packed[:, 1:].bool())
                 if plan_follows:
                     mask = torch.empty(draft.cfg.n_layers, dtype=torch.long, device=info.device)
                     dist.broadcast(mask, 0, group=info.group)
@@ -215,10 +246,11 @@ def follow(info: DistInfo, base: Decoder, draft: Decoder | None) -> None:
                 cache.length = pos  # the leader cropped its cache to here; crop ours the same
                 groups = plan if use_plan else None
                 if phase == PH_DRAFT:
-                    models[which].forward(tokens, pos, cache, groups=groups, span=state.tracer.span, logits=False)
+                    models[which].forward(tokens, pos, cache, groups=groups, span=state.tracer.span, logits=False,
+                                          tree=tree)
                 else:
                     with state.tracer.span("verify" if phase == PH_VERIFY else "calibrate"):
-                        models[which].forward(tokens, pos, cache, groups=groups, logits=False)
+                        models[which].forward(tokens, pos, cache, groups=groups, logits=False, tree=tree)
 
 
 def init_group(rank: int, world: int, device: torch.device, init_method: str, timeout_s: float) -> DistInfo:

@@ -46,6 +46,9 @@ class PilotGrid:
     top_p: float = 1.0
     seed: int = 0
     chat: bool = True
+    tree_depth: int = 0  # > 0: every drafting setting also runs with a token tree of this depth ...
+    tree_width: int = 4  # ... and width
+    adaptive: bool = False  # every drafting setting also runs with adaptive draft length / tree depth
 
     def __post_init__(self) -> None:
         for name in ("layer_parallel", "calibration", "draft_len"):
@@ -63,6 +66,17 @@ class PilotGrid:
         if self.max_new_tokens < 1:
             raise ValueError(f"max new tokens must be >= 1; got {self.max_new_tokens}")
         SamplingConfig(self.temperature, self.top_p, 0, self.seed)  # raises on a bad value
+        SpecConfig(tree_depth=self.tree_depth, tree_width=self.tree_width)  # raises on a bad tree shape
+
+    def _drafting(self) -> list[tuple[str, dict]]:
+        """Label suffix and SpecConfig fields of each drafting variant: chain, tree, adaptive."""
+        out = [("", {})]
+        if self.tree_depth:
+            out.append((f" tree {self.tree_depth}x{self.tree_width}",
+                        dict(tree_depth=self.tree_depth, tree_width=self.tree_width)))
+        if self.adaptive:
+            out += [(f"{suffix} adaptive", {**kw, "adaptive": True}) for suffix, kw in out]
+        return out
 
     @property
     def sampling(self) -> SamplingConfig:
@@ -71,14 +85,17 @@ class PilotGrid:
     def settings(self) -> list[PilotSetting]:
         common = dict(max_new_tokens=self.max_new_tokens, sampling=self.sampling)
         out = [PilotSetting("vanilla", SpecConfig(mode="vanilla", **common))]
+        variants = self._drafting()
         if self.speculative:
-            out += [PilotSetting(f"speculative k={k}", SpecConfig(mode="speculative", draft_len=k, **common))
-                    for k in self.draft_len]
+            out += [PilotSetting(f"speculative k={k}{suffix}", SpecConfig(mode="speculative", draft_len=k, **kw,
+                                                                          **common))
+                    for k in self.draft_len for suffix, kw in variants]
         for k in self.draft_len:
             for policy in self.calibration:
                 for n in self.layer_parallel:
-                    out.append(PilotSetting(f"easyspec N={n} {policy} k={k}", SpecConfig(
-                        mode="easyspec", layer_parallel=n, calibration=policy, draft_len=k, **common)))
+                    out += [PilotSetting(f"easyspec N={n} {policy} k={k}{suffix}", SpecConfig(
+                        mode="easyspec", layer_parallel=n, calibration=policy, draft_len=k, **kw, **common))
+                        for suffix, kw in variants]
         return out
 
 

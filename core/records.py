@@ -41,6 +41,10 @@ class RoundRecord:
     (vanilla decoding emits one `bonus` token per round: zero drafts, all accepted).
     end_ns: when the round's tokens were available, from the run's t0.
     stop: why generation ended after this round (eos | stop_string | max_new_tokens), else None.
+    tree_tokens/tree_parents/tree_path: a token-tree round's shape: node tokens and parent node
+    indices (-1 = the root, the last committed token) in creation order, and the accepted path as
+    node indices; empty for chains. `drafted` is then the accepted path continued by first children
+    to a leaf, so accepted / drafted reads per depth as for a chain.
     """
 
     index: int
@@ -56,9 +60,13 @@ class RoundRecord:
     flags: tuple[str, ...] = ()
     stop: str | None = None
     version: int = RECORD_VERSION
+    tree_tokens: tuple[int, ...] = ()
+    tree_parents: tuple[int, ...] = ()
+    tree_path: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         assert len(self.token_ids) == len(self.origins), (self.token_ids, self.origins)
+        assert len(self.tree_tokens) == len(self.tree_parents), (self.tree_tokens, self.tree_parents)
         assert all(o in ORIGINS for o in self.origins), self.origins
         assert 0 <= self.accepted <= len(self.drafted)
 
@@ -86,7 +94,8 @@ def record_from_dict(d: dict) -> RoundRecord:
     if d.get("version") != RECORD_VERSION:
         raise ValueError(f"run record version {d.get('version')} is not supported (this is {RECORD_VERSION})")
     spans = tuple(Span(**s) for s in d["spans"])
-    tuples = {k: tuple(d[k]) for k in ("token_ids", "origins", "drafted", "flags")}
+    tuples = {k: tuple(d[k]) for k in ("token_ids", "origins", "drafted", "flags", "tree_tokens", "tree_parents",
+                                       "tree_path") if k in d}
     return RoundRecord(**{**d, **tuples, "spans": spans})
 
 

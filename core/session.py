@@ -154,7 +154,7 @@ class Session:
                 what = f"--layer-parallel {cfg.layer_parallel}" if not cfg.groups else f"a group of {size} layers"
                 raise ValueError(f"{what} is more than the {self.devices} devices: across devices each layer of "
                                  f"a group runs on its own device, so N <= G (groups of at most G layers)")
-        check_prompt(prompt_ids, cfg, self.base)
+        check_prompt(prompt_ids, cfg, self.base, self.draft)
 
     # -- tuning (tuning.py) ----------------------------------------------------------------------
     @property

@@ -44,6 +44,18 @@ def test_settings_from_raw_inputs():
     assert ui_message(ValueError("--layer-parallel must be >= 1")) == "layer-parallel size N must be >= 1"
 
 
+def test_tree_and_adaptive_settings_from_raw_inputs():
+    cfg = spec_config("easyspec", 4, "every-round", 5, 0, 1, 0, 0, 64, "4", 3.0, True)
+    assert (cfg.tree_depth, cfg.tree_width, cfg.adaptive) == (4, 3, True)
+    assert describe_config(cfg) == "easyspec N=4 every-round tree 4x3 adaptive"
+    assert describe_config(spec_config("speculative", 1, "none", 5, 0, 1, 0, 0, 8, 0, 4, True)) == (
+        "speculative k=5 adaptive")
+    for extra, match in [((-1, 4, False), "tree depth must be between"), ((2, 0, False), "tree width must be between"),
+                         ((2, 2, "yes"), "adaptive draft length must be true or false")]:
+        with pytest.raises(ValueError, match=match):
+            spec_config("easyspec", 4, "none", 5, 0, 1, 0, 0, 8, *extra)
+
+
 def test_app_options_keep_custom_models_behind_a_flag():
     assert AppOptions().pair_name == "qwen2.5-coder"
     with pytest.raises(ValueError, match="--allow-custom-models"):

@@ -64,6 +64,31 @@ def _report_data(path) -> dict:
                       .group(1))
 
 
+def test_bench_compares_chain_tree_and_adaptive_in_one_run(pair_dirs, tmp_path, capsys):
+    base, draft = pair_dirs["qwen2"]
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "def add(a, b):"}\n')
+    common = ["--base", str(base), "--draft", str(draft), "--prompts", str(prompts), "--max-new-tokens", "12",
+              "--tree-depth", "3", "--tree-width", "2", "--adaptive"]
+    out = tmp_path / "tree"
+    assert main(["bench", "speed", *common, "--layer-parallel", "2", "--repeats", "1", "--no-transformers",
+                 "--out", str(out)]) == 0
+    capsys.readouterr()
+    rows = {r["setting"]: r for r in json.loads(out.with_suffix(".json").read_text())["rows"]}
+    for label in ("easyspec N=2 every-round k=5", "easyspec N=2 every-round k=5 tree 3x2",
+                  "easyspec N=2 every-round k=5 adaptive", "easyspec N=2 every-round k=5 tree 3x2 adaptive",
+                  "speculative k=5 tree 3x2"):
+        assert rows[label]["equal_to_vanilla"] == "1/1" and 0 <= rows[label]["acceptance_rate"] <= 1, rows[label]
+    assert rows["vanilla"]["acceptance_rate"] is None and "| AR | AL |" in out.with_suffix(".md").read_text()
+    out = tmp_path / "acc"
+    assert main(["bench", "acceptance", *common, "--layer-parallel", "2", "--calibration", "none",
+                 "--temperatures", "0", "--out", str(out), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert {(r["layer_parallel"], r["drafting"]) for r in rows} == {
+        (n, d) for n in (1, 2) for d in ("chain", "tree 3x2", "chain adaptive", "tree 3x2 adaptive")}
+    assert all(r["equal_to_vanilla"] is True and r["relative_drop"] is not None for r in rows)
+
+
 def test_bench_rejects_bad_settings(pair_dirs, capsys):
     base, draft = pair_dirs["qwen2"]
     code = main(["bench", "acceptance", "--base", str(base), "--draft", str(draft), "--prompts", "nope.jsonl"])

@@ -56,6 +56,21 @@ def test_modes_agree_through_the_cli(capsys, pair_args):
     assert outs[0] == outs[1] == outs[2]
 
 
+def test_trees_and_adaptive_through_the_cli(capsys, pair_args, tmp_path):
+    saved = tmp_path / "tree.jsonl"
+    for extra in (["--tree-depth", "3", "--tree-width", "2", "--save-run", str(saved)], ["--adaptive"],
+                  ["--tree-depth", "2", "--adaptive", "--mode", "speculative"]):
+        code, out, err = run(capsys, "generate", *pair_args, "--prompt", "abc", "--max-new-tokens", "16", "--json",
+                             "--check-lossless", *extra)
+        assert code == 0, err
+        result = json.loads(out)
+        assert result["lossless"] is True and result["settings"]["adaptive"] == ("--adaptive" in extra)
+    from easyspec.core.records import load_run
+
+    header, records = load_run(saved)
+    assert header.settings["tree_depth"] == 3 and any(len(r.tree_tokens) == 6 for r in records)
+
+
 @pytest.fixture(scope="module")
 def other_tokenizer_draft(pair_dirs, tmp_path_factory):
     """The draft's weights with a tokenizer whose token-to-id map differs (two ids swapped)."""
@@ -94,6 +109,8 @@ BAD = {
     "prompt too long": (["--prompt", "x" * 600], "context window of 512"),
     "unknown dtype": (["--prompt", "x", "--dtype", "float8"], "unknown dtype"),
     "missing prompt file": (["--prompt-file", "/nonexistent/p.txt"], "no such file"),
+    "negative tree depth": (["--prompt", "x", "--tree-depth", "-1"], "--tree-depth must be >= 0"),
+    "tree width 0": (["--prompt", "x", "--tree-depth", "2", "--tree-width", "0"], "--tree-width must be >= 1"),
 }
 
 

@@ -119,6 +119,8 @@ def _tokens_trace(records: Sequence[RoundRecord], mode: str | None) -> go.Scatte
             colour, kind = ORIGIN_COLOURS["recovered"], "recovered at a rejected draft"
         colours.append(colour)
         drafted = f", {rec.accepted}/{len(rec.drafted)} drafts accepted" if rec.drafted else ""
+        if rec.tree_tokens:
+            drafted = f", tree of {len(rec.tree_tokens)} nodes: path of {rec.accepted} accepted"
         cal = ", calibrated" if rec.calibrated else ""
         hover.append(f"round {rec.index}: {n} token{'s' if n != 1 else ''} emitted ({kind}{drafted}{cal})"
                      f"<br>at {rec.end_ns / 1e6:.2f} ms")
