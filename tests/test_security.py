@@ -19,7 +19,9 @@ from gradio_client.exceptions import AppError  # noqa: E402
 # Everything a request may set; a model, a folder or a server path is not among them.
 REQUEST_PARAMETERS = {"prompt", "chat", "mode", "layer_parallel", "calibration", "draft_len", "temperature", "top_p",
                       "top_k", "seed", "max_new_tokens", "columns", "source", "prompt_set", "n_prompts",
-                      "speculative", "upload", "comm", "run_file", "speed"} | {
+                      "speculative", "upload", "comm", "run_file", "speed", "lang",
+                      "grouping", "plan", "tolerance", "tokens",  # a layer plan is text like '0|1-4|...', not a path
+                      "tree_depth", "tree_width", "adaptive"} | {
     f"{p}_{c}" for p in ("mode", "layer_parallel", "calibration", "draft_len") for c in range(1, 5)}
 UPLOADS = {"upload", "run_file"}  # files the client sends; Gradio refuses paths it did not receive
 
