@@ -29,14 +29,23 @@ from easyspec.core.tuning import TuneConfig, markdown
 DRAFT = ("draft.attn", "draft.mlp", "draft.comm")
 
 
-def evaluate(session: Session, prompts: list[list[int]], cfg: SpecConfig) -> dict:
-    runs = [metrics.compute(list(session.generate(ids, cfg))) for ids in prompts]
-    drafted = sum(m.drafted for m in runs)
-    draft_s = sum(m.phase_s[p] for m in runs for p in DRAFT)
-    return {"acceptance_rate": sum(m.accepted for m in runs) / drafted, "drafted": drafted,
-            "draft_ms_per_token": 1000 * draft_s / drafted, "draft_s": draft_s,
-            "tokens_per_s": statistics.median(m.tokens_per_s for m in runs),
-            "calibrate_s": sum(m.calibrate_s for m in runs)}
+def evaluate(session: Session, prompts: list[list[int]], settings: dict[str, SpecConfig], log) -> dict[str, dict]:
+    """Every setting on every prompt, settings interleaved per prompt: a change of load on the shared
+    machine then hits every setting alike instead of the ones that happened to run last."""
+    runs: dict[str, list] = {label: [] for label in settings}
+    for i, ids in enumerate(prompts):
+        log(f"held-out prompt {i + 1}/{len(prompts)}")
+        for label, cfg in settings.items():
+            runs[label].append(metrics.compute(list(session.generate(ids, cfg))))
+    out = {}
+    for label, ms in runs.items():
+        drafted = sum(m.drafted for m in ms)
+        draft_s = sum(m.phase_s[p] for m in ms for p in DRAFT)
+        out[label] = {"acceptance_rate": sum(m.accepted for m in ms) / drafted, "drafted": drafted,
+                      "draft_ms_per_token": 1000 * draft_s / drafted, "draft_s": draft_s,
+                      "tokens_per_s": statistics.median(m.tokens_per_s for m in ms),
+                      "calibrate_s": sum(m.calibrate_s for m in ms)}
+    return out
 
 
 def main() -> None:
@@ -47,6 +56,7 @@ def main() -> None:
     ap.add_argument("--tune-tokens", type=int, default=32)
     ap.add_argument("--eval-tokens", type=int, default=48)
     ap.add_argument("--out", default="results/tuning")
+    ap.add_argument("--reuse-tuning", action="store_true", help="use the cached tuning of the pair (same dtype)")
     args = ap.parse_args()
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     log = lambda m: print(f"[tuning] {m}", file=sys.stderr, flush=True)  # noqa: E731
@@ -55,7 +65,9 @@ def main() -> None:
         tune_ids = [session.encode(p, True) for s in sets.values() for p in s[: args.tune_prompts]]
         eval_ids = [session.encode(p, True) for s in sets.values()
                     for p in s[args.tune_prompts: args.tune_prompts + args.eval_prompts]]
-        result = session.tune(tune_ids, TuneConfig(max_new_tokens=args.tune_tokens, max_group=8), progress=log)
+        result = session.tuning() if args.reuse_tuning else None
+        if result is None:
+            result = session.tune(tune_ids, TuneConfig(max_new_tokens=args.tune_tokens, max_group=8), progress=log)
         n_layers = session.info.draft_layers
         settings = {f"N={n}": SpecConfig(layer_parallel=n, max_new_tokens=args.eval_tokens) for n in range(1, 7)}
         settings["tuned"] = SpecConfig(groups=result.plan, max_new_tokens=args.eval_tokens)
@@ -63,12 +75,12 @@ def main() -> None:
             settings[f"tuned, {result.recommended_policy}"] = SpecConfig(
                 groups=result.plan, calibration=result.recommended_policy, max_new_tokens=args.eval_tokens)
         list(session.generate(eval_ids[0], SpecConfig(max_new_tokens=8)))  # warm-up
+        measured = evaluate(session, eval_ids, settings, log)
         rows = []
         for label, cfg in settings.items():
-            log(f"held-out prompts: {label}")
             plan = cfg.plan(n_layers)
-            rows.append({"setting": label, "plan": describe(plan), "steps": len(plan),
-                         "calibration": cfg.calibration, **evaluate(session, eval_ids, cfg)})
+            rows.append({"setting": label, "plan": describe(plan), "steps": len(plan), "calibration": cfg.calibration,
+                         **measured[label]})
     base = rows[0]["acceptance_rate"]
     for r in rows:
         r["vs_n1"] = r["acceptance_rate"] / base - 1
@@ -86,7 +98,9 @@ def main() -> None:
              f"{started}, {meta['machine']}, commit {meta['commit']}. Command: `{meta['command']}`. Greedy, chat "
              f"template. Tuned on {len(tune_ids)} prompts ({args.tune_tokens} tokens); the table below is measured "
              f"on {len(eval_ids)} other prompts ({args.eval_tokens} tokens), every setting in the same run with the "
-             f"real base. Timings share a 2-core machine with other work: compare within the table only.", "",
+             f"real base, the settings interleaved per prompt. Timings share a 2-core machine with other work: compare "
+             f"within the table only. The tuner's table below ran earlier ({result.created}), under other load: its "
+             f"draft times are not comparable with this table's.", "",
              "| setting | plan | draft steps | calibration | acceptance rate | vs N = 1 | draft ms per drafted "
              "token | tokens/s (median) |", "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['setting']} | `{r['plan']}` | {r['steps']} | {r['calibration']} | {r['acceptance_rate']:.3f} | "

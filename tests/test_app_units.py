@@ -45,15 +45,26 @@ def test_settings_from_raw_inputs():
 
 
 def test_tree_and_adaptive_settings_from_raw_inputs():
-    cfg = spec_config("easyspec", 4, "every-round", 5, 0, 1, 0, 0, 64, "4", 3.0, True)
+    cfg = spec_config("easyspec", 4, "every-round", 5, 0, 1, 0, 0, 64, tree_depth="4", tree_width=3.0, adaptive=True)
     assert (cfg.tree_depth, cfg.tree_width, cfg.adaptive) == (4, 3, True)
     assert describe_config(cfg) == "easyspec N=4 every-round tree 4x3 adaptive"
-    assert describe_config(spec_config("speculative", 1, "none", 5, 0, 1, 0, 0, 8, 0, 4, True)) == (
+    assert describe_config(spec_config("speculative", 1, "none", 5, 0, 1, 0, 0, 8, tree_depth=0, tree_width=4,
+                                       adaptive=True)) == (
         "speculative k=5 adaptive")
     for extra, match in [((-1, 4, False), "tree depth must be between"), ((2, 0, False), "tree width must be between"),
                          ((2, 2, "yes"), "adaptive draft length must be true or false")]:
         with pytest.raises(ValueError, match=match):
-            spec_config("easyspec", 4, "none", 5, 0, 1, 0, 0, 8, *extra)
+            spec_config("easyspec", 4, "none", 5, 0, 1, 0, 0, 8, "equal groups of N", "", *extra)
+
+
+def test_layer_grouping_from_raw_inputs():
+    assert spec_config("easyspec", 4, "none", 5, 0, 1, 0, 0, 8, "auto (tuned)", "").groups == "auto"
+    assert spec_config("easyspec", 4, "none", 5, 0, 1, 0, 0, 8, "custom plan", " 0|1-6|7 ").groups == "0|1-6|7"
+    assert spec_config("easyspec", 4, "none", 5, 0, 1, 0, 0, 8, "equal groups of N", "0|1").groups == ""
+    with pytest.raises(ValueError, match="custom plan is empty"):
+        spec_config("easyspec", 4, "none", 5, 0, 1, 0, 0, 8, "custom plan", "  ")
+    with pytest.raises(ValueError, match="layer grouping must be one of"):
+        spec_config("easyspec", 4, "none", 5, 0, 1, 0, 0, 8, "greedy groups", "")
 
 
 def test_app_options_keep_custom_models_behind_a_flag():
