@@ -117,7 +117,7 @@ class GenerateOutputs:
 def _view(live: LiveRun, status: str, final: bool = False, files: dict | None = None) -> tuple:
     """Output values for GenerateOutputs; files, details and the round slider change only at the end."""
     base = (status, live.text_html(), live.cards_html(), live.timeline(), live.per_position(), live.histogram())
-    watch = (live.alert_html(), live.rolling())
+    watch = live.watch()
     if not final:
         return base + (gr.skip(), gr.skip(), gr.skip(), gr.skip()) + watch
     files = files or {}
@@ -161,7 +161,8 @@ def make_handlers(ctx: AppContext):
         stop = state.begin("generate")
         live = LiveRun(session.tokenizer, cfg.mode, ctx.info.device, ctx.info.devices, describe_config(cfg),
                        settings=cfg.as_dict(), largest_group=groups)
-        yield (_running_status(live),) + _view(live, "")[1:6] + (None, None, None, gr.skip()) + _view(live, "")[-2:]
+        empty = _view(live, "")
+        yield (_running_status(live),) + empty[1:6] + (None, None, None, gr.skip()) + empty[-2:]
         for batch in DeviceJob(record_stream(session, ids, cfg), stop).batches():
             live.add(batch)
             yield _view(live, _running_status(live))

@@ -83,23 +83,20 @@ class LiveRun:
     def histogram(self):
         return accepted_histogram_figure(self.records)
 
-    def rolling(self):
+    def watch(self) -> tuple[str, object]:
+        """The acceptance watch: an alert box (empty while acceptance is healthy; it stays once raised)
+        and the rolling-acceptance chart, from one pass over the records."""
         points = rolling_acceptance(self.records)
+        flagged = [r.index for r in self.records if ALERT in r.flags]
         exp = expectation(float(self.settings.get("expected_acceptance", 0.0)))
-        return rolling_acceptance_figure(points, [r.index for r in self.records if ALERT in r.flags],
-                                         exp.rate if exp.source != "floor" else None, exp.threshold)
-
-    def alert_html(self) -> str:
-        """A visible warning while (and after) acceptance has collapsed in this run; empty otherwise."""
-        flagged = {r.index for r in self.records if ALERT in r.flags}
+        figure = rolling_acceptance_figure(points, flagged, exp.rate if exp.source != "floor" else None, exp.threshold)
         if not flagged:
-            return ""
-        worst = min(rate for index, rate in rolling_acceptance(self.records) if index in flagged)
-        exp = expectation(float(self.settings.get("expected_acceptance", 0.0)))
+            return "", figure
+        worst = min(rate for index, rate in points if index in set(flagged))
         text = alert_text(worst, exp, likely_cause(self.settings, self.largest_group))
         return (f'<div class="es-alert" role="alert" style="border:2px solid #D55E00;background:#fff4ec;'
                 f'border-radius:8px;padding:8px 12px;margin:4px 0;color:#5a2200">'
-                f"<b>⚠ Low acceptance</b> ({len(flagged)} rounds flagged). {html.escape(text)}</div>")
+                f"<b>⚠ Low acceptance</b> ({len(flagged)} rounds flagged). {html.escape(text)}</div>"), figure
 
     def end_ms(self) -> float:
         return self.records[-1].end_ns / 1e6 if self.records else 0.0

@@ -8,6 +8,7 @@ What it is not: the decoding loop (`engine.py`) or the multi-device protocol (`p
 """
 from __future__ import annotations
 
+import functools
 import re
 import sys
 import threading
@@ -145,7 +146,9 @@ class Session:
 
     def validate(self, cfg: SpecConfig, prompt_ids: Sequence[int]) -> None:
         """Raise ValueError for settings this session cannot run, before any device work."""
-        cfg = self.resolve(cfg)
+        self._check(self.resolve(cfg), prompt_ids)
+
+    def _check(self, cfg: SpecConfig, prompt_ids: Sequence[int]) -> None:  # cfg already resolved
         if cfg.mode != "vanilla" and self.draft is None:
             raise ValueError(f"mode {cfg.mode} needs a draft model, and this session loaded none")
         if cfg.mode == "easyspec":
@@ -157,8 +160,9 @@ class Session:
         check_prompt(prompt_ids, cfg, self.base, self.draft)
 
     # -- tuning (tuning.py) ----------------------------------------------------------------------
-    @property
+    @functools.cached_property
     def pair_key(self) -> str | None:
+        """The tuning cache's key of this pair (its files do not change while the session holds them)."""
         if self.source.draft_dir is None:
             return None
         return pair_key(self.source.base_dir, self.source.draft_dir, self.dtype)
@@ -212,7 +216,7 @@ class Session:
         the device lock until it ends or is closed; closing it stops the run after the current round.
         Front ends that save the settings call `resolve` first, so that they save the plan that ran."""
         cfg = self.resolve(cfg)
-        self.validate(cfg, prompt_ids)
+        self._check(cfg, prompt_ids)
         return self._stream(list(prompt_ids), cfg)
 
     def _check_budget(self, tokens: int, cfg: SpecConfig) -> None:
