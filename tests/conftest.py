@@ -109,3 +109,28 @@ def real_source():
         if os.environ.get("EASYSPEC_REQUIRE_REAL_PAIR") == "1":
             raise
         pytest.skip(f"offline pair not available: {exc}")
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """Headless Debian Chromium through Playwright; skips without them, unless CI requires a browser."""
+    import os
+    import shutil
+
+    executable = os.environ.get("EASYSPEC_CHROMIUM", "/usr/bin/chromium")
+    required = bool(os.environ.get("EASYSPEC_REQUIRE_BROWSER"))
+    try:
+        from playwright import sync_api
+    except ImportError:
+        if required:
+            raise
+        pytest.skip("playwright is not installed (pip install '.[test]')")
+    if not shutil.which(executable):
+        if required:
+            raise RuntimeError(f"no Chromium at {executable}: apt-get install chromium")
+        pytest.skip(f"no Chromium at {executable}")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, headless=True,
+                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        yield browser
+        browser.close()

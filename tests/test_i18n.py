@@ -3,8 +3,6 @@ the page language follows ?lang= and the browser, and in a real browser the swit
 Japanese (drawn with a CJK font) and back, with the screens still working."""
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -12,8 +10,6 @@ import pytest
 
 from easyspec.core.i18n import text, tr, ui_translation
 
-CHROMIUM = os.environ.get("EASYSPEC_CHROMIUM", "/usr/bin/chromium")
-REQUIRED = bool(os.environ.get("EASYSPEC_REQUIRE_BROWSER"))
 SHOTS = Path(__file__).resolve().parents[1] / "results" / "screenshots" / "browser_test"
 TIMEOUT_MS = 240_000
 
@@ -64,36 +60,17 @@ def test_every_dashboard_label_has_a_japanese_form(pair_dirs):
 
 
 # -- in a real browser ---------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def browser():
-    try:
-        from playwright import sync_api
-    except ImportError:
-        if REQUIRED:
-            raise
-        pytest.skip("playwright is not installed (pip install '.[test]')")
-    if not shutil.which(CHROMIUM):
-        if REQUIRED:
-            raise RuntimeError(f"no Chromium at {CHROMIUM}: apt-get install chromium")
-        pytest.skip(f"no Chromium at {CHROMIUM}")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                              args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        yield b
-        b.close()
-
-
 def _wait_text(page, selector: str, text: str) -> None:
     page.wait_for_function("([s, t]) => (document.querySelector(s)?.innerText || '').includes(t)", arg=[selector, text],
                            timeout=TIMEOUT_MS)
 
 
-def test_switch_to_japanese_and_back(browser, app_url):
+def test_switch_to_japanese_and_back(chromium, app_url):
     from browser_fonts import assert_cjk_drawn
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
     SHOTS.mkdir(parents=True, exist_ok=True)
-    page = browser.new_page(viewport={"width": 1500, "height": 1000})
+    page = chromium.new_page(viewport={"width": 1500, "height": 1000})
     page.set_default_timeout(TIMEOUT_MS)
     page.goto(app_url)
     page.wait_for_selector("#gen-run")
@@ -132,14 +109,14 @@ def test_switch_to_japanese_and_back(browser, app_url):
     page.close()
 
 
-def test_page_opens_in_japanese_for_lang_ja_or_a_japanese_browser(browser, app_url):
-    page = browser.new_page(viewport={"width": 1500, "height": 1000})
+def test_page_opens_in_japanese_for_lang_ja_or_a_japanese_browser(chromium, app_url):
+    page = chromium.new_page(viewport={"width": 1500, "height": 1000})
     page.set_default_timeout(TIMEOUT_MS)
     page.goto(app_url + "?lang=ja")
     _wait_text(page, "#gen-run", "実行")
     page.screenshot(path=str(SHOTS / "ui_ja_generate.png"), full_page=True)
     page.close()
-    context = browser.new_context(locale="ja-JP")
+    context = chromium.new_context(locale="ja-JP")
     page = context.new_page()
     page.set_default_timeout(TIMEOUT_MS)
     page.goto(app_url)
@@ -158,9 +135,9 @@ def _report(page, lang: str) -> str:
     return page.request.get(href).text()
 
 
-def test_pilot_report_in_the_chosen_language(browser, app_url):
+def test_pilot_report_in_the_chosen_language(chromium, app_url):
     """A pilot run in Japanese gives a Japanese report; Export report after switching gives an English one."""
-    page = browser.new_page(viewport={"width": 1500, "height": 1000})
+    page = chromium.new_page(viewport={"width": 1500, "height": 1000})
     page.set_default_timeout(TIMEOUT_MS)
     page.goto(app_url + "?lang=ja")
     _wait_text(page, "#gen-run", "実行")

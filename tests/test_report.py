@@ -8,9 +8,7 @@ results/screenshots/browser_test/ (not tracked).
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import statistics
 import string
 from html.parser import HTMLParser
@@ -25,8 +23,6 @@ from easyspec.core.pilot import PilotGrid, PilotRun, run_pilot, summarise
 from easyspec.core.report import context_for, report_data
 from easyspec.visualizations.report import report_html
 
-CHROMIUM = os.environ.get("EASYSPEC_CHROMIUM", "/usr/bin/chromium")
-REQUIRED = bool(os.environ.get("EASYSPEC_REQUIRE_BROWSER"))
 SHOTS = Path(__file__).resolve().parents[1] / "results" / "screenshots" / "browser_test"
 PROMPTS = ["The quick brown fox", "0123456789", "def add(a, b):"]
 
@@ -154,44 +150,28 @@ def test_report_is_one_self_contained_file(reports):
         assert "projected, not measured" in projection or "実測ではありません" in projection
 
 
-def test_report_opens_offline_in_chromium_with_a_cjk_font(reports):
-    try:
-        from playwright import sync_api
-    except ImportError:
-        if REQUIRED:
-            raise
-        pytest.skip("playwright is not installed (pip install '.[test]')")
-    if not shutil.which(CHROMIUM):
-        if REQUIRED:
-            raise RuntimeError(f"no Chromium at {CHROMIUM}: apt-get install chromium")
-        pytest.skip(f"no Chromium at {CHROMIUM}")
+def test_report_opens_offline_in_chromium_with_a_cjk_font(reports, chromium):
     SHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        try:
-            for lang, (data, path) in reports.items():
-                page = browser.new_page(viewport={"width": 1300, "height": 900})
-                requests = []
-                page.on("request", lambda r: requests.append(r.url))
-                page.route("http*://**", lambda route: route.abort())  # offline: anything remote fails
-                page.goto(path.as_uri())
-                page.wait_for_selector("#chart-timeline .main-svg")
-                page.wait_for_selector("#chart-pilot .main-svg")
-                assert [u for u in requests if not u.startswith(("file:", "data:", "blob:"))] == []
-                bars = page.evaluate("() => document.getElementById('chart-timeline').data"
-                                     ".filter(t => t.type === 'bar').reduce((n, t) => n + t.x.length, 0)")
-                rep = next(s for s in data["settings"] if s["setting"] == data["representative"]["setting"])
-                assert bars > 0 and rep["mode"] == "easyspec"
-                cells = page.eval_on_selector_all("#measured tbody tr", "rows => rows.map(r => r.cells[4].innerText)")
-                assert cells == [f"{s['speedup']:.2f}x" for s in data["settings"]]
-                page.screenshot(path=str(SHOTS / f"report_{lang}.png"), full_page=True)
-                if lang == "ja":  # drawn with a font that has the glyphs, not boxes
-                    assert_cjk_drawn(page, "h1")
-                    assert_cjk_drawn(page, "#conclusion li")
-                page.close()
-        finally:
-            browser.close()
+    for lang, (data, path) in reports.items():
+        page = chromium.new_page(viewport={"width": 1300, "height": 900})
+        requests = []
+        page.on("request", lambda r: requests.append(r.url))
+        page.route("http*://**", lambda route: route.abort())  # offline: anything remote fails
+        page.goto(path.as_uri())
+        page.wait_for_selector("#chart-timeline .main-svg")
+        page.wait_for_selector("#chart-pilot .main-svg")
+        assert [u for u in requests if not u.startswith(("file:", "data:", "blob:"))] == []
+        bars = page.evaluate("() => document.getElementById('chart-timeline').data"
+                             ".filter(t => t.type === 'bar').reduce((n, t) => n + t.x.length, 0)")
+        rep = next(s for s in data["settings"] if s["setting"] == data["representative"]["setting"])
+        assert bars > 0 and rep["mode"] == "easyspec"
+        cells = page.eval_on_selector_all("#measured tbody tr", "rows => rows.map(r => r.cells[4].innerText)")
+        assert cells == [f"{s['speedup']:.2f}x" for s in data["settings"]]
+        page.screenshot(path=str(SHOTS / f"report_{lang}.png"), full_page=True)
+        if lang == "ja":  # drawn with a font that has the glyphs, not boxes
+            assert_cjk_drawn(page, "h1")
+            assert_cjk_drawn(page, "#conclusion li")
+        page.close()
 
 
 # -- the translation table ---------------------------------------------------------------------
