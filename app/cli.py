@@ -174,6 +174,10 @@ def _add_tune(sub) -> None:
     p.add_argument("--draft-len", type=int, default=5)
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--no-policies", action="store_true", help="skip measuring the calibration policies")
+    p.add_argument("--search", type=int, default=120,
+                   help="probes the boundary search may spend improving the candidates (0: none; default 120)")
+    p.add_argument("--probe-rounds", type=int, default=256,
+                   help="simulated drafting rounds per probe (default 256)")
     p.add_argument("--exhaustive", action="store_true",
                    help="measure every candidate plan, also those with more steps than the one chosen")
     p.add_argument("--out", default=None, help="also write OUT.json and OUT.md")
@@ -452,7 +456,8 @@ def cmd_tune(args) -> int:
     from easyspec.core.tuning import TuneConfig, markdown, tuning_path
 
     cfg = TuneConfig(tolerance=args.tolerance, max_group=args.max_group, draft_len=args.draft_len,
-                     max_new_tokens=args.max_new_tokens, policies=not args.no_policies, exhaustive=args.exhaustive)
+                     max_new_tokens=args.max_new_tokens, policies=not args.no_policies, exhaustive=args.exhaustive,
+                     search=args.search, probe_rounds=args.probe_rounds)
     prompts = builtin_prompts(args.prompts) if args.prompts in BUILTIN_SETS else read_prompt_file(args.prompts)
     prompts = prompts[: max(1, args.limit)]
     source = resolve_pair(args.base, args.draft, args.pair or (None if args.base else "qwen2.5-coder"))

@@ -24,19 +24,24 @@ from easyspec.core.files import write_text_atomic
 from easyspec.core.grouping import describe
 from easyspec.core.prompt_sets import builtin_prompts
 from easyspec.core.session import Session
-from easyspec.core.tuning import TuneConfig, markdown
+from easyspec.core.tuning import Probe, TuneConfig, markdown
 
 DRAFT = ("draft.attn", "draft.mlp", "draft.comm")
 
 
 def evaluate(session: Session, prompts: list[list[int]], settings: dict[str, SpecConfig], log) -> dict[str, dict]:
     """Every setting on every prompt, settings interleaved per prompt: a change of load on the shared
-    machine then hits every setting alike instead of the ones that happened to run last."""
+    machine then hits every setting alike instead of the ones that happened to run last. Each
+    every-round setting also gets the tuner's probe prediction, from the base's outputs of this run."""
     runs: dict[str, list] = {label: [] for label in settings}
+    references = []
     for i, ids in enumerate(prompts):
         log(f"held-out prompt {i + 1}/{len(prompts)}")
         for label, cfg in settings.items():
-            runs[label].append(metrics.compute(list(session.generate(ids, cfg))))
+            records = list(session.generate(ids, cfg))
+            runs[label].append(metrics.compute(records))
+        references.append((ids, [t for r in records for t in r.token_ids]))  # greedy: every setting's output
+    probe = Probe(session.draft, references, SpecConfig().draft_len)
     out = {}
     for label, ms in runs.items():
         drafted = sum(m.drafted for m in ms)
@@ -44,17 +49,20 @@ def evaluate(session: Session, prompts: list[list[int]], settings: dict[str, Spe
         out[label] = {"acceptance_rate": sum(m.accepted for m in ms) / drafted, "drafted": drafted,
                       "draft_ms_per_token": 1000 * draft_s / drafted, "draft_s": draft_s,
                       "tokens_per_s": statistics.median(m.tokens_per_s for m in ms),
-                      "calibrate_s": sum(m.calibrate_s for m in ms)}
+                      "calibrate_s": sum(m.calibrate_s for m in ms),
+                      "probe": probe.acceptance(settings[label].plan(session.info.draft_layers))
+                      if settings[label].calibration == "every-round" else None}
     return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--dtype", default="float32")
-    ap.add_argument("--tune-prompts", type=int, default=2, help="per set (code, chat)")
-    ap.add_argument("--eval-prompts", type=int, default=3, help="per set (code, chat), after the tuning ones")
-    ap.add_argument("--tune-tokens", type=int, default=32)
+    ap.add_argument("--tune-prompts", type=int, default=4, help="per set (code, chat)")
+    ap.add_argument("--eval-prompts", type=int, default=4, help="per set (code, chat), after the tuning ones")
+    ap.add_argument("--tune-tokens", type=int, default=48)
     ap.add_argument("--eval-tokens", type=int, default=48)
+    ap.add_argument("--search", type=int, default=120, help="probes for the tuner's boundary search")
     ap.add_argument("--out", default="results/tuning")
     ap.add_argument("--reuse-tuning", action="store_true", help="use the cached tuning of the pair (same dtype)")
     args = ap.parse_args()
@@ -67,7 +75,8 @@ def main() -> None:
                     for p in s[args.tune_prompts: args.tune_prompts + args.eval_prompts]]
         result = session.tuning() if args.reuse_tuning else None
         if result is None:
-            result = session.tune(tune_ids, TuneConfig(max_new_tokens=args.tune_tokens, max_group=8), progress=log)
+            result = session.tune(tune_ids, TuneConfig(max_new_tokens=args.tune_tokens, max_group=8,
+                                                       search=args.search), progress=log)
         n_layers = session.info.draft_layers
         settings = {f"N={n}": SpecConfig(layer_parallel=n, max_new_tokens=args.eval_tokens) for n in range(1, 7)}
         settings["tuned"] = SpecConfig(groups=result.plan, max_new_tokens=args.eval_tokens)
@@ -101,10 +110,11 @@ def main() -> None:
              f"real base, the settings interleaved per prompt. Timings share a 2-core machine with other work: compare "
              f"within the table only. The tuner's table below ran earlier ({result.created}), under other load: its "
              f"draft times are not comparable with this table's.", "",
-             "| setting | plan | draft steps | calibration | acceptance rate | vs N = 1 | draft ms per drafted "
-             "token | tokens/s (median) |", "|---|---|---|---|---|---|---|---|"]
+             "| setting | plan | draft steps | calibration | acceptance rate | vs N = 1 | probe's prediction | "
+             "draft ms per drafted token | tokens/s (median) |", "|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['setting']} | `{r['plan']}` | {r['steps']} | {r['calibration']} | {r['acceptance_rate']:.3f} | "
-              f"{r['vs_n1']:+.1%} | {r['draft_ms_per_token']:.1f} | {r['tokens_per_s']:.2f} |" for r in rows]
+              f"{r['vs_n1']:+.1%} | {'-' if r['probe'] is None else format(r['probe'], '.3f')} | "
+              f"{r['draft_ms_per_token']:.1f} | {r['tokens_per_s']:.2f} |" for r in rows]
     lines += ["", f"Target (fewer sequential draft steps than N = 4, at most 5% relative acceptance loss against "
                   f"N = 1, on the held-out prompts): **{'met' if target else 'not met'}** (tuned plan "
                   f"{tuned['steps']} steps vs {n4['steps']}, {tuned['vs_n1']:+.1%}).", "",

@@ -137,11 +137,13 @@ class TreeAttention:
     positions: [T] int64 RoPE positions (prefix length + depth - 1 for a node at depth >= 1).
     visible: [T, W] bool, which of the last W cache slots (the tree part, the new tokens included)
     each new token attends to: its ancestors and itself. Every slot before the tree part (the
-    committed prefix) is visible to all of them.
+    committed prefix) is visible to all of them, unless `prefix` [T] says how many of the first
+    prefix slots each token sees (the auto-tuner's probe: drafting chains that start inside the prefix).
     """
 
     positions: torch.Tensor  # [T] int64
     visible: torch.Tensor  # [T, W] bool
+    prefix: torch.Tensor | None = None  # [T] int64
 
     def __post_init__(self) -> None:
         assert self.positions.dim() == 1 and self.visible.dim() == 2, (self.positions.shape, self.visible.shape)
@@ -215,7 +217,10 @@ class Decoder:
         window = self.cfg.sliding_window
         if window is not None and int(tree.positions.max()) >= window:
             raise ValueError(f"token trees past the sliding window ({window} tokens) are not supported")
-        prefix = torch.ones((T, pos + T - W), dtype=torch.bool, device=self.device)
+        if tree.prefix is None:
+            prefix = torch.ones((T, pos + T - W), dtype=torch.bool, device=self.device)
+        else:
+            prefix = torch.arange(pos + T - W, device=self.device)[None, :] < tree.prefix.to(self.device)[:, None]
         return torch.cat([prefix, tree.visible.to(self.device, torch.bool)], dim=1)
 
     def _attention(self, h: torch.Tensor, g: Group, pos: int, cache: KVCache, rope, mask) -> torch.Tensor:

@@ -7,14 +7,21 @@ What it does, from a few calibration prompts (greedy):
 2. Candidates. For thresholds t swept over the measured similarities, a plan grows each group from
    its first layer a while S[a, l] >= t (and the group is at most `max_group` layers); the equal
    plans of N = 2..6 join them. N = 1 (sequential drafting) is the baseline.
-3. Acceptance. The baseline, then the candidates from the fewest steps up, draft the same prompts
-   in the same run, until a step count has a candidate within tolerance (or all: `exhaustive`). The
-   base's greedy output is computed once per prompt and played back (`ReplayBase`): greedy
-   acceptance depends only on that output, so each candidate costs draft forwards only, and the
-   counts equal those of a full run (a test checks this).
-4. Choice: the plan with the fewest sequential draft steps whose acceptance rate is within
+3. Probe and search. The `Probe` predicts a plan's acceptance rate in one batched forward per
+   prompt, simulating a drafting round from every output position (see the class). Every candidate
+   is probed; then the search descends from the fewest-step plan within tolerance on the probe, one
+   step fewer at a time: the best of that step count's candidates and of the current plan with two
+   groups merged is improved by hill climbing (move one group boundary by one layer while the probe
+   improves), until the climbed plan falls out of tolerance or `search` probes are spent.
+4. Acceptance. The baseline, then the plans from the fewest steps up, draft the same prompts in
+   the same run, until a step count has a plan within tolerance (or all: `exhaustive`); plans whose
+   probe is more than twice the tolerance below N = 1's are not drafted. The base's greedy output
+   is computed once per prompt and played back (`ReplayBase`): greedy acceptance depends only on
+   that output, so each plan costs draft forwards only, and the counts equal those of a full run
+   (a test checks this).
+5. Choice: the plan with the fewest sequential draft steps whose measured acceptance rate is within
    `tolerance` (relative) of the baseline; ties go to the higher acceptance rate.
-5. Calibration. The chosen plan runs every-round, on-mismatch and none with the real base; the
+6. Calibration. The chosen plan runs every-round, on-mismatch and none with the real base; the
    recommendation is the fastest policy whose acceptance stays within tolerance.
 The result is written (atomically) to the cache under a key of both models' configs and the dtype,
 where `--groups auto` and the acceptance monitor find it.
@@ -30,10 +37,10 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
-from .decoder import Decoder, Group
+from .decoder import Decoder, Group, TreeAttention
 from .files import write_text_atomic
 from .engine import CALIBRATION_POLICIES, SpecConfig, Stopping, generate
-from .grouping import describe, layer_groups
+from .grouping import describe, layer_groups, parse_plan
 from .metrics import compute
 
 EQUAL_SIZES = (2, 3, 4, 5, 6)
@@ -49,12 +56,16 @@ class TuneConfig:
     thresholds: int = 12  # similarity thresholds swept
     policies: bool = True  # also measure the calibration policies with the real base
     exhaustive: bool = False  # measure every candidate, not only those with no more steps than the choice
+    search: int = 120  # probes the boundary search may spend (0: candidates only)
+    probe_rounds: int = 256  # simulated drafting rounds per probe (spread over the outputs)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.tolerance < 1.0:
             raise ValueError(f"--tolerance must be between 0 and 1 (a relative loss); got {self.tolerance}")
         if self.max_group < 1:
             raise ValueError(f"--max-group must be >= 1; got {self.max_group}")
+        if self.search < 0 or self.probe_rounds < 1:
+            raise ValueError(f"--search must be >= 0 and --probe-rounds >= 1; got {self.search} and {self.probe_rounds}")
         if self.draft_len < 1 or self.max_new_tokens < 2:
             raise ValueError("the tuner needs --draft-len >= 1 and --max-new-tokens >= 2")
 
@@ -63,10 +74,11 @@ class TuneConfig:
 class Candidate:
     plan: str
     steps: int  # sequential draft steps per drafted token (groups in the plan)
-    origin: str  # "sequential" | "equal N=4" | "similarity >= 0.93"
+    origin: str  # "sequential" | "equal N=4" | "similarity >= 0.93" | "search from equal N=5"
     drafted: int
     accepted: int
     draft_s: float  # measured drafting seconds, all prompts
+    probe: float = 0.0  # Probe.acceptance: the predicted acceptance rate
 
     @property
     def acceptance_rate(self) -> float:
@@ -100,7 +112,8 @@ class TuneResult:
     pair: dict = field(default_factory=dict)
     created: str = ""
     prompts: int = 0
-    unmeasured: int = 0  # candidates with more steps than the choice, skipped (TuneConfig.exhaustive)
+    unmeasured: int = 0  # plans not drafted: more steps than the choice, or a hopeless probe (TuneConfig.exhaustive)
+    probed: int = 0  # plans the probe scored (candidates and search)
 
     @property
     def predicted_saving(self) -> float:
@@ -183,6 +196,102 @@ def candidate_plans(s: torch.Tensor, n_layers: int, max_group: int, thresholds: 
         if len(plan) < n_layers:
             plans.setdefault(describe(plan), f"similarity >= {t:.3f}")
     return dict(sorted(plans.items(), key=lambda kv: kv[0].count("|")))
+
+
+# -- probe: one fuzzy step on exact context, teacher-forced ---------------------------------------
+class Probe:
+    """A plan's drafting rounds simulated at every output position of the base's greedy outputs.
+
+    A drafting round that starts at position p has exact context before p (calibration); its first
+    proposal comes from the exact forward, and each later one feeds the previous token through the
+    plan's fuzzy groups, attending to the exact K/V before p and the round's own fuzzy K/V. The
+    probe runs such a round from every start p at once, teacher-forced on the base's output: the
+    exact K/V of the whole sequence sit in the cache, then one forward runs all rounds' tokens as
+    chains (TreeAttention: token p + j at its own position sees the exact slots before p, and the
+    chain's tokens p..p+j). The round accepts the longest run of proposals that match the base's
+    tokens; the mean over starts, per drafted token, predicts the acceptance rate. A plan costs one
+    batched forward per reference instead of a drafting run, so many plans can be compared; each
+    chain token's logits equal the engine's own draft step (a test checks this).
+    """
+
+    def __init__(self, draft: Decoder, references: Sequence[tuple[list[int], list[int]]], draft_len: int,
+                 max_rounds: int = 0):
+        """max_rounds > 0: start a round only every k-th position, k chosen so that at most that many run."""
+        self.draft, self.draft_len, self.items = draft, draft_len, []
+        chain = draft_len - 1  # fuzzy proposals per round after the exact first one
+        total = sum(max(len(out) - draft_len + 1, 0) for _, out in references)
+        stride = -(-total // max_rounds) if max_rounds > 0 else 1
+        for prompt, out in references:
+            seq = torch.tensor(list(prompt) + list(out), dtype=torch.long, device=draft.device)
+            starts = torch.arange(len(prompt), len(seq) - draft_len + 1, stride, device=draft.device)
+            if starts.numel() == 0:
+                continue
+            offsets = starts[:, None] + torch.arange(chain, device=draft.device)[None, :]  # [S, chain] positions
+            cache = draft.new_cache(len(seq) + starts.numel() * chain)
+            with torch.inference_mode():
+                exact = draft.forward(seq, 0, cache, all_logits=True)
+            first = exact[starts - 1].argmax(-1) == seq[starts]  # [S] the round's exact first proposal
+            self.items.append((cache, seq, starts, offsets, first))
+
+    @property
+    def rounds(self) -> int:
+        return sum(item[2].numel() for item in self.items)
+
+    def logits(self, groups: Sequence[Group]) -> Iterator[torch.Tensor]:
+        """Per reference, [starts, draft_len - 1, vocab]: each round's fuzzy proposals, teacher-forced."""
+        for cache, seq, starts, offsets, _ in self.items:
+            length, (n, chain) = cache.length, offsets.shape
+            if chain == 0:
+                yield torch.zeros(n, 0, self.draft.cfg.vocab_size)
+                continue
+            node = torch.arange(n * chain)
+            visible = (node[:, None] // chain == node[None, :] // chain) & (node[None, :] <= node[:, None])
+            tree = TreeAttention(offsets.reshape(-1).cpu(), visible, starts.repeat_interleave(chain).cpu())
+            with torch.inference_mode():
+                logits = self.draft.forward(seq[offsets.reshape(-1)], length, cache, groups=groups,
+                                            all_logits=True, tree=tree)
+            cache.crop(length)
+            yield logits.view(n, chain, -1)
+
+    def acceptance(self, groups: Sequence[Group]) -> float:
+        """Predicted acceptance rate: accepted proposals per drafted token, over all simulated rounds."""
+        accepted = 0
+        for logits, (_, seq, _, offsets, first) in zip(self.logits(groups), self.items):
+            match = torch.cat([first[:, None], logits.argmax(-1) == seq[offsets + 1]], dim=1)  # [S, draft_len]
+            accepted += int(match.long().cumprod(1).sum())
+        return accepted / max(self.rounds * self.draft_len, 1)
+
+
+def neighbours(groups: Sequence[Group], max_group: int) -> Iterator[tuple[Group, ...]]:
+    """The plans one boundary move away: one group gives its edge layer to its neighbour."""
+    edges = [g[0] for g in groups] + [groups[-1][1]]
+    for i in range(1, len(edges) - 1):
+        for d in (-1, 1):
+            moved = edges[:i] + [edges[i] + d] + edges[i + 1:]
+            if all(1 <= b - a <= max_group for a, b in zip(moved, moved[1:])):
+                yield tuple(zip(moved, moved[1:]))
+
+
+def merges(groups: Sequence[Group], max_group: int) -> Iterator[tuple[Group, ...]]:
+    """The plans with one step fewer: two adjacent groups joined (if the result fits max_group)."""
+    for i in range(len(groups) - 1):
+        if groups[i + 1][1] - groups[i][0] <= max_group:
+            yield (*groups[:i], (groups[i][0], groups[i + 1][1]), *groups[i + 2:])
+
+
+def climb(score: Callable[[tuple[Group, ...]], float], start: tuple[Group, ...], max_group: int,
+          budget: Callable[[], bool]) -> tuple[Group, ...]:
+    """Steepest ascent over boundary moves while the score improves and `budget()` allows more probes."""
+    best, best_score = start, score(start)
+    while True:
+        scored = []
+        for n in neighbours(best, max_group):
+            if not budget():
+                break
+            scored.append((score(n), n))
+        if not scored or max(scored)[0] <= best_score:
+            return best
+        best_score, best = max(scored)
 
 
 # -- acceptance by playback ------------------------------------------------------------------------
@@ -277,19 +386,59 @@ def tune_steps(base: Decoder, draft: Decoder, prompts: Sequence[Sequence[int]], 
         yield f"base output for calibration prompt {i + 1}/{len(prompts)}"
         vanilla = SpecConfig(mode="vanilla", max_new_tokens=cfg.max_new_tokens)
         references.append((list(prompt), [t for r in generate(base, None, prompt, vanilla, stopping) for t in r.token_ids]))
-    plans = {describe(layer_groups(n, 1)): "sequential", **candidate_plans(s, n, cfg.max_group, cfg.thresholds)}
-    measured, floor, found = [], 0.0, n
-    for i, (plan, origin) in enumerate(plans.items()):
+    sequential = describe(layer_groups(n, 1))
+    plans = {sequential: "sequential", **candidate_plans(s, n, cfg.max_group, cfg.thresholds)}
+    yield "probe: exact draft forwards of the base outputs"
+    probe, probes = Probe(draft, references, cfg.draft_len, cfg.probe_rounds), {}
+
+    def score(groups: tuple[Group, ...]) -> float:
+        key = describe(groups)
+        if key not in probes:
+            probes[key] = probe.acceptance(groups)
+        return probes[key]
+
+    for i, plan in enumerate(plans):
+        yield f"probe of plan {i + 1}/{len(plans)}: {plan}"
+        score(parse_plan(plan, n))
+    spent = len(probes)
+    budget = lambda: len(probes) < spent + cfg.search  # noqa: E731
+    probe_floor = (1 - cfg.tolerance) * probes[sequential]
+    # Descend from the fewest-step plan within tolerance on the probe: one step fewer at a time, start
+    # from the best of that step count's candidates and of the current plan with two groups merged.
+    frontier = min((p for p in plans if probes[p] >= probe_floor), key=lambda p: (p.count("|"), -probes[p]))
+    while budget() and frontier.count("|") > 0:
+        steps = frontier.count("|")
+        starts = [p for p in plans if p.count("|") + 1 == steps]
+        starts += [describe(m) for m in merges(parse_plan(frontier, n), cfg.max_group)]
+        yield f"boundary search for {steps} steps"
+        for p in starts:
+            if p not in probes and budget():
+                score(parse_plan(p, n))
+        if not any(p in probes for p in starts):
+            break
+        start = max((p for p in starts if p in probes), key=probes.get)
+        found = describe(climb(score, parse_plan(start, n), cfg.max_group, budget))
+        plans.setdefault(found, "boundary search")
+        if probes[found] < probe_floor:
+            break
+        frontier = found
+    hopeless = (1 - 2 * cfg.tolerance) * probes[sequential]
+    order = [sequential] + sorted((p for p in plans if p != sequential),
+                                  key=lambda p: (p.count("|"), -probes[p]))
+    measured, floor, found_steps = [], 0.0, n
+    for i, plan in enumerate(order):
         steps = plan.count("|") + 1
-        if steps > found and not cfg.exhaustive:
+        if steps > found_steps and not cfg.exhaustive:
             break  # ascending step counts: nothing from here on can be chosen
-        yield f"acceptance of plan {i + 1}/{len(plans)}: {plan}"
-        c = measure_plan(base, draft, references, plan, cfg, origin, stopping)
+        if i and probes[plan] < hopeless and not cfg.exhaustive:
+            continue
+        yield f"acceptance of plan {i + 1}/{len(order)}: {plan}"
+        c = replace(measure_plan(base, draft, references, plan, cfg, plans[plan], stopping), probe=probes[plan])
         measured.append(c)
         if i == 0:
             floor = (1 - cfg.tolerance) * c.acceptance_rate
         elif c.acceptance_rate >= floor:
-            found = min(found, steps)
+            found_steps = min(found_steps, steps)
     baseline = measured[0]
     ok = [c for c in measured if c.acceptance_rate >= floor]
     best = min(ok, key=lambda c: (c.steps, -c.acceptance_rate))
@@ -306,7 +455,7 @@ def tune_steps(base: Decoder, draft: Decoder, prompts: Sequence[Sequence[int]], 
                       steps=best.steps, sequential_steps=n, tolerance=cfg.tolerance, candidates=tuple(measured),
                       policies=policies, recommended_policy=recommended,
                       adjacent_similarity=tuple(s.diagonal(1).tolist()), prompts=len(prompts),
-                      unmeasured=len(plans) - len(measured),
+                      unmeasured=len(plans) - len(measured), probed=len(probes),
                       created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
 
 
@@ -372,16 +521,18 @@ def markdown(result: TuneResult) -> str:
            f"{result.acceptance_rate:.3f} against {result.baseline_rate:.3f} for N = 1 in the same run "
            f"(tolerance {result.tolerance:.0%} relative; {result.prompts} calibration prompts, greedy, "
            f"every-round calibration).", "",
-           "| plan | steps | from | acceptance rate | vs N = 1 | draft ms per drafted token |",
-           "|---|---|---|---|---|---|"]
+           f"Probe: the acceptance rate predicted by simulated rounds from every output position "
+           f"({result.probed} plans probed; N = 1: {result.candidates[0].probe:.3f}).", "",
+           "| plan | steps | from | probe | acceptance rate | vs N = 1 | draft ms per drafted token |",
+           "|---|---|---|---|---|---|---|"]
     for c in result.candidates:
         rel = c.acceptance_rate / result.baseline_rate - 1 if result.baseline_rate else 0.0
         mark = " **chosen**" if c.plan == result.plan else ""
-        out.append(f"| `{c.plan}`{mark} | {c.steps} | {c.origin} | {c.acceptance_rate:.3f} | {rel:+.1%} | "
+        out.append(f"| `{c.plan}`{mark} | {c.steps} | {c.origin} | {c.probe:.3f} | {c.acceptance_rate:.3f} | {rel:+.1%} | "
                    f"{1000 * c.draft_s_per_token:.1f} |")
     if result.unmeasured:
-        out += ["", f"{result.unmeasured} more candidates have more steps than the chosen plan and were not measured "
-                    f"(`--exhaustive` measures them)."]
+        out += ["", f"{result.unmeasured} more plans were not drafted: more steps than the chosen plan, or a probe "
+                    f"more than twice the tolerance below N = 1's (`--exhaustive` drafts them)."]
     if result.policies:
         out += ["", f"Calibration policies on the chosen plan (real base, median tokens/s over the prompts): "
                     f"recommended **{result.recommended_policy}** (the fastest whose acceptance stays within "

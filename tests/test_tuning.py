@@ -11,7 +11,7 @@ from conftest import CPU, assert_greedy_equal, tokens_of
 from easyspec.core.engine import SpecConfig, Stopping, generate
 from easyspec.core.grouping import describe, layer_groups, parse_plan
 from easyspec.core.monitor import ALERT, AcceptanceMonitor, expectation, likely_cause, rolling_acceptance
-from easyspec.core.tuning import TuneConfig, measure_plan, similarity, tune
+from easyspec.core.tuning import Probe, TuneConfig, climb, measure_plan, merges, neighbours, similarity, tune
 from helpers import hf_config, save_checkpoint
 
 PLANTED = range(3, 9)  # layers whose residual contributions are scaled down: their inputs are nearly equal
@@ -109,6 +109,48 @@ def test_playback_acceptance_equals_a_real_run(planted):
         assert (played.drafted, played.accepted) == (sum(len(r.drafted) for r in real), sum(r.accepted for r in real))
 
 
+def test_probe_rounds_are_the_engines_own_draft_steps(planted):
+    """Each simulated round equals drafting: exact cache up to p, then tokens p, p+1, .. through the plan."""
+    base, draft = planted
+    prompt = prompts(1, seed=4)[0]
+    out = tokens_of(generate(base, None, prompt, SpecConfig(mode="vanilla", max_new_tokens=10)))
+    seq = torch.tensor(prompt + out)
+    probe = Probe(draft, [(prompt, out)], draft_len=3)
+    starts = range(len(prompt), len(seq) - 3 + 1)
+    assert probe.rounds == len(starts)
+    sequential = parse_plan("0|1|2|3|4|5|6|7|8|9|10|11", 12)
+    for groups in (sequential, parse_plan("0-2|3-8|9-10|11", 12)):
+        rounds = next(probe.logits(groups))  # [starts, 2, vocab]
+        for i, p in enumerate(starts):
+            cache = draft.new_cache(len(seq))
+            draft.forward(seq[:p], 0, cache)
+            for j in range(2):
+                step = draft.forward(seq[p + j: p + j + 1], p + j, cache, groups=groups)
+                torch.testing.assert_close(rounds[i, j], step[0], rtol=1e-4, atol=1e-4)
+    # the predicted rate: each round accepts its leading run of matching proposals
+    exact = draft.forward(seq, 0, draft.new_cache(len(seq)), all_logits=True).argmax(-1)
+    accepted = 0
+    for p in starts:
+        for j in range(3):
+            if exact[p - 1 + j] != seq[p + j]:
+                break
+            accepted += 1
+    assert probe.acceptance(sequential) == pytest.approx(accepted / (3 * len(starts)))
+
+
+def test_boundary_search_moves_one_edge_within_the_group_limit():
+    plan = parse_plan("0|1-4|5-8|9", 10)
+    moves = {describe(p) for p in neighbours(plan, 4)}
+    assert moves == {"0-1|2-4|5-8|9", "0|1-4|5-7|8-9"}  # moving edge 5 makes a group of 5 > 4 layers
+    assert len(list(neighbours(plan, 5))) == 4
+    assert {describe(p) for p in merges(plan, 5)} == {"0-4|5-8|9", "0|1-4|5-9"}  # 1-8 would be 8 > 5 layers
+    # steepest ascent toward a target plan, and the budget stops it
+    target = parse_plan("0-2|3-7|8-9", 10)
+    score = lambda g: -sum(abs(a[0] - b[0]) for a, b in zip(g, target))  # noqa: E731
+    assert climb(score, parse_plan("0|1-5|6-9", 10), 5, lambda: True) == target
+    assert climb(score, parse_plan("0|1-5|6-9", 10), 5, lambda: False) == parse_plan("0|1-5|6-9", 10)
+
+
 def test_tuner_groups_the_planted_layers(planted):
     base, draft = planted
     result = tune(base, draft, prompts(3), TuneConfig(tolerance=0.05, max_new_tokens=32))
@@ -121,6 +163,7 @@ def test_tuner_groups_the_planted_layers(planted):
     ok = [c for c in result.candidates if c.acceptance_rate >= 0.95 * result.baseline_rate]
     assert result.steps == min(c.steps for c in ok)
     assert result.unmeasured > 0 and max(c.steps for c in result.candidates[1:]) == result.steps  # stopped early
+    assert result.probed > len(result.candidates) and all(0 < c.probe <= 1 for c in result.candidates)
     full = tune(base, draft, prompts(3), TuneConfig(max_new_tokens=32, policies=False, exhaustive=True))
     assert full.plan == result.plan and full.unmeasured == 0 and len(full.candidates) > len(result.candidates)
     assert {p.policy for p in result.policies} == {"none", "every-round", "on-mismatch"}
