@@ -28,9 +28,11 @@ from easyspec.visualizations.translate import translate_figure
 
 from .common import friendly, friendly_stream, write_trace
 from .context import AppContext
-from .settings import as_float, as_int, check_choice
+from .settings import GROUPINGS, as_float, as_int, check_choice
 from .state import LastRun, RunSummary, UserState, prompt_key
 from .worker import DeviceJob
+
+AUTO = GROUPINGS[1]  # "auto (tuned)": the tuned plan, ticked next to the N values
 
 SOURCES = ("built-in set", "uploaded file", "typed prompts")
 RUN_COLUMNS = ["prompt", "setting", "new_tokens", "tokens_per_s", "speedup", "acceptance_rate",
@@ -88,11 +90,13 @@ def pick_prompts(prompt, source, prompt_set, n_prompts, upload) -> list[str]:
 def make_grid(layer_parallel, calibration, draft_len, speculative, max_new_tokens, chat, temperature) -> PilotGrid:
     if not layer_parallel:
         raise ValueError("tick at least one layer-parallel size N")
+    plans = ("auto",) if AUTO in layer_parallel else ()
+    layer_parallel = [n for n in layer_parallel if n != AUTO]
     if not calibration:
         raise ValueError("tick at least one calibration policy")
     if not draft_len:
         raise ValueError("tick at least one draft length k")
-    return PilotGrid(layer_parallel=tuple(as_int(n, "N", 1, 64) for n in layer_parallel),
+    return PilotGrid(layer_parallel=tuple(as_int(n, "N", 1, 64) for n in layer_parallel), plans=plans,
                      calibration=tuple(check_choice(c, "calibration policy", CALIBRATION_POLICIES)
                                        for c in calibration),
                      draft_len=tuple(as_int(k, "k", 1, 16) for k in draft_len), speculative=bool(speculative),
@@ -267,7 +271,7 @@ def build(ctx: AppContext, state: gr.State, lang: gr.Radio):
     returns (handler, inputs, outputs) that the switch re-runs."""
     estimate, pilot, trace_of, request_stop, export_report, tune = make_handlers(ctx)
     n_max = ctx.max_layer_parallel
-    n_choices = sorted({n for n in (1, 2, 3, 4, 5, 6, 8) if n <= n_max} | {n_max})
+    n_choices = [*sorted({n for n in (1, 2, 3, 4, 5, 6, 8) if n <= n_max} | {n_max}), AUTO]
     gr.Markdown("Run every setting of a grid on a set of prompts. Vanilla decoding runs first on each prompt: "
                 "speedups are measured against it in the same pilot, and greedy outputs are checked against it "
                 "token for token.")
@@ -332,10 +336,12 @@ def build(ctx: AppContext, state: gr.State, lang: gr.Radio):
     trace_pick.change(trace_of, [trace_pick, state], trace_file, api_visibility="private")
     with gr.Accordion("Tune the layer plan (auto grouping)", open=False):
         gr.Markdown("Measures, on the prompts chosen above (greedy), how similar each draft layer's input is to the "
-                    "next layers' inputs and the acceptance rate of candidate layer plans against sequential "
-                    "drafting (N = 1), in one run; picks the plan with the fewest sequential draft steps whose "
-                    "acceptance stays within the tolerance, then compares the calibration policies on it. The "
-                    "result is cached for this model pair and used by *auto (tuned)* on the Generate screen.")
+                    "next layers' inputs, predicts the acceptance rate of candidate layer plans from simulated "
+                    "drafting rounds and improves the best by moving group boundaries, then measures the acceptance "
+                    "rate of the most promising plans against sequential drafting (N = 1), in one run; picks the plan "
+                    "with the fewest sequential draft steps whose acceptance stays within the tolerance, then compares "
+                    "the calibration policies on it. The result is cached for this model pair and used by "
+                    "*auto (tuned)* on the Generate screen and in the pilot grid.")
         with gr.Row():
             tolerance = gr.Slider(0.01, 0.3, value=0.05, step=0.01, label="tolerance (relative acceptance loss)",
                                   elem_id="tune-tolerance")

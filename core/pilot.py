@@ -38,6 +38,7 @@ class PilotGrid:
     """What to run on every prompt. Vanilla always runs first: it is the speedup's reference."""
 
     layer_parallel: tuple[int, ...] = (2, 4)
+    plans: tuple[str, ...] = ()  # layer plans run next to the N values: "0|1-4|...|23", or "auto" (the tuned one)
     calibration: tuple[str, ...] = ("none", "every-round")
     draft_len: tuple[int, ...] = (5,)
     speculative: bool = True  # also sequential speculative decoding (N = 1, exact) for each k
@@ -51,9 +52,9 @@ class PilotGrid:
     adaptive: bool = False  # every drafting setting also runs with adaptive draft length / tree depth
 
     def __post_init__(self) -> None:
-        for name in ("layer_parallel", "calibration", "draft_len"):
+        for name in ("layer_parallel", "plans", "calibration", "draft_len"):
             values = tuple(dict.fromkeys(getattr(self, name)))  # drop repeats, keep order
-            if not values:
+            if not values and name != "plans" and (name != "layer_parallel" or not self.plans):
                 raise ValueError(f"the pilot grid needs at least one {name.replace('_', ' ')} value")
             object.__setattr__(self, name, values)
         bad = [c for c in self.calibration if c not in CALIBRATION_POLICIES]
@@ -95,6 +96,11 @@ class PilotGrid:
                 for n in self.layer_parallel:
                     out += [PilotSetting(f"easyspec N={n} {policy} k={k}{suffix}", SpecConfig(
                         mode="easyspec", layer_parallel=n, calibration=policy, draft_len=k, **kw, **common))
+                        for suffix, kw in variants]
+                for plan in self.plans:
+                    name = "auto" if plan == "auto" else f"plan {plan}"
+                    out += [PilotSetting(f"easyspec {name} {policy} k={k}{suffix}", SpecConfig(
+                        mode="easyspec", groups=plan, calibration=policy, draft_len=k, **kw, **common))
                         for suffix, kw in variants]
         return out
 
@@ -155,8 +161,14 @@ def describe_seconds(seconds: float) -> str:
 
 
 def check_pilot(session, prompt_ids: Sequence[Sequence[int]], grid: PilotGrid) -> list[PilotSetting]:
-    """Every setting validated against every prompt before any device work (ValueError says which)."""
-    settings = grid.settings()
+    """Every setting validated against every prompt before any device work (ValueError says which);
+    "auto" becomes the tuned plan here, so that the rows and the report name the plan that ran."""
+    settings = []
+    for setting in grid.settings():
+        try:
+            settings.append(PilotSetting(setting.label, session.resolve(setting.config)))
+        except ValueError as exc:
+            raise ValueError(f"setting '{setting.label}': {exc}") from None
     runs = len(settings) * len(prompt_ids)
     if runs > MAX_GRID_RUNS:
         raise ValueError(f"the pilot would make {runs} runs ({len(settings)} settings x {len(prompt_ids)} prompts); "
@@ -196,7 +208,8 @@ def result_row(prompt_index: int, setting: PilotSetting, prompt_tokens: int, rec
     easy = cfg.mode == "easyspec"
     row = {
         "prompt": prompt_index + 1, "setting": setting.label, "mode": cfg.mode,
-        "layer_parallel": cfg.layer_parallel if easy else None, "calibration": cfg.calibration if easy else None,
+        "layer_parallel": cfg.layer_parallel if easy and not cfg.groups else None,
+        "groups": cfg.groups if easy and cfg.groups else None, "calibration": cfg.calibration if easy else None,
         "draft_len": cfg.draft_len if cfg.mode != "vanilla" else None,
         "prompt_tokens": prompt_tokens, "new_tokens": m.new_tokens, "rounds": m.rounds,
         "drafting_rounds": len(drafting), "drafted": m.drafted, "accepted": m.accepted,
@@ -275,6 +288,7 @@ def summarise(rows: Sequence[dict]) -> list[dict]:
         first = mine[0]
         out.append({
             "setting": label, "mode": first["mode"], "layer_parallel": first["layer_parallel"],
+            "groups": first.get("groups"),
             "calibration": first["calibration"], "draft_len": first["draft_len"], "prompts": len(prompts),
             "new_tokens": tokens, "total_s": round(seconds, 4), "tokens_per_s": round(rate, 4),
             "speedup": round(rate / ref_rate, 4) if ref_rate else None,

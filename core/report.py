@@ -132,7 +132,7 @@ def conclusion(settings: Sequence[dict], grid: dict, models: dict, projection: d
             out.append(t("vs_speculative", setting=ref["setting"], speedup=f"{ref['speedup']:.2f}",
                          ratio=f"{best['speedup'] / ref['speedup']:.2f}"))
     pairs = {}
-    for s in easy:
+    for s in (s for s in easy if s["layer_parallel"] is not None):  # equal groups; plans have no N
         pairs.setdefault((s["layer_parallel"], s["draft_len"]), {})[s["calibration"]] = s
     for (n, k), by_policy in sorted(pairs.items()):  # one sentence per N (and k): the effect differs by N
         if "none" in by_policy and "every-round" in by_policy:

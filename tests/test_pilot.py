@@ -171,3 +171,35 @@ def test_measure_throughput_keeps_n_within_g_devices(pair_dirs):
     with Session.open(base=str(base), draft=str(draft), devices=2) as two:
         speed = measure_throughput(two, new_tokens=3)
     assert speed.tokens_per_s["easyspec"] > 0
+
+
+def test_pilot_runs_layer_plans_next_to_n_and_resolves_auto(session, tmp_path, monkeypatch):
+    """A typed plan and the tuned one ("auto") run as settings of their own; untuned "auto" is refused first."""
+    from easyspec.core.report import context_for
+    from easyspec.visualizations.report import pilot_report_html
+    from easyspec.core.tuning import TuneConfig
+    from easyspec.visualizations.pilot_charts import pilot_figure
+
+    monkeypatch.setenv("EASYSPEC_CACHE", str(tmp_path / "cache"))
+    grid = PilotGrid(layer_parallel=(2,), plans=("0|1-3|4-6|7", "auto"), calibration=("every-round",),
+                     draft_len=(3,), speculative=False, max_new_tokens=16, chat=False)
+    assert [s.label for s in grid.settings()][2:] == ["easyspec plan 0|1-3|4-6|7 every-round k=3",
+                                                      "easyspec auto every-round k=3"]
+    with pytest.raises(ValueError, match="setting 'easyspec auto every-round k=3': .*not been tuned yet"):
+        list(run_pilot(session, ["abc"], grid))
+    tuned = session.tune([session.encode("tuning prompt", False)], TuneConfig(max_new_tokens=12, policies=False))
+    runs = [e for e in run_pilot(session, ["The quick brown fox"], grid) if isinstance(e, PilotRun)]
+    rows = {r.setting.label: r.row for r in runs}
+    assert rows["easyspec auto every-round k=3"]["groups"] == tuned.plan
+    assert rows["easyspec plan 0|1-3|4-6|7 every-round k=3"]["groups"] == "0|1-3|4-6|7"
+    assert rows["easyspec N=2 every-round k=3"]["groups"] is None
+    assert all(r["equal_to_vanilla"] for r in rows.values() if r["mode"] != "vanilla")
+    summary = summarise(list(rows.values()))
+    fig = pilot_figure(summary)
+    stars = [t for t in fig.data if t.marker.symbol == "star"]
+    assert {t.name for t in stars} == {"plan 0|1-3|4-6|7 every-round k=3", "auto every-round k=3"}
+    html = pilot_report_html(runs, grid, context_for(session, ["The quick brown fox"], "test"), "en")
+    assert "2, 0|1-3|4-6|7, auto" in html and "easyspec auto every-round k=3" in html
+    assert PilotGrid(layer_parallel=(), plans=("auto",)).settings()[-1].config.groups == "auto"
+    with pytest.raises(ValueError, match="at least one layer parallel"):
+        PilotGrid(layer_parallel=())

@@ -1,7 +1,8 @@
 """Pilot charts: speedup over vanilla and acceptance rate against the layer-parallel size N.
 
 Input: the pilot's per-setting summary rows (plain dicts, `core.pilot.summarise`). One line per
-calibration policy and draft length, so "with and without calibration" reads off directly;
+calibration policy and draft length, so "with and without calibration" reads off directly; a
+layer plan (tuned or typed) is a star at its largest group;
 vanilla (1.0x) and sequential speculative decoding are drawn as reference lines.
 """
 from __future__ import annotations
@@ -16,6 +17,11 @@ from .palette import GREY, OKABE_ITO, POLICY_COLOURS
 DASHES = ("solid", "dot", "dash", "longdash", "dashdot")
 
 
+def largest_group_text(plan: str) -> int:
+    """The largest group of a plan written '0|1-4|5-8|9'."""
+    return max(int(p.split("-")[-1]) - int(p.split("-")[0]) + 1 for p in plan.split("|"))
+
+
 def pilot_figure(summary: Sequence[Mapping], height: int = 340) -> go.Figure:
     fig = make_subplots(rows=1, cols=2, subplot_titles=("Speedup over vanilla (same run)",
                                                         "Acceptance rate (AR)"), horizontal_spacing=0.12)
@@ -23,8 +29,8 @@ def pilot_figure(summary: Sequence[Mapping], height: int = 340) -> go.Figure:
     ks = sorted({r["draft_len"] for r in easy})
     for policy in ("none", "on-mismatch", "every-round"):
         for j, k in enumerate(ks):
-            rows = sorted((r for r in easy if r["calibration"] == policy and r["draft_len"] == k),
-                          key=lambda r: r["layer_parallel"])
+            rows = sorted((r for r in easy if r["calibration"] == policy and r["draft_len"] == k
+                           and r["layer_parallel"] is not None), key=lambda r: r["layer_parallel"])
             if not rows:
                 continue
             name = f"calibration {policy}" + (f", k={k}" if len(ks) > 1 else "")
@@ -34,6 +40,15 @@ def pilot_figure(summary: Sequence[Mapping], height: int = 340) -> go.Figure:
                     x=[r["layer_parallel"] for r in rows], y=[r.get(key) for r in rows], mode="lines+markers",
                     name=name, legendgroup=name, showlegend=col == 1, line=style, marker=dict(size=8),
                     hovertemplate=f"{name}<br>N=%{{x}}<br>{key.replace('_', ' ')} %{{y:.3f}}<extra></extra>"),
+                    row=1, col=col)
+    for r in easy:  # layer plans (tuned or typed): a star at their largest group, the N they run at most
+        if r["layer_parallel"] is None and r.get("groups"):
+            name = f"{r['setting'].removeprefix('easyspec ')}"
+            for col, key in ((1, "speedup"), (2, "acceptance_rate")):
+                fig.add_trace(go.Scatter(
+                    x=[largest_group_text(r["groups"])], y=[r.get(key)], mode="markers", name=name, legendgroup=name,
+                    showlegend=col == 1, marker=dict(symbol="star", size=13, color=POLICY_COLOURS[r["calibration"]]),
+                    hovertemplate=f"{name}<br>plan {r['groups']}<br>{key.replace('_', ' ')} %{{y:.3f}}<extra></extra>"),
                     row=1, col=col)
     for r in summary:
         if r.get("mode") == "speculative":

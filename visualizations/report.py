@@ -103,7 +103,7 @@ def report_html(data: Mapping, records: Sequence[RoundRecord] = ()) -> str:
     parts += [f"<h2>{_e(t('report.h.grid'))}</h2>", _pairs([
         (t("report.k.prompts"), grid["prompts"]), (t("report.k.max_new_tokens"), grid["max_new_tokens"]),
         (t("report.k.temperature"), grid["temperature"]), (t("report.k.chat"), yes_no(grid["chat"])),
-        (t("report.k.layer_parallel"), ", ".join(map(str, grid["layer_parallel"]))),
+        (t("report.k.layer_parallel"), ", ".join(map(str, [*grid["layer_parallel"], *grid.get("plans", ())]))),
         (t("report.k.calibration"), ", ".join(grid["calibration"])),
         (t("report.k.draft_len"), ", ".join(map(str, grid["draft_len"]))), (t("report.k.runs"), runs)]),
         f'<p class="note">{_e(t("report.grid_note"))}</p>']
