@@ -9,10 +9,10 @@ What it does, from a few calibration prompts (greedy):
    plans of N = 2..6 join them. N = 1 (sequential drafting) is the baseline.
 3. Probe and search. The `Probe` predicts a plan's acceptance rate in one batched forward per
    prompt, simulating a drafting round from every output position (see the class). Every candidate
-   is probed; then the search descends from the fewest-step plan within tolerance on the probe, one
-   step fewer at a time: the best of that step count's candidates and of the current plan with two
-   groups merged is improved by hill climbing (move one group boundary by one layer while the probe
-   improves), until the climbed plan falls out of tolerance or `search` probes are spent.
+   is probed; then the search bisects the step count between the fewest steps that look plausible
+   and the fewest within tolerance on the probe: at each count, the best of its candidates and a
+   balanced plan is improved by hill climbing (move one group boundary by one layer while the probe
+   improves), until the bisection ends or `search` probes are spent.
 4. Acceptance. The baseline, then the plans from the fewest steps up, draft the same prompts in
    the same run, until a step count has a plan within tolerance (or all: `exhaustive`); plans whose
    probe is more than twice the tolerance below N = 1's are not drafted. The base's greedy output
@@ -272,26 +272,31 @@ def neighbours(groups: Sequence[Group], max_group: int) -> Iterator[tuple[Group,
                 yield tuple(zip(moved, moved[1:]))
 
 
-def merges(groups: Sequence[Group], max_group: int) -> Iterator[tuple[Group, ...]]:
-    """The plans with one step fewer: two adjacent groups joined (if the result fits max_group)."""
-    for i in range(len(groups) - 1):
-        if groups[i + 1][1] - groups[i][0] <= max_group:
-            yield (*groups[:i], (groups[i][0], groups[i + 1][1]), *groups[i + 2:])
-
-
 def climb(score: Callable[[tuple[Group, ...]], float], start: tuple[Group, ...], max_group: int,
           budget: Callable[[], bool]) -> tuple[Group, ...]:
-    """Steepest ascent over boundary moves while the score improves and `budget()` allows more probes."""
-    best, best_score = start, score(start)
-    while True:
-        scored = []
+    """Take the first boundary move that improves the score, until none does or `budget()` says stop."""
+    best, best_score, improved = start, score(start), True
+    while improved:
+        improved = False
         for n in neighbours(best, max_group):
             if not budget():
+                return best
+            if score(n) > best_score:
+                best, best_score, improved = n, score(n), True
                 break
-            scored.append((score(n), n))
-        if not scored or max(scored)[0] <= best_score:
-            return best
-        best_score, best = max(scored)
+    return best
+
+
+def balanced(n_layers: int, steps: int, max_group: int) -> tuple[Group, ...] | None:
+    """First and last layer alone, the rest in steps - 2 groups of near-equal size (larger ones later)."""
+    middle, k = n_layers - 2, steps - 2
+    if k < 1 or middle < k or -(-middle // k) > max_group:
+        return None
+    sizes = [middle // k + (i >= k - middle % k) for i in range(k)]
+    edges = [0, 1]
+    for size in sizes:
+        edges.append(edges[-1] + size)
+    return tuple(zip(edges, edges[1:])) + ((n_layers - 1, n_layers),)
 
 
 # -- acceptance by playback ------------------------------------------------------------------------
@@ -403,25 +408,31 @@ def tune_steps(base: Decoder, draft: Decoder, prompts: Sequence[Sequence[int]], 
     spent = len(probes)
     budget = lambda: len(probes) < spent + cfg.search  # noqa: E731
     probe_floor = (1 - cfg.tolerance) * probes[sequential]
-    # Descend from the fewest-step plan within tolerance on the probe: one step fewer at a time, start
-    # from the best of that step count's candidates and of the current plan with two groups merged.
-    frontier = min((p for p in plans if probes[p] >= probe_floor), key=lambda p: (p.count("|"), -probes[p]))
-    while budget() and frontier.count("|") > 0:
-        steps = frontier.count("|")
-        starts = [p for p in plans if p.count("|") + 1 == steps]
-        starts += [describe(m) for m in merges(parse_plan(frontier, n), cfg.max_group)]
-        yield f"boundary search for {steps} steps"
+    # Bisect the step count between the fewest steps that look plausible and the fewest within
+    # tolerance on the probe: at each, climb from the best of that count's candidates and a balanced plan.
+    steps_of = lambda p: p.count("|") + 1  # noqa: E731
+    hi = min(steps_of(p) for p in plans if probes[p] >= probe_floor)
+    plausible = [steps_of(p) for p in plans if probes[p] >= (1 - 4 * cfg.tolerance) * probes[sequential]]
+    lo = max(min(plausible), -(-n // cfg.max_group))
+    while lo < hi and budget():
+        mid = (lo + hi) // 2
+        starts = [p for p in plans if steps_of(p) == mid]
+        even = balanced(n, mid, cfg.max_group)
+        starts += [describe(even)] if even else []
+        if not starts:
+            lo = mid + 1
+            continue
+        yield f"boundary search for {mid} steps (within tolerance on the probe so far: {hi} steps)"
         for p in starts:
-            if p not in probes and budget():
-                score(parse_plan(p, n))
-        if not any(p in probes for p in starts):
-            break
-        start = max((p for p in starts if p in probes), key=probes.get)
-        found = describe(climb(score, parse_plan(start, n), cfg.max_group, budget))
+            score(parse_plan(p, n))
+        found = describe(climb(score, parse_plan(max(starts, key=probes.get), n), cfg.max_group, budget))
+        if even:
+            plans.setdefault(describe(even), f"balanced, {mid} steps")
         plans.setdefault(found, "boundary search")
-        if probes[found] < probe_floor:
-            break
-        frontier = found
+        if probes[found] >= probe_floor:
+            hi = mid
+        else:
+            lo = mid + 1
     hopeless = (1 - 2 * cfg.tolerance) * probes[sequential]
     order = [sequential] + sorted((p for p in plans if p != sequential),
                                   key=lambda p: (p.count("|"), -probes[p]))

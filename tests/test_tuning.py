@@ -11,7 +11,7 @@ from conftest import CPU, assert_greedy_equal, tokens_of
 from easyspec.core.engine import SpecConfig, Stopping, generate
 from easyspec.core.grouping import describe, layer_groups, parse_plan
 from easyspec.core.monitor import ALERT, AcceptanceMonitor, expectation, likely_cause, rolling_acceptance
-from easyspec.core.tuning import Probe, TuneConfig, climb, measure_plan, merges, neighbours, similarity, tune
+from easyspec.core.tuning import Probe, TuneConfig, balanced, climb, measure_plan, neighbours, similarity, tune
 from helpers import hf_config, save_checkpoint
 
 PLANTED = range(3, 9)  # layers whose residual contributions are scaled down: their inputs are nearly equal
@@ -143,7 +143,8 @@ def test_boundary_search_moves_one_edge_within_the_group_limit():
     moves = {describe(p) for p in neighbours(plan, 4)}
     assert moves == {"0-1|2-4|5-8|9", "0|1-4|5-7|8-9"}  # moving edge 5 makes a group of 5 > 4 layers
     assert len(list(neighbours(plan, 5))) == 4
-    assert {describe(p) for p in merges(plan, 5)} == {"0-4|5-8|9", "0|1-4|5-9"}  # 1-8 would be 8 > 5 layers
+    assert describe(balanced(24, 7, 8)) == "0|1-4|5-8|9-12|13-17|18-22|23"  # larger groups later
+    assert balanced(24, 4, 8) is None  # 22 middle layers in 2 groups: 11 > 8
     # steepest ascent toward a target plan, and the budget stops it
     target = parse_plan("0-2|3-7|8-9", 10)
     score = lambda g: -sum(abs(a[0] - b[0]) for a, b in zip(g, target))  # noqa: E731
