@@ -132,8 +132,8 @@ def wire(demo: gr.Blocks, switch: gr.Radio, state: gr.State,
 
     def on_load(data: dict, request: gr.Request) -> list:
         lang = requested_lang(request)
-        if lang == "en":
-            return [gr.update(value=lang)] + [gr.skip()] * len(outputs)
+        if lang == "en":  # the page is drawn in English already; leave a switch clicked before the load alone
+            return [gr.skip()] * (1 + len(outputs))
         return [gr.update(value=lang)] + updates(items, lang) + redraw({**data, switch: lang})
 
     inputs = {switch, *(b for _, ins, _ in refreshers for b in ins)}
