@@ -24,7 +24,7 @@ from easyspec.core.files import write_text_atomic
 from easyspec.core.grouping import describe
 from easyspec.core.prompt_sets import builtin_prompts
 from easyspec.core.session import Session
-from easyspec.core.tuning import Probe, TuneConfig, markdown
+from easyspec.core.tuning import Probe, TuneConfig, cell, markdown
 
 DRAFT = ("draft.attn", "draft.mlp", "draft.comm")
 
@@ -112,7 +112,7 @@ def main() -> None:
              f"draft times are not comparable with this table's.", "",
              "| setting | plan | draft steps | calibration | acceptance rate | vs N = 1 | probe's prediction | "
              "draft ms per drafted token | tokens/s (median) |", "|---|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['setting']} | `{r['plan']}` | {r['steps']} | {r['calibration']} | {r['acceptance_rate']:.3f} | "
+    lines += [f"| {r['setting']} | {cell(r['plan'])} | {r['steps']} | {r['calibration']} | {r['acceptance_rate']:.3f} | "
               f"{r['vs_n1']:+.1%} | {'-' if r['probe'] is None else format(r['probe'], '.3f')} | "
               f"{r['draft_ms_per_token']:.1f} | {r['tokens_per_s']:.2f} |" for r in rows]
     lines += ["", f"Target (fewer sequential draft steps than N = 4, at most 5% relative acceptance loss against "

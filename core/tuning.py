@@ -523,6 +523,11 @@ def with_expectation(cfg: SpecConfig, result: TuneResult | None, n_layers: int) 
     return replace(cfg, expected_acceptance=result.expected_rate(describe(cfg.plan(n_layers)), cfg.calibration))
 
 
+def cell(plan: str) -> str:
+    """A plan as code in a Markdown table cell: its '|' escaped, or the table splits there."""
+    return "`" + plan.replace("|", "\\|") + "`"
+
+
 def markdown(result: TuneResult) -> str:
     """The tuner's report: the choice, every candidate measured in the run, the calibration policies."""
     out = [f"# Auto-tuned layer plan ({result.pair.get('base', '?')} / {result.pair.get('draft', '?')}, "
@@ -539,7 +544,7 @@ def markdown(result: TuneResult) -> str:
     for c in result.candidates:
         rel = c.acceptance_rate / result.baseline_rate - 1 if result.baseline_rate else 0.0
         mark = " **chosen**" if c.plan == result.plan else ""
-        out.append(f"| `{c.plan}`{mark} | {c.steps} | {c.origin} | {c.probe:.3f} | {c.acceptance_rate:.3f} | {rel:+.1%} | "
+        out.append(f"| {cell(c.plan)}{mark} | {c.steps} | {c.origin} | {c.probe:.3f} | {c.acceptance_rate:.3f} | {rel:+.1%} | "
                    f"{1000 * c.draft_s_per_token:.1f} |")
     if result.unmeasured:
         out += ["", f"{result.unmeasured} more plans were not drafted: more steps than the chosen plan, or a probe "

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from conftest import CPU, assert_greedy_equal, tokens_of
 from easyspec.core.engine import SpecConfig, Stopping, generate
 from easyspec.core.grouping import describe, layer_groups, parse_plan
 from easyspec.core.monitor import ALERT, AcceptanceMonitor, expectation, likely_cause, rolling_acceptance
-from easyspec.core.tuning import Probe, TuneConfig, balanced, climb, measure_plan, neighbours, similarity, tune
+from easyspec.core.tuning import Probe, TuneConfig, balanced, markdown, climb, measure_plan, neighbours, similarity, tune
 from helpers import hf_config, save_checkpoint
 
 PLANTED = range(3, 9)  # layers whose residual contributions are scaled down: their inputs are nearly equal
@@ -165,6 +166,9 @@ def test_tuner_groups_the_planted_layers(planted):
     assert result.steps == min(c.steps for c in ok)
     assert result.unmeasured > 0 and max(c.steps for c in result.candidates[1:]) == result.steps  # stopped early
     assert result.probed > len(result.candidates) and all(0 < c.probe <= 1 for c in result.candidates)
+    table = [line for line in markdown(result).splitlines() if line.startswith("| ")]
+    columns = {len(re.split(r"(?<!\\)\|", line)) for line in table}  # a plan's own '|' is escaped
+    assert len(columns) == 2 and len(table) >= len(result.candidates) + 1  # the candidates' and the policies' tables
     full = tune(base, draft, prompts(3), TuneConfig(max_new_tokens=32, policies=False, exhaustive=True))
     assert full.plan == result.plan and full.unmeasured == 0 and len(full.candidates) > len(result.candidates)
     assert {p.policy for p in result.policies} == {"none", "every-round", "on-mismatch"}
