@@ -19,7 +19,7 @@ from .common import friendly_stream, keep_run
 from .context import AppContext
 from .generate_tab import DEFAULT_PROMPT
 from .live import LiveRun
-from .settings import as_int, check_prompt_text, describe_config, spec_config
+from .settings import GROUPINGS, as_int, check_choice, check_prompt_text, describe_config, spec_config
 from .state import UserState
 from .worker import DeviceJob
 
@@ -36,6 +36,7 @@ class Column:
     layer_parallel: gr.Slider
     calibration: gr.Dropdown
     draft_len: gr.Slider
+    grouping: gr.Dropdown
     container: gr.Column
     header: gr.Markdown
     text: gr.HTML
@@ -88,18 +89,23 @@ def make_compare(ctx: AppContext):
                 mode_1, layer_parallel_1, calibration_1, draft_len_1,
                 mode_2, layer_parallel_2, calibration_2, draft_len_2,
                 mode_3, layer_parallel_3, calibration_3, draft_len_3,
-                mode_4, layer_parallel_4, calibration_4, draft_len_4, state: UserState):
-        settings = [(mode_1, layer_parallel_1, calibration_1, draft_len_1),
-                    (mode_2, layer_parallel_2, calibration_2, draft_len_2),
-                    (mode_3, layer_parallel_3, calibration_3, draft_len_3),
-                    (mode_4, layer_parallel_4, calibration_4, draft_len_4)]
+                mode_4, layer_parallel_4, calibration_4, draft_len_4, grouping_1=GROUPINGS[0],
+                grouping_2=GROUPINGS[0], grouping_3=GROUPINGS[0], grouping_4=GROUPINGS[0],
+                state: UserState | None = None):
+        state = state if state is not None else UserState()
+        settings = [(mode_1, layer_parallel_1, calibration_1, draft_len_1, grouping_1),
+                    (mode_2, layer_parallel_2, calibration_2, draft_len_2, grouping_2),
+                    (mode_3, layer_parallel_3, calibration_3, draft_len_3, grouping_3),
+                    (mode_4, layer_parallel_4, calibration_4, draft_len_4, grouping_4)]
         prompt = check_prompt_text(prompt)
         n_cols = as_int(columns, "columns", 2, MAX_COLUMNS)
         configs = []
         for c in range(n_cols):
-            mode, n, calibration, k = settings[c]
+            mode, n, calibration, k, grouping = settings[c]
             try:
-                configs.append(spec_config(mode, n, calibration, k, temperature, 1.0, 0, seed, max_new_tokens))
+                check_choice(grouping, "layer grouping", GROUPINGS[:2])
+                configs.append(session.resolve(spec_config(mode, n, calibration, k, temperature, 1.0, 0, seed,
+                                                           max_new_tokens, grouping=grouping)))
             except ValueError as exc:
                 raise ValueError(f"column {c + 1}: {exc}") from None
         ids = session.encode(prompt, bool(chat))
@@ -204,12 +210,14 @@ def build(ctx: AppContext, state: gr.State) -> None:
                         nn = gr.Slider(1, n_max, value=min(n, n_max), step=1, label="N")
                         kk = gr.Slider(1, 12, value=k, step=1, label="k")
                     cal = gr.Dropdown(list(CALIBRATION_POLICIES), value=calibration, label="calibration")
+                    grouping = gr.Dropdown(list(GROUPINGS[:2]), value=GROUPINGS[0], label="layer grouping",
+                                           elem_id=f"cmp-grouping-{c + 1}")
                 header = gr.Markdown(f"**{c + 1}.** waiting", elem_id=f"cmp-header-{c + 1}")
                 text = gr.HTML(tokens_html([], mode), elem_id=f"cmp-text-{c + 1}")
                 cards = gr.HTML(metric_cards_html(None), elem_id=f"cmp-cards-{c + 1}")
                 plot = gr.Plot(timeline_figure([], legend="bottom"), show_label=False,
                                elem_id=f"cmp-timeline-{c + 1}")
-            cols.append(Column(m, nn, cal, kk, container, header, text, cards, plot))
+            cols.append(Column(m, nn, cal, kk, grouping, container, header, text, cards, plot))
     with gr.Accordion("Comparison details (JSON)", open=False):
         details = gr.JSON(elem_id="cmp-details")
 
@@ -218,6 +226,7 @@ def build(ctx: AppContext, state: gr.State) -> None:
     inputs = [prompt, chat, new, temperature, seed, columns]
     for c in cols:
         inputs += [c.mode, c.layer_parallel, c.calibration, c.draft_len]
+    inputs += [c.grouping for c in cols]
     outputs = [status, table, badge, details]
     for c in cols:
         outputs += [c.header, c.text, c.cards, c.timeline]

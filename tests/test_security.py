@@ -22,7 +22,7 @@ REQUEST_PARAMETERS = {"prompt", "chat", "mode", "layer_parallel", "calibration",
                       "speculative", "upload", "comm", "run_file", "speed", "lang",
                       "grouping", "plan", "tolerance", "tokens",  # a layer plan is text like '0|1-4|...', not a path
                       "tree_depth", "tree_width", "adaptive"} | {
-    f"{p}_{c}" for p in ("mode", "layer_parallel", "calibration", "draft_len") for c in range(1, 5)}
+    f"{p}_{c}" for p in ("mode", "layer_parallel", "calibration", "draft_len", "grouping") for c in range(1, 5)}
 UPLOADS = {"upload", "run_file"}  # files the client sends; Gradio refuses paths it did not receive
 
 
