@@ -72,7 +72,7 @@ def test_tuner_then_auto_grouping_and_the_alert(client):
     out = client.predict(prompt=PROMPT, max_new_tokens=16, columns=2, mode_1="easyspec", mode_2="easyspec",
                          grouping_2="auto (tuned)", api_name="/compare")
     assert out[3]["columns"][1]["label"].startswith(f"easyspec plan {plan} ") and out[3]["identical"] is True
-    with pytest.raises(Exception, match="layer grouping must be one of equal groups of N, auto \(tuned\); got"):
+    with pytest.raises(Exception, match=r"layer grouping must be one of equal groups of N, auto \(tuned\); got"):
         client.predict(prompt=PROMPT, columns=2, grouping_2="custom plan", api_name="/compare")
     # an uncalibrated run with large groups collapses; the screen says so and why
     out = client.predict(prompt=PROMPT, grouping="custom plan", plan="0-7", calibration="none", max_new_tokens=120,
