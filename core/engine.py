@@ -228,6 +228,7 @@ class Generation:
                     out = self._base_step()
                 emitted, origins, drafted, accepted, calibrated = out
                 keep, stop = self.stopping.cut(self.generated, emitted, self.cfg.max_new_tokens)
+                accepted = min(accepted, keep)  # drafts past a stop are not output: not counted as accepted
                 self._commit(emitted[:keep], accepted)
                 yield self._record(index, start_ns, emitted[:keep], origins[:keep], drafted, accepted,
                                    calibrated, stop)

@@ -315,7 +315,9 @@ class ReplayBase:
 
     Row i of a forward over tokens at positions pos.. predicts position pos + i + 1. While the fed
     tokens follow the recorded output, the base would have predicted the recorded next token; after
-    the first difference greedy verification reads no further rows, so the result is exact.
+    the first difference greedy verification reads no further rows, so the result is exact. Rows past
+    the recorded output (after its end-of-sequence token) are zero: the engine counts no acceptance
+    past a stop, so those rows change no count either.
     """
 
     def __init__(self, base: Decoder, sequence: Sequence[int]):
@@ -346,7 +348,7 @@ def measure_plan(base: Decoder, draft: Decoder, references: Sequence[tuple[list[
     drafted = accepted = 0
     draft_s = 0.0
     for prompt, out in references:
-        spec = SpecConfig(mode="easyspec", groups=plan, draft_len=cfg.draft_len, max_new_tokens=len(out))
+        spec = SpecConfig(mode="easyspec", groups=plan, draft_len=cfg.draft_len, max_new_tokens=cfg.max_new_tokens)
         records = list(generate(ReplayBase(base, prompt + out), draft, prompt, spec, stopping))
         got = [t for r in records for t in r.token_ids]
         assert got == out, "playback diverged from the recorded base output"

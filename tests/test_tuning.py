@@ -108,6 +108,16 @@ def test_playback_acceptance_equals_a_real_run(planted):
         played = measure_plan(base, draft, [(prompt, out)], "0|1-4|5-8|9-10|11", TuneConfig(max_new_tokens=30),
                               "test", stopping)
         assert (played.drafted, played.accepted) == (sum(len(r.drafted) for r in real), sum(r.accepted for r in real))
+        # an output that ends at an end-of-sequence token: the played-back base knows nothing past it
+        eos = next(t for i, t in enumerate(out) if i >= 10 and t not in out[:i])
+        stop = Stopping(eos_ids=frozenset({eos}))
+        cut = out[: out.index(eos) + 1]
+        real = list(generate(base, draft, prompt, SpecConfig(groups="0|1-4|5-8|9-10|11", max_new_tokens=30), stop))
+        assert tokens_of(real) == cut
+        played = measure_plan(base, draft, [(prompt, cut)], "0|1-4|5-8|9-10|11", TuneConfig(max_new_tokens=30),
+                              "test", stop)
+        assert (played.drafted, played.accepted) == (sum(len(r.drafted) for r in real), sum(r.accepted for r in real))
+        assert all(r.accepted < len(r.token_ids) or r.stop for r in real)  # no acceptance counted past the stop
 
 
 def test_probe_rounds_are_the_engines_own_draft_steps(planted):
