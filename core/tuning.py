@@ -172,6 +172,11 @@ def similarity(draft: Decoder, prompts: Sequence[Sequence[int]]) -> torch.Tensor
     return total / count
 
 
+def steps_of(plan: str) -> int:
+    """Sequential draft steps of a plan written '0|1-4|5-8|9': its number of groups."""
+    return plan.count("|") + 1
+
+
 def similarity_plan(s: torch.Tensor, threshold: float, max_group: int) -> tuple[Group, ...]:
     """Grow each group from its first layer a while S[a, l] >= threshold and it has room."""
     n, groups, a = s.shape[0], [], 0
@@ -195,7 +200,7 @@ def candidate_plans(s: torch.Tensor, n_layers: int, max_group: int, thresholds: 
         plan = similarity_plan(s, t, max_group)
         if len(plan) < n_layers:
             plans.setdefault(describe(plan), f"similarity >= {t:.3f}")
-    return dict(sorted(plans.items(), key=lambda kv: kv[0].count("|")))
+    return dict(sorted(plans.items(), key=lambda kv: steps_of(kv[0])))
 
 
 # -- probe: one fuzzy step on exact context, teacher-forced ---------------------------------------
@@ -355,7 +360,7 @@ def measure_plan(base: Decoder, draft: Decoder, references: Sequence[tuple[list[
         drafted += sum(len(r.drafted) for r in records)
         accepted += sum(r.accepted for r in records)
         draft_s += _draft_seconds(records)
-    return Candidate(plan, plan.count("|") + 1, origin, drafted, accepted, draft_s)
+    return Candidate(plan, steps_of(plan), origin, drafted, accepted, draft_s)
 
 
 def _policy(base, draft, prompts, plan, policy, cfg: TuneConfig, stopping) -> PolicyResult:
@@ -412,7 +417,6 @@ def tune_steps(base: Decoder, draft: Decoder, prompts: Sequence[Sequence[int]], 
     probe_floor = (1 - cfg.tolerance) * probes[sequential]
     # Bisect the step count between the fewest steps that look plausible and the fewest within
     # tolerance on the probe: at each, climb from the best of that count's candidates and a balanced plan.
-    steps_of = lambda p: p.count("|") + 1  # noqa: E731
     hi = min(steps_of(p) for p in plans if probes[p] >= probe_floor)
     plausible = [steps_of(p) for p in plans if probes[p] >= (1 - 4 * cfg.tolerance) * probes[sequential]]
     lo = max(min(plausible), -(-n // cfg.max_group))
@@ -437,10 +441,10 @@ def tune_steps(base: Decoder, draft: Decoder, prompts: Sequence[Sequence[int]], 
             lo = mid + 1
     hopeless = (1 - 2 * cfg.tolerance) * probes[sequential]
     order = [sequential] + sorted((p for p in plans if p != sequential),
-                                  key=lambda p: (p.count("|"), -probes[p]))
+                                  key=lambda p: (steps_of(p), -probes[p]))
     measured, floor, found_steps = [], 0.0, n
     for i, plan in enumerate(order):
-        steps = plan.count("|") + 1
+        steps = steps_of(plan)
         if steps > found_steps and not cfg.exhaustive:
             break  # ascending step counts: nothing from here on can be chosen
         if i and probes[plan] < hopeless and not cfg.exhaustive:
