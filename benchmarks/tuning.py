@@ -1,11 +1,14 @@
 """Equal groups (N = 1..6) against the auto-tuned plan on the real offline pair (issue: auto-tuning).
 
 1. `Session.tune` on calibration prompts (code and chat, chat template on), every candidate measured
-   in that run, the calibration policies compared on the chosen plan.
-2. On held-out prompts (not used for tuning), real generations (the base runs) for equal groups
-   N = 1..6, the tuned plan and the tuner's best measured plans with fewer steps than N = 4 (not
-   chosen), all with every-round calibration, then the tuned plan with the recommended policy: acceptance rate, its change against N = 1, sequential draft steps per drafted
-   token, measured drafting seconds per drafted token, tokens/s. One process, one machine, one run.
+   in that run, the calibration policies compared on the chosen plan (or `--reuse-tuning`).
+2. On held-out prompts (not used for tuning): the base's greedy output once per prompt, then every
+   plan drafts against it played back (`ReplayBase`: the counts equal a real run's, a test checks
+   this; the base's own forwards are the only thing skipped): equal groups N = 1..6, the tuned plan
+   and the tuner's best measured plan at each step count below N = 4's, every-round calibration,
+   the plans interleaved per prompt. Reported: acceptance rate, its change against N = 1 with a
+   90% paired bootstrap interval over the prompts, the probe's prediction, sequential draft steps,
+   measured drafting ms per drafted token. One process, one machine, one run.
 Writes results/tuning.md and .json. Run: python benchmarks/tuning.py
 """
 from __future__ import annotations
@@ -13,53 +16,55 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import statistics
+import random
 import sys
 from pathlib import Path
 
-from easyspec.core import metrics
 from easyspec.core.bench import git_commit, machine
-from easyspec.core.engine import SpecConfig
+from easyspec.core.engine import SpecConfig, Stopping
 from easyspec.core.files import write_text_atomic
-from easyspec.core.grouping import describe
+from easyspec.core.grouping import describe, parse_plan
 from easyspec.core.prompt_sets import builtin_prompts
 from easyspec.core.session import Session
-from easyspec.core.tuning import Probe, TuneConfig, cell, markdown
-
-DRAFT = ("draft.attn", "draft.mlp", "draft.comm")
+from easyspec.core.tuning import Candidate, Probe, TuneConfig, cell, markdown, measure_plan, reference
 
 
-def evaluate(session: Session, prompts: list[list[int]], settings: dict[str, SpecConfig], log) -> dict[str, dict]:
-    """Every setting on every prompt, settings interleaved per prompt: a change of load on the shared
-    machine then hits every setting alike instead of the ones that happened to run last. Each
-    every-round setting also gets the tuner's probe prediction, from the base's outputs of this run."""
-    runs: dict[str, list] = {label: [] for label in settings}
-    references = []
+def evaluate(session: Session, prompts: list[list[int]], plans: dict[str, str], tokens: int,
+             log) -> tuple[dict[str, list[Candidate]], Probe]:
+    """Per plan, one Candidate per prompt (drafting played back against the base's output)."""
+    stopping, cfg = Stopping(session.pair.eos_ids), TuneConfig(max_new_tokens=tokens)
+    refs = []
     for i, ids in enumerate(prompts):
-        log(f"held-out prompt {i + 1}/{len(prompts)}")
-        for label, cfg in settings.items():
-            records = list(session.generate(ids, cfg))
-            runs[label].append(metrics.compute(records))
-        references.append((ids, [t for r in records for t in r.token_ids]))  # greedy: every setting's output
-    probe = Probe(session.draft, references, SpecConfig().draft_len)
-    out = {}
-    for label, ms in runs.items():
-        drafted = sum(m.drafted for m in ms)
-        draft_s = sum(m.phase_s[p] for m in ms for p in DRAFT)
-        out[label] = {"acceptance_rate": sum(m.accepted for m in ms) / drafted, "drafted": drafted,
-                      "draft_ms_per_token": 1000 * draft_s / drafted, "draft_s": draft_s,
-                      "tokens_per_s": statistics.median(m.tokens_per_s for m in ms),
-                      "calibrate_s": sum(m.calibrate_s for m in ms),
-                      "probe": probe.acceptance(settings[label].plan(session.info.draft_layers))
-                      if settings[label].calibration == "every-round" else None}
-    return out
+        log(f"base output for held-out prompt {i + 1}/{len(prompts)}")
+        refs.append(reference(session.base, ids, tokens, stopping))
+    runs: dict[str, list[Candidate]] = {label: [] for label in plans}
+    for i, ref in enumerate(refs):  # interleaved: a change of load hits every plan alike
+        log(f"playback of held-out prompt {i + 1}/{len(refs)}")
+        for label, plan in plans.items():
+            runs[label].append(measure_plan(session.base, session.draft, [ref], plan, cfg, label, stopping))
+    return runs, Probe(session.draft, refs, cfg.draft_len)
+
+
+def rate(runs: list[Candidate], idx) -> float:
+    return sum(runs[i].accepted for i in idx) / max(sum(runs[i].drafted for i in idx), 1)
+
+
+def paired_interval(runs: list[Candidate], base: list[Candidate], draws: int = 2000) -> tuple[float, float]:
+    """90% bootstrap interval of rate(runs) / rate(base) - 1, resampling prompts (paired)."""
+    rng, n = random.Random(0), len(base)
+    ratios = []
+    for _ in range(draws):
+        idx = [rng.randrange(n) for _ in range(n)]
+        ratios.append(rate(runs, idx) / max(rate(base, idx), 1e-9) - 1)
+    ratios.sort()
+    return ratios[int(0.05 * draws)], ratios[int(0.95 * draws) - 1]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--tune-prompts", type=int, default=4, help="per set (code, chat)")
-    ap.add_argument("--eval-prompts", type=int, default=4, help="per set (code, chat), after the tuning ones")
+    ap.add_argument("--eval-prompts", type=int, default=12, help="per set (code, chat), after the tuning ones")
     ap.add_argument("--tune-tokens", type=int, default=48)
     ap.add_argument("--eval-tokens", type=int, default=48)
     ap.add_argument("--search", type=int, default=120, help="probes for the tuner's boundary search")
@@ -78,27 +83,26 @@ def main() -> None:
             result = session.tune(tune_ids, TuneConfig(max_new_tokens=args.tune_tokens, max_group=8,
                                                        search=args.search), progress=log)
         n_layers = session.info.draft_layers
-        settings = {f"N={n}": SpecConfig(layer_parallel=n, max_new_tokens=args.eval_tokens) for n in range(1, 7)}
-        settings["tuned"] = SpecConfig(groups=result.plan, max_new_tokens=args.eval_tokens)
-        if result.recommended_policy != "every-round":
-            settings[f"tuned, {result.recommended_policy}"] = SpecConfig(
-                groups=result.plan, calibration=result.recommended_policy, max_new_tokens=args.eval_tokens)
-        # the tuner's best measured plans with fewer steps than N = 4 (not chosen: outside tolerance on its prompts)
-        n4_steps = len(SpecConfig(layer_parallel=4).plan(n_layers))
-        below = sorted({c.steps for c in result.candidates if c.steps < n4_steps and c.plan != result.plan})[-2:]
-        for steps in reversed(below):
+        plans = {f"N={n}": describe(SpecConfig(layer_parallel=n).plan(n_layers)) for n in range(1, 7)}
+        plans["tuned"] = result.plan
+        # the tuner's best measured plan at each step count below N = 4's (not chosen: outside tolerance there)
+        n4_steps = len(parse_plan(plans["N=4"], n_layers))
+        for steps in sorted({c.steps for c in result.candidates if c.steps < n4_steps}, reverse=True):
             best = max((c for c in result.candidates if c.steps == steps), key=lambda c: c.acceptance_rate)
-            settings[f"tuner's best {steps}-step"] = SpecConfig(groups=best.plan, max_new_tokens=args.eval_tokens)
-        list(session.generate(eval_ids[0], SpecConfig(max_new_tokens=8)))  # warm-up
-        measured = evaluate(session, eval_ids, settings, log)
+            plans.setdefault(f"tuner's best {steps}-step", best.plan)
+        runs, probe = evaluate(session, eval_ids, plans, args.eval_tokens, log)
         rows = []
-        for label, cfg in settings.items():
-            plan = cfg.plan(n_layers)
-            rows.append({"setting": label, "plan": describe(plan), "steps": len(plan), "calibration": cfg.calibration,
-                         **measured[label]})
-    base = rows[0]["acceptance_rate"]
+        for label, plan in plans.items():
+            ms = runs[label]
+            drafted, draft_s = sum(m.drafted for m in ms), sum(m.draft_s for m in ms)
+            low, high = paired_interval(ms, runs["N=1"])
+            rows.append({"setting": label, "plan": plan, "steps": len(parse_plan(plan, n_layers)),
+                         "acceptance_rate": rate(ms, range(len(ms))), "drafted": drafted,
+                         "vs_n1_interval": [low, high], "probe": probe.acceptance(parse_plan(plan, n_layers)),
+                         "draft_ms_per_token": 1000 * draft_s / drafted, "draft_s": draft_s,
+                         "per_prompt": [[m.accepted, m.drafted] for m in ms]})
     for r in rows:
-        r["vs_n1"] = r["acceptance_rate"] / base - 1
+        r["vs_n1"] = r["acceptance_rate"] / rows[0]["acceptance_rate"] - 1
     n4 = next(r for r in rows if r["setting"] == "N=4")
     tuned = next(r for r in rows if r["setting"] == "tuned")
     target = tuned["steps"] < n4["steps"] and tuned["vs_n1"] >= -0.05
@@ -112,19 +116,21 @@ def main() -> None:
                                                            indent=1))
     lines = [f"# Equal groups against the auto-tuned plan (qwen2.5-coder pair, {args.dtype})", "",
              f"{started}, {meta['machine']}, commit {meta['commit']}. Command: `{meta['command']}`. Greedy, chat "
-             f"template. Tuned on {len(tune_ids)} prompts ({args.tune_tokens} tokens); the table below is measured "
-             f"on {len(eval_ids)} other prompts ({args.eval_tokens} tokens), every setting in the same run with the "
-             f"real base, the settings interleaved per prompt. Timings share a 2-core machine with other work: compare "
-             f"within the table only. The tuner's table below ran earlier ({result.created}), under other load: its "
-             f"draft times are not comparable with this table's.", "",
-             "| setting | plan | draft steps | calibration | acceptance rate | vs N = 1 | probe's prediction | "
-             "draft ms per drafted token | tokens/s (median) |", "|---|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['setting']} | {cell(r['plan'])} | {r['steps']} | {r['calibration']} | {r['acceptance_rate']:.3f} | "
-              f"{r['vs_n1']:+.1%} | {'-' if r['probe'] is None else format(r['probe'], '.3f')} | "
-              f"{r['draft_ms_per_token']:.1f} | {r['tokens_per_s']:.2f} |" for r in rows]
+             f"template, every-round calibration, draft length {TuneConfig().draft_len}. Tuned on {len(tune_ids)} "
+             f"prompts ({args.tune_tokens} tokens); the table below is measured on {len(eval_ids)} other prompts "
+             f"({args.eval_tokens} tokens): the base's output once per prompt, every plan drafting against it played "
+             f"back (the counts equal a real run's), the plans interleaved per prompt in one run. The interval is a "
+             f"90% paired bootstrap over the prompts. Timings share a 2-core machine with other work: compare within "
+             f"the table only. The tuner's table below ran earlier ({result.created}): its draft times are not "
+             f"comparable with this table's.", "",
+             "| setting | plan | draft steps | acceptance rate | vs N = 1 | 90% interval | probe's prediction | "
+             "draft ms per drafted token |", "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['setting']} | {cell(r['plan'])} | {r['steps']} | {r['acceptance_rate']:.3f} | {r['vs_n1']:+.1%} | "
+              f"{r['vs_n1_interval'][0]:+.1%} .. {r['vs_n1_interval'][1]:+.1%} | {r['probe']:.3f} | "
+              f"{r['draft_ms_per_token']:.1f} |" for r in rows]
     lines += ["", f"Target (fewer sequential draft steps than N = 4, at most 5% relative acceptance loss against "
-                  f"N = 1, on the held-out prompts): **{'met' if target else 'not met'}** (tuned plan "
-                  f"{tuned['steps']} steps vs {n4['steps']}, {tuned['vs_n1']:+.1%}). Rows with fewer steps than "
+                  f"N = 1, on the held-out prompts): **{'met' if target else 'not met'}** by the tuned plan "
+                  f"({tuned['steps']} steps vs {n4['steps']}, {tuned['vs_n1']:+.1%}). Rows with fewer steps than "
                   f"N = 4 within 5% on these prompts: "
                   f"{', '.join(r['setting'] for r in within) or 'none'}.", "",
               "## The tuner's own run (calibration prompts)", "", markdown(result)]

@@ -343,6 +343,12 @@ class ReplayBase:
         return out
 
 
+def reference(base: Decoder, prompt: Sequence[int], max_new_tokens: int, stopping: Stopping) -> tuple[list[int], list[int]]:
+    """(prompt, the base's own greedy output): what playback and the probe replay."""
+    vanilla = SpecConfig(mode="vanilla", max_new_tokens=max_new_tokens)
+    return list(prompt), [t for r in generate(base, None, prompt, vanilla, stopping) for t in r.token_ids]
+
+
 def _draft_seconds(records) -> float:
     return sum(r.phase_s.get(p, 0.0) for r in records for p in DRAFT_PHASES)
 
@@ -396,8 +402,7 @@ def tune_steps(base: Decoder, draft: Decoder, prompts: Sequence[Sequence[int]], 
     references = []
     for i, prompt in enumerate(prompts):
         yield f"base output for calibration prompt {i + 1}/{len(prompts)}"
-        vanilla = SpecConfig(mode="vanilla", max_new_tokens=cfg.max_new_tokens)
-        references.append((list(prompt), [t for r in generate(base, None, prompt, vanilla, stopping) for t in r.token_ids]))
+        references.append(reference(base, prompt, cfg.max_new_tokens, stopping))
     sequential = describe(layer_groups(n, 1))
     plans = {sequential: "sequential", **candidate_plans(s, n, cfg.max_group, cfg.thresholds)}
     yield "probe: exact draft forwards of the base outputs"
