@@ -63,11 +63,12 @@ def paired_interval(runs: list[Candidate], base: list[Candidate], draws: int = 2
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--dtype", default="float32")
-    ap.add_argument("--tune-prompts", type=int, default=4, help="per set (code, chat)")
+    ap.add_argument("--tune-prompts", type=int, default=8, help="per set (code, chat)")
     ap.add_argument("--eval-prompts", type=int, default=12, help="per set (code, chat), after the tuning ones")
     ap.add_argument("--tune-tokens", type=int, default=48)
     ap.add_argument("--eval-tokens", type=int, default=48)
     ap.add_argument("--search", type=int, default=120, help="probes for the tuner's boundary search")
+    ap.add_argument("--probe-rounds", type=int, default=512, help="simulated rounds per probe (the tuner's)")
     ap.add_argument("--out", default="results/tuning")
     ap.add_argument("--reuse-tuning", action="store_true", help="use the cached tuning of the pair (same dtype)")
     args = ap.parse_args()
@@ -81,7 +82,8 @@ def main() -> None:
         result = session.tuning() if args.reuse_tuning else None
         if result is None:
             result = session.tune(tune_ids, TuneConfig(max_new_tokens=args.tune_tokens, max_group=8,
-                                                       search=args.search), progress=log)
+                                                       search=args.search, probe_rounds=args.probe_rounds),
+                                  progress=log)
         n_layers = session.info.draft_layers
         plans = {f"N={n}": describe(SpecConfig(layer_parallel=n).plan(n_layers)) for n in range(1, 7)}
         plans["tuned"] = result.plan

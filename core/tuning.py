@@ -510,14 +510,25 @@ def save_tuning(result: TuneResult, key: str) -> Path:
     return path
 
 
+_loaded: dict[Path, tuple[tuple[int, int, int], TuneResult | None]] = {}
+
+
 def load_tuning(key: str) -> TuneResult | None:
+    """The cached tuning of a pair, re-read only when its file changed (every run resolves through here)."""
     path = tuning_path(key)
-    if not path.exists():
-        return None
     try:
-        return TuneResult.from_dict(json.loads(path.read_text()))
-    except (ValueError, KeyError, TypeError):
-        return None  # an unreadable cache entry counts as no tuning; the next tune overwrites it
+        st = path.stat()
+    except OSError:
+        return None
+    stamp = (st.st_ino, st.st_mtime_ns, st.st_size)  # save_tuning renames a new file in: a new inode
+    if path in _loaded and _loaded[path][0] == stamp:
+        return _loaded[path][1]
+    try:
+        result = TuneResult.from_dict(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError, TypeError):
+        result = None  # an unreadable cache entry counts as no tuning; the next tune overwrites it
+    _loaded[path] = (stamp, result)
+    return result
 
 
 def with_expectation(cfg: SpecConfig, result: TuneResult | None, n_layers: int) -> SpecConfig:

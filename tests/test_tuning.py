@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -214,6 +215,21 @@ def test_tuning_is_cached_and_auto_resolves(planted_dirs, tmp_path, monkeypatch,
     assert f"plan {saved['plan']}" in err
     code = main(["generate", *pair, "--prompt", "abc", "--groups", "0|1-5|7-11"])
     assert code == 2 and "layer 6 is missing" in capsys.readouterr().err
+
+
+def test_cached_tuning_is_read_once_and_again_after_a_new_save(tmp_path, monkeypatch):
+    from easyspec.core.tuning import Candidate, TuneResult, load_tuning, save_tuning, tuning_path
+
+    monkeypatch.setenv("EASYSPEC_CACHE", str(tmp_path))
+    first = TuneResult(plan="0|1-2|3", acceptance_rate=0.5, baseline_rate=0.6, steps=3, sequential_steps=4,
+                       tolerance=0.05, candidates=(Candidate("0|1|2|3", 4, "sequential", 10, 6, 1.0),))
+    save_tuning(first, "k")
+    assert load_tuning("k") == first and load_tuning("k") is load_tuning("k")  # one read while unchanged
+    second = replace(first, plan="0|1-3", steps=2)
+    save_tuning(second, "k")
+    assert load_tuning("k") == second
+    tuning_path("k").write_text("{not json")
+    assert load_tuning("k") is None and load_tuning("missing") is None
 
 
 # -- monitoring ---------------------------------------------------------------------------------
