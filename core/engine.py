@@ -216,9 +216,8 @@ class Generation:
     # -- main loop ---------------------------------------------------------------------------
     def rounds(self) -> Iterator[RoundRecord]:
         with torch.inference_mode():
-            index, stop = 0, None
-            while stop is None:
-                start_ns = self.tracer.now_ns()
+            index, stop, start_ns = 0, None, 0  # a round starts where the last ended (the first at t0), so
+            while stop is None:  # the phases, overhead included, add up to the run's wall clock
                 self.tree_info = ((), (), ())
                 if index == 0:
                     out = self._prefill()
@@ -230,8 +229,10 @@ class Generation:
                 keep, stop = self.stopping.cut(self.generated, emitted, self.cfg.max_new_tokens)
                 accepted = min(accepted, keep)  # drafts past a stop are not output: not counted as accepted
                 self._commit(emitted[:keep], accepted)
-                yield self._record(index, start_ns, emitted[:keep], origins[:keep], drafted, accepted,
-                                   calibrated, stop)
+                record = self._record(index, start_ns, emitted[:keep], origins[:keep], drafted, accepted,
+                                      calibrated, stop)
+                start_ns = record.end_ns  # time the consumer spends between rounds is the next one's overhead
+                yield record
                 index += 1
 
     def _remaining(self) -> int:

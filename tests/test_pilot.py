@@ -121,7 +121,7 @@ def test_pilot_runner_rows_speedup_and_equality(session):
             assert 0 <= row["acceptance_rate"] <= 1 and row["mean_accepted_length"] >= 1
             assert row["drafted"] >= row["accepted"]
         phases = sum(row[f"{p}_s"] for p in ("draft.attn", "draft.mlp", "verify", "calibrate", "sample", "overhead"))
-        assert phases == pytest.approx(row["total_s"], rel=0.2, abs=5e-3)
+        assert phases == pytest.approx(row["total_s"], rel=1e-3, abs=1e-5)  # rows round to microseconds
     summary = summarise([r.row for r in runs])
     assert [s["setting"] for s in summary] == [s.label for s in grid.settings()]
     assert all(s["prompts"] == 2 for s in summary) and summary[0]["speedup"] == pytest.approx(1.0)

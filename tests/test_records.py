@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -54,6 +55,17 @@ def test_records_carry_spans_on_one_clock(decoders):
         assert r.phase_s["overhead"] >= 0
     labels = {s.label for r in records for s in r.spans if s.phase == "draft.attn"}
     assert "L1-4" in labels and "L0" in labels  # grouped middle layers, sequential first layer
+
+
+def test_phases_add_up_to_the_wall_clock_also_when_the_consumer_is_slow(decoders):
+    base, draft = decoders["qwen2"]
+    records = []
+    for r in generate(base, draft, [3, 4, 5, 6], SpecConfig(max_new_tokens=12)):
+        records.append(r)
+        time.sleep(0.01)  # a dashboard drawing between rounds: that time is the next round's overhead
+    m = metrics.compute(records)
+    assert sum(sum(r.phase_s.values()) for r in records) == pytest.approx(m.total_s, rel=1e-9)
+    assert sum(r.phase_s["overhead"] for r in records[1:]) >= 0.01 * (len(records) - 1)
 
 
 def test_save_and_replay_a_run(decoders, tmp_path):
