@@ -63,8 +63,9 @@ def paired_interval(runs: list[Candidate], base: list[Candidate], draws: int = 2
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--dtype", default="float32")
-    ap.add_argument("--tune-prompts", type=int, default=8, help="per set (code, chat)")
-    ap.add_argument("--eval-prompts", type=int, default=12, help="per set (code, chat), after the tuning ones")
+    ap.add_argument("--sets", default="code,chat", help="built-in prompt sets to tune and evaluate on")
+    ap.add_argument("--tune-prompts", type=int, default=8, help="per set")
+    ap.add_argument("--eval-prompts", type=int, default=12, help="per set, after the tuning ones")
     ap.add_argument("--tune-tokens", type=int, default=48)
     ap.add_argument("--eval-tokens", type=int, default=48)
     ap.add_argument("--search", type=int, default=120, help="probes for the tuner's boundary search")
@@ -72,18 +73,21 @@ def main() -> None:
     ap.add_argument("--out", default="results/tuning")
     ap.add_argument("--reuse-tuning", action="store_true", help="use the cached tuning of the pair (same dtype)")
     args = ap.parse_args()
+    names = [n.strip() for n in args.sets.split(",") if n.strip()]
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     log = lambda m: print(f"[tuning] {m}", file=sys.stderr, flush=True)  # noqa: E731
     with Session.open(pair="qwen2.5-coder", dtype=args.dtype) as session:
-        sets = {name: builtin_prompts(name) for name in ("code", "chat")}
+        sets = {name: builtin_prompts(name) for name in names}
         tune_ids = [session.encode(p, True) for s in sets.values() for p in s[: args.tune_prompts]]
-        eval_ids = [session.encode(p, True) for s in sets.values()
+        held_out = [(name, p) for name, s in sets.items()
                     for p in s[args.tune_prompts: args.tune_prompts + args.eval_prompts]]
+        eval_ids = [session.encode(p, True) for _, p in held_out]
+        of_set = {name: [i for i, (n, _) in enumerate(held_out) if n == name] for name in names}
         result = session.tuning() if args.reuse_tuning else None
         if result is None:
             result = session.tune(tune_ids, TuneConfig(max_new_tokens=args.tune_tokens, max_group=8,
                                                        search=args.search, probe_rounds=args.probe_rounds),
-                                  progress=log)
+                                  progress=log, save=names == ["code", "chat"])  # the pair's cached tuning
         n_layers = session.info.draft_layers
         plans = {f"N={n}": describe(SpecConfig(layer_parallel=n).plan(n_layers)) for n in range(1, 7)}
         plans["tuned"] = result.plan
@@ -101,6 +105,7 @@ def main() -> None:
             rows.append({"setting": label, "plan": plan, "steps": len(parse_plan(plan, n_layers)),
                          "acceptance_rate": rate(ms, range(len(ms))), "drafted": drafted,
                          "vs_n1_interval": [low, high], "probe": probe.acceptance(parse_plan(plan, n_layers)),
+                         "vs_n1_by_set": {name: rate(ms, idx) / rate(runs["N=1"], idx) - 1 for name, idx in of_set.items()},
                          "draft_ms_per_token": 1000 * draft_s / drafted, "draft_s": draft_s,
                          "per_prompt": [[m.accepted, m.drafted] for m in ms]})
     for r in rows:
@@ -125,11 +130,13 @@ def main() -> None:
              f"90% paired bootstrap over the prompts. Timings share a 2-core machine with other work: compare within "
              f"the table only. The tuner's table below ran earlier ({result.created}): its draft times are not "
              f"comparable with this table's.", "",
-             "| setting | plan | draft steps | acceptance rate | vs N = 1 | 90% interval | probe's prediction | "
-             "draft ms per drafted token |", "|---|---|---|---|---|---|---|---|"]
+             "| setting | plan | draft steps | acceptance rate | vs N = 1 | 90% interval | "
+             + "".join(f"{name} prompts vs N = 1 | " for name in names)
+             + "probe's prediction | draft ms per drafted token |", "|---" * (8 + len(names)) + "|"]
     lines += [f"| {r['setting']} | {cell(r['plan'])} | {r['steps']} | {r['acceptance_rate']:.3f} | {r['vs_n1']:+.1%} | "
-              f"{r['vs_n1_interval'][0]:+.1%} .. {r['vs_n1_interval'][1]:+.1%} | {r['probe']:.3f} | "
-              f"{r['draft_ms_per_token']:.1f} |" for r in rows]
+              f"{r['vs_n1_interval'][0]:+.1%} .. {r['vs_n1_interval'][1]:+.1%} | "
+              + "".join(f"{r['vs_n1_by_set'][name]:+.1%} | " for name in names)
+              + f"{r['probe']:.3f} | {r['draft_ms_per_token']:.1f} |" for r in rows]
     lines += ["", f"Target (fewer sequential draft steps than N = 4, at most 5% relative acceptance loss against "
                   f"N = 1, on the held-out prompts): **{'met' if target else 'not met'}** by the tuned plan "
                   f"({tuned['steps']} steps vs {n4['steps']}, {tuned['vs_n1']:+.1%}). Rows with fewer steps than "
