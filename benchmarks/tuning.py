@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import random
 import sys
 from pathlib import Path
 
@@ -26,7 +25,8 @@ from easyspec.core.files import write_text_atomic
 from easyspec.core.grouping import describe, parse_plan
 from easyspec.core.prompt_sets import builtin_prompts
 from easyspec.core.session import Session
-from easyspec.core.tuning import Candidate, Probe, TuneConfig, cell, markdown, measure_plan, reference
+from easyspec.core.tuning import (Candidate, Probe, TuneConfig, cell, markdown, measure_plan, paired_interval,
+                                  reference)
 
 
 def evaluate(session: Session, prompts: list[list[int]], plans: dict[str, str], tokens: int,
@@ -45,19 +45,8 @@ def evaluate(session: Session, prompts: list[list[int]], plans: dict[str, str], 
     return runs, Probe(session.draft, refs, cfg.draft_len)
 
 
-def rate(runs: list[Candidate], idx) -> float:
-    return sum(runs[i].accepted for i in idx) / max(sum(runs[i].drafted for i in idx), 1)
-
-
-def paired_interval(runs: list[Candidate], base: list[Candidate], draws: int = 2000) -> tuple[float, float]:
-    """90% bootstrap interval of rate(runs) / rate(base) - 1, resampling prompts (paired)."""
-    rng, n = random.Random(0), len(base)
-    ratios = []
-    for _ in range(draws):
-        idx = [rng.randrange(n) for _ in range(n)]
-        ratios.append(rate(runs, idx) / max(rate(base, idx), 1e-9) - 1)
-    ratios.sort()
-    return ratios[int(0.05 * draws)], ratios[int(0.95 * draws) - 1]
+def rate(pairs: list[tuple[int, int]], idx) -> float:
+    return sum(pairs[i][0] for i in idx) / max(sum(pairs[i][1] for i in idx), 1)
 
 
 def main() -> None:
@@ -98,16 +87,18 @@ def main() -> None:
             plans.setdefault(f"tuner's best {steps}-step", best.plan)
         runs, probe = evaluate(session, eval_ids, plans, args.eval_tokens, log)
         rows = []
+        counts = {label: [(m.accepted, m.drafted) for m in ms] for label, ms in runs.items()}
         for label, plan in plans.items():
-            ms = runs[label]
+            ms, pairs = runs[label], counts[label]
             drafted, draft_s = sum(m.drafted for m in ms), sum(m.draft_s for m in ms)
-            low, high = paired_interval(ms, runs["N=1"])
+            low, high = paired_interval(pairs, counts["N=1"]) or (0.0, 0.0)
             rows.append({"setting": label, "plan": plan, "steps": len(parse_plan(plan, n_layers)),
-                         "acceptance_rate": rate(ms, range(len(ms))), "drafted": drafted,
+                         "acceptance_rate": rate(pairs, range(len(pairs))), "drafted": drafted,
                          "vs_n1_interval": [low, high], "probe": probe.acceptance(parse_plan(plan, n_layers)),
-                         "vs_n1_by_set": {name: rate(ms, idx) / rate(runs["N=1"], idx) - 1 for name, idx in of_set.items()},
+                         "vs_n1_by_set": {name: rate(pairs, idx) / rate(counts["N=1"], idx) - 1
+                                          for name, idx in of_set.items()},
                          "draft_ms_per_token": 1000 * draft_s / drafted, "draft_s": draft_s,
-                         "per_prompt": [[m.accepted, m.drafted] for m in ms]})
+                         "per_prompt": pairs})
     for r in rows:
         r["vs_n1"] = r["acceptance_rate"] / rows[0]["acceptance_rate"] - 1
     n4 = next(r for r in rows if r["setting"] == "N=4")

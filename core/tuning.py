@@ -31,6 +31,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import random
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -79,6 +80,7 @@ class Candidate:
     accepted: int
     draft_s: float  # measured drafting seconds, all prompts
     probe: float = 0.0  # Probe.acceptance: the predicted acceptance rate
+    per_prompt: tuple[tuple[int, int], ...] = ()  # (accepted, drafted) per calibration prompt
 
     @property
     def acceptance_rate(self) -> float:
@@ -142,8 +144,8 @@ class TuneResult:
     @classmethod
     def from_dict(cls, d: dict) -> "TuneResult":
         keep = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        cand = tuple(Candidate(**{k: v for k, v in c.items() if k in Candidate.__dataclass_fields__})
-                     for c in d["candidates"])
+        cand = tuple(Candidate(**{**{k: v for k, v in c.items() if k in Candidate.__dataclass_fields__},
+                                  "per_prompt": tuple(map(tuple, c.get("per_prompt", ())))}) for c in d["candidates"])
         return cls(**{**keep, "candidates": cand, "policies": tuple(PolicyResult(**p) for p in d["policies"]),
                       "adjacent_similarity": tuple(d["adjacent_similarity"])})
 
@@ -356,17 +358,38 @@ def _draft_seconds(records) -> float:
 def measure_plan(base: Decoder, draft: Decoder, references: Sequence[tuple[list[int], list[int]]], plan: str,
                  cfg: TuneConfig, origin: str, stopping: Stopping) -> Candidate:
     """Draft every prompt with `plan` (every-round calibration) against the played-back base output."""
-    drafted = accepted = 0
-    draft_s = 0.0
+    per_prompt, draft_s = [], 0.0
     for prompt, out in references:
         spec = SpecConfig(mode="easyspec", groups=plan, draft_len=cfg.draft_len, max_new_tokens=cfg.max_new_tokens)
         records = list(generate(ReplayBase(base, prompt + out), draft, prompt, spec, stopping))
         got = [t for r in records for t in r.token_ids]
         assert got == out, "playback diverged from the recorded base output"
-        drafted += sum(len(r.drafted) for r in records)
-        accepted += sum(r.accepted for r in records)
+        per_prompt.append((sum(r.accepted for r in records), sum(len(r.drafted) for r in records)))
         draft_s += _draft_seconds(records)
-    return Candidate(plan, steps_of(plan), origin, drafted, accepted, draft_s)
+    return Candidate(plan, steps_of(plan), origin, sum(d for _, d in per_prompt), sum(a for a, _ in per_prompt),
+                     draft_s, per_prompt=tuple(per_prompt))
+
+
+def paired_interval(runs: Sequence[tuple[int, int]], base: Sequence[tuple[int, int]], level: float = 0.9,
+                    draws: int = 2000) -> tuple[float, float] | None:
+    """Bootstrap interval of a plan's acceptance rate relative to the baseline's, minus one.
+
+    `runs` and `base` hold (accepted, drafted) per prompt, the same prompts in the same order; the
+    prompts are resampled in pairs, so what both plans find hard cancels out. None with fewer than
+    two prompts (or counts that do not pair up, e.g. a tuning cached before they were kept).
+    """
+    n = len(base)
+    if n < 2 or len(runs) != n:
+        return None
+    rng, ratios = random.Random(0), []
+    for _ in range(draws):
+        idx = [rng.randrange(n) for _ in range(n)]
+        ref = sum(base[i][0] for i in idx) / max(sum(base[i][1] for i in idx), 1)
+        got = sum(runs[i][0] for i in idx) / max(sum(runs[i][1] for i in idx), 1)
+        ratios.append(got / ref - 1 if ref else 0.0)
+    ratios.sort()
+    tail = (1 - level) / 2
+    return ratios[int(tail * draws)], ratios[int((1 - tail) * draws) - 1]
 
 
 def _policy(base, draft, prompts, plan, policy, cfg: TuneConfig, stopping) -> PolicyResult:
@@ -561,13 +584,18 @@ def markdown(result: TuneResult) -> str:
            f"every-round calibration).", "",
            f"Probe: the acceptance rate predicted by simulated rounds from every output position "
            f"({result.probed} plans probed; N = 1: {result.candidates[0].probe:.3f}).", "",
-           "| plan | steps | from | probe | acceptance rate | vs N = 1 | draft ms per drafted token |",
-           "|---|---|---|---|---|---|---|"]
+           "The interval is a 90% bootstrap over the calibration prompts, resampled in pairs with N = 1: how far "
+           "the prompts' spread alone could move the change.", "",
+           "| plan | steps | from | probe | acceptance rate | vs N = 1 | 90% interval | draft ms per drafted token |",
+           "|---|---|---|---|---|---|---|---|"]
+    first = result.candidates[0]
     for c in result.candidates:
         rel = c.acceptance_rate / result.baseline_rate - 1 if result.baseline_rate else 0.0
         mark = " **chosen**" if c.plan == result.plan else ""
-        out.append(f"| {cell(c.plan)}{mark} | {c.steps} | {c.origin} | {c.probe:.3f} | {c.acceptance_rate:.3f} | {rel:+.1%} | "
-                   f"{1000 * c.draft_s_per_token:.1f} |")
+        band = paired_interval(c.per_prompt, first.per_prompt) if c is not first else None
+        spread = f"{band[0]:+.1%} .. {band[1]:+.1%}" if band else "-"
+        out.append(f"| {cell(c.plan)}{mark} | {c.steps} | {c.origin} | {c.probe:.3f} | {c.acceptance_rate:.3f} | "
+                   f"{rel:+.1%} | {spread} | {1000 * c.draft_s_per_token:.1f} |")
     if result.unmeasured:
         out += ["", f"{result.unmeasured} more plans were not drafted: more steps than the chosen plan, or a probe "
                     f"more than twice the tolerance below N = 1's (`--exhaustive` drafts them)."]

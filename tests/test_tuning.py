@@ -13,7 +13,8 @@ from conftest import CPU, assert_greedy_equal, tokens_of
 from easyspec.core.engine import SpecConfig, Stopping, generate
 from easyspec.core.grouping import describe, layer_groups, parse_plan
 from easyspec.core.monitor import ALERT, AcceptanceMonitor, expectation, likely_cause, rolling_acceptance
-from easyspec.core.tuning import Probe, TuneConfig, balanced, markdown, climb, measure_plan, neighbours, similarity, tune
+from easyspec.core.tuning import (Probe, TuneConfig, balanced, climb, markdown, measure_plan, neighbours, paired_interval,
+                                  similarity, tune)
 from helpers import hf_config, save_checkpoint
 
 PLANTED = range(3, 9)  # layers whose residual contributions are scaled down: their inputs are nearly equal
@@ -177,6 +178,8 @@ def test_tuner_groups_the_planted_layers(planted):
     assert result.steps == min(c.steps for c in ok)
     assert result.unmeasured > 0 and max(c.steps for c in result.candidates[1:]) == result.steps  # stopped early
     assert result.probed > len(result.candidates) and all(0 < c.probe <= 1 for c in result.candidates)
+    assert all(len(c.per_prompt) == 3 and sum(a for a, _ in c.per_prompt) == c.accepted
+               and sum(d for _, d in c.per_prompt) == c.drafted for c in result.candidates)
     table = [line for line in markdown(result).splitlines() if line.startswith("| ")]
     columns = {len(re.split(r"(?<!\\)\|", line)) for line in table}  # a plan's own '|' is escaped
     assert len(columns) == 2 and len(table) >= len(result.candidates) + 1  # the candidates' and the policies' tables
@@ -217,12 +220,23 @@ def test_tuning_is_cached_and_auto_resolves(planted_dirs, tmp_path, monkeypatch,
     assert code == 2 and "layer 6 is missing" in capsys.readouterr().err
 
 
+def test_paired_interval_resamples_prompts_in_pairs():
+    base = [(8, 10), (4, 10), (6, 10), (9, 10)]
+    assert paired_interval(base, base) == (0.0, 0.0)
+    low, high = paired_interval([(a // 2, d) for a, d in base], base)  # about half on every prompt
+    assert -0.56 < low <= high <= -0.44
+    low, high = paired_interval([(8, 10), (2, 10), (6, 10), (9, 10)], base)  # one prompt worse
+    assert low < -0.05 and high == 0.0
+    assert paired_interval(base[:1], base[:1]) is None and paired_interval(base, base[:3]) is None
+
+
 def test_cached_tuning_is_read_once_and_again_after_a_new_save(tmp_path, monkeypatch):
     from easyspec.core.tuning import Candidate, TuneResult, load_tuning, save_tuning, tuning_path
 
     monkeypatch.setenv("EASYSPEC_CACHE", str(tmp_path))
     first = TuneResult(plan="0|1-2|3", acceptance_rate=0.5, baseline_rate=0.6, steps=3, sequential_steps=4,
-                       tolerance=0.05, candidates=(Candidate("0|1|2|3", 4, "sequential", 10, 6, 1.0),))
+                       tolerance=0.05, candidates=(Candidate("0|1|2|3", 4, "sequential", 10, 6, 1.0,
+                                                             per_prompt=((2, 4), (4, 6))),))
     save_tuning(first, "k")
     assert load_tuning("k") == first and load_tuning("k") is load_tuning("k")  # one read while unchanged
     second = replace(first, plan="0|1-3", steps=2)
