@@ -84,7 +84,8 @@ def main() -> None:
         n4_steps = len(parse_plan(plans["N=4"], n_layers))
         for steps in sorted({c.steps for c in result.candidates if c.steps < n4_steps}, reverse=True):
             best = max((c for c in result.candidates if c.steps == steps), key=lambda c: c.acceptance_rate)
-            plans.setdefault(f"tuner's best {steps}-step", best.plan)
+            if best.plan not in plans.values():  # e.g. the tuned plan itself
+                plans[f"tuner's best {steps}-step"] = best.plan
         runs, probe = evaluate(session, eval_ids, plans, args.eval_tokens, log)
         rows = []
         counts = {label: [(m.accepted, m.drafted) for m in ms] for label, ms in runs.items()}
