@@ -26,7 +26,7 @@ from easyspec.core.grouping import describe, parse_plan
 from easyspec.core.prompt_sets import builtin_prompts
 from easyspec.core.session import Session
 from easyspec.core.tuning import (Candidate, Probe, TuneConfig, cell, markdown, measure_plan, paired_interval,
-                                  reference)
+                                  pooled_rate, reference, steps_of)
 
 
 def evaluate(session: Session, prompts: list[list[int]], plans: dict[str, str], tokens: int,
@@ -43,10 +43,6 @@ def evaluate(session: Session, prompts: list[list[int]], plans: dict[str, str], 
         for label, plan in plans.items():
             runs[label].append(measure_plan(session.base, session.draft, [ref], plan, cfg, label, stopping))
     return runs, Probe(session.draft, refs, cfg.draft_len)
-
-
-def rate(pairs: list[tuple[int, int]], idx) -> float:
-    return sum(pairs[i][0] for i in idx) / max(sum(pairs[i][1] for i in idx), 1)
 
 
 def main() -> None:
@@ -81,7 +77,7 @@ def main() -> None:
         plans = {f"N={n}": describe(SpecConfig(layer_parallel=n).plan(n_layers)) for n in range(1, 7)}
         plans["tuned"] = result.plan
         # the tuner's best measured plan at each step count below N = 4's (not chosen: outside tolerance there)
-        n4_steps = len(parse_plan(plans["N=4"], n_layers))
+        n4_steps = steps_of(plans["N=4"])
         for steps in sorted({c.steps for c in result.candidates if c.steps < n4_steps}, reverse=True):
             best = max((c for c in result.candidates if c.steps == steps), key=lambda c: c.acceptance_rate)
             if best.plan not in plans.values():  # e.g. the tuned plan itself
@@ -93,10 +89,10 @@ def main() -> None:
             ms, pairs = runs[label], counts[label]
             drafted, draft_s = sum(m.drafted for m in ms), sum(m.draft_s for m in ms)
             low, high = paired_interval(pairs, counts["N=1"]) or (0.0, 0.0)
-            rows.append({"setting": label, "plan": plan, "steps": len(parse_plan(plan, n_layers)),
-                         "acceptance_rate": rate(pairs, range(len(pairs))), "drafted": drafted,
+            rows.append({"setting": label, "plan": plan, "steps": steps_of(plan),
+                         "acceptance_rate": pooled_rate(pairs, range(len(pairs))), "drafted": drafted,
                          "vs_n1_interval": [low, high], "probe": probe.acceptance(parse_plan(plan, n_layers)),
-                         "vs_n1_by_set": {name: rate(pairs, idx) / rate(counts["N=1"], idx) - 1
+                         "vs_n1_by_set": {name: pooled_rate(pairs, idx) / pooled_rate(counts["N=1"], idx) - 1
                                           for name, idx in of_set.items()},
                          "draft_ms_per_token": 1000 * draft_s / drafted, "draft_s": draft_s,
                          "per_prompt": pairs})

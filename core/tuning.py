@@ -370,6 +370,11 @@ def measure_plan(base: Decoder, draft: Decoder, references: Sequence[tuple[list[
                      draft_s, per_prompt=tuple(per_prompt))
 
 
+def pooled_rate(pairs: Sequence[tuple[int, int]], idx: Sequence[int]) -> float:
+    """Accepted per drafted token over the prompts `idx` of (accepted, drafted) per prompt."""
+    return sum(pairs[i][0] for i in idx) / max(sum(pairs[i][1] for i in idx), 1)
+
+
 def paired_interval(runs: Sequence[tuple[int, int]], base: Sequence[tuple[int, int]], level: float = 0.9,
                     draws: int = 2000) -> tuple[float, float] | None:
     """Bootstrap interval of a plan's acceptance rate relative to the baseline's, minus one.
@@ -384,9 +389,8 @@ def paired_interval(runs: Sequence[tuple[int, int]], base: Sequence[tuple[int, i
     rng, ratios = random.Random(0), []
     for _ in range(draws):
         idx = [rng.randrange(n) for _ in range(n)]
-        ref = sum(base[i][0] for i in idx) / max(sum(base[i][1] for i in idx), 1)
-        got = sum(runs[i][0] for i in idx) / max(sum(runs[i][1] for i in idx), 1)
-        ratios.append(got / ref - 1 if ref else 0.0)
+        ref = pooled_rate(base, idx)
+        ratios.append(pooled_rate(runs, idx) / ref - 1 if ref else 0.0)
     ratios.sort()
     tail = (1 - level) / 2
     return ratios[int(tail * draws)], ratios[int((1 - tail) * draws) - 1]
