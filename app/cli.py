@@ -166,7 +166,8 @@ def _add_tune(sub) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--prompts", default="code", help="a built-in set (code, chat, math, summarisation) "
                                                       "or a JSONL/CSV file with a prompt column")
-    p.add_argument("--limit", type=int, default=4, help="use the first LIMIT prompts (default 4)")
+    p.add_argument("--limit", type=int, default=8, help="use the first LIMIT prompts (default 8: the search sees "
+                                                       "half of them, the acceptance is measured on the other half)")
     p.add_argument("--chat", action="store_true", help="wrap the prompts in the chat template")
     p.add_argument("--tolerance", type=float, default=0.05,
                    help="relative acceptance-rate loss allowed against N = 1 (default 0.05)")
@@ -180,6 +181,9 @@ def _add_tune(sub) -> None:
                    help="simulated drafting rounds per probe (default 256)")
     p.add_argument("--exhaustive", action="store_true",
                    help="measure every candidate plan, also those with more steps than the one chosen")
+    p.add_argument("--no-holdout", action="store_true",
+                   help="search and measure on the same prompts (default: the search sees half of them and the "
+                        "acceptance is measured on the other half, which keeps the choice honest)")
     p.add_argument("--out", default=None, help="also write OUT.json and OUT.md")
     p.add_argument("--json", action="store_true", help="print the result as one JSON line on stdout")
 
@@ -457,7 +461,7 @@ def cmd_tune(args) -> int:
 
     cfg = TuneConfig(tolerance=args.tolerance, max_group=args.max_group, draft_len=args.draft_len,
                      max_new_tokens=args.max_new_tokens, policies=not args.no_policies, exhaustive=args.exhaustive,
-                     search=args.search, probe_rounds=args.probe_rounds)
+                     search=args.search, probe_rounds=args.probe_rounds, holdout=not args.no_holdout)
     prompts = builtin_prompts(args.prompts) if args.prompts in BUILTIN_SETS else read_prompt_file(args.prompts)
     prompts = prompts[: max(1, args.limit)]
     source = resolve_pair(args.base, args.draft, args.pair or (None if args.base else "qwen2.5-coder"))

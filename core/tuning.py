@@ -1,6 +1,10 @@
 """Auto-tuning the draft's layer plan and the calibration policy, cached per model pair.
 
-What it does, from a few calibration prompts (greedy):
+What it does, from a few calibration prompts (greedy). With two prompts or more they are split in
+two halves (alternately, so a mixed set mixes both): steps 1-3 see only the search half, steps 4-6
+only the other, the confirmation half. A search that picks the best of many plans on the same
+prompts it then measures them on is optimistic (the winner's curse: a plan chosen at -1% lost 6%
+on other prompts); the confirmation half measures each plan without that bias.
 1. Similarity. One exact draft forward per prompt records every layer's input hidden state h_l.
    S[a, l] is the mean cosine, over prompt tokens, between what layer l's attention would read in
    a fuzzy group starting at a (RMSNorm_in_l(h_a)) and what it reads exactly (RMSNorm_in_l(h_l)).
@@ -13,9 +17,10 @@ What it does, from a few calibration prompts (greedy):
    and the fewest within tolerance on the probe: at each count, the best of its candidates and a
    balanced plan is improved by hill climbing (move one group boundary by one layer while the probe
    improves), until the bisection ends or `search` probes are spent.
-4. Acceptance. The baseline, then the plans from the fewest steps up, draft the same prompts in
-   the same run, until a step count has a plan within tolerance (or all: `exhaustive`); plans whose
-   probe is more than twice the tolerance below N = 1's are not drafted. The base's greedy output
+4. Acceptance. The baseline, then the plans from the fewest steps up (at each step count the
+   `MEASURED_PER_STEPS` best on the probe), draft the confirmation prompts in the same run, until a
+   step count has a plan within tolerance (or all: `exhaustive`); plans whose probe is more than
+   twice the tolerance below N = 1's are not drafted. The base's greedy output
    is computed once per prompt and played back (`ReplayBase`): greedy acceptance depends only on
    that output, so each plan costs draft forwards only, and the counts equal those of a full run
    (a test checks this).
@@ -45,6 +50,7 @@ from .grouping import describe, layer_groups, parse_plan
 from .metrics import compute
 
 EQUAL_SIZES = (2, 3, 4, 5, 6)
+MEASURED_PER_STEPS = 2  # plans drafted per step count: fewer chances for one to pass by luck
 DRAFT_PHASES = ("draft.attn", "draft.mlp", "draft.comm")
 
 
@@ -59,6 +65,7 @@ class TuneConfig:
     exhaustive: bool = False  # measure every candidate, not only those with no more steps than the choice
     search: int = 120  # probes the boundary search may spend (0: candidates only)
     probe_rounds: int = 256  # simulated drafting rounds per probe (spread over the outputs)
+    holdout: bool = True  # measure acceptance on the half of the prompts the search did not see
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.tolerance < 1.0:
@@ -80,7 +87,7 @@ class Candidate:
     accepted: int
     draft_s: float  # measured drafting seconds, all prompts
     probe: float = 0.0  # Probe.acceptance: the predicted acceptance rate
-    per_prompt: tuple[tuple[int, int], ...] = ()  # (accepted, drafted) per calibration prompt
+    per_prompt: tuple[tuple[int, int], ...] = ()  # (accepted, drafted) per measured prompt
 
     @property
     def acceptance_rate(self) -> float:
@@ -113,7 +120,8 @@ class TuneResult:
     adjacent_similarity: tuple[float, ...] = ()  # S[l, l + 1]
     pair: dict = field(default_factory=dict)
     created: str = ""
-    prompts: int = 0
+    prompts: int = 0  # calibration prompts in all
+    held_out: int = 0  # of them, measured only (the search did not see them); 0: search and measure on all
     unmeasured: int = 0  # plans not drafted: more steps than the choice, or a hopeless probe (TuneConfig.exhaustive)
     probed: int = 0  # plans the probe scored (candidates and search)
 
@@ -418,22 +426,31 @@ def tune(base: Decoder, draft: Decoder, prompts: Sequence[Sequence[int]], cfg: T
     raise AssertionError("tune_steps ended without a result")
 
 
+def split(prompts: Sequence, holdout: bool) -> tuple[list, list]:
+    """(search half, confirmation half), alternately; both all of them without holdout or with one prompt."""
+    if not holdout or len(prompts) < 2:
+        return list(prompts), list(prompts)
+    return list(prompts[0::2]), list(prompts[1::2])
+
+
 def tune_steps(base: Decoder, draft: Decoder, prompts: Sequence[Sequence[int]], cfg: TuneConfig = TuneConfig(),
                stopping: Stopping = Stopping()) -> Iterator[str | TuneResult]:
     """The tuner as a stream: a progress line before each step, then the result (for live screens)."""
     if not prompts:
         raise ValueError("the tuner needs at least one calibration prompt")
     n = draft.cfg.n_layers
+    searched, confirming = split(prompts, cfg.holdout)
     yield "similarity of the draft's layer inputs"
-    s = similarity(draft, prompts)
+    s = similarity(draft, searched)
     references = []
     for i, prompt in enumerate(prompts):
         yield f"base output for calibration prompt {i + 1}/{len(prompts)}"
         references.append(reference(base, prompt, cfg.max_new_tokens, stopping))
+    search_refs, confirm_refs = split(references, cfg.holdout)
     sequential = describe(layer_groups(n, 1))
     plans = {sequential: "sequential", **candidate_plans(s, n, cfg.max_group, cfg.thresholds)}
     yield "probe: exact draft forwards of the base outputs"
-    probe, probes = Probe(draft, references, cfg.draft_len, cfg.probe_rounds), {}
+    probe, probes = Probe(draft, search_refs, cfg.draft_len, cfg.probe_rounds), {}
 
     def score(groups: tuple[Group, ...]) -> float:
         key = describe(groups)
@@ -474,15 +491,16 @@ def tune_steps(base: Decoder, draft: Decoder, prompts: Sequence[Sequence[int]], 
     hopeless = (1 - 2 * cfg.tolerance) * probes[sequential]
     order = [sequential] + sorted((p for p in plans if p != sequential),
                                   key=lambda p: (steps_of(p), -probes[p]))
-    measured, floor, found_steps = [], 0.0, n
+    measured, floor, found_steps, tried = [], 0.0, n, {}
     for i, plan in enumerate(order):
         steps = steps_of(plan)
         if steps > found_steps and not cfg.exhaustive:
             break  # ascending step counts: nothing from here on can be chosen
-        if i and probes[plan] < hopeless and not cfg.exhaustive:
+        if i and not cfg.exhaustive and (probes[plan] < hopeless or tried.get(steps, 0) >= MEASURED_PER_STEPS):
             continue
+        tried[steps] = tried.get(steps, 0) + 1
         yield f"acceptance of plan {i + 1}/{len(order)}: {plan}"
-        c = replace(measure_plan(base, draft, references, plan, cfg, plans[plan], stopping), probe=probes[plan])
+        c = replace(measure_plan(base, draft, confirm_refs, plan, cfg, plans[plan], stopping), probe=probes[plan])
         measured.append(c)
         if i == 0:
             floor = (1 - cfg.tolerance) * c.acceptance_rate
@@ -496,7 +514,7 @@ def tune_steps(base: Decoder, draft: Decoder, prompts: Sequence[Sequence[int]], 
         results = []
         for policy in CALIBRATION_POLICIES:
             yield f"calibration policy {policy} with the base model"
-            results.append(_policy(base, draft, prompts, best.plan, policy, cfg, stopping))
+            results.append(_policy(base, draft, confirming, best.plan, policy, cfg, stopping))
         policies = tuple(results)
         fine = [p for p in policies if p.acceptance_rate >= floor] or [policies[0]]
         recommended = max(fine, key=lambda p: p.tokens_per_s).policy
@@ -504,6 +522,7 @@ def tune_steps(base: Decoder, draft: Decoder, prompts: Sequence[Sequence[int]], 
                       steps=best.steps, sequential_steps=n, tolerance=cfg.tolerance, candidates=tuple(measured),
                       policies=policies, recommended_policy=recommended,
                       adjacent_similarity=tuple(s.diagonal(1).tolist()), prompts=len(prompts),
+                      held_out=len(confirming) if cfg.holdout and len(prompts) > 1 else 0,
                       unmeasured=len(plans) - len(measured), probed=len(probes),
                       created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
 
@@ -579,16 +598,23 @@ def cell(plan: str) -> str:
 
 def markdown(result: TuneResult) -> str:
     """The tuner's report: the choice, every candidate measured in the run, the calibration policies."""
+    if result.held_out:
+        where = (f"The probe and the search saw {result.prompts - result.held_out} of the {result.prompts} calibration "
+                 f"prompts; every acceptance rate below is measured on the other {result.held_out}, which they did "
+                 f"not see, so picking the best of many plans does not flatter the choice.")
+    else:
+        where = (f"The probe, the search and the acceptance rates below all used the same {result.prompts} "
+                 f"calibration prompt(s): the best of many plans looks better on them than it will on others.")
     out = [f"# Auto-tuned layer plan ({result.pair.get('base', '?')} / {result.pair.get('draft', '?')}, "
            f"{result.pair.get('dtype', '?')})", "",
            f"Chosen plan `{result.plan}`: {result.steps} sequential draft steps instead of {result.sequential_steps} "
            f"(predicted draft-step saving {result.predicted_saving:.0%}), acceptance rate "
            f"{result.acceptance_rate:.3f} against {result.baseline_rate:.3f} for N = 1 in the same run "
            f"(tolerance {result.tolerance:.0%} relative; {result.prompts} calibration prompts, greedy, "
-           f"every-round calibration).", "",
+           f"every-round calibration).", "", where, "",
            f"Probe: the acceptance rate predicted by simulated rounds from every output position "
            f"({result.probed} plans probed; N = 1: {result.candidates[0].probe:.3f}).", "",
-           "The interval is a 90% bootstrap over the calibration prompts, resampled in pairs with N = 1: how far "
+           "The interval is a 90% bootstrap over the measured prompts, resampled in pairs with N = 1: how far "
            "the prompts' spread alone could move the change.", "",
            "| plan | steps | from | probe | acceptance rate | vs N = 1 | 90% interval | draft ms per drafted token |",
            "|---|---|---|---|---|---|---|---|"]
@@ -601,11 +627,12 @@ def markdown(result: TuneResult) -> str:
         out.append(f"| {cell(c.plan)}{mark} | {c.steps} | {c.origin} | {c.probe:.3f} | {c.acceptance_rate:.3f} | "
                    f"{rel:+.1%} | {spread} | {1000 * c.draft_s_per_token:.1f} |")
     if result.unmeasured:
-        out += ["", f"{result.unmeasured} more plans were not drafted: more steps than the chosen plan, or a probe "
-                    f"more than twice the tolerance below N = 1's (`--exhaustive` drafts them)."]
+        out += ["", f"{result.unmeasured} more plans were not drafted: more steps than the chosen plan, a probe "
+                    f"more than twice the tolerance below N = 1's, or not among the {MEASURED_PER_STEPS} best of "
+                    f"their step count on the probe (`--exhaustive` drafts them)."]
     if result.policies:
-        out += ["", f"Calibration policies on the chosen plan (real base, median tokens/s over the prompts): "
-                    f"recommended **{result.recommended_policy}** (the fastest whose acceptance stays within "
+        out += ["", f"Calibration policies on the chosen plan (real base, median tokens/s over the measured "
+                    f"prompts): recommended **{result.recommended_policy}** (the fastest whose acceptance stays within "
                     f"tolerance).", "", "| policy | acceptance rate | tokens/s | calibrate s |", "|---|---|---|---|"]
         out += [f"| {p.policy} | {p.acceptance_rate:.3f} | {p.tokens_per_s:.2f} | {p.calibrate_s:.2f} |"
                 for p in result.policies]

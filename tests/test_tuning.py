@@ -14,7 +14,7 @@ from easyspec.core.engine import SpecConfig, Stopping, generate
 from easyspec.core.grouping import describe, layer_groups, parse_plan
 from easyspec.core.monitor import ALERT, AcceptanceMonitor, expectation, likely_cause, rolling_acceptance
 from easyspec.core.tuning import (Probe, TuneConfig, balanced, climb, markdown, measure_plan, neighbours, paired_interval,
-                                  similarity, tune)
+                                  similarity, split, tune)
 from helpers import hf_config, save_checkpoint
 
 PLANTED = range(3, 9)  # layers whose residual contributions are scaled down: their inputs are nearly equal
@@ -167,7 +167,8 @@ def test_boundary_search_moves_one_edge_within_the_group_limit():
 
 def test_tuner_groups_the_planted_layers(planted):
     base, draft = planted
-    result = tune(base, draft, prompts(3), TuneConfig(tolerance=0.05, max_new_tokens=32))
+    result = tune(base, draft, prompts(4), TuneConfig(tolerance=0.05, max_new_tokens=32))
+    assert result.prompts == 4 and result.held_out == 2  # searched on two, measured on the other two
     plan = parse_plan(result.plan, 12)
     # fewer sequential steps than equal groups of 4, acceptance within tolerance of N = 1 (same run)
     assert result.steps < len(layer_groups(12, 4))
@@ -178,13 +179,17 @@ def test_tuner_groups_the_planted_layers(planted):
     assert result.steps == min(c.steps for c in ok)
     assert result.unmeasured > 0 and max(c.steps for c in result.candidates[1:]) == result.steps  # stopped early
     assert result.probed > len(result.candidates) and all(0 < c.probe <= 1 for c in result.candidates)
-    assert all(len(c.per_prompt) == 3 and sum(a for a, _ in c.per_prompt) == c.accepted
+    assert all(len(c.per_prompt) == 2 and sum(a for a, _ in c.per_prompt) == c.accepted
                and sum(d for _, d in c.per_prompt) == c.drafted for c in result.candidates)
     table = [line for line in markdown(result).splitlines() if line.startswith("| ")]
     columns = {len(re.split(r"(?<!\\)\|", line)) for line in table}  # a plan's own '|' is escaped
     assert len(columns) == 2 and len(table) >= len(result.candidates) + 1  # the candidates' and the policies' tables
-    full = tune(base, draft, prompts(3), TuneConfig(max_new_tokens=32, policies=False, exhaustive=True))
+    assert "did not see" in markdown(result)
+    full = tune(base, draft, prompts(4), TuneConfig(max_new_tokens=32, policies=False, exhaustive=True))
     assert full.plan == result.plan and full.unmeasured == 0 and len(full.candidates) > len(result.candidates)
+    same = tune(base, draft, prompts(4), TuneConfig(max_new_tokens=32, policies=False, holdout=False))
+    assert same.held_out == 0 and all(len(c.per_prompt) == 4 for c in same.candidates)
+    assert "same 4 calibration" in markdown(same)
     assert {p.policy for p in result.policies} == {"none", "every-round", "on-mismatch"}
     assert result.recommended_policy in {p.policy for p in result.policies}
     none = next(p for p in result.policies if p.policy == "none")
@@ -218,6 +223,11 @@ def test_tuning_is_cached_and_auto_resolves(planted_dirs, tmp_path, monkeypatch,
     assert f"plan {saved['plan']}" in err
     code = main(["generate", *pair, "--prompt", "abc", "--groups", "0|1-5|7-11"])
     assert code == 2 and "layer 6 is missing" in capsys.readouterr().err
+
+
+def test_prompts_split_alternately_into_search_and_confirmation_halves():
+    assert split(list("abcde"), True) == (list("ace"), list("bd"))  # a set of code then chat: both in each half
+    assert split(["a"], True) == (["a"], ["a"]) and split(list("ab"), False) == (list("ab"), list("ab"))
 
 
 def test_paired_interval_resamples_prompts_in_pairs():
