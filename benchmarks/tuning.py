@@ -54,6 +54,8 @@ def main() -> None:
     ap.add_argument("--tune-tokens", type=int, default=48)
     ap.add_argument("--eval-tokens", type=int, default=48)
     ap.add_argument("--search", type=int, default=120, help="probes for the tuner's boundary search")
+    ap.add_argument("--tolerance", type=float, default=0.05,
+                    help="the tuner's tolerance (below the 5%% target leaves room for the prompts' spread)")
     ap.add_argument("--probe-rounds", type=int, default=512, help="simulated rounds per probe (the tuner's)")
     ap.add_argument("--out", default="results/tuning")
     ap.add_argument("--reuse-tuning", action="store_true", help="use the cached tuning of the pair (same dtype)")
@@ -71,7 +73,8 @@ def main() -> None:
         result = session.tuning() if args.reuse_tuning else None
         if result is None:
             result = session.tune(tune_ids, TuneConfig(max_new_tokens=args.tune_tokens, max_group=8,
-                                                       search=args.search, probe_rounds=args.probe_rounds),
+                                                       search=args.search, probe_rounds=args.probe_rounds,
+                                                       tolerance=args.tolerance),
                                   progress=log, save=names == ["code", "chat"])  # the pair's cached tuning
         n_layers = session.info.draft_layers
         plans = {f"N={n}": describe(SpecConfig(layer_parallel=n).plan(n_layers)) for n in range(1, 7)}
@@ -112,7 +115,7 @@ def main() -> None:
     lines = [f"# Equal groups against the auto-tuned plan (qwen2.5-coder pair, {args.dtype})", "",
              f"{started}, {meta['machine']}, commit {meta['commit']}. Command: `{meta['command']}`. Greedy, chat "
              f"template, every-round calibration, draft length {TuneConfig().draft_len}. Tuned on {len(tune_ids)} "
-             f"prompts ({args.tune_tokens} tokens); the table below is measured on {len(eval_ids)} other prompts "
+             f"prompts ({args.tune_tokens} tokens, tolerance {args.tolerance:.1%}); the table below is measured on {len(eval_ids)} other prompts "
              f"({args.eval_tokens} tokens): the base's output once per prompt, every plan drafting against it played "
              f"back (the counts equal a real run's), the plans interleaved per prompt in one run. The interval is a "
              f"90% paired bootstrap over the prompts. Timings share a 2-core machine with other work: compare within "
