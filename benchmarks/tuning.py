@@ -115,12 +115,12 @@ def main() -> None:
     lines = [f"# Equal groups against the auto-tuned plan (qwen2.5-coder pair, {args.dtype})", "",
              f"{started}, {meta['machine']}, commit {meta['commit']}. Command: `{meta['command']}`. Greedy, chat "
              f"template, every-round calibration, draft length {TuneConfig().draft_len}. Tuned on {len(tune_ids)} "
-             f"prompts ({args.tune_tokens} tokens, tolerance {args.tolerance:.1%}); the table below is measured on {len(eval_ids)} other prompts "
-             f"({args.eval_tokens} tokens): the base's output once per prompt, every plan drafting against it played "
-             f"back (the counts equal a real run's), the plans interleaved per prompt in one run. The interval is a "
-             f"90% paired bootstrap over the prompts. Timings share a 2-core machine with other work: compare within "
-             f"the table only. The tuner's table below ran earlier ({result.created}): its draft times are not "
-             f"comparable with this table's.", "",
+             f"prompts ({args.tune_tokens} tokens, tolerance {args.tolerance:.1%}); the table below is measured on "
+             f"{len(eval_ids)} other prompts ({args.eval_tokens} tokens): the base's output once per prompt, every "
+             f"plan drafting against it played back (the counts equal a real run's), the plans interleaved per "
+             f"prompt in one run. The interval is a 90% paired bootstrap over the prompts. Timings share a 2-core "
+             f"machine with other work: compare within the table only. The tuner's table below ran earlier "
+             f"({result.created}): its draft times are not comparable with this table's.", "",
              "| setting | plan | draft steps | acceptance rate | vs N = 1 | 90% interval | "
              + "".join(f"{name} prompts vs N = 1 | " for name in names)
              + "probe's prediction | draft ms per drafted token |", "|---" * (8 + len(names)) + "|"]

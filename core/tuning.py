@@ -20,10 +20,10 @@ on other prompts); the confirmation half measures each plan without that bias.
 4. Acceptance. The baseline, then the plans from the fewest steps up (at each step count the
    `MEASURED_PER_STEPS` best on the probe), draft the confirmation prompts in the same run, until a
    step count has a plan within tolerance (or all: `exhaustive`); plans whose probe is more than
-   twice the tolerance below N = 1's are not drafted. The base's greedy output
-   is computed once per prompt and played back (`ReplayBase`): greedy acceptance depends only on
-   that output, so each plan costs draft forwards only, and the counts equal those of a full run
-   (a test checks this).
+   twice the tolerance below N = 1's are not drafted. The base's greedy output is computed once
+   per prompt and played back (`ReplayBase`): greedy acceptance depends only on that output, so
+   each plan costs draft forwards only, and the counts equal those of a full run (a test checks
+   this).
 5. Choice: the plan with the fewest sequential draft steps whose measured acceptance rate is within
    `tolerance` (relative) of the baseline; ties go to the higher acceptance rate.
 6. Calibration. The chosen plan runs every-round, on-mismatch and none with the real base; the
@@ -428,9 +428,10 @@ def tune(base: Decoder, draft: Decoder, prompts: Sequence[Sequence[int]], cfg: T
 
 
 def split(prompts: Sequence, holdout: bool) -> tuple[list, list]:
-    """(search half, confirmation half), alternately; both all of them without holdout or with one prompt."""
+    """(search half, confirmation half), alternately; without holdout or with one prompt, one list twice."""
     if not holdout or len(prompts) < 2:
-        return list(prompts), list(prompts)
+        both = list(prompts)
+        return both, both
     return list(prompts[0::2]), list(prompts[1::2])
 
 
@@ -440,14 +441,13 @@ def tune_steps(base: Decoder, draft: Decoder, prompts: Sequence[Sequence[int]], 
     if not prompts:
         raise ValueError("the tuner needs at least one calibration prompt")
     n = draft.cfg.n_layers
-    searched, confirming = split(prompts, cfg.holdout)
-    yield "similarity of the draft's layer inputs"
-    s = similarity(draft, searched)
     references = []
     for i, prompt in enumerate(prompts):
         yield f"base output for calibration prompt {i + 1}/{len(prompts)}"
         references.append(reference(base, prompt, cfg.max_new_tokens, stopping))
     search_refs, confirm_refs = split(references, cfg.holdout)
+    yield "similarity of the draft's layer inputs"
+    s = similarity(draft, [prompt for prompt, _ in search_refs])
     sequential = describe(layer_groups(n, 1))
     plans = {sequential: "sequential", **candidate_plans(s, n, cfg.max_group, cfg.thresholds)}
     yield "probe: exact draft forwards of the base outputs"
@@ -515,7 +515,8 @@ def tune_steps(base: Decoder, draft: Decoder, prompts: Sequence[Sequence[int]], 
         results = []
         for policy in CALIBRATION_POLICIES:
             yield f"calibration policy {policy} with the base model"
-            results.append(_policy(base, draft, confirming, best.plan, policy, cfg, stopping))
+            results.append(_policy(base, draft, [prompt for prompt, _ in confirm_refs], best.plan, policy, cfg,
+                                   stopping))
         policies = tuple(results)
         fine = [p for p in policies if p.acceptance_rate >= floor] or [policies[0]]
         recommended = max(fine, key=lambda p: p.tokens_per_s).policy
@@ -523,7 +524,7 @@ def tune_steps(base: Decoder, draft: Decoder, prompts: Sequence[Sequence[int]], 
                       steps=best.steps, sequential_steps=n, tolerance=cfg.tolerance, candidates=tuple(measured),
                       policies=policies, recommended_policy=recommended,
                       adjacent_similarity=tuple(s.diagonal(1).tolist()), prompts=len(prompts),
-                      held_out=len(confirming) if cfg.holdout and len(prompts) > 1 else 0,
+                      held_out=0 if confirm_refs is search_refs else len(confirm_refs),
                       unmeasured=len(plans) - len(measured), probed=len(probes),
                       created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
 
@@ -633,8 +634,9 @@ def markdown(result: TuneResult) -> str:
                     f"count on the probe (`--exhaustive` drafts them)."]
     if result.policies:
         out += ["", f"Calibration policies on the chosen plan (real base, median tokens/s over the measured "
-                    f"prompts): recommended **{result.recommended_policy}** (the fastest whose acceptance stays within "
-                    f"tolerance).", "", "| policy | acceptance rate | tokens/s | calibrate s |", "|---|---|---|---|"]
+                    f"prompts): recommended **{result.recommended_policy}** (the fastest whose acceptance stays "
+                    f"within tolerance).", "", "| policy | acceptance rate | tokens/s | calibrate s |",
+                "|---|---|---|---|"]
         out += [f"| {p.policy} | {p.acceptance_rate:.3f} | {p.tokens_per_s:.2f} | {p.calibrate_s:.2f} |"
                 for p in result.policies]
     sims = ", ".join(f"{x:.2f}" for x in result.adjacent_similarity)

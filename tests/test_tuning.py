@@ -228,6 +228,8 @@ def test_tuning_is_cached_and_auto_resolves(planted_dirs, tmp_path, monkeypatch,
 def test_prompts_split_alternately_into_search_and_confirmation_halves():
     assert split(list("abcde"), True) == (list("ace"), list("bd"))  # a set of code then chat: both in each half
     assert split(["a"], True) == (["a"], ["a"]) and split(list("ab"), False) == (list("ab"), list("ab"))
+    search, confirm = split(list("ab"), False)
+    assert search is confirm  # one list: the tuner reports no held-out prompts
 
 
 def test_paired_interval_resamples_prompts_in_pairs():
