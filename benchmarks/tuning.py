@@ -29,10 +29,10 @@ from easyspec.core.tuning import (Candidate, Probe, TuneConfig, cell, markdown, 
                                   pooled_rate, reference, steps_of)
 
 
-def evaluate(session: Session, prompts: list[list[int]], plans: dict[str, str], tokens: int,
+def evaluate(session: Session, prompts: list[list[int]], plans: dict[str, str], tokens: int, draft_len: int,
              log) -> tuple[dict[str, list[Candidate]], Probe]:
     """Per plan, one Candidate per prompt (drafting played back against the base's output)."""
-    stopping, cfg = Stopping(session.pair.eos_ids), TuneConfig(max_new_tokens=tokens)
+    stopping, cfg = Stopping(session.pair.eos_ids), TuneConfig(max_new_tokens=tokens, draft_len=draft_len)
     refs = []
     for i, ids in enumerate(prompts):
         log(f"base output for held-out prompt {i + 1}/{len(prompts)}")
@@ -53,6 +53,7 @@ def main() -> None:
     ap.add_argument("--eval-prompts", type=int, default=12, help="per set, after the tuning ones")
     ap.add_argument("--tune-tokens", type=int, default=48)
     ap.add_argument("--eval-tokens", type=int, default=48)
+    ap.add_argument("--draft-len", type=int, default=5, help="k, for the tuner and the held-out table")
     ap.add_argument("--search", type=int, default=120, help="probes for the tuner's boundary search")
     ap.add_argument("--tolerance", type=float, default=0.05,
                     help="the tuner's tolerance (below the 5%% target leaves room for the prompts' spread)")
@@ -71,8 +72,11 @@ def main() -> None:
         eval_ids = [session.encode(p, True) for _, p in held_out]
         of_set = {name: [i for i, (n, _) in enumerate(held_out) if n == name] for name in names}
         result = session.tuning() if args.reuse_tuning else None
+        if result is not None and result.draft_len != args.draft_len:
+            sys.exit(f"--reuse-tuning: the cached tuning is for draft length {result.draft_len}, not {args.draft_len}")
         if result is None:
             result = session.tune(tune_ids, TuneConfig(max_new_tokens=args.tune_tokens, max_group=8,
+                                                       draft_len=args.draft_len,
                                                        search=args.search, probe_rounds=args.probe_rounds,
                                                        tolerance=args.tolerance),
                                   progress=log, save=names == ["code", "chat"])  # the pair's cached tuning
@@ -85,7 +89,7 @@ def main() -> None:
             best = max((c for c in result.candidates if c.steps == steps), key=lambda c: c.acceptance_rate)
             if best.plan not in plans.values():  # e.g. the tuned plan itself
                 plans[f"tuner's best {steps}-step"] = best.plan
-        runs, probe = evaluate(session, eval_ids, plans, args.eval_tokens, log)
+        runs, probe = evaluate(session, eval_ids, plans, args.eval_tokens, args.draft_len, log)
         rows = []
         counts = {label: [(m.accepted, m.drafted) for m in ms] for label, ms in runs.items()}
         for label, plan in plans.items():
@@ -107,14 +111,15 @@ def main() -> None:
     within = [r for r in rows if r["steps"] < n4["steps"] and r["vs_n1"] >= -0.05]
     meta = {"started": started, "machine": machine(), "commit": git_commit(), "dtype": args.dtype,
             "tune_prompts": len(tune_ids), "eval_prompts": len(eval_ids), "tune_tokens": args.tune_tokens,
-            "eval_tokens": args.eval_tokens, "command": "python benchmarks/tuning.py " + " ".join(sys.argv[1:])}
+            "eval_tokens": args.eval_tokens, "draft_len": args.draft_len,
+            "command": "python benchmarks/tuning.py " + " ".join(sys.argv[1:])}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out.with_suffix(".json"), json.dumps({"meta": meta, "tuning": result.as_dict(), "rows": rows},
                                                            indent=1))
     lines = [f"# Equal groups against the auto-tuned plan (qwen2.5-coder pair, {args.dtype})", "",
              f"{started}, {meta['machine']}, commit {meta['commit']}. Command: `{meta['command']}`. Greedy, chat "
-             f"template, every-round calibration, draft length {TuneConfig().draft_len}. Tuned on {len(tune_ids)} "
+             f"template, every-round calibration, draft length k = {args.draft_len}. Tuned on {len(tune_ids)} "
              f"prompts ({args.tune_tokens} tokens, tolerance {args.tolerance:.1%}); the table below is measured on "
              f"{len(eval_ids)} other prompts ({args.eval_tokens} tokens): the base's output once per prompt, every "
              f"plan drafting against it played back (the counts equal a real run's), the plans interleaved per "

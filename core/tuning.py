@@ -125,6 +125,7 @@ class TuneResult:
     held_out: int = 0  # of them, measured only (the search did not see them); 0: search and measure on all
     unmeasured: int = 0  # plans not drafted: more steps than the choice, or a hopeless probe (TuneConfig.exhaustive)
     probed: int = 0  # plans the probe scored (candidates and search)
+    draft_len: int = 5  # k of every measured round: acceptance rates hold for this draft length
 
     @property
     def predicted_saving(self) -> float:
@@ -525,7 +526,7 @@ def tune_steps(base: Decoder, draft: Decoder, prompts: Sequence[Sequence[int]], 
                       policies=policies, recommended_policy=recommended,
                       adjacent_similarity=tuple(s.diagonal(1).tolist()), prompts=len(prompts),
                       held_out=0 if confirm_refs is search_refs else len(confirm_refs),
-                      unmeasured=len(plans) - len(measured), probed=len(probes),
+                      unmeasured=len(plans) - len(measured), probed=len(probes), draft_len=cfg.draft_len,
                       created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
 
 
@@ -613,7 +614,7 @@ def markdown(result: TuneResult) -> str:
            f"(predicted draft-step saving {result.predicted_saving:.0%}), acceptance rate "
            f"{result.acceptance_rate:.3f} against {result.baseline_rate:.3f} for N = 1 in the same run "
            f"(tolerance {result.tolerance:.0%} relative; {result.prompts} calibration prompts, greedy, "
-           f"every-round calibration).", "", where, "",
+           f"every-round calibration, draft length k = {result.draft_len}).", "", where, "",
            f"Probe: the acceptance rate predicted by simulated rounds from every output position "
            f"({result.probed} plans probed; N = 1: {result.candidates[0].probe:.3f}).", "",
            "The interval is a 90% bootstrap over the measured prompts, resampled in pairs with N = 1: how far "
