@@ -206,7 +206,7 @@ def make_handlers(ctx: AppContext):
 
     @friendly_stream
     def tune(prompt, source, prompt_set, n_prompts, upload=None, chat=True, tolerance=0.05, tokens=32,
-             state: UserState | None = None):
+             draft_len=5, state: UserState | None = None):
         """The auto-tuner on the pilot's prompts; the result is cached for "auto" grouping."""
         state = state if state is not None else UserState()
         prompts = pick_prompts(prompt, source, prompt_set, n_prompts, upload)
@@ -214,6 +214,7 @@ def make_handlers(ctx: AppContext):
         if not 0 < tol < 1:
             raise ValueError(f"tolerance must be between 0 and 1 (a relative loss of acceptance); got {tol}")
         cfg = TuneConfig(tolerance=tol, max_new_tokens=as_int(tokens, "tokens per prompt", 4, 256),
+                         draft_len=as_int(draft_len, "draft length k", 1, 16),
                          max_group=min(8, ctx.max_layer_parallel) if ctx.info.devices == 1 else ctx.info.devices)
         ids = [session.encode(p, bool(chat)) for p in prompts]
         steps = session.tune_steps(ids, cfg)  # validates now: a bad setting never reaches the device
@@ -263,7 +264,8 @@ def _tuned_note(ctx: AppContext) -> str:
     if result is None:
         return "This pair has not been tuned yet."
     return (f"Cached for this pair: plan `{result.plan}` ({result.steps} draft steps, acceptance "
-            f"{result.acceptance_rate:.2f} vs {result.baseline_rate:.2f} for N = 1, tuned {result.created}).")
+            f"{result.acceptance_rate:.2f} vs {result.baseline_rate:.2f} for N = 1 at draft length k = "
+            f"{result.draft_len}, tuned {result.created}).")
 
 
 def build(ctx: AppContext, state: gr.State, lang: gr.Radio):
@@ -346,9 +348,11 @@ def build(ctx: AppContext, state: gr.State, lang: gr.Radio):
             tolerance = gr.Slider(0.01, 0.3, value=0.05, step=0.01, label="tolerance (relative acceptance loss)",
                                   elem_id="tune-tolerance")
             tune_tokens = gr.Slider(8, 128, value=32, step=8, label="tokens per prompt", elem_id="tune-tokens")
+            tune_k = gr.Slider(1, 12, value=5, step=1, label="draft length k", elem_id="tune-k",
+                               info="fuzzy errors grow along a round: a shorter k tolerates larger groups")
         tune_btn = gr.Button("Run the tuner", elem_id="tune-run")
         tune_status = gr.Markdown(_tuned_note(ctx), elem_id="tune-status")
         tune_result = gr.Markdown("", elem_id="tune-result")
-    tune_btn.click(tune, [prompt, source, prompt_set, n_prompts, upload, chat, tolerance, tune_tokens, state],
+    tune_btn.click(tune, [prompt, source, prompt_set, n_prompts, upload, chat, tolerance, tune_tokens, tune_k, state],
                    [tune_status, tune_result], api_name="tune", concurrency_id="device", concurrency_limit=1)
     return estimate, inputs + [lang], [estimate_md]

@@ -60,8 +60,8 @@ def test_tuner_then_auto_grouping_and_the_alert(client):
     with pytest.raises(Exception, match="not been tuned yet"):
         client.predict(prompt=PROMPT, grouping="auto (tuned)", max_new_tokens=8, api_name="/generate")
     status, table = client.predict(prompt="def add(a, b):\nThe quick brown fox", source="typed prompts",
-                                   n_prompts=2, tolerance=0.05, tokens=16, api_name="/tune")
-    assert status.startswith("**Done**") and "Chosen plan" in table
+                                   n_prompts=2, tolerance=0.05, tokens=16, draft_len=4, api_name="/tune")
+    assert status.startswith("**Done**") and "Chosen plan" in table and "draft length k = 4" in table
     plan = table.split("Chosen plan `")[1].split("`")[0]
     out = client.predict(prompt=PROMPT, grouping="auto (tuned)", max_new_tokens=24, api_name="/generate")
     header, _ = load_run(out[7])

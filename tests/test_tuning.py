@@ -208,10 +208,11 @@ def test_tuning_is_cached_and_auto_resolves(planted_dirs, tmp_path, monkeypatch,
     prompt_file = tmp_path / "p.jsonl"
     prompt_file.write_text("\n".join(json.dumps({"prompt": p}) for p in ("hello there", "def f(x):")))
     code = main(["tune", *pair, "--prompts", str(prompt_file), "--max-new-tokens", "24", "--no-policies",
-                 "--out", str(tmp_path / "tuning")])
+                 "--draft-len", "3", "--out", str(tmp_path / "tuning")])
     out, err = capsys.readouterr()
     assert code == 0, err
     saved = json.loads((tmp_path / "tuning.json").read_text())
+    assert saved["draft_len"] == 3 and "draft length k = 3" in out  # acceptance rates hold for this k
     assert "Chosen plan" in out and saved["plan"] in out and list((tmp_path / "cache" / "tuning").glob("*.json"))
     code = main(["generate", *pair, "--prompt", "abc", "--groups", "auto", "--max-new-tokens", "16", "--json",
                  "--check-lossless"])
