@@ -40,8 +40,8 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                 generate_tab.build(ctx, state)
             with gr.Tab("Compare", id="compare"):
                 compare_tab.build(ctx, state)
-            with gr.Tab("Pilot", id="pilot"):
-                pilot_views = pilot_tab.build(ctx, state, switch)
+            with gr.Tab("Pilot", id="pilot") as pilot:
+                pilot_views = pilot_tab.build(ctx, state, pilot, switch)
             with gr.Tab("How it works", id="explainer") as explainer:
                 explainer_views = explainer_tab.build(ctx, state, explainer, switch)
         i18n.wire(demo, switch, state, [pilot_views, explainer_views])

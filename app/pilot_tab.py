@@ -259,16 +259,17 @@ def _keep_pilot_run(state: UserState, item: PilotRun, prompt: str, prompt_ids: l
                               cfg.sampling.greedy, item.token_ids, complete=item.records[-1].stop is not None))
 
 
-def _tuned_note(ctx: AppContext) -> str:
+def _tuned_note(ctx: AppContext, lang: str = "en") -> str:
+    """What the tuning cache holds for this pair, read when the screen is opened (another page may have tuned)."""
     result = ctx.session.tuning() if ctx.info.draft else None
     if result is None:
-        return "This pair has not been tuned yet."
-    return (f"Cached for this pair: plan `{result.plan}` ({result.steps} draft steps, acceptance "
-            f"{result.acceptance_rate:.2f} vs {result.baseline_rate:.2f} for N = 1 at draft length k = "
-            f"{result.draft_len}, tuned {result.created}).")
+        return tr("This pair has not been tuned yet.", lang)
+    return tr(f"Cached for this pair: plan `{result.plan}` ({result.steps} draft steps, acceptance "
+              f"{result.acceptance_rate:.2f} vs {result.baseline_rate:.2f} for N = 1 at draft length k = "
+              f"{result.draft_len}, tuned {result.created}).", lang)
 
 
-def build(ctx: AppContext, state: gr.State, lang: gr.Radio):
+def build(ctx: AppContext, state: gr.State, tab: gr.Tab, lang: gr.Radio):
     """Lay the screen out (`lang`: the language switch, an input of every handler that writes text);
     returns (handler, inputs, outputs) that the switch re-runs."""
     estimate, pilot, trace_of, request_stop, export_report, tune = make_handlers(ctx)
@@ -355,4 +356,10 @@ def build(ctx: AppContext, state: gr.State, lang: gr.Radio):
         tune_result = gr.Markdown("", elem_id="tune-result")
     tune_btn.click(tune, [prompt, source, prompt_set, n_prompts, upload, chat, tolerance, tune_tokens, tune_k, state],
                    [tune_status, tune_result], api_name="tune", concurrency_id="device", concurrency_limit=1)
-    return estimate, inputs + [lang], [estimate_md]
+    tab.select(lambda lang_: _tuned_note(ctx, lang_), lang, tune_status, api_visibility="private", queue=False,
+               show_progress="hidden")
+
+    def redraw(*values):  # the switch: the estimate and the tuning note in the chosen language
+        return estimate(*values), _tuned_note(ctx, values[-1])
+
+    return redraw, inputs + [lang], [estimate_md, tune_status]
