@@ -3,6 +3,8 @@
 Each column streams its own text, timeline and metric cards; at the end a summary table gives
 speedup over the vanilla column measured in the same comparison, and a badge says whether every
 column produced identical tokens (greedy decoding is lossless, so it should say yes). API: `compare`.
+What the screen shows is written in the language of the switch (the handler's last input, `lang`);
+the JSON details stay English.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 from easyspec.core.engine import CALIBRATION_POLICIES, MODES
+from easyspec.core.i18n import tr
 from easyspec.visualizations.cards import badge_html, metric_cards_html
 from easyspec.visualizations.timeline import timeline_figure
 from easyspec.visualizations.tokens import tokens_html
@@ -18,6 +21,7 @@ from easyspec.visualizations.tokens import tokens_html
 from .common import friendly_stream, keep_run
 from .context import AppContext
 from .generate_tab import DEFAULT_PROMPT
+from .i18n import page_lang
 from .live import LiveRun
 from .settings import GROUPINGS, as_int, check_choice, check_prompt_text, describe_config, spec_config
 from .state import UserState
@@ -48,8 +52,14 @@ def _r(x, digits=3):
     return None if x is None else round(x, digits)
 
 
+def summary_table(rows: list[list], lang: str) -> dict:
+    """A Dataframe value: the summary rows under headers in `lang`, yes/no cells in `lang`."""
+    return {"data": [[tr(v, lang) if v in ("yes", "no") else v for v in row] for row in rows],
+            "headers": [tr(h, lang) for h in SUMMARY_HEADERS]}
+
+
 def summary_rows(lives: list[LiveRun]) -> tuple[list[list], bool | None, str]:
-    """Table rows, whether all columns produced identical tokens (None: not applicable), and a note."""
+    """Table rows, whether all columns produced identical tokens (None: not applicable), and a note (English)."""
     vanilla = next((lv for lv in lives if lv.mode == "vanilla" and lv.records), None)
     v_rate = vanilla.metrics().tokens_per_s if vanilla else None
     first = lives[0].token_ids if lives else []
@@ -91,8 +101,8 @@ def make_compare(ctx: AppContext):
                 mode_3, layer_parallel_3, calibration_3, draft_len_3,
                 mode_4, layer_parallel_4, calibration_4, draft_len_4, grouping_1=GROUPINGS[0],
                 grouping_2=GROUPINGS[0], grouping_3=GROUPINGS[0], grouping_4=GROUPINGS[0],
-                state: UserState | None = None):
-        state = state if state is not None else UserState()
+                state: UserState | None = None, lang: str = "en"):
+        state, lang = state if state is not None else UserState(), page_lang(lang)
         settings = [(mode_1, layer_parallel_1, calibration_1, draft_len_1, grouping_1),
                     (mode_2, layer_parallel_2, calibration_2, draft_len_2, grouping_2),
                     (mode_3, layer_parallel_3, calibration_3, draft_len_3, grouping_3),
@@ -116,7 +126,7 @@ def make_compare(ctx: AppContext):
                 raise ValueError(f"column {c + 1}: {exc}") from None
         stop = state.begin("compare")
         lives = [LiveRun(session.tokenizer, cfg.mode, ctx.info.device, ctx.info.devices, describe_config(cfg),
-                         greedy=cfg.sampling.greedy) for cfg in configs]
+                         greedy=cfg.sampling.greedy, lang=lang) for cfg in configs]
 
         def produce(stop_event):
             for c, cfg in enumerate(configs):
@@ -138,14 +148,15 @@ def make_compare(ctx: AppContext):
                     continue
                 live = lives[c]
                 state_word = "running" if c == active else ("done" if live.finished else "waiting")
-                out += [f"**{c + 1}. {live.label}** · {state_word}", live.text_html(), live.cards_html(),
+                out += [f"**{c + 1}. {live.label}** · {tr(state_word, lang)}", live.text_html(), live.cards_html(),
                         live.timeline(x_range=x_range, legend="bottom")]
             if final:
                 rows, equal, note = summary_rows(lives)
-                return [status, rows, badge_html(equal, note), details(equal, note)] + out
+                return [tr(status, lang), summary_table(rows, lang), badge_html(equal, note, lang),
+                        details(equal, note)] + out
             if reset:
-                return [status, [], badge_html(None, "running …"), None] + out
-            return [status, gr.skip(), gr.skip(), gr.skip()] + out
+                return [tr(status, lang), summary_table([], lang), badge_html(None, "running …", lang), None] + out
+            return [tr(status, lang), gr.skip(), gr.skip(), gr.skip()] + out
 
         def details(equal, note):
             return {"identical": equal, "note": note, "columns": [lv.details() for lv in lives]}
@@ -177,7 +188,8 @@ def make_compare(ctx: AppContext):
     return compare
 
 
-def build(ctx: AppContext, state: gr.State) -> None:
+def build(ctx: AppContext, state: gr.State, switch: gr.Radio) -> None:
+    """The screen's layout and events; `switch` (the language radio) is the compare handler's last input."""
     compare = make_compare(ctx)
     n_max = ctx.max_layer_parallel
     with gr.Row():
@@ -230,8 +242,8 @@ def build(ctx: AppContext, state: gr.State) -> None:
     outputs = [status, table, badge, details]
     for c in cols:
         outputs += [c.header, c.text, c.cards, c.timeline]
-    run.click(compare, inputs + [state], outputs, api_name="compare", concurrency_id="device", concurrency_limit=1,
-              show_progress="hidden")
+    run.click(compare, inputs + [state, switch], outputs, api_name="compare", concurrency_id="device",
+              concurrency_limit=1, show_progress="hidden")
     stop.click(request_stop, [state], None, queue=False, api_visibility="private")
 
 

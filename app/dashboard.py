@@ -37,9 +37,9 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         gr.Markdown(ctx.models_markdown(), elem_id="es-models")
         with gr.Tabs():
             with gr.Tab("Generate", id="generate"):
-                generate_tab.build(ctx, state)
+                generate_tab.build(ctx, state, switch)
             with gr.Tab("Compare", id="compare"):
-                compare_tab.build(ctx, state)
+                compare_tab.build(ctx, state, switch)
             with gr.Tab("Pilot", id="pilot") as pilot:
                 pilot_views = pilot_tab.build(ctx, state, pilot, switch)
             with gr.Tab("How it works", id="explainer") as explainer:

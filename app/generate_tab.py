@@ -1,7 +1,9 @@
 """The Generate screen: one prompt, live coloured text, live timeline, metric cards, replay of saved runs.
 
 Handlers are generators that yield once per batch of rounds (at most once per round); the device
-work runs in a `DeviceJob` so that Stop ends the run within one round. API name: `generate`.
+work runs in a `DeviceJob` so that Stop ends the run within one round. API names: `generate`, `replay`.
+What the screen shows is written in the language of the switch (the handlers' last input, `lang`);
+the run files and the JSON details stay English.
 """
 from __future__ import annotations
 
@@ -18,9 +20,11 @@ from easyspec.visualizations.acceptance import accepted_histogram_figure, per_po
 from easyspec.visualizations.cards import device_panel_html, metric_cards_html
 from easyspec.visualizations.timeline import round_range_ms, timeline_figure
 from easyspec.visualizations.tokens import tokens_html
+from easyspec.visualizations.translate import translate_figure
 
 from .common import file_size_ok, friendly, friendly_stream, keep_run, write_run_files
 from .context import AppContext
+from .i18n import page_lang
 from .live import LiveRun
 from .settings import GROUPINGS, MAX_TREE_DEPTH, MAX_TREE_WIDTH, check_prompt_text, describe_config, spec_config
 from .state import UserState
@@ -129,19 +133,20 @@ def _view(live: LiveRun, status: str, final: bool = False, files: dict | None = 
 def _running_status(live: LiveRun) -> str:
     m = live.metrics()
     if m is None:
-        return f"**Running** {live.label} …"
-    return (f"**Running** {live.label} · round {live.records[-1].index} · {m.new_tokens} tokens · "
-            f"{m.tokens_per_s:.2f} tok/s")
+        return live.translate(f"**Running** {live.label} …")
+    return live.translate(f"**Running** {live.label} · round {live.records[-1].index} · {m.new_tokens} tokens · "
+                          f"{m.tokens_per_s:.2f} tok/s")
 
 
 def _final_status(live: LiveRun, what: str = "Done") -> str:
-    m = live.metrics()
+    m, what = live.metrics(), live.translate(what)  # the word first: the sentence's template fills it in as is
     if m is None:
-        return f"**{what}**: no rounds"
+        return live.translate(f"**{what}**: no rounds")
     if live.stopped_early:
-        return f"**Stopped** after round {live.records[-1].index}: {m.new_tokens} tokens in {m.total_s:.2f} s"
-    return (f"**{what}**: {live.label} · {m.new_tokens} tokens in {m.total_s:.2f} s ({m.tokens_per_s:.2f} tok/s) · "
-            f"stop: {live.records[-1].stop}")
+        return live.translate(f"**Stopped** after round {live.records[-1].index}: {m.new_tokens} tokens in "
+                              f"{m.total_s:.2f} s")
+    return live.translate(f"**{what}**: {live.label} · {m.new_tokens} tokens in {m.total_s:.2f} s "
+                          f"({m.tokens_per_s:.2f} tok/s) · stop: {live.records[-1].stop}")
 
 
 def make_handlers(ctx: AppContext):
@@ -150,8 +155,8 @@ def make_handlers(ctx: AppContext):
     @friendly_stream
     def generate(prompt, chat, mode, layer_parallel, calibration, draft_len, temperature, top_p, top_k, seed,
                  max_new_tokens, grouping=GROUPINGS[0], plan="", tree_depth=0, tree_width=4, adaptive=False,
-                 state: UserState = None):
-        prompt = check_prompt_text(prompt)
+                 state: UserState = None, lang: str = "en"):
+        prompt, lang = check_prompt_text(prompt), page_lang(lang)
         cfg = spec_config(mode, layer_parallel, calibration, draft_len, temperature, top_p, top_k, seed,
                           max_new_tokens, grouping, plan, tree_depth, tree_width, adaptive)
         ids = session.encode(prompt, bool(chat))
@@ -160,7 +165,7 @@ def make_handlers(ctx: AppContext):
         groups = largest_group(cfg.plan(ctx.info.draft_layers)) if cfg.mode == "easyspec" else 1
         stop = state.begin("generate")
         live = LiveRun(session.tokenizer, cfg.mode, ctx.info.device, ctx.info.devices, describe_config(cfg),
-                       settings=cfg.as_dict(), largest_group=groups)
+                       settings=cfg.as_dict(), largest_group=groups, lang=lang)
         empty = _view(live, "")
         yield (_running_status(live),) + empty[1:6] + (None, None, None, gr.skip()) + empty[-2:]
         for batch in DeviceJob(record_stream(session, ids, cfg), stop).batches():
@@ -172,7 +177,7 @@ def make_handlers(ctx: AppContext):
         yield _view(live, _final_status(live), final=True, files=files)
 
     @friendly_stream
-    def replay(run_file, speed, state: UserState):
+    def replay(run_file, speed, state: UserState, lang: str = "en"):
         if not run_file:
             raise ValueError("choose a saved run file (.jsonl, written by --save-run or the Download button) first")
         path = file_size_ok(run_file, MAX_RUN_FILE_BYTES, "saved run")
@@ -197,7 +202,7 @@ def make_handlers(ctx: AppContext):
         except Exception:  # settings from another version or another draft: the alert just names fewer causes
             groups = 1
         live = LiveRun(session.tokenizer, mode, header.device, devices, label, settings=settings,
-                       largest_group=groups)
+                       largest_group=groups, lang=page_lang(lang))
         stop = state.begin("generate")
         pace = REPLAY_SPEEDS.get(speed, 1.0)
         t0, last_yield = time.monotonic(), 0.0
@@ -210,7 +215,8 @@ def make_handlers(ctx: AppContext):
             live.add([rec])
             if pace != math.inf and (time.monotonic() - last_yield > 0.15 or i == len(records) - 1):
                 last_yield = time.monotonic()
-                yield _view(live, f"**Replaying** round {rec.index} of {records[-1].index} · {live.label}")
+                yield _view(live, live.translate(f"**Replaying** round {rec.index} of {records[-1].index} · "
+                                                 f"{live.label}"))
         live.finish()
         files = {"run": str(path), "trace": write_run_files(ctx, live, header.settings, header.prompt_ids,
                                                             "replay")["trace"]}
@@ -218,17 +224,17 @@ def make_handlers(ctx: AppContext):
         yield _view(live, _final_status(live, "Replayed"), final=True, files=files)
 
     @friendly
-    def inspect_round(index, state: UserState):
-        run = state.last.get("generate")
+    def inspect_round(index, state: UserState, lang: str = "en"):
+        run, lang = state.last.get("generate"), page_lang(lang)
         if run is None or not run.records:
-            return timeline_figure([], ctx.info.device, ctx.info.devices)
+            return translate_figure(timeline_figure([], ctx.info.device, ctx.info.devices), lang)
         index = max(0, min(int(index or 0), len(run.records) - 1))
         rec = run.records[index]
         lo, hi = round_range_ms(run.records, rec.index)
-        return timeline_figure([rec], ctx.info.device, ctx.info.devices, run.mode, max_bars=20000,
-                               title=f"round {rec.index}: {len(rec.token_ids)} tokens, "
-                                     f"{rec.accepted}/{len(rec.drafted)} drafts accepted, every span",
-                               x_range=(lo - 0.02 * (hi - lo), hi + 0.02 * (hi - lo)))
+        return translate_figure(timeline_figure(
+            [rec], ctx.info.device, ctx.info.devices, run.mode, max_bars=20000,
+            title=f"round {rec.index}: {len(rec.token_ids)} tokens, {rec.accepted}/{len(rec.drafted)} drafts "
+                  f"accepted, every span", x_range=(lo - 0.02 * (hi - lo), hi + 0.02 * (hi - lo))), lang)
 
     def request_stop(state: UserState) -> None:
         if state.request_stop("generate"):
@@ -240,7 +246,9 @@ def make_handlers(ctx: AppContext):
     return generate, replay, inspect_round, request_stop, devices_html
 
 
-def build(ctx: AppContext, state: gr.State) -> None:
+def build(ctx: AppContext, state: gr.State, switch: gr.Radio) -> None:
+    """The screen's layout and events; `switch` (the language radio) is the last input of every handler that
+    writes text."""
     generate, replay, inspect_round, request_stop, devices_html = make_handlers(ctx)
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=330):
@@ -285,13 +293,13 @@ def build(ctx: AppContext, state: gr.State) -> None:
     out = GenerateOutputs(status, text, cards, timeline, per_position, histogram, details, run_file, trace_file,
                           round_slider, alert, rolling)
 
-    inputs = [prompt, chat, *settings.as_list(), state]
+    inputs = [prompt, chat, *settings.as_list(), state, switch]
     run.click(generate, inputs, out.as_list(), api_name="generate", concurrency_id="device",
               concurrency_limit=1, show_progress="hidden")
     stop.click(request_stop, [state], None, queue=False, api_visibility="private")
-    replay_btn.click(replay, [run_upload, speed, state], out.as_list(), api_name="replay", concurrency_id="replay",
-                     concurrency_limit=4, show_progress="hidden")
-    out.round_slider.change(inspect_round, [out.round_slider, state], round_plot, api_visibility="private",
+    replay_btn.click(replay, [run_upload, speed, state, switch], out.as_list(), api_name="replay",
+                     concurrency_id="replay", concurrency_limit=4, show_progress="hidden")
+    out.round_slider.change(inspect_round, [out.round_slider, state, switch], round_plot, api_visibility="private",
                             concurrency_id="views", concurrency_limit=4, show_progress="hidden")
     timer = gr.Timer(2.0)
     timer.tick(devices_html, None, panel, api_visibility="private", queue=False, show_progress="hidden")

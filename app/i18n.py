@@ -90,6 +90,12 @@ def updates(items: list[Translatable], lang: str) -> list[dict]:
     return out
 
 
+def page_lang(lang) -> str:
+    """The language a handler writes in: `lang` when the table has it, else English (an API client may send
+    anything; a wrong language is no reason to fail a run)."""
+    return lang if lang in LANGS else "en"
+
+
 def requested_lang(request: gr.Request | None) -> str:
     """`?lang=ja|en` wins; else the browser's first language; else English."""
     if request is None:
@@ -127,7 +133,7 @@ def wire(demo: gr.Blocks, switch: gr.Radio, state: gr.State,
 
     # A set of inputs: Gradio passes one dict, component -> value.
     def on_switch(data: dict) -> list:
-        lang = data[switch] if data[switch] in LANGS else "en"
+        lang = page_lang(data[switch])
         return updates(items, lang) + redraw({**data, switch: lang})
 
     def on_load(data: dict, request: gr.Request) -> list:

@@ -1,7 +1,8 @@
 """The growing view of one run: its records, its coloured text, its figures and metric cards.
 
 Generate, Compare and replay all feed records into a `LiveRun` as they arrive and draw from it;
-the drawing itself is done by the pure builders in `easyspec.visualizations`.
+the drawing itself is done by the pure builders in `easyspec.visualizations`. What it draws is in
+the page's language (`lang`); `details()` stays English (it is data).
 """
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Iterable
 
 import html
 
+from easyspec.core.i18n import check_lang, tr
 from easyspec.core.metrics import Metrics, compute
 from easyspec.core.monitor import ALERT, alert_text, expectation, likely_cause, rolling_acceptance
 from easyspec.core.records import RoundRecord
@@ -18,13 +20,14 @@ from easyspec.visualizations.acceptance import (accepted_histogram_figure, per_p
 from easyspec.visualizations.cards import metric_cards_html
 from easyspec.visualizations.timeline import timeline_figure
 from easyspec.visualizations.tokens import TokenPiece, tokens_html
+from easyspec.visualizations.translate import translate_figure
 
 
 class LiveRun:
     def __init__(self, tokenizer, mode: str, device: str = "cpu", devices: int = 1, label: str = "",
-                 greedy: bool = True, settings: dict | None = None, largest_group: int = 1):
+                 greedy: bool = True, settings: dict | None = None, largest_group: int = 1, lang: str = "en"):
         self.tokenizer, self.mode, self.device, self.devices, self.label = tokenizer, mode, device, devices, label
-        self.greedy = greedy
+        self.greedy, self.lang = greedy, check_lang(lang)
         self.settings, self.largest_group = settings or {}, largest_group  # for the alert's likely cause
         self.records: list[RoundRecord] = []
         self.pieces: list[TokenPiece] = []
@@ -67,21 +70,21 @@ class LiveRun:
         return compute(self.records) if self.records else None
 
     def text_html(self) -> str:
-        return tokens_html(self.pieces, self.mode, running=bool(self.records) and not self.finished)
+        return tokens_html(self.pieces, self.mode, running=bool(self.records) and not self.finished, lang=self.lang)
 
     def cards_html(self) -> str:
-        return metric_cards_html(self.metrics(), self.mode, running=not self.finished)
+        return metric_cards_html(self.metrics(), self.mode, running=not self.finished, lang=self.lang)
 
     def timeline(self, x_range: tuple[float, float] | None = None, title: str | None = None, max_bars: int = 2500,
                  legend: str = "top"):
-        return timeline_figure(self.records, self.device, self.devices, self.mode, title=title, x_range=x_range,
-                               max_bars=max_bars, legend=legend)
+        return translate_figure(timeline_figure(self.records, self.device, self.devices, self.mode, title=title,
+                                                x_range=x_range, max_bars=max_bars, legend=legend), self.lang)
 
     def per_position(self):
-        return per_position_figure(self.records)
+        return translate_figure(per_position_figure(self.records), self.lang)
 
     def histogram(self):
-        return accepted_histogram_figure(self.records)
+        return translate_figure(accepted_histogram_figure(self.records), self.lang)
 
     def watch(self) -> tuple[str, object]:
         """The acceptance watch: an alert box (empty while acceptance is healthy; it stays once raised)
@@ -89,14 +92,20 @@ class LiveRun:
         points = rolling_acceptance(self.records)
         flagged = [r.index for r in self.records if ALERT in r.flags]
         exp = expectation(float(self.settings.get("expected_acceptance", 0.0)))
-        figure = rolling_acceptance_figure(points, flagged, exp.rate if exp.source != "floor" else None, exp.threshold)
+        expected = exp.rate if exp.source != "floor" else None
+        figure = translate_figure(rolling_acceptance_figure(points, flagged, expected, exp.threshold), self.lang)
         if not flagged:
             return "", figure
         worst = min(rate for index, rate in points if index in set(flagged))
-        text = alert_text(worst, exp, likely_cause(self.settings, self.largest_group))
+        text = alert_text(worst, exp, likely_cause(self.settings, self.largest_group), self.translate)
         return (f'<div class="es-alert" role="alert" style="border:2px solid #D55E00;background:#fff4ec;'
                 f'border-radius:8px;padding:8px 12px;margin:4px 0;color:#5a2200">'
-                f"<b>⚠ Low acceptance</b> ({len(flagged)} rounds flagged). {html.escape(text)}</div>"), figure
+                f"<b>⚠ {self.translate('Low acceptance')}</b> "
+                f"{self.translate(f'({len(flagged)} rounds flagged).')} {html.escape(text)}</div>"), figure
+
+    def translate(self, english: str) -> str:
+        """What the run shows, in its language: the translation table's entry for `english`, else `english`."""
+        return tr(english, self.lang)
 
     def end_ms(self) -> float:
         return self.records[-1].end_ns / 1e6 if self.records else 0.0

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 from .records import RoundRecord
 
@@ -71,7 +71,7 @@ def likely_cause(settings: dict, largest_group: int) -> str:
     mode, policy = settings.get("mode"), settings.get("calibration")
     temperature = settings.get("sampling", {}).get("temperature", 0.0)
     if mode == "easyspec" and policy == "none" and largest_group > 1:
-        return (f"calibration is off with groups of up to {largest_group} layers: fuzzy K/V entries pile up in "
+        return (f"with groups of up to {largest_group} layers, calibration is off: fuzzy K/V entries pile up in "
                 f"the draft's cache round after round. Turn calibration to every-round.")
     if mode == "easyspec" and largest_group >= 5:
         return (f"groups of {largest_group} layers are too large for this draft: its layers' inputs are no longer "
@@ -85,7 +85,12 @@ def likely_cause(settings: dict, largest_group: int) -> str:
             "the output is still exactly the base model's.")
 
 
-def alert_text(rate: float, expected: Expectation, cause: str) -> str:
+ALERT_SENTENCE = "Acceptance fell to {rate} over the last rounds, far below {what}. Likely cause: {cause}"
+
+
+def alert_text(rate: float, expected: Expectation, cause: str, translate: Callable[[str], str] = str) -> str:
+    """The alert in one sentence. `translate` is applied to the sentence and to each of its parts (a screen
+    passes its translation table: the table matches one sentence at a time, not one built from others)."""
     what = (f"the {FLOOR:.0%} floor (nothing was measured for this pair yet: run the tuner)"
             if expected.source == "floor" else f"the {expected.rate:.0%} measured for this pair by the tuner")
-    return f"Acceptance fell to {rate:.0%} over the last rounds, far below {what}. Likely cause: {cause}"
+    return translate(ALERT_SENTENCE).format(rate=f"{rate:.0%}", what=translate(what), cause=translate(cause))

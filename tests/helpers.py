@@ -77,3 +77,15 @@ def make_pair(root: Path, model_type: str = "qwen2", n_layers: int = 8, noise: f
     state = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).state_dict()
     draft = save_checkpoint(root / "draft", cfg, seed + 1, base_state=state, noise=noise)
     return base, draft
+
+
+def untranslated(strings) -> list[str]:
+    """English phrases of the Japanese translation table (two words or more, a template's fixed parts
+    included) that are still in `strings`: what a screen in Japanese left in English."""
+    import re
+
+    from easyspec.core.i18n import table
+
+    phrases = {part.strip() for key in table("ja")["ui"] for part in re.split(r"\{\w+\}", key)}
+    phrases = {p for p in phrases if " " in p and len(p) >= 6}
+    return sorted({p for p in phrases for s in strings if p in s})

@@ -103,6 +103,24 @@ def test_compare_reports_speedup_and_equality(client):
     assert all('class="es-tok' in texts[4 * c + 1] for c in range(3))
 
 
+def test_generate_and_compare_write_in_the_language_asked_for(client):
+    api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    for name in ("/generate", "/replay", "/compare"):  # the switch: optional, English unless asked
+        lang = next(p for p in api[name]["parameters"] if p["parameter_name"] == "lang")
+        assert lang["parameter_has_default"] and lang["parameter_default"] == "en"
+    out = client.predict(prompt=PROMPT, max_new_tokens=8, lang="ja", api_name="/generate")
+    status, details = out[0], out[6]
+    assert status.startswith("**完了**：easyspec N=4 every-round k=5 · ") and details["new_tokens"] == 8
+    assert details["label"] == "easyspec N=4 every-round k=5" and details["stop"] == "max_new_tokens"  # data
+    status, table, badge, details = client.predict(prompt=PROMPT, max_new_tokens=8, columns=2, lang="ja",
+                                                   api_name="/compare")[:4]
+    assert status.startswith("**完了**：") and table["headers"][:2] == ["列", "設定"] and "トークンの一致：一致" in badge
+    assert details["identical"] is True and details["note"].startswith("all 2 columns emitted")
+    # a language the app does not know: the switch's own check answers with a message, no traceback
+    with pytest.raises(AppError, match="must be one of en, ja; got 'fr'"):
+        client.predict(prompt=PROMPT, max_new_tokens=4, lang="fr", api_name="/generate")
+
+
 def test_pilot_on_typed_prompts(client, tmp_path):
     out = client.predict(prompt="The quick brown fox\n0123456789", source="typed prompts", n_prompts=2,
                          layer_parallel=[2], calibration=["every-round"], draft_len=[3], speculative=True,

@@ -186,3 +186,96 @@ def test_cli_app_rejects_bad_launch_options(capsys):
     assert "--port must be between" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["app", "--share", "maybe"])
+
+
+# -- the screens' live output in the language of the switch ---------------------------------------
+@pytest.fixture(scope="module")
+def app_ctx(pair_dirs, tmp_path_factory):
+    """The dashboard's context on the small random pair, with a tuning cache of its own (nothing tuned)."""
+    from easyspec.app.context import AppContext
+
+    patch = pytest.MonkeyPatch()
+    patch.setenv("EASYSPEC_CACHE", str(tmp_path_factory.mktemp("cache")))
+    base, draft = pair_dirs["qwen2"]
+    ctx = AppContext.start(AppOptions(base=str(base), draft=str(draft), allow_custom_models=True, probe=False))
+    yield ctx
+    ctx.close()
+    patch.undo()
+
+
+def _figure_words(fig) -> list[str]:
+    """What a figure says in its own words: title, axis titles, annotations, trace names (not hover texts)."""
+    layout = fig.layout
+    words = [layout.title.text, layout.xaxis.title.text, layout.yaxis.title.text]
+    words += [a.text for a in layout.annotations] + [t.name for t in fig.data]
+    return [w for w in words if w]
+
+
+# an uncalibrated run with one group of all 8 draft layers: acceptance collapses and the alert is raised
+UNCALIBRATED = dict(prompt="The quick brown fox", chat=True, mode="easyspec", layer_parallel=4, calibration="none",
+                    draft_len=5, temperature=0, top_p=1, top_k=0, seed=0, max_new_tokens=40, grouping="custom plan",
+                    plan="0-7")
+
+
+def test_generate_and_replay_write_in_the_language_of_the_switch(app_ctx):
+    from helpers import untranslated
+
+    from easyspec.app.generate_tab import make_handlers
+
+    generate, replay = make_handlers(app_ctx)[:2]
+    views = {lang: list(generate(**UNCALIBRATED, state=UserState(), lang=lang)) for lang in ("ja", "en", "fr")}
+    (status, text, cards, timeline, per_position, histogram, details, run_file, _, _, alert, rolling) = views["ja"][-1]
+    assert views["ja"][0][0] == "**実行中** easyspec plan 0-7 none k=5 …"
+    assert status.startswith("**完了**：easyspec plan 0-7 none k=5 · ") and "トークン/秒" in status
+    assert "受理率の低下" in alert and "考えられる原因：最大 8 レイヤのグループでキャリブレーションが無効です" in alert
+    assert "下限の 20%" in alert  # nothing tuned for this pair: the fixed floor
+    assert ">トークン/秒<" in cards and 'data-metric="acceptance_rate"' in cards and "ドラフトの MLP" in cards
+    assert "受理されたドラフトのトークン" in text and 'data-origin="accepted"' in text
+    figures = (timeline, per_position, histogram, rolling)
+    assert [_figure_words(f)[0] for f in figures[1:]] == ["位置ごとの受理率", "ラウンドごとの受理数", "直近 12 ラウンドの受理率"]
+    assert "実行開始からの時間（ms）" in _figure_words(timeline) and "0.20 未満で警告" in _figure_words(rolling)
+    words = [s for view in views["ja"] for s in view[:3] + view[10:11]]
+    words += [w for f in figures for w in _figure_words(f)]
+    assert not untranslated(words), untranslated(words)
+    # the data stays English, and English (or a language the app does not know) is as before
+    en = views["en"][-1]
+    assert details["label"] == en[6]["label"] and details["token_ids"] == en[6]["token_ids"]
+    assert en[0].startswith("**Done**: easyspec plan 0-7 none k=5 · 40 tokens in ")
+    assert "<b>⚠ Low acceptance</b>" in en[10] and "Likely cause: with groups of up to 8 layers, calibration is off" \
+        in en[10] and ">tokens/s<" in en[2]
+    assert [_figure_words(f)[0] for f in en[4:6]] == ["Per-position acceptance", "Accepted drafts per round"]
+    fr = views["fr"][-1]
+    assert fr[0].startswith("**Done**: ") and fr[10] == en[10] and _figure_words(fr[11]) == _figure_words(en[11])
+    # a replay of the saved run, in Japanese and in English
+    replayed = list(replay(run_file, "instant", UserState(), "ja"))[-1]
+    assert replayed[0].startswith("**再生完了**：replay (easyspec, recorded ") and "受理率の低下" in replayed[10]
+    assert list(replay(run_file, "instant", UserState()))[-1][0].startswith("**Replayed**: replay (easyspec")
+
+
+def test_compare_writes_in_the_language_of_the_switch(app_ctx):
+    from helpers import untranslated
+
+    from easyspec.app.compare_tab import SUMMARY_HEADERS, make_compare
+
+    compare = make_compare(app_ctx)
+    columns = {f"{name}_{c}": value for c in range(1, 5)
+               for name, value in (("mode", "vanilla" if c == 1 else "easyspec"), ("layer_parallel", 4),
+                                   ("calibration", "every-round"), ("draft_len", 3))}
+    views = {lang: list(compare("The quick brown fox", True, 8, 0, 0, 2, **columns, lang=lang))
+             for lang in ("ja", "en", "xx")}
+    first, (status, table, badge, details, *cells) = views["ja"][0], views["ja"][-1]
+    assert first[0] == "**比較中** 同じプロンプトで 2 通りの設定を実行しています …"
+    assert status == "**完了**：すべての列を同じプロンプトで、同じデバイス上で順番に実行しました。"
+    assert table["headers"][:3] == ["列", "設定", "トークン"] and [row[-1] for row in table["data"]] == ["はい"] * 2
+    assert "トークンの一致：一致" in badge and 'data-equal="yes"' in badge and "2 列すべてが同じ 8 トークン" in badge
+    assert cells[0] == "**1. vanilla** · 完了" and ">新規トークン<" in cells[2]
+    assert "実行開始からの時間（ms）" in _figure_words(cells[3])
+    assert details["note"] == "all 2 columns emitted the same 8 tokens (greedy decoding is lossless)"  # data
+    shown = [v for view in views["ja"] for v in view[:1] + view[2:3] + view[4:]]  # not the JSON details
+    words = [v for v in shown if isinstance(v, str)] + table["headers"]
+    words += [w for v in shown if hasattr(v, "layout") for w in _figure_words(v)]
+    assert not untranslated(words), untranslated(words)
+    for lang in ("en", "xx"):
+        status, table, badge = views[lang][-1][:3]
+        assert status.startswith("**Done**: all columns ran") and table["headers"] == SUMMARY_HEADERS
+        assert "identical tokens: YES" in badge and views[lang][-1][4] == "**1. vanilla** · done"

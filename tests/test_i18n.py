@@ -3,12 +3,13 @@ the page language follows ?lang= and the browser, and in a real browser the swit
 Japanese (drawn with a CJK font) and back, with the screens still working."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from easyspec.core.i18n import text, tr, ui_translation
+from easyspec.core.i18n import table, text, tr, ui_translation
 
 SHOTS = Path(__file__).resolve().parents[1] / "results" / "screenshots" / "browser_test"
 TIMEOUT_MS = 240_000
@@ -23,6 +24,39 @@ def test_templates_fill_their_values():
         "EasySpec の 4 設定のうち 2 設定が通常デコードより速くなりました。"
     with pytest.raises(ValueError, match="unknown language 'fr'"):
         text("report.title", "fr")
+
+
+def test_every_table_entry_is_reached_by_its_own_text():
+    """A template matches any text: an earlier, shorter one ("calibration {policy}") must not swallow a longer
+    sentence (the first template that matches wins), so every entry translates its own text, fields filled."""
+    field = re.compile(r"\{(\w+)\}")
+    for english, japanese in table("ja")["ui"].items():
+        values = {name: f"<{i}>" for i, name in enumerate(dict.fromkeys(field.findall(english)))}
+        fill = lambda s: field.sub(lambda m: values[m.group(1)], s)  # noqa: E731
+        assert ui_translation(fill(english), "ja") == fill(japanese), english
+
+
+def test_the_alert_is_translated_part_by_part():
+    """The alert sentence is built from other translated sentences (what was expected, the likely cause):
+    each part is translated on its own and filled into the Japanese sentence; English is unchanged."""
+    from helpers import untranslated
+
+    from easyspec.core.monitor import alert_text, expectation, likely_cause
+
+    causes = {likely_cause(settings, groups) for settings in (
+        {"mode": "easyspec", "calibration": "none"}, {"mode": "easyspec", "calibration": "on-mismatch"},
+        {"mode": "easyspec", "calibration": "every-round"}, {"mode": "speculative", "sampling": {"temperature": 1.5}},
+        {"mode": "speculative"}) for groups in (1, 3, 6)}
+    assert len(causes) == 6  # every branch of likely_cause, the first with two group sizes
+    for exp in (expectation(0.0), expectation(0.8)):
+        for cause in causes:
+            english = alert_text(0.12, exp, cause)
+            assert alert_text(0.12, exp, cause, lambda s: tr(s, "en")) == english
+            assert english.startswith("Acceptance fell to 12% over the last rounds, far below the ")
+            japanese = alert_text(0.12, exp, cause, lambda s: tr(s, "ja"))
+            assert japanese.startswith("直近のラウンドで受理率が 12% まで下がり、") and "考えられる原因：" in japanese
+            assert not untranslated([japanese]) and tr(cause, "ja") in japanese, japanese
+            assert ("下限の 20%" if exp.source == "floor" else "測定した 80%") in japanese
 
 
 def test_requested_language():

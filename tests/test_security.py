@@ -76,7 +76,7 @@ def test_no_request_parameter_picks_a_model_or_a_path(app_url):
         assert files <= UPLOADS, (name, files)
 
 
-@pytest.mark.parametrize("api, data", [("replay", ["{path}", "instant"]),
+@pytest.mark.parametrize("api, data", [("replay", ["{path}", "instant", "en"]),
                                        ("pilot", ["", "uploaded file", "code", 1, [2], ["none"], [3], False, 4,
                                                   True, 0, "{path}", "nvlink", None, "en"])])
 def test_a_request_cannot_make_the_server_read_its_own_files(app_url, tmp_path, api, data):

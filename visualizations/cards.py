@@ -1,7 +1,9 @@
 """Small HTML panels from plain data: metric cards, the time split, the device panel, badges.
 
 Pure functions returning HTML strings with inline styles (they render the same anywhere). Values
-follow the metric definitions of `core.metrics` (AR, AL as ANCHORS.md defines them).
+follow the metric definitions of `core.metrics` (AR, AL as ANCHORS.md defines them). A `lang`
+argument translates the words a person reads (labels, hints) through the translation table; the
+`data-*` attributes stay English for scripts and tests.
 """
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import html
 from typing import Sequence
 
 from easyspec.core.device_stats import DeviceReading
+from easyspec.core.i18n import tr
 from easyspec.core.metrics import Metrics
 
 from .palette import OKABE_ITO, PHASE_COLOURS, PHASE_LABELS
@@ -21,54 +24,56 @@ def _fmt(x: float | None, digits: int = 2, suffix: str = "") -> str:
     return "—" if x is None else f"{x:.{digits}f}{suffix}"
 
 
-def _card(label: str, value: str, hint: str = "", key: str = "") -> str:
-    return (f'<div class="es-card" data-metric="{html.escape(key or label)}" style="{_CARD}" '
-            f'title="{html.escape(hint)}"><div style="font-size:0.75em;opacity:0.7">{html.escape(label)}</div>'
+def _card(label: str, value: str, hint: str, key: str, lang: str) -> str:
+    return (f'<div class="es-card" data-metric="{html.escape(key)}" style="{_CARD}" '
+            f'title="{html.escape(tr(hint, lang))}"><div style="font-size:0.75em;opacity:0.7">'
+            f'{html.escape(tr(label, lang))}</div>'
             f'<div class="es-card-value" style="font-size:1.35em;font-weight:600">{html.escape(value)}</div></div>')
 
 
-def time_split_html(phase_s: dict[str, float]) -> str:
+def time_split_html(phase_s: dict[str, float], lang: str = "en") -> str:
     """A stacked bar of where the time went, phase by phase, with seconds in the tooltip."""
     total = sum(phase_s.values())
     if total <= 0:
         return ""
+    label = {phase: html.escape(tr(PHASE_LABELS[phase], lang)) for phase in phase_s}
     parts = []
     for phase, seconds in phase_s.items():
         if seconds <= 0:
             continue
         pct = 100 * seconds / total
-        parts.append(f'<div title="{html.escape(PHASE_LABELS[phase])}: {seconds:.3f} s ({pct:.1f}%)" '
+        parts.append(f'<div title="{label[phase]}: {seconds:.3f} s ({pct:.1f}%)" '
                      f'style="width:{pct:.3f}%;background:{PHASE_COLOURS[phase]};height:14px"></div>')
-    legend = " · ".join(f'<span style="color:{PHASE_COLOURS[p]}">■</span> {html.escape(PHASE_LABELS[p])} '
+    legend = " · ".join(f'<span style="color:{PHASE_COLOURS[p]}">■</span> {label[p]} '
                         f'{100 * s / total:.0f}%' for p, s in phase_s.items() if s / total >= 0.01)
     return (f'<div style="display:flex;width:100%;border-radius:4px;overflow:hidden;margin:2px 0">{"".join(parts)}'
             f'</div><div style="font-size:0.78em;opacity:0.85">{legend}</div>')
 
 
-def metric_cards_html(m: Metrics | None, mode: str | None = None, running: bool = False) -> str:
+def metric_cards_html(m: Metrics | None, mode: str | None = None, running: bool = False, lang: str = "en") -> str:
     """The live metric cards: tokens/s, AR, AL, rounds, time to first token, draft/verify/calibrate."""
     if m is None:
-        return '<div class="es-cards" style="opacity:0.6">Metrics appear after the first round.</div>'
+        return f'<div class="es-cards" style="opacity:0.6">{tr("Metrics appear after the first round.", lang)}</div>'
     spec = mode != "vanilla"
-    cards = [
-        _card("tokens/s", _fmt(m.tokens_per_s, 2), "new tokens / wall time since the run started", "tokens_per_s"),
-        _card("new tokens", str(m.new_tokens), "", "new_tokens"),
-        _card("AR", _fmt(m.acceptance_rate, 3) if spec else "—", "acceptance rate = accepted / drafted",
-              "acceptance_rate"),
-        _card("AL", _fmt(m.mean_accepted_length, 2) if spec else "—",
-              "mean accepted length = tokens emitted per round, bonus/recovered included", "mean_accepted_length"),
-        _card("rounds", str(m.rounds), "drafting rounds (vanilla: base steps), prefill excluded", "rounds"),
-        _card("first token", _fmt(m.time_to_first_token_s * 1e3, 0, " ms"), "time to first token", "ttft"),
-        _card("draft", _fmt(m.draft_s, 2, " s"), "draft attention + MLP + all-gathers", "draft_s"),
-        _card("verify", _fmt(m.verify_s, 2, " s"), "base forwards + all-reduces", "verify_s"),
-        _card("calibrate", _fmt(m.calibrate_s, 2, " s"), f"{m.calibrations} calibration passes", "calibrate_s"),
+    cards = [  # (label, value, hint, key)
+        ("tokens/s", _fmt(m.tokens_per_s, 2), "new tokens / wall time since the run started", "tokens_per_s"),
+        ("new tokens", str(m.new_tokens), "", "new_tokens"),
+        ("AR", _fmt(m.acceptance_rate, 3) if spec else "—", "acceptance rate = accepted / drafted",
+         "acceptance_rate"),
+        ("AL", _fmt(m.mean_accepted_length, 2) if spec else "—",
+         "mean accepted length = tokens emitted per round, bonus/recovered included", "mean_accepted_length"),
+        ("rounds", str(m.rounds), "drafting rounds (vanilla: base steps), prefill excluded", "rounds"),
+        ("first token", _fmt(m.time_to_first_token_s * 1e3, 0, " ms"), "time to first token", "ttft"),
+        ("draft", _fmt(m.draft_s, 2, " s"), "draft attention + MLP + all-gathers", "draft_s"),
+        ("verify", _fmt(m.verify_s, 2, " s"), "base forwards + all-reduces", "verify_s"),
+        ("calibrate", _fmt(m.calibrate_s, 2, " s"), f"{m.calibrations} calibration passes", "calibrate_s"),
     ]
     if m.peak_memory_bytes:
-        cards.append(_card("peak memory", f"{m.peak_memory_bytes / 2**30:.2f} GiB", "allocator peak (GPU) or "
-                           "process peak RSS (CPU)", "peak_memory"))
-    status = ' <span style="font-size:0.8em;opacity:0.7">(live)</span>' if running else ""
-    return (f'<div class="es-cards">{"".join(cards)}{status}'
-            f'<div style="margin-top:2px">{time_split_html(m.phase_s)}</div></div>')
+        cards.append(("peak memory", f"{m.peak_memory_bytes / 2**30:.2f} GiB",
+                      "allocator peak (GPU) or process peak RSS (CPU)", "peak_memory"))
+    status = f' <span style="font-size:0.8em;opacity:0.7">{tr("(live)", lang)}</span>' if running else ""
+    return (f'<div class="es-cards">{"".join(_card(*card, lang) for card in cards)}{status}'
+            f'<div style="margin-top:2px">{time_split_html(m.phase_s, lang)}</div></div>')
 
 
 def device_panel_html(readings: Sequence[DeviceReading], note: str = "") -> str:
@@ -87,7 +92,7 @@ def device_panel_html(readings: Sequence[DeviceReading], note: str = "") -> str:
     return f'<div class="es-devices" style="font-size:0.85em">{"".join(rows)}{foot}</div>'
 
 
-def badge_html(equal: bool | None, detail: str = "") -> str:
+def badge_html(equal: bool | None, detail: str = "", lang: str = "en") -> str:
     """The greedy-equality badge: identical tokens yes (green) / no (vermillion) / not applicable."""
     if equal is None:
         colour, text = "#777777", "identical tokens: n/a"
@@ -97,5 +102,5 @@ def badge_html(equal: bool | None, detail: str = "") -> str:
         colour, text = OKABE_ITO["vermillion"], "identical tokens: NO"
     state = "na" if equal is None else ("yes" if equal else "no")
     return (f'<div class="es-badge" data-equal="{state}" style="display:inline-block;padding:6px 12px;'
-            f'border-radius:14px;background:{colour};color:white;font-weight:600">{html.escape(text)}</div>'
-            f'<span style="margin-left:10px;font-size:0.9em;opacity:0.8">{html.escape(detail)}</span>')
+            f'border-radius:14px;background:{colour};color:white;font-weight:600">{html.escape(tr(text, lang))}</div>'
+            f'<span style="margin-left:10px;font-size:0.9em;opacity:0.8">{html.escape(tr(detail, lang))}</span>')
