@@ -1,7 +1,8 @@
 """Equal groups (N = 1..6) against the auto-tuned plan on the real offline pair (issue: auto-tuning).
 
 1. `Session.tune` on calibration prompts (code and chat, chat template on), every candidate measured
-   in that run, the calibration policies compared on the chosen plan (or `--reuse-tuning`).
+   in that run, the calibration policies compared on the chosen plan (or `--reuse-tuning`, or
+   `--tuning FILE`: the tuning an earlier run saved in its .json, to measure the held-out table again).
 2. On held-out prompts (not used for tuning): the base's greedy output once per prompt, then every
    plan drafts against it played back (`ReplayBase`: the counts equal a real run's, a test checks
    this; the base's own forwards are the only thing skipped): equal groups N = 1..6, the tuned plan
@@ -25,8 +26,8 @@ from easyspec.core.files import write_text_atomic
 from easyspec.core.grouping import describe, parse_plan
 from easyspec.core.prompt_sets import builtin_prompts
 from easyspec.core.session import Session
-from easyspec.core.tuning import (Candidate, Probe, TuneConfig, cell, markdown, measure_plan, paired_interval,
-                                  pooled_rate, reference, steps_of)
+from easyspec.core.tuning import (Candidate, Probe, TuneConfig, TuneResult, cell, markdown, measure_plan,
+                                  paired_interval, pooled_rate, reference, steps_of)
 
 
 def evaluate(session: Session, prompts: list[list[int]], plans: dict[str, str], tokens: int, draft_len: int,
@@ -60,9 +61,11 @@ def main() -> None:
     ap.add_argument("--probe-rounds", type=int, default=512, help="simulated rounds per probe (the tuner's)")
     ap.add_argument("--out", default="results/tuning")
     ap.add_argument("--reuse-tuning", action="store_true", help="use the cached tuning of the pair (same dtype)")
+    ap.add_argument("--tuning", help="use the tuning saved in this JSON file (an earlier run's --out .json)")
     args = ap.parse_args()
     names = [n.strip() for n in args.sets.split(",") if n.strip()]
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    commit = git_commit()  # the code that runs, not what is checked out when it ends
     log = lambda m: print(f"[tuning] {m}", file=sys.stderr, flush=True)  # noqa: E731
     with Session.open(pair="qwen2.5-coder", dtype=args.dtype) as session:
         sets = {name: builtin_prompts(name) for name in names}
@@ -72,8 +75,11 @@ def main() -> None:
         eval_ids = [session.encode(p, True) for _, p in held_out]
         of_set = {name: [i for i, (n, _) in enumerate(held_out) if n == name] for name in names}
         result = session.tuning() if args.reuse_tuning else None
+        if args.tuning:
+            saved = json.loads(Path(args.tuning).read_text())
+            result = TuneResult.from_dict(saved.get("tuning", saved))
         if result is not None and result.draft_len != args.draft_len:
-            sys.exit(f"--reuse-tuning: the cached tuning is for draft length {result.draft_len}, not {args.draft_len}")
+            sys.exit(f"the tuning to reuse is for draft length {result.draft_len}, not {args.draft_len}")
         if result is None:
             result = session.tune(tune_ids, TuneConfig(max_new_tokens=args.tune_tokens, max_group=8,
                                                        draft_len=args.draft_len,
@@ -109,7 +115,7 @@ def main() -> None:
     tuned = next(r for r in rows if r["setting"] == "tuned")
     target = tuned["steps"] < n4["steps"] and tuned["vs_n1"] >= -0.05
     within = [r for r in rows if r["steps"] < n4["steps"] and r["vs_n1"] >= -0.05]
-    meta = {"started": started, "machine": machine(), "commit": git_commit(), "dtype": args.dtype,
+    meta = {"started": started, "machine": machine(), "commit": commit, "dtype": args.dtype,
             "tune_prompts": len(tune_ids), "eval_prompts": len(eval_ids), "tune_tokens": args.tune_tokens,
             "eval_tokens": args.eval_tokens, "draft_len": args.draft_len,
             "command": "python benchmarks/tuning.py " + " ".join(sys.argv[1:])}
@@ -119,8 +125,8 @@ def main() -> None:
                                                            indent=1))
     lines = [f"# Equal groups against the auto-tuned plan (qwen2.5-coder pair, {args.dtype})", "",
              f"{started}, {meta['machine']}, commit {meta['commit']}. Command: `{meta['command']}`. Greedy, chat "
-             f"template, every-round calibration, draft length k = {args.draft_len}. Tuned on {len(tune_ids)} "
-             f"prompts ({args.tune_tokens} tokens, tolerance {args.tolerance:.1%}); the table below is measured on "
+             f"template, every-round calibration, draft length k = {args.draft_len}. Tuned on {result.prompts} "
+             f"prompts ({args.tune_tokens} tokens, tolerance {result.tolerance:.1%}); the table below is measured on "
              f"{len(eval_ids)} other prompts ({args.eval_tokens} tokens): the base's output once per prompt, every "
              f"plan drafting against it played back (the counts equal a real run's), the plans interleaved per "
              f"prompt in one run. The interval is a 90% paired bootstrap over the prompts. Timings share a 2-core "
