@@ -20,7 +20,7 @@ from easyspec.visualizations.tokens import tokens_html
 
 from .common import friendly_stream, keep_run
 from .context import AppContext
-from .generate_tab import DEFAULT_PROMPT
+from .generate_tab import DEFAULT_PROMPT, WIDE
 from .i18n import page_lang
 from .live import LiveRun
 from .settings import GROUPINGS, as_int, check_choice, check_prompt_text, describe_config, spec_config
@@ -202,8 +202,8 @@ def build(ctx: AppContext, state: gr.State, switch: gr.Radio) -> None:
                 columns = gr.Radio([2, 3, 4], value=3, label="columns", elem_id="cmp-columns")
             with gr.Row():
                 new = gr.Slider(1, ctx.max_new_tokens, value=min(48, ctx.max_new_tokens), step=1,
-                                label="max new tokens", elem_id="cmp-max-new")
-                temperature = gr.Slider(0, 2, value=0, step=0.05, label="temperature (0 = greedy)")
+                                label="max new tokens", elem_id="cmp-max-new", min_width=WIDE)
+                temperature = gr.Slider(0, 2, value=0, step=0.05, label="temperature (0 = greedy)", min_width=WIDE)
                 seed = gr.Number(0, label="seed", precision=0, minimum=0)
     with gr.Row():
         run = gr.Button("Run comparison", variant="primary", elem_id="cmp-run")

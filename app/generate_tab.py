@@ -30,6 +30,7 @@ from .settings import GROUPINGS, MAX_TREE_DEPTH, MAX_TREE_WIDTH, check_prompt_te
 from .state import UserState
 from .worker import DeviceJob, record_stream
 
+WIDE = 220  # px: a slider narrower than this squeezes its label (Japanese ones most) into a column
 DEFAULT_PROMPT = "Write a Python function that checks whether a number is prime."
 REPLAY_SPEEDS = {"recorded pace": 1.0, "4x faster": 4.0, "instant": math.inf}
 MAX_RUN_FILE_BYTES = 50_000_000
@@ -80,15 +81,16 @@ def settings_panel(ctx: AppContext, prefix: str, max_new_tokens: int = 64) -> Se
     k = gr.Slider(1, 12, value=5, step=1, label="draft length k", elem_id=f"{prefix}-k")
     with gr.Row():
         tree_depth = gr.Slider(0, MAX_TREE_DEPTH, value=0, step=1, label="tree depth (0 = chain of k)",
-                               info="draft a token tree, verified in one base forward", elem_id=f"{prefix}-tree-depth")
+                               info="draft a token tree, verified in one base forward", elem_id=f"{prefix}-tree-depth",
+                               min_width=WIDE)
         tree_width = gr.Slider(1, MAX_TREE_WIDTH, value=4, step=1, label="tree width",
-                               info="leaves kept per tree level", elem_id=f"{prefix}-tree-width")
+                               info="leaves kept per tree level", elem_id=f"{prefix}-tree-width", min_width=WIDE)
     adaptive = gr.Checkbox(False, label="adaptive draft length / tree depth", elem_id=f"{prefix}-adaptive",
                            info="+2 after a fully accepted round, -1 after a rejection, stop when the draft is unsure")
     with gr.Row():
         temperature = gr.Slider(0, 2, value=0, step=0.05, label="temperature (0 = greedy)",
-                                elem_id=f"{prefix}-temperature")
-        top_p = gr.Slider(0.05, 1, value=1, step=0.05, label="top-p", elem_id=f"{prefix}-top-p")
+                                elem_id=f"{prefix}-temperature", min_width=WIDE)
+        top_p = gr.Slider(0.05, 1, value=1, step=0.05, label="top-p", elem_id=f"{prefix}-top-p", min_width=WIDE)
     with gr.Row():
         top_k = gr.Number(0, label="top-k (0 = off)", precision=0, minimum=0, elem_id=f"{prefix}-top-k")
         seed = gr.Number(0, label="seed", precision=0, minimum=0, elem_id=f"{prefix}-seed")
@@ -149,6 +151,15 @@ def _final_status(live: LiveRun, what: str = "Done") -> str:
                           f"({m.tokens_per_s:.2f} tok/s) · stop: {live.records[-1].stop}")
 
 
+def _largest_group(settings: dict, n_layers: int) -> int:
+    """The run's largest layer group, for the alert's likely cause (1 when the settings do not say)."""
+    try:
+        return largest_group(SpecConfig.from_dict(settings).plan(n_layers or 1)) \
+            if settings.get("mode", "easyspec") == "easyspec" else 1
+    except Exception:  # settings from another version or another draft: the alert just names fewer causes
+        return 1
+
+
 def make_handlers(ctx: AppContext):
     session = ctx.session
 
@@ -196,13 +207,8 @@ def make_handlers(ctx: AppContext):
         devices = int(header.extra.get("devices", 1)) if isinstance(header.extra, dict) else 1
         label = f"replay ({header.settings.get('mode', '?')}, recorded {header.created or 'unknown date'})"
         settings = header.settings if isinstance(header.settings, dict) else {}
-        try:
-            groups = largest_group(SpecConfig.from_dict(settings).plan(ctx.info.draft_layers or 1)) \
-                if mode == "easyspec" else 1
-        except Exception:  # settings from another version or another draft: the alert just names fewer causes
-            groups = 1
         live = LiveRun(session.tokenizer, mode, header.device, devices, label, settings=settings,
-                       largest_group=groups, lang=page_lang(lang))
+                       largest_group=_largest_group(settings, ctx.info.draft_layers), lang=page_lang(lang))
         stop = state.begin("generate")
         pace = REPLAY_SPEEDS.get(speed, 1.0)
         t0, last_yield = time.monotonic(), 0.0
@@ -240,16 +246,30 @@ def make_handlers(ctx: AppContext):
         if state.request_stop("generate"):
             gr.Info("Stopping after the current round.")
 
+    def redraw(state: UserState, lang: str) -> tuple:
+        """The language switch: the user's last run, or the empty screen, drawn again in `lang`."""
+        run = state.last.get("generate")
+        live = LiveRun(session.tokenizer, run.mode if run else "easyspec", ctx.info.device, ctx.info.devices,
+                       run.label if run else "", settings=run.settings if run else None,
+                       largest_group=_largest_group(run.settings, ctx.info.draft_layers) if run else 1,
+                       lang=page_lang(lang))
+        if run:
+            live.add(run.records)
+            live.finish()
+        status = _final_status(live) if run else live.translate("Press **Run** to generate.")
+        view = _view(live, status)
+        return view[:6] + view[-2:]
+
     def devices_html() -> str:
         return device_panel_html(ctx.monitor.read(), ctx.monitor.note)
 
-    return generate, replay, inspect_round, request_stop, devices_html
+    return generate, replay, inspect_round, request_stop, devices_html, redraw
 
 
-def build(ctx: AppContext, state: gr.State, switch: gr.Radio) -> None:
+def build(ctx: AppContext, state: gr.State, switch: gr.Radio):
     """The screen's layout and events; `switch` (the language radio) is the last input of every handler that
-    writes text."""
-    generate, replay, inspect_round, request_stop, devices_html = make_handlers(ctx)
+    writes text. Returns (handler, inputs, outputs) that the switch re-runs."""
+    generate, replay, inspect_round, request_stop, devices_html, redraw = make_handlers(ctx)
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=330):
             prompt = gr.Textbox(DEFAULT_PROMPT, label="Prompt", lines=4, elem_id="gen-prompt")
@@ -303,3 +323,4 @@ def build(ctx: AppContext, state: gr.State, switch: gr.Radio) -> None:
                             concurrency_id="views", concurrency_limit=4, show_progress="hidden")
     timer = gr.Timer(2.0)
     timer.tick(devices_html, None, panel, api_visibility="private", queue=False, show_progress="hidden")
+    return redraw, [state, switch], [status, text, cards, timeline, per_position, histogram, alert, rolling]

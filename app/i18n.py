@@ -118,29 +118,33 @@ def wire(demo: gr.Blocks, switch: gr.Radio, state: gr.State,
     `refreshers`: (handler, its inputs, its outputs) of views that write their own text in the
     language the switch (one of their inputs) says: the pilot estimate, How it works. Re-run on a switch."""
     redrawn = [block for _, _, blocks in refreshers for block in blocks]
-    items = [i for i in translatable(demo) if i.block is not switch and i.block not in redrawn]
+    found = [i for i in translatable(demo) if i.block is not switch]
+    items = [i for i in found if i.block not in redrawn]
+    labelled = {id(i.block): i for i in found if i.block in redrawn}  # a redrawn plot's own label
     outputs = [i.block for i in items] + redrawn
 
-    def redraw(data: dict) -> list:
+    def redraw(data: dict, lang: str) -> list:
         out = []
         for fn, ins, outs in refreshers:
             # on page load the user's state may not be made yet: a fresh one has no runs either
             args = [(v if isinstance(v, UserState) else UserState()) if b is state else v
                     for b, v in ((b, data[b]) for b in ins)]
             result = fn(*args)
-            out += list(result) if len(outs) > 1 else [result]
+            for block, value in zip(outs, list(result) if len(outs) > 1 else [result]):
+                item = labelled.get(id(block))
+                out.append({**updates([item], lang)[0], "value": value} if item else value)
         return out
 
     # A set of inputs: Gradio passes one dict, component -> value.
     def on_switch(data: dict) -> list:
         lang = page_lang(data[switch])
-        return updates(items, lang) + redraw({**data, switch: lang})
+        return updates(items, lang) + redraw({**data, switch: lang}, lang)
 
     def on_load(data: dict, request: gr.Request) -> list:
         lang = requested_lang(request)
         if lang == "en":  # the page is drawn in English already; leave a switch clicked before the load alone
             return [gr.skip()] * (1 + len(outputs))
-        return [gr.update(value=lang)] + updates(items, lang) + redraw({**data, switch: lang})
+        return [gr.update(value=lang)] + updates(items, lang) + redraw({**data, switch: lang}, lang)
 
     inputs = {switch, *(b for _, ins, _ in refreshers for b in ins)}
     switch.input(on_switch, inputs, outputs, api_visibility="private", queue=False, show_progress="hidden")

@@ -252,6 +252,27 @@ def test_generate_and_replay_write_in_the_language_of_the_switch(app_ctx):
     assert list(replay(run_file, "instant", UserState()))[-1][0].startswith("**Replayed**: replay (easyspec")
 
 
+def test_the_switch_redraws_the_generate_screen(app_ctx):
+    from helpers import untranslated
+
+    from easyspec.app.generate_tab import make_handlers
+
+    handlers = make_handlers(app_ctx)
+    generate, redraw = handlers[0], handlers[-1]
+    state = UserState()
+    empty = redraw(state, "ja")  # before any run: the empty screen in Japanese
+    assert empty[0] == "**実行** を押すと生成が始まります。" and len(empty) == 8
+    words = [empty[0], empty[1], empty[2]] + [w for f in empty[3:6] + empty[7:] for w in _figure_words(f)]
+    assert not untranslated(words), untranslated(words)
+    last = list(generate(**UNCALIBRATED, state=state, lang="en"))[-1]
+    ja = redraw(state, "ja")  # a finished English run, drawn again in Japanese: same tokens, same alert
+    assert ja[0].startswith("**完了**：easyspec plan 0-7 none k=5 · ") and "受理率の低下" in ja[6]
+    assert _figure_words(ja[4])[0] == "位置ごとの受理率"
+    en = redraw(state, "en")
+    assert en[0] == last[0] and en[1] == last[1] and en[6] == last[10]  # back in English, as the run drew it
+    assert redraw(state, "xx")[0] == en[0]
+
+
 def test_compare_writes_in_the_language_of_the_switch(app_ctx):
     from helpers import untranslated
 
