@@ -17,6 +17,7 @@ from easyspec.core.i18n import tr
 from easyspec.visualizations.cards import badge_html, metric_cards_html
 from easyspec.visualizations.timeline import timeline_figure
 from easyspec.visualizations.tokens import tokens_html
+from easyspec.visualizations.translate import translate_figure
 
 from .common import friendly_stream, keep_run
 from .context import AppContext
@@ -89,6 +90,17 @@ def _equality(lives: list[LiveRun]) -> tuple[bool | None, str]:
                    min(len(lv.token_ids), n)) for lv in lives[1:]]
     return False, (f"first difference at new token {min(firsts)}: in fp32 only a genuine tie of the base's top two "
                    f"logits may do this (EASYSPEC.md, 'Ties'); anything else is a bug")
+
+
+def empty_view(modes: list[str], lang: str) -> list:
+    """The screen before a comparison, in `lang`: status, summary, badge, then per column header, text, cards,
+    timeline (the layout's first values, and what the language switch redraws until a comparison ran)."""
+    out = [tr("Pick two to four settings, then **Run comparison**.", lang), summary_table([], lang),
+           badge_html(None, "run a comparison to check", lang)]
+    for c, mode in enumerate(modes):
+        out += [f"**{c + 1}.** {tr('waiting', lang)}", tokens_html([], mode, lang=lang),
+                metric_cards_html(None, lang=lang), translate_figure(timeline_figure([], legend="bottom"), lang)]
+    return out
 
 
 def make_compare(ctx: AppContext):
@@ -188,8 +200,9 @@ def make_compare(ctx: AppContext):
     return compare
 
 
-def build(ctx: AppContext, state: gr.State, switch: gr.Radio) -> None:
-    """The screen's layout and events; `switch` (the language radio) is the compare handler's last input."""
+def build(ctx: AppContext, state: gr.State, switch: gr.Radio):
+    """The screen's layout and events; `switch` (the language radio) is the compare handler's last input.
+    Returns (handler, inputs, outputs) that the switch re-runs."""
     compare = make_compare(ctx)
     n_max = ctx.max_layer_parallel
     with gr.Row():
@@ -208,8 +221,9 @@ def build(ctx: AppContext, state: gr.State, switch: gr.Radio) -> None:
     with gr.Row():
         run = gr.Button("Run comparison", variant="primary", elem_id="cmp-run")
         stop = gr.Button("Stop", variant="stop", elem_id="cmp-stop")
-    status = gr.Markdown("Pick two to four settings, then **Run comparison**.", elem_id="cmp-status")
-    badge = gr.HTML(badge_html(None, "run a comparison to check"), elem_id="cmp-badge")
+    first = empty_view([mode for mode, *_ in DEFAULT_COLUMNS], "en")
+    status = gr.Markdown(first[0], elem_id="cmp-status")
+    badge = gr.HTML(first[2], elem_id="cmp-badge")
     table = gr.Dataframe(headers=SUMMARY_HEADERS, label="summary (speedup measured in this comparison)",
                          interactive=False, elem_id="cmp-summary", wrap=True)
     cols: list[Column] = []
@@ -224,11 +238,11 @@ def build(ctx: AppContext, state: gr.State, switch: gr.Radio) -> None:
                     cal = gr.Dropdown(list(CALIBRATION_POLICIES), value=calibration, label="calibration")
                     grouping = gr.Dropdown(list(GROUPINGS[:2]), value=GROUPINGS[0], label="layer grouping",
                                            elem_id=f"cmp-grouping-{c + 1}")
-                header = gr.Markdown(f"**{c + 1}.** waiting", elem_id=f"cmp-header-{c + 1}")
-                text = gr.HTML(tokens_html([], mode), elem_id=f"cmp-text-{c + 1}")
-                cards = gr.HTML(metric_cards_html(None), elem_id=f"cmp-cards-{c + 1}")
-                plot = gr.Plot(timeline_figure([], legend="bottom"), show_label=False,
-                               elem_id=f"cmp-timeline-{c + 1}")
+                header, text, cards, plot = first[3 + 4 * c: 7 + 4 * c]
+                header = gr.Markdown(header, elem_id=f"cmp-header-{c + 1}")
+                text = gr.HTML(text, elem_id=f"cmp-text-{c + 1}")
+                cards = gr.HTML(cards, elem_id=f"cmp-cards-{c + 1}")
+                plot = gr.Plot(plot, show_label=False, elem_id=f"cmp-timeline-{c + 1}")
             cols.append(Column(m, nn, cal, kk, grouping, container, header, text, cards, plot))
     with gr.Accordion("Comparison details (JSON)", open=False):
         details = gr.JSON(elem_id="cmp-details")
@@ -245,6 +259,14 @@ def build(ctx: AppContext, state: gr.State, switch: gr.Radio) -> None:
     run.click(compare, inputs + [state, switch], outputs, api_name="compare", concurrency_id="device",
               concurrency_limit=1, show_progress="hidden")
     stop.click(request_stop, [state], None, queue=False, api_visibility="private")
+
+    def redraw(state: UserState, lang: str, *modes) -> list:
+        """The language switch: the empty screen in `lang`; a finished comparison stays as it was drawn."""
+        if any(key.startswith("compare:") for key in state.last):
+            return [gr.skip()] * (3 + 4 * MAX_COLUMNS)
+        return empty_view(list(modes), page_lang(lang))
+
+    return redraw, [state, switch] + [c.mode for c in cols], outputs[:3] + outputs[4:]
 
 
 def request_stop(state: UserState) -> None:

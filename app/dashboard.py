@@ -39,12 +39,12 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             with gr.Tab("Generate", id="generate"):
                 generate_views = generate_tab.build(ctx, state, switch)
             with gr.Tab("Compare", id="compare"):
-                compare_tab.build(ctx, state, switch)
+                compare_views = compare_tab.build(ctx, state, switch)
             with gr.Tab("Pilot", id="pilot") as pilot:
                 pilot_views = pilot_tab.build(ctx, state, pilot, switch)
             with gr.Tab("How it works", id="explainer") as explainer:
                 explainer_views = explainer_tab.build(ctx, state, explainer, switch)
-        i18n.wire(demo, switch, state, [generate_views, pilot_views, explainer_views])
+        i18n.wire(demo, switch, state, [generate_views, compare_views, pilot_views, explainer_views])
     # Gradio gives a state with a callable initial value a page-load event of its own, public by
     # default; it is plumbing, not part of the API.
     for fn in demo.fns.values():

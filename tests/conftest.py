@@ -60,20 +60,34 @@ def assert_greedy_equal(tokens: list[int], reference: list[int], base, prompt_id
 
 
 @pytest.fixture(scope="session")
-def app_server(pair_dirs, tmp_path_factory):
+def app_folder(tmp_path_factory):
+    """The session app's folder: its log, and its cache (tuned plans) under cache/."""
+    return tmp_path_factory.mktemp("app")
+
+
+@pytest.fixture(scope="session")
+def app_server(pair_dirs, app_folder):
     """(url, process) of `easyspec app` on the small random Qwen2 pair, on a free localhost port
     (one per test session)."""
     from app_server import app_process
 
     base, draft = pair_dirs["qwen2"]
-    log = tmp_path_factory.mktemp("app") / "app.log"
-    with app_process(base, draft, log) as (url, proc):
+    with app_process(base, draft, app_folder / "app.log") as (url, proc):
         yield url, proc
 
 
 @pytest.fixture(scope="session")
 def app_url(app_server):
     return app_server[0]
+
+
+@pytest.fixture
+def untuned_app(app_url, app_folder):
+    """The session's app with no tuned plan cached: a test before it (in any order) may have tuned the pair."""
+    import shutil
+
+    shutil.rmtree(app_folder / "cache" / "tuning", ignore_errors=True)
+    return app_url
 
 
 GUARDED_LOGIN = ("operator", "s3cret pass")
@@ -131,6 +145,7 @@ def chromium():
         pytest.skip(f"no Chromium at {executable}")
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=executable, headless=True,
-                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                                          "--disable-component-update", "--no-first-run"])
         yield browser
         browser.close()

@@ -56,7 +56,7 @@ def test_generate_returns_text_timeline_metrics_and_files(client):
     assert alert == "" and rolling["type"] == "plotly"  # a healthy run raises no acceptance alert
 
 
-def test_tuner_then_auto_grouping_and_the_alert(client):
+def test_tuner_then_auto_grouping_and_the_alert(client, untuned_app):
     with pytest.raises(Exception, match="not been tuned yet"):
         client.predict(prompt=PROMPT, grouping="auto (tuned)", max_new_tokens=8, api_name="/generate")
     status, table = client.predict(prompt="def add(a, b):\nThe quick brown fox", source="typed prompts",

@@ -8,29 +8,12 @@ installs both: see .ci/run).
 """
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import pytest
 
-CHROMIUM = os.environ.get("EASYSPEC_CHROMIUM", "/usr/bin/chromium")
-REQUIRED = bool(os.environ.get("EASYSPEC_REQUIRE_BROWSER"))  # CI: a missing browser fails, never skips
-try:
-    from playwright import sync_api
-except ImportError:
-    if REQUIRED:
-        raise
-    pytest.skip("playwright is not installed (pip install '.[test]')", allow_module_level=True)
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--no-first-run"]
 SHOTS = Path(__file__).resolve().parents[1] / "results" / "screenshots" / "browser_test"
 TIMEOUT_MS = 240_000  # generous: a loaded 2-core machine
-
-if not shutil.which(CHROMIUM):
-    if REQUIRED:
-        raise RuntimeError(f"no Chromium at {CHROMIUM}: apt-get install chromium")
-    pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
 
 WATCH_TOKENS = """(selector) => {
     window.__esCounts = [];
@@ -49,16 +32,16 @@ PLOT_BARS = """(selector) => {
 
 
 @pytest.fixture(scope="module")
-def page(app_url):
+def page(app_url, chromium):
+    """One page on the session's browser (`conftest.chromium`: one Playwright per test session, since a second
+    sync Playwright cannot start while the first one's event loop runs)."""
     SHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        pg = browser.new_page(viewport={"width": 1500, "height": 1000})
-        pg.set_default_timeout(TIMEOUT_MS)
-        pg.goto(app_url)
-        pg.wait_for_selector("#gen-run")
-        yield pg
-        browser.close()
+    pg = chromium.new_page(viewport={"width": 1500, "height": 1000})
+    pg.set_default_timeout(TIMEOUT_MS)
+    pg.goto(app_url)
+    pg.wait_for_selector("#gen-run")
+    yield pg
+    pg.close()
 
 
 def _set_number(page, selector: str, value: int) -> None:

@@ -273,6 +273,20 @@ def test_the_switch_redraws_the_generate_screen(app_ctx):
     assert redraw(state, "xx")[0] == en[0]
 
 
+def test_the_compare_screen_before_a_comparison_in_both_languages():
+    from helpers import untranslated
+
+    from easyspec.app.compare_tab import empty_view
+
+    modes = ["vanilla", "speculative", "easyspec", "easyspec"]
+    ja, en = empty_view(modes, "ja"), empty_view(modes, "en")
+    assert len(ja) == len(en) == 3 + 4 * 4
+    assert ja[0] == "2〜4 個の設定を選んで **比較を実行** を押してください。" and ja[3] == "**1.** 待機中"
+    assert en[0] == "Pick two to four settings, then **Run comparison**." and en[3] == "**1.** waiting"
+    words = [v for v in ja if isinstance(v, str)] + [w for v in ja[6::4] for w in _figure_words(v)]
+    assert not untranslated(words), untranslated(words)
+
+
 def test_compare_writes_in_the_language_of_the_switch(app_ctx):
     from helpers import untranslated
 
