@@ -89,7 +89,7 @@ def _equality(lives: list[LiveRun]) -> tuple[bool | None, str]:
     firsts = [next((j for j, (a, b) in enumerate(zip(lv.token_ids, lives[0].token_ids)) if a != b),
                    min(len(lv.token_ids), n)) for lv in lives[1:]]
     return False, (f"first difference at new token {min(firsts)}: in fp32 only a genuine tie of the base's top two "
-                   f"logits may do this (EASYSPEC.md, 'Ties'); anything else is a bug")
+                   f"logits may do this (docs/conventions.md#ties); anything else is a bug")
 
 
 def empty_view(modes: list[str], lang: str) -> list:

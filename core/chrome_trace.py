@@ -2,7 +2,7 @@
 
 One process per rank, one thread per lane (phase family), complete events (`ph: X`) in
 microseconds, names and colours by phase, a counter of tokens emitted per round, and a flow
-arrow from each round's last draft span to the verify that consumed it (ANCHORS.md, "Timelines").
+arrow from each round's last draft span to the verify that consumed it (docs/conventions.md#chrome-trace-format).
 Concurrent spans (a verify and the all-reduces inside it) sit on separate lanes.
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """A compact decoder for the Llama family (Llama 2/3, Qwen2/2.5, Mistral, SmolLM) with a KV cache.
 
 What it is: the forward pass this project owns, so that it can run draft layers as fuzzy
-layer-parallel groups (EASYSPEC.md, "Fuzzy speculation") and crop its cache after each round.
+layer-parallel groups (docs/method.md#fuzzy-layer-parallel-groups) and crop its cache after each round.
 Weights of all layers are stacked along a leading layer axis, so a group of N consecutive layers
 is a view `w[l:l+N]` and its N attentions run as one batched computation (`bmm` over N).
 What it is not: a loader (see `loading.py`) or a tensor-parallel model (sharding is applied from
@@ -273,7 +273,7 @@ class Decoder:
         mask come from it instead (token-tree drafting and verification; see tree.py).
 
         groups: the layer plan; None means exact sequential layers. A group of N > 1 runs fuzzy:
-        the N attentions read the group input h, then the N MLPs run in order (EASYSPEC.md):
+        the N attentions read the group input h, then the N MLPs run in order (docs/method.md#fuzzy-layer-parallel-groups):
             a_j = Attn_{l+j}(RMSNorm_in(h));  x = h;  x += a_j;  x += MLP_{l+j}(RMSNorm_post(x))
         span: optional timer; each group's attention and MLPs are timed as draft.attn / draft.mlp.
         taps: when a list, each group's input hidden state [T, D] is appended to it (the auto-tuner

@@ -3,7 +3,7 @@
 `generate` yields one `RoundRecord` per round (vanilla: one per token). Every consumer (CLI,
 dashboard, benchmarks) reads that one stream; there is no second generation path.
 Modes: `vanilla` (base only), `speculative` (chain of k draft tokens, sequential draft layers),
-`easyspec` (fuzzy layer-parallel drafting plus a bonus-calibration policy; EASYSPEC.md).
+`easyspec` (fuzzy layer-parallel drafting plus a bonus-calibration policy; docs/method.md).
 Either drafting mode can draft a token tree instead of a chain (`tree_depth` > 0; tree.py) and can
 adapt its draft length or tree depth from round to round (`adaptive`; `Adaptive` below).
 """
@@ -282,7 +282,7 @@ class Generation:
         # 1. Feed the draft every committed token it has not read (the last round's accepted tokens
         #    and its recovered/bonus token). When calibrating, the cache was cropped back to the last
         #    exact position, so this one sequential forward rewrites the fuzzy entries exactly and
-        #    yields the first draft token (EASYSPEC.md, "Bonus calibration"); its time is `calibrate`.
+        #    yields the first draft token (docs/method.md#bonus-calibration); its time is `calibrate`.
         pending = self.ids[dcache.length: n]
         calibrated = self.calibrate_next
         if calibrated:
@@ -386,7 +386,7 @@ class Generation:
 
     def _after_round(self, drafted: int, accepted: int) -> None:
         """Adapt the next round's length; decide whether it calibrates, and if so drop every fuzzy
-        draft entry now (EASYSPEC.md, "Bonus calibration")."""
+        draft entry now (docs/method.md#bonus-calibration)."""
         cfg = self.cfg
         if self.adaptive:
             self.adaptive.update(drafted, accepted)

@@ -2,7 +2,7 @@
 
 What it is: random-weight models in the shapes of Qwen2.5-0.5B, 1.5B and 7B, built directly on the
 device in the target dtype, and medians over repeats (after warm-up) of the four forwards a round
-is made of (EASYSPEC.md): the draft step (one token; sequential, and fuzzy with the single-device
+is made of (docs/method.md#one-round): the draft step (one token; sequential, and fuzzy with the single-device
 batched groups of `layer_groups(L, N)`), the calibration forward (the draft, exact, 1..k+1 tokens),
 the base's verify forward (k+1 tokens) and the vanilla step (the base, one token). Each runs eager
 and, on CUDA, as a replayed CUDA graph. From these it derives the drafting speedup per N and a

@@ -2,7 +2,7 @@
 
 A plan is a tuple of half-open layer ranges [start, end) that cover the draft's layers in order;
 each range is one draft step (a range of one layer runs exactly). Two ways to get one:
-- equal groups (EASYSPEC.md, "Grouping"): the first `head` and last `tail` layers run sequentially;
+- equal groups (docs/method.md#grouping): the first `head` and last `tail` layers run sequentially;
   the middle layers are cut into groups of N from the first middle layer on, and a shorter leftover
   group at the end still runs in parallel. N = 1 is ordinary sequential drafting.
 - an explicit plan in the `--groups` notation, "0|1-4|5-8|...|23" (what the auto-tuner writes).

@@ -1,4 +1,4 @@
-"""Metrics computed from per-round records (ANCHORS.md definitions, as vLLM and llama.cpp use them).
+"""Metrics computed from per-round records (docs/conventions.md#metrics: the definitions vLLM and llama.cpp use).
 
 AR = accepted / drafted. AL (mean accepted length) = tokens emitted per drafting round, recovered
 or bonus token included. Per-position acceptance = rounds that accepted position i / rounds that

@@ -1,5 +1,5 @@
 """Multi-device runtime on torch.distributed: the base tensor-parallel over G ranks, the draft's
-fuzzy groups spread over the same ranks (EASYSPEC.md, "Multi-device form").
+fuzzy groups spread over the same ranks (docs/method.md#multi-device-form).
 
 - Base: Megatron-style shards loaded per rank (`loading.Shard`); an all-reduce after o_proj and
   down_proj is installed as the decoder's `reduce` hook. Embedding, norms and LM head stay whole.

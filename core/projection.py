@@ -4,7 +4,7 @@ Inputs, all measured on ONE device: per-phase latencies of a round (from a run's
 from `easyspec bench gpu`), the acceptance (mean accepted length) of each setting, and the models'
 shapes; plus a stated communication cost model (latency + bytes / bandwidth per collective).
 
-For G devices (EASYSPEC.md, "Multi-device form"):
+For G devices (docs/method.md#multi-device-form):
 - base at TP = G: its forward time scales with the largest per-device share of heads,
   ceil(H / G) / H (heads that do not divide by G leave some devices idle), plus two all-reduces of
   the hidden states per layer;

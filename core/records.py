@@ -1,7 +1,7 @@
 """The per-round record: the one stream that the CLI, dashboard, benchmarks and reports consume.
 
 Plain Python values only (no tensors), versioned so that a saved run can be replayed later
-(EASYSPEC.md, "Per-round record"). A run file is JSON Lines: one header, then one record per round.
+(docs/conventions.md#per-round-record). A run file is JSON Lines: one header, then one record per round.
 """
 from __future__ import annotations
 

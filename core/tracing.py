@@ -1,4 +1,4 @@
-"""Timing spans on one device against a common clock (EASYSPEC.md, "Clock").
+"""Timing spans on one device against a common clock (docs/conventions.md#clock).
 
 On CPU a span is two `time.perf_counter_ns()` readings. On CUDA it is two CUDA events, resolved
 to nanoseconds only when the round's spans are taken (one synchronisation per round, not per span).

@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from helpers import make_pair  # noqa: E402
 
-TIE_MARGIN = 1e-5  # EASYSPEC.md, "Ties"
+TIE_MARGIN = 1e-5  # docs/conventions.md#ties
 REAL_VANILLA: dict[str, list[int]] = {}  # real-pair vanilla outputs by prompt name, computed once per run
 CPU = torch.device("cpu")
 

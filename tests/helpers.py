@@ -1,6 +1,6 @@
 """Small synthetic checkpoints for fast tests: random Llama-family weights and a byte tokenizer.
 
-They say nothing about acceptance rates of real models (MODELS.md); they exercise every code path.
+They say nothing about acceptance rates of real models (docs/conventions.md#synthetic-pairs); they exercise every code path.
 """
 from __future__ import annotations
 

@@ -68,7 +68,7 @@ def test_crop_then_rewrite_is_exact(decoders):
 
 def _reference_forward(dec: Decoder, ids: torch.Tensor, groups) -> torch.Tensor:
     """Plain per-layer fuzzy forward, no cache: each group's attentions read the group input h,
-    then the MLPs run in order (EASYSPEC.md). Written independently of the batched code path."""
+    then the MLPs run in order (docs/method.md#fuzzy-layer-parallel-groups). Written independently of the batched code path."""
     cfg, w = dec.cfg, dec.w
     T, hq, hkv, hd = ids.numel(), cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
 

@@ -1,6 +1,6 @@
 """Lossless under search: hypothesis draws small random pairs, prompts, k, N, head/tail, calibration
 policies and device counts, and greedy speculative/EasySpec output must equal the base's own greedy
-decoding token for token (EASYSPEC.md; a genuine tie of the base's top two logits is the one
+decoding token for token (docs/method.md#greedy-verification; a genuine tie of the base's top two logits is the one
 exception, and such an example is rejected rather than passed).
 
 One rank: the engine on in-process decoders (fast, many examples). Two ranks: one gloo session

@@ -1,7 +1,7 @@
 """Acceptance figures from per-round records: per-position acceptance, the accepted-count histogram
 and the rolling acceptance rate with its alert line.
 
-Per-position acceptance (vLLM's definition, ANCHORS.md): rounds that accepted draft position i /
+Per-position acceptance (vLLM's definition, docs/conventions.md#per-position-acceptance): rounds that accepted draft position i /
 rounds that drafted position i. The histogram counts rounds by how many drafts the base accepted.
 Prefill and vanilla rounds draft nothing and are left out.
 """

@@ -1,7 +1,7 @@
 """Small HTML panels from plain data: metric cards, the time split, the device panel, badges.
 
 Pure functions returning HTML strings with inline styles (they render the same anywhere). Values
-follow the metric definitions of `core.metrics` (AR, AL as ANCHORS.md defines them). A `lang`
+follow the metric definitions of `core.metrics` (AR, AL as docs/conventions.md#metrics defines them). A `lang`
 argument translates the words a person reads (labels, hints) through the translation table; the
 `data-*` attributes stay English for scripts and tests.
 """

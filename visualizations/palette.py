@@ -20,7 +20,7 @@ GREY = "#999999"
 LIGHT_GREY = "#D0D0D0"
 DARK_GREY = "#555555"
 
-# Token origins (EASYSPEC.md vocabulary). `base` is how vanilla decoding's tokens are shown:
+# Token origins (docs/conventions.md#token-origins). `base` is how vanilla decoding's tokens are shown:
 # the engine tags them `bonus` (a bonus after zero drafts), which would mislead a viewer.
 ORIGIN_COLOURS = {
     "accepted": OKABE_ITO["bluish_green"],

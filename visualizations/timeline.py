@@ -1,7 +1,7 @@
 """The per-device timeline: one lane group per device (rank), one lane per phase family.
 
 Spans are drawn as horizontal bars with `base = start` and `x = duration` on a numeric millisecond
-axis (ANCHORS.md, "Timelines"); nested spans (a verify and its all-reduces, a draft attention and
+axis (docs/conventions.md#dashboard-timeline); nested spans (a verify and its all-reduces, a draft attention and
 its all-gather) sit on separate lanes, as in the Chrome trace (`core.chrome_trace.LANES`). A
 `tokens` lane on top marks when each round's tokens were emitted, tying the timeline to the text.
 
