@@ -121,8 +121,7 @@ def make_handlers(ctx: AppContext):
         if ctx.throughput is None:
             return size + text("pilot.no_estimate", lang)
         seconds = estimate_seconds(lengths, grid, ctx.throughput)
-        rates = ", ".join(f"{m} {r:.1f} tok/s" for m, r in ctx.throughput.tokens_per_s.items())
-        return size + text("pilot.estimate", lang, time=describe_seconds(seconds), rates=rates)
+        return size + text("pilot.estimate", lang, time=describe_seconds(seconds), rates=ctx.throughput.describe())
 
     @friendly_stream
     def pilot(prompt, source, prompt_set, n_prompts, layer_parallel, calibration, draft_len, speculative,
