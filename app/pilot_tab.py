@@ -37,9 +37,10 @@ AUTO = GROUPINGS[1]  # "auto (tuned)": the tuned plan, ticked next to the N valu
 SOURCES = ("built-in set", "uploaded file", "typed prompts")
 RUN_COLUMNS = ["prompt", "setting", "new_tokens", "tokens_per_s", "speedup", "acceptance_rate",
                "mean_accepted_length", "draft_s", "verify_s", "calibrate_s", "sample_s", "overhead_s",
-               "equal_to_vanilla"]
+               "memory_source", "run_peak_memory_mib", "run_memory_growth_mib", "equal_to_vanilla"]
 SUMMARY_COLUMNS = ["setting", "prompts", "new_tokens", "tokens_per_s", "speedup", "acceptance_rate",
                    "mean_accepted_length", "draft_s", "verify_s", "calibrate_s", "sample_s", "overhead_s",
+                   "memory_source", "largest_run_peak_memory_mib", "largest_run_memory_growth_mib",
                    "equal_to_vanilla"]
 
 

@@ -6,7 +6,8 @@ length k, and EasySpec over layer-parallel size N x calibration policy x k); `es
 says how long it will take from a measured `Throughput`; `run_pilot` runs every setting on every
 prompt through the session's one record stream and yields progress and one result row per run
 (tokens/s, speedup over vanilla on the same prompt in the same pilot, AR, AL, seconds per phase,
-greedy equality with vanilla); `summarise` folds rows per setting; CSV and JSON export.
+the run's own peak memory and its growth above the run's start, greedy equality with vanilla);
+`summarise` folds rows per setting; CSV and JSON export.
 What it is not: a UI (no gradio, no plotly), or the engine (it only consumes `Session.generate`).
 """
 from __future__ import annotations
@@ -221,6 +222,19 @@ class PilotRun:
     row: dict
 
 
+def memory_columns(m) -> dict:
+    """This run's memory (metrics.memory_label says what each source measures); None when unknown."""
+    known = bool(m.run_peak_memory_bytes)
+    return {"memory_source": m.memory_source or None,
+            "run_peak_memory_mib": round(m.run_peak_memory_bytes / 2**20, 1) if known else None,
+            "run_memory_growth_mib": round(m.run_memory_growth_bytes / 2**20, 1) if known else None}
+
+
+def _largest(values) -> float | None:
+    known = [v for v in values if v is not None]
+    return max(known) if known else None
+
+
 def result_row(prompt_index: int, setting: PilotSetting, prompt_tokens: int, records: Sequence[RoundRecord],
                vanilla: PilotRun | None) -> dict:
     """One flat row of plain values (what the CSV holds)."""
@@ -241,6 +255,7 @@ def result_row(prompt_index: int, setting: PilotSetting, prompt_tokens: int, rec
         "ttft_s": round(m.time_to_first_token_s, 6), "draft_s": round(m.draft_s, 6),
         "verify_s": round(m.verify_s, 6), "calibrate_s": round(m.calibrate_s, 6),
         **{f"{p}_s": round(m.phase_s.get(p, 0.0), 6) for p in PHASES},
+        **memory_columns(m),
         "equal_to_vanilla": None, "stop": records[-1].stop,
     }
     if vanilla is not None and cfg.mode != "vanilla":
@@ -318,6 +333,9 @@ def summarise(rows: Sequence[dict]) -> list[dict]:
             "mean_accepted_length": round(al_tokens / al_rounds, 4) if al_rounds else None,
             **{k: round(sum(r[k] for r in mine), 4) for k in ("draft_s", "verify_s", "calibrate_s", "sample_s",
                                                              "overhead_s")},
+            "memory_source": first.get("memory_source"),  # largest over the prompts' runs, not a sum:
+            **{f"largest_{k}": _largest(r.get(k) for r in mine) for k in ("run_peak_memory_mib",
+                                                                           "run_memory_growth_mib")},
             "equal_to_vanilla": (all(equal) if equal else None),
         })
     return out

@@ -19,6 +19,7 @@ import pytest
 from browser_fonts import assert_cjk_drawn
 
 from easyspec.core.i18n import LANGS, table, text, tr, ui_translation
+from easyspec.core.metrics import compute
 from easyspec.core.pilot import PilotGrid, PilotRun, run_pilot, summarise
 from easyspec.core.report import context_for, report_data
 from easyspec.visualizations.report import report_html
@@ -238,3 +239,22 @@ def test_report_of_a_sampled_pilot(pair_dirs, pilot):
     html, data = _html(runs, grid, pilot[2])
     assert text("report.equality_sampled", "en", temperature=0.8) in html and 'id="equality"' not in html
     assert text("report.c.equal_none", "en") in data["conclusion"]
+
+
+def test_memory_in_the_pilot_rows_and_the_report_is_each_runs_own(pilot, reports):
+    """Rows: each run's own peak and growth; summary and report: the largest over the prompts, labelled."""
+    runs, _, _ = pilot
+    for run in runs:
+        m = compute(run.records)
+        assert run.row["memory_source"] == "rss"
+        assert run.row["run_peak_memory_mib"] == round(m.run_peak_memory_bytes / 2**20, 1) > 0
+        assert run.row["run_memory_growth_mib"] == round(m.run_memory_growth_bytes / 2**20, 1)
+    for lang, (data, path) in reports.items():
+        table = _parse(path).tables["measured"]
+        assert table[0][-2:] == [text("report.col.run_peak_memory", lang,
+                                      what=tr("peak RSS during this run (process, incl. loaded models)", lang)),
+                                 text("report.col.run_memory_growth", lang)]
+        for s, row in zip(data["settings"], table[1:]):
+            mine = [r.row for r in runs if r.setting.label == s["setting"]]
+            assert s["largest_run_peak_memory_mib"] == max(r["run_peak_memory_mib"] for r in mine)
+            assert row[-2:] == [f"{s['largest_run_peak_memory_mib']:.0f}", f"{s['largest_run_memory_growth_mib']:.0f}"]
