@@ -11,6 +11,7 @@ import json
 import re
 import statistics
 import string
+from html import escape
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -258,3 +259,27 @@ def test_memory_in_the_pilot_rows_and_the_report_is_each_runs_own(pilot, reports
             mine = [r.row for r in runs if r.setting.label == s["setting"]]
             assert s["largest_run_peak_memory_mib"] == max(r["run_peak_memory_mib"] for r in mine)
             assert row[-2:] == [f"{s['largest_run_peak_memory_mib']:.0f}", f"{s['largest_run_memory_growth_mib']:.0f}"]
+
+
+def test_what_was_not_measured_and_the_timelines_run_follow_the_numbers(pilot, reports):
+    """The 'not measured' sentence names the devices that ran (several devices did run on G > 1); the
+    timeline note gives the setting's median next to the drawn run's speedup (the run nearest it)."""
+    from easyspec.core.report import conclusion
+
+    runs, grid, ctx = pilot
+    data = reports["en"][0]
+    for devices, said, unsaid in ((1, "speed on several devices (only 1 cpu device(s) ran)", "more than 1 devices"),
+                                  (2, "speed on more than 2 devices (this pilot ran on 2 cpu devices)", "several")):
+        for lang in LANGS:
+            sentences = conclusion(data["settings"], dict(max_new_tokens=16), {"device": "cpu", "devices": devices},
+                                   {}, lang)
+            if lang == "en":
+                assert any(said in c for c in sentences) and not any(unsaid in c for c in sentences), sentences
+            else:
+                assert any(f"{devices} 台" in c for c in sentences)
+    rep = data["representative"]
+    setting = next(s for s in data["settings"] if s["setting"] == rep["setting"])
+    assert rep["setting_median"] == setting["speedup_spread"]["median"]
+    page = reports["en"][1].read_text(encoding="utf-8")
+    assert escape(f"speedup {rep['speedup']:.2f}x, the run nearest its setting's median over the prompts "
+                       f"({rep['setting_median']:.2f}x)") in page

@@ -150,7 +150,8 @@ def report_html(data: Mapping, records: Sequence[RoundRecord] = ()) -> str:
     parts.append(f"<h2>{_e(t('report.h.timeline'))}</h2>")
     rep = data.get("representative")
     if rep and records:
-        note = t("report.timeline_note", setting=rep["setting"], prompt=rep["prompt"], speedup=_num(rep["speedup"]))
+        note = t("report.timeline_note", setting=rep["setting"], prompt=rep["prompt"], speedup=_num(rep["speedup"]),
+                 median=_num(rep.get("setting_median")))
         parts.append(f'<p class="note">{_e(note)}</p>')
         mode = next((s["mode"] for s in settings if s["setting"] == rep["setting"]), None)
         fig = timeline_figure(records, ctx["device"] or "cpu", ctx["devices"] or 1, mode,
