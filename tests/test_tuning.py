@@ -340,7 +340,8 @@ def test_the_report_compares_the_search_halfs_prediction_with_the_held_out_chang
 def test_the_held_out_table_compares_the_tuned_plan_with_the_tuners_own_figure():
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("bench_tuning", Path(__file__).parents[1] / "benchmarks" / "tuning.py")
+    script = Path(__file__).parents[1] / "benchmarks" / "tuning.py"
+    spec = importlib.util.spec_from_file_location("bench_tuning", script)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     result = _result([(78, 100), (68, 100), (88, 100), (74, 100)], 0.78)  # -2.5% on the tuner's held-out half
