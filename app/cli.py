@@ -326,6 +326,9 @@ def _generate_in(session, spec, prompt: str, args) -> int:
                f"mode {spec.mode}, rounds {m.rounds}")
     if m.acceptance_rate is not None:
         summary += f", AR {m.acceptance_rate:.3f}, AL {m.mean_accepted_length:.2f}"
+    if m.run_peak_memory_bytes:
+        summary += (f", {metrics.memory_label(m.memory_source)} {m.run_peak_memory_bytes / 2**30:.2f} GiB "
+                    f"({metrics.GROWTH_LABEL} +{m.run_memory_growth_bytes / 2**20:.0f} MiB)")
     if args.check_lossless:
         summary += f", lossless {result['lossless']}"
     print(summary, file=sys.stderr)

@@ -37,9 +37,10 @@ AUTO = GROUPINGS[1]  # "auto (tuned)": the tuned plan, ticked next to the N valu
 SOURCES = ("built-in set", "uploaded file", "typed prompts")
 RUN_COLUMNS = ["prompt", "setting", "new_tokens", "tokens_per_s", "speedup", "acceptance_rate",
                "mean_accepted_length", "draft_s", "verify_s", "calibrate_s", "sample_s", "overhead_s",
-               "equal_to_vanilla"]
+               "memory_source", "run_peak_memory_mib", "run_memory_growth_mib", "equal_to_vanilla"]
 SUMMARY_COLUMNS = ["setting", "prompts", "new_tokens", "tokens_per_s", "speedup", "acceptance_rate",
                    "mean_accepted_length", "draft_s", "verify_s", "calibrate_s", "sample_s", "overhead_s",
+                   "memory_source", "largest_run_peak_memory_mib", "largest_run_memory_growth_mib",
                    "equal_to_vanilla"]
 
 
@@ -121,8 +122,7 @@ def make_handlers(ctx: AppContext):
         if ctx.throughput is None:
             return size + text("pilot.no_estimate", lang)
         seconds = estimate_seconds(lengths, grid, ctx.throughput)
-        rates = ", ".join(f"{m} {r:.1f} tok/s" for m, r in ctx.throughput.tokens_per_s.items())
-        return size + text("pilot.estimate", lang, time=describe_seconds(seconds), rates=rates)
+        return size + text("pilot.estimate", lang, time=describe_seconds(seconds), rates=ctx.throughput.describe())
 
     @friendly_stream
     def pilot(prompt, source, prompt_set, n_prompts, layer_parallel, calibration, draft_len, speculative,

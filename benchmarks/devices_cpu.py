@@ -44,7 +44,11 @@ def measure(devices: int, max_new: int, repeats: int) -> dict:
                           "mean_accepted_length": m[0].mean_accepted_length,
                           "tokens_per_s": statistics.median(x.tokens_per_s for x in m),
                           "acceptance_rate": m[0].acceptance_rate, "phase_s_rank0": m[len(m) // 2].phase_s,
-                          "per_rank_phase_s": per_rank, "total_s": m[len(m) // 2].total_s}
+                          "per_rank_phase_s": per_rank, "total_s": m[len(m) // 2].total_s,
+                          # rank 0's process only (metrics.memory_label says what the figure is)
+                          "memory_source": m[0].memory_source,
+                          "largest_run_peak_memory_bytes": max(x.run_peak_memory_bytes for x in m),
+                          "largest_run_memory_growth_bytes": max(x.run_memory_growth_bytes for x in m)}
             print(f"G={devices} {label}: {out[label]['tokens_per_s']:.2f} tok/s", file=sys.stderr)
     return out
 

@@ -68,6 +68,9 @@ def measure(dtype: str, max_new: int, draft_len: int) -> list[dict]:
         row["draft_s"] = sum(m["draft_s"] for m in ms)
         row["calibrate_s"] = sum(m["calibrate_s"] for m in ms)
         row["verify_s"] = sum(m["verify_s"] for m in ms)
+        row["memory_source"] = ms[0]["memory_source"]  # each run's own figures, the largest over the prompts
+        row["largest_run_peak_memory_bytes"] = max(m["run_peak_memory_bytes"] for m in ms)
+        row["largest_run_memory_growth_bytes"] = max(m["run_memory_growth_bytes"] for m in ms)
     del pair
     return rows
 
@@ -81,16 +84,19 @@ def markdown(rows: list[dict], meta: dict) -> str:
            f"{meta['draft_len']}; {len(PROMPTS)} prompts ({', '.join(PROMPTS)})",
            "- AR = accepted / drafted; AL = tokens emitted per drafting round (bonus/recovered included); "
            "tok/s = new tokens / wall time over all prompts (prefill included); speedup = median over prompts "
-           "of tok/s ratio to vanilla in the same run; 'same' = prompts whose tokens equal vanilla's.", ""]
+           "of tok/s ratio to vanilla in the same run; 'same' = prompts whose tokens equal vanilla's; run peak = "
+           f"{metrics.memory_label(rows[0]['memory_source'])}, growth = its growth above the run's start (both "
+           "the largest over the prompts' runs).", ""]
     for dtype in meta["dtypes"]:
         out += [f"## {dtype}", "", "| setting | AR | AL | tok/s | speedup vs vanilla | draft s | calibrate s | "
-                "verify s | same as vanilla |", "|---|---|---|---|---|---|---|---|---|"]
+                "verify s | same as vanilla | run peak GiB | growth MiB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in (r for r in rows if r["dtype"] == dtype):
             ar = "-" if r["acceptance_rate"] is None else f"{r['acceptance_rate']:.3f}"
             al = "-" if r["mean_accepted_length"] is None else f"{r['mean_accepted_length']:.2f}"
             out.append(f"| {r['setting']} | {ar} | {al} | {r['tokens_per_s']:.2f} | {r['speedup_median']:.2f}x | "
                        f"{r['draft_s']:.1f} | {r['calibrate_s']:.1f} | {r['verify_s']:.1f} | "
-                       f"{r['same_as_vanilla']}/{len(PROMPTS)} |")
+                       f"{r['same_as_vanilla']}/{len(PROMPTS)} | {r['largest_run_peak_memory_bytes'] / 2**30:.2f} | "
+                       f"{r['largest_run_memory_growth_bytes'] / 2**20:.0f} |")
         out.append("")
     return "\n".join(out)
 

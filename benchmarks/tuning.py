@@ -26,8 +26,8 @@ from easyspec.core.files import write_text_atomic
 from easyspec.core.grouping import describe, parse_plan
 from easyspec.core.prompt_sets import builtin_prompts
 from easyspec.core.session import Session
-from easyspec.core.tuning import (Candidate, Probe, TuneConfig, TuneResult, cell, markdown, measure_plan,
-                                  paired_interval, pooled_rate, reference, steps_of)
+from easyspec.core.tuning import (Candidate, Probe, TuneConfig, TuneResult, cell, change_agreement, markdown,
+                                  measure_plan, paired_interval, pooled_rate, reference, steps_of)
 
 
 def evaluate(session: Session, prompts: list[list[int]], plans: dict[str, str], tokens: int, draft_len: int,
@@ -44,6 +44,17 @@ def evaluate(session: Session, prompts: list[list[int]], plans: dict[str, str], 
         for label, plan in plans.items():
             runs[label].append(measure_plan(session.base, session.draft, [ref], plan, cfg, label, stopping))
     return runs, Probe(session.draft, refs, cfg.draft_len)
+
+
+def _interval(band: list[float] | None) -> str:
+    return "-" if band is None else f"{band[0]:+.1%} .. {band[1]:+.1%}"
+
+
+def tuner_agreement(result: TuneResult, tuned: dict) -> str:
+    """The tuned plan's change against N = 1 in the tuner's run and on these held-out prompts, compared."""
+    where = "on the tuner's held-out half" if result.held_out else "on the tuner's calibration prompts"
+    return change_agreement(result.acceptance_rate / result.baseline_rate - 1, tuned["vs_n1"],
+                            tuned["vs_n1_interval"], where, "on these held-out prompts", subject="the tuned plan")
 
 
 def main() -> None:
@@ -101,10 +112,11 @@ def main() -> None:
         for label, plan in plans.items():
             ms, pairs = runs[label], counts[label]
             drafted, draft_s = sum(m.drafted for m in ms), sum(m.draft_s for m in ms)
-            low, high = paired_interval(pairs, counts["N=1"]) or (0.0, 0.0)
+            band = paired_interval(pairs, counts["N=1"])  # None with fewer than two prompts
             rows.append({"setting": label, "plan": plan, "steps": steps_of(plan),
                          "acceptance_rate": pooled_rate(pairs, range(len(pairs))), "drafted": drafted,
-                         "vs_n1_interval": [low, high], "probe": probe.acceptance(parse_plan(plan, n_layers)),
+                         "vs_n1_interval": list(band) if band else None,
+                         "probe": probe.acceptance(parse_plan(plan, n_layers)),
                          "vs_n1_by_set": {name: pooled_rate(pairs, idx) / pooled_rate(counts["N=1"], idx) - 1
                                           for name, idx in of_set.items()},
                          "draft_ms_per_token": 1000 * draft_s / drafted, "draft_s": draft_s,
@@ -129,21 +141,21 @@ def main() -> None:
              f"prompts ({args.tune_tokens} tokens, tolerance {result.tolerance:.1%}); the table below is measured on "
              f"{len(eval_ids)} other prompts ({args.eval_tokens} tokens): the base's output once per prompt, every "
              f"plan drafting against it played back (the counts equal a real run's), the plans interleaved per "
-             f"prompt in one run. The interval is a 90% paired bootstrap over the prompts. Timings share a 2-core "
-             f"machine with other work: compare within the table only. The tuner's table below ran earlier "
+             f"prompt in one run. The interval is a 90% paired bootstrap over the prompts. Timings come from one "
+             f"machine that other work may share: compare within the table only. The tuner's table below ran earlier "
              f"({result.created}): its draft times are not comparable with this table's.", "",
              "| setting | plan | draft steps | acceptance rate | vs N = 1 | 90% interval | "
              + "".join(f"{name} prompts vs N = 1 | " for name in names)
              + "probe's prediction | draft ms per drafted token |", "|---" * (8 + len(names)) + "|"]
     lines += [f"| {r['setting']} | {cell(r['plan'])} | {r['steps']} | {r['acceptance_rate']:.3f} | {r['vs_n1']:+.1%} | "
-              f"{r['vs_n1_interval'][0]:+.1%} .. {r['vs_n1_interval'][1]:+.1%} | "
+              f"{_interval(r['vs_n1_interval'])} | "
               + "".join(f"{r['vs_n1_by_set'][name]:+.1%} | " for name in names)
               + f"{r['probe']:.3f} | {r['draft_ms_per_token']:.1f} |" for r in rows]
     lines += ["", f"Target (fewer sequential draft steps than N = 4, at most 5% relative acceptance loss against "
                   f"N = 1, on the held-out prompts): **{'met' if target else 'not met'}** by the tuned plan "
                   f"({tuned['steps']} steps vs {n4['steps']}, {tuned['vs_n1']:+.1%}). Rows with fewer steps than "
                   f"N = 4 within 5% on these prompts: "
-                  f"{', '.join(r['setting'] for r in within) or 'none'}.", "",
+                  f"{', '.join(r['setting'] for r in within) or 'none'}.", "", tuner_agreement(result, tuned), "",
               "## The tuner's own run (calibration prompts)", "", markdown(result)]
     write_text_atomic(out.with_suffix(".md"), "\n".join(lines))
     print("\n".join(lines))

@@ -18,6 +18,7 @@ import time
 from typing import Callable, Sequence
 
 from .engine import SpecConfig
+from .metrics import compute, memory_label
 from .pilot import PilotGrid, PilotRun, PilotSetting, result_row, run_pilot, summarise
 
 Progress = Callable[[str], None]
@@ -71,7 +72,9 @@ def acceptance(session, prompts: Sequence[str], layer_parallel: Sequence[int], c
                          "acceptance_rate": s["acceptance_rate"], "mean_accepted_length": s["mean_accepted_length"],
                          "per_position_acceptance": per_position(mine), "tokens_per_s": s["tokens_per_s"],
                          "speedup": s["speedup"], "draft_s": s["draft_s"], "calibrate_s": s["calibrate_s"],
-                         "equal_to_vanilla": s["equal_to_vanilla"]})
+                         "equal_to_vanilla": s["equal_to_vanilla"], "memory_source": s["memory_source"],
+                         "largest_run_peak_memory_mib": s["largest_run_peak_memory_mib"],
+                         "largest_run_memory_growth_mib": s["largest_run_memory_growth_mib"]})
     for row in rows:  # relative drop against N = 1 with the same policy, drafting and temperature, same run
         ref = next(r for r in rows if r["layer_parallel"] == 1 and r["calibration"] == row["calibration"]
                    and r["temperature"] == row["temperature"] and r["drafting"] == row["drafting"])
@@ -121,9 +124,11 @@ def speed(session, prompts: Sequence[str], settings: dict[str, SpecConfig], repe
     runners: dict[str, Callable[[list[int]], tuple[list[int], float]]] = {}
     last_records: dict[str, list] = {}
     counts: dict[str, list[int]] = {label: [0, 0, 0, 0] for label in settings}  # drafted, accepted, rounds, tokens
+    memory: dict[str, list] = {label: [] for label in settings}  # each measured run's Metrics
     for label, cfg in settings.items():
         def run(ids, cfg=cfg, label=label):
             records = last_records[label] = list(session.generate(ids, cfg))
+            memory[label].append(compute(records))
             for r in (r for r in records if r.drafted):
                 for i, x in enumerate((len(r.drafted), r.accepted, 1, len(r.token_ids))):
                     counts[label][i] += x
@@ -144,6 +149,8 @@ def speed(session, prompts: Sequence[str], settings: dict[str, SpecConfig], repe
         run(prompt_ids[0][:8])
     for c in counts.values():
         c[:] = [0, 0, 0, 0]
+    for m in memory.values():
+        m.clear()
     rates: dict[str, list[float]] = {k: [] for k in runners}
     ratios: dict[str, list[float]] = {k: [] for k in runners}
     equal: dict[str, list[bool]] = {k: [] for k in runners}
@@ -172,7 +179,8 @@ def speed(session, prompts: Sequence[str], settings: dict[str, SpecConfig], repe
                       "speedup_median": round(statistics.median(ratios[label]), 4),
                       "speedup_min": round(min(ratios[label]), 4), "speedup_max": round(max(ratios[label]), 4),
                       "equal_to_vanilla": f"{sum(equal[label])}/{len(equal[label])}",
-                      **_ar_al(counts.get(label, [0, 0, 0, 0]))} for label in runners],
+                      **_ar_al(counts.get(label, [0, 0, 0, 0])), **_memory(memory.get(label, []))}
+                     for label in runners],
             "prompts": list(prompts), "repeats": repeats, "max_new_tokens": max_new_tokens}
 
 
@@ -181,6 +189,17 @@ def _ar_al(counts: list[int]) -> dict:
     drafted, accepted, rounds, tokens = counts
     return {"acceptance_rate": round(accepted / drafted, 4) if drafted else None,
             "mean_accepted_length": round(tokens / rounds, 4) if rounds else None}
+
+
+def _memory(runs: Sequence) -> dict:
+    """The largest run peak and growth above a run's start over a setting's measured runs (their Metrics;
+    none for transformers' runs), and what they measure (metrics.memory_label)."""
+    known = [m for m in runs if m.run_peak_memory_bytes]
+    if not known:
+        return {"memory_source": None, "largest_run_peak_memory_bytes": None, "largest_run_memory_growth_bytes": None}
+    return {"memory_source": known[0].memory_source,
+            "largest_run_peak_memory_bytes": max(m.run_peak_memory_bytes for m in known),
+            "largest_run_memory_growth_bytes": max(m.run_memory_growth_bytes for m in known)}
 
 
 def machine() -> str:
@@ -235,6 +254,10 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def _bytes(n: int | None, shift: int, digits: int) -> str:
+    return "-" if n is None else f"{n / 2**shift:.{digits}f}"
+
+
 def markdown(kind: str, result: dict) -> str:
     meta = result["meta"]
     out = [f"# easyspec bench {kind}", "", f"- command: `{meta['command']}`", f"- date: {meta['date']}",
@@ -252,14 +275,20 @@ def markdown(kind: str, result: dict) -> str:
                 f"{_fmt(r['mean_accepted_length'])} | {_fmt(r['relative_drop'])} | "
                 f"{_fmt(r['per_position_acceptance'])} | {_fmt(r['equal_to_vanilla'])} |" for r in result["rows"]]
     else:
+        source = next((r["memory_source"] for r in result["rows"] if r.get("memory_source")), "")
         out += [f"Medians over {result['repeats']} repeats per prompt after a warm-up; speedup = tokens/s over "
                 "vanilla's in the same repeat on the same prompt (min..max across prompts and repeats); "
                 "equality = prompts whose greedy tokens equal vanilla's; AR and AL (see `bench acceptance`) over "
-                "every measured run of the setting (a tree's AR is per depth: accepted path / tree depth).", "",
-                "| setting | tok/s | speedup | range | AR | AL | same as vanilla |", "|---|---|---|---|---|---|---|"]
+                "every measured run of the setting (a tree's AR is per depth: accepted path / tree depth); "
+                f"memory = {memory_label(source)}, and its growth above the run's start: the largest over the "
+                "setting's measured runs (- for transformers' runs, not traced).", "",
+                "| setting | tok/s | speedup | range | AR | AL | same as vanilla | run peak GiB | growth MiB |",
+                "|---|---|---|---|---|---|---|---|---|"]
         out += [f"| {r['setting']} | {r['tokens_per_s_median']:.2f} | {r['speedup_median']:.2f}x | "
                 f"{r['speedup_min']:.2f}..{r['speedup_max']:.2f} | {_fmt(r.get('acceptance_rate'))} | "
-                f"{_fmt(r.get('mean_accepted_length'))} | {r['equal_to_vanilla']} |" for r in result["rows"]]
+                f"{_fmt(r.get('mean_accepted_length'))} | {r['equal_to_vanilla']} | "
+                f"{_bytes(r.get('largest_run_peak_memory_bytes'), 30, 2)} | "
+                f"{_bytes(r.get('largest_run_memory_growth_bytes'), 20, 0)} |" for r in result["rows"]]
     return "\n".join(out) + "\n"
 
 

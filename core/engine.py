@@ -19,7 +19,7 @@ from .grouping import layer_groups, parse_plan
 from .monitor import AcceptanceMonitor, expectation
 from .records import RoundRecord, Span
 from .sampling import SamplingConfig, pick, probs, verify_greedy, verify_sampling
-from .tracing import Tracer, exclusive_seconds, peak_memory_bytes
+from .tracing import Tracer, exclusive_seconds
 from .tree import DraftTree, accept_greedy, accept_sampling, expand_greedy, expand_sampled
 
 MODES = ("vanilla", "speculative", "easyspec")
@@ -418,6 +418,7 @@ class Generation:
         flags = self.monitor.update(len(drafted), accepted) if drafted else ()
         return RoundRecord(index=index, token_ids=tuple(tokens), origins=tuple(origins), drafted=drafted,
                            accepted=accepted, phase_s=phase_s, spans=spans, end_ns=end_ns,
-                           peak_memory_bytes=peak_memory_bytes(self.base.device), calibrated=calibrated,
+                           memory_source=self.tracer.memory.source, run_start_memory_bytes=self.tracer.memory.start,
+                           run_peak_memory_bytes=self.tracer.memory.peak(), calibrated=calibrated,
                            flags=flags, stop=stop, tree_tokens=self.tree_info[0], tree_parents=self.tree_info[1],
                            tree_path=self.tree_info[2])

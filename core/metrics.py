@@ -2,7 +2,8 @@
 
 AR = accepted / drafted. AL (mean accepted length) = tokens emitted per drafting round, recovered
 or bonus token included. Per-position acceptance = rounds that accepted position i / rounds that
-drafted position i. Speed figures use the records' end times on the run's clock.
+drafted position i. Speed figures use the records' end times on the run's clock. Memory figures
+are the run's own (tracing.RunMemory): its peak, its reading at the start and the growth between.
 """
 from __future__ import annotations
 
@@ -30,7 +31,10 @@ class Metrics:
     verify_s: float
     calibrate_s: float
     calibrations: int
-    peak_memory_bytes: int
+    memory_source: str  # "rss" (CPU: process resident set) | "cuda" (allocator) | "" (unknown: an old run file)
+    run_peak_memory_bytes: int
+    run_start_memory_bytes: int
+    run_memory_growth_bytes: int  # peak above the run's start
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -52,6 +56,7 @@ def compute(records: Sequence[RoundRecord]) -> Metrics:
     total_s = records[-1].end_ns / 1e9
     ttft = records[0].end_ns / 1e9
     tpot = (total_s - ttft) / (new_tokens - 1) if new_tokens > 1 else None
+    peak, start = max(r.run_peak_memory_bytes for r in records), records[0].run_start_memory_bytes
     return Metrics(
         new_tokens=new_tokens, rounds=len(steps), drafted=drafted, accepted=accepted,
         acceptance_rate=accepted / drafted if drafted else None,
@@ -62,4 +67,15 @@ def compute(records: Sequence[RoundRecord]) -> Metrics:
         draft_s=phase_s["draft.attn"] + phase_s["draft.mlp"] + phase_s["draft.comm"],
         verify_s=phase_s["verify"] + phase_s["verify.comm"], calibrate_s=phase_s["calibrate"],
         calibrations=sum(r.calibrated for r in records),
-        peak_memory_bytes=max(r.peak_memory_bytes for r in records))
+        memory_source=records[-1].memory_source, run_peak_memory_bytes=peak,
+        run_start_memory_bytes=start, run_memory_growth_bytes=max(0, peak - start) if peak else 0)
+
+
+MEMORY_LABELS = {"rss": "peak RSS during this run (process, incl. loaded models)",
+                 "cuda": "allocator peak during this run"}
+GROWTH_LABEL = "growth above the run's start"
+
+
+def memory_label(source: str) -> str:
+    """What a run's peak memory figure is, for a label (English; the Japanese table has each)."""
+    return MEMORY_LABELS.get(source, "peak memory during this run")

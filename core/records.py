@@ -2,6 +2,9 @@
 
 Plain Python values only (no tensors), versioned so that a saved run can be replayed later
 (docs/conventions.md#per-round-record). A run file is JSON Lines: one header, then one record per round.
+Version 2 replaced version 1's `peak_memory_bytes` (the process's lifetime peak RSS on CPU, the same
+figure for every later run) with the run's own memory figures; version 1 files still load, their
+memory figures unknown (0).
 """
 from __future__ import annotations
 
@@ -12,7 +15,8 @@ from typing import Iterable
 
 from .files import atomic_writer
 
-RECORD_VERSION = 1
+RECORD_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 PHASES = ("draft.attn", "draft.mlp", "draft.comm", "verify", "verify.comm", "calibrate", "sample", "idle",
           "overhead")
 ORIGINS = ("prefill", "accepted", "recovered", "bonus")
@@ -41,6 +45,9 @@ class RoundRecord:
     (vanilla decoding emits one `bonus` token per round: zero drafts, all accepted).
     end_ns: when the round's tokens were available, from the run's t0.
     stop: why generation ended after this round (eos | stop_string | max_new_tokens), else None.
+    memory_source / run_start_memory_bytes / run_peak_memory_bytes: this run's memory (tracing.RunMemory):
+    "rss" (CPU: the process's resident set, loaded models included) or "cuda" (allocator bytes), its
+    reading when the run started and its peak from then to this round's end; "" and 0 when unknown.
     tree_tokens/tree_parents/tree_path: a token-tree round's shape: node tokens and parent node
     indices (-1 = the root, the last committed token) in creation order, and the accepted path as
     node indices; empty for chains. `drafted` is then the accepted path continued by first children
@@ -55,7 +62,9 @@ class RoundRecord:
     phase_s: dict[str, float]
     spans: tuple[Span, ...]
     end_ns: int
-    peak_memory_bytes: int = 0
+    memory_source: str = ""
+    run_start_memory_bytes: int = 0
+    run_peak_memory_bytes: int = 0
     calibrated: bool = False
     flags: tuple[str, ...] = ()
     stop: str | None = None
@@ -90,9 +99,19 @@ def record_to_dict(rec: RoundRecord) -> dict:
     return asdict(rec)
 
 
+def _upgrade(d: dict) -> dict:
+    """A version 1 record as version 2: its peak_memory_bytes was the process's lifetime peak, not the
+    run's, so it is dropped (unknown) rather than shown as the run's."""
+    if d.get("version") == 1:
+        d = {k: v for k, v in d.items() if k != "peak_memory_bytes"}
+        d["version"] = RECORD_VERSION
+    return d
+
+
 def record_from_dict(d: dict) -> RoundRecord:
-    if d.get("version") != RECORD_VERSION:
+    if d.get("version") not in READABLE_VERSIONS:
         raise ValueError(f"run record version {d.get('version')} is not supported (this is {RECORD_VERSION})")
+    d = _upgrade(d)
     spans = tuple(Span(**s) for s in d["spans"])
     tuples = {k: tuple(d[k]) for k in ("token_ids", "origins", "drafted", "flags", "tree_tokens", "tree_parents",
                                        "tree_path") if k in d}
@@ -112,8 +131,8 @@ def load_run(path: str | Path) -> tuple[RunHeader, list[RoundRecord]]:
     if not lines or lines[0].get("kind") != "header":
         raise ValueError(f"{path}: not an easyspec run file (no header line)")
     head = {k: v for k, v in lines[0].items() if k != "kind"}
-    if head.get("version") != RECORD_VERSION:
+    if head.get("version") not in READABLE_VERSIONS:
         raise ValueError(f"{path}: run file version {head.get('version')} is not supported")
-    header = RunHeader(**{**head, "prompt_ids": tuple(head["prompt_ids"])})
+    header = RunHeader(**{**head, "prompt_ids": tuple(head["prompt_ids"]), "version": RECORD_VERSION})
     records = [record_from_dict({k: v for k, v in d.items() if k != "kind"}) for d in lines[1:]]
     return header, records

@@ -88,6 +88,11 @@ def representative(runs: Sequence[PilotRun], settings: Sequence[dict]) -> PilotR
     return min(mine, key=lambda r: abs((r.row["speedup"] or 0.0) - spread["median"]))
 
 
+def _median_speedup(settings: Sequence[dict], label: str) -> float | None:
+    spread = next(s["speedup_spread"] for s in settings if s["setting"] == label)
+    return spread["median"] if spread else None
+
+
 def projection_data(runs: Sequence[PilotRun], ctx: ReportContext) -> dict:
     """Projected rows for G devices and the assumptions behind them, or the reason there are none."""
     if ctx.models.get("devices", 1) != 1:
@@ -152,7 +157,8 @@ def conclusion(settings: Sequence[dict], grid: dict, models: dict, projection: d
         out.append(t("equal_all" if equal == compared else "equal_not_all", equal=equal, compared=compared))
     else:
         out.append(t("equal_none"))
-    out.append(t("not_measured", prompts=max((s["prompts"] for s in settings), default=0),
+    out.append(t("not_measured" if models.get("devices", 1) == 1 else "not_measured_multi",
+                 prompts=max((s["prompts"] for s in settings), default=0),
                  tokens=grid.get("max_new_tokens", "?"), device=models.get("device", "?"),
                  devices=models.get("devices", 1)))
     if "rows" in projection:
@@ -184,7 +190,8 @@ def report_data(runs: Sequence[PilotRun], grid: PilotGrid, ctx: ReportContext, l
         "prompts": list(ctx.prompts),
         "settings": settings,
         "representative": None if rep is None else {"setting": rep.setting.label, "prompt": rep.prompt_index + 1,
-                                                    "speedup": rep.row["speedup"]},
+                                                    "speedup": rep.row["speedup"],
+                                                    "setting_median": _median_speedup(settings, rep.setting.label)},
         "projection": projection,
         "conclusion": conclusion(settings, grid_d, ctx.models, projection, lang),
         "notes": list(ctx.notes),

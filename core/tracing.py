@@ -3,11 +3,14 @@
 On CPU a span is two `time.perf_counter_ns()` readings. On CUDA it is two CUDA events, resolved
 to nanoseconds only when the round's spans are taken (one synchronisation per round, not per span).
 Times are relative to the tracer's t0, which a multi-rank run agrees on at a barrier.
+Each tracer also watches its run's memory (`RunMemory`): one tracer per run, so each run's peak.
 """
 from __future__ import annotations
 
+import os
 import time
 from contextlib import contextmanager
+from functools import lru_cache
 from typing import Iterator
 
 import torch
@@ -22,6 +25,7 @@ class Tracer:
         self.t0_ns = time.perf_counter_ns() if t0_ns is None else t0_ns
         self._spans: list[Span] = []
         self._pending: list[tuple[str, str, object, object]] = []
+        self.memory = RunMemory(device)
         if self.cuda:
             self._t0_event = torch.cuda.Event(enable_timing=True)
             self._t0_event.record()
@@ -44,6 +48,7 @@ class Tracer:
             start_ns = self.now_ns()
             yield
             self._spans.append(Span(phase, start_ns, self.now_ns(), self.rank, label))
+            self.memory.sample()
 
     def take(self) -> tuple[Span, ...]:
         """The spans recorded since the last call, in start order."""
@@ -57,13 +62,58 @@ class Tracer:
         return spans
 
 
-def peak_memory_bytes(device: torch.device) -> int:
-    """Peak memory so far: CUDA allocator peak on a GPU, the process's peak RSS on CPU."""
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    import resource
+MEMORY_SOURCES = ("rss", "cuda")  # what a record's memory figures are: process RSS (CPU), CUDA allocator bytes
 
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
+
+@lru_cache(maxsize=None)
+def _statm(pid: int) -> int | None:
+    """An open /proc/<pid>/statm (a kept descriptor reads in microseconds); per pid, so that a forked
+    child never reads its parent's. None off Linux."""
+    try:
+        return os.open(f"/proc/{pid}/statm", os.O_RDONLY)
+    except OSError:
+        return None
+
+
+def rss_bytes() -> int:
+    """This process's resident set size now (models, caches and everything else it holds)."""
+    fd = _statm(os.getpid())
+    if fd is not None:
+        return int(os.pread(fd, 128, 0).split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
+
+
+class RunMemory:
+    """One run's memory: the reading at its start and the highest reading since.
+
+    CUDA: the allocator's bytes on the device, its peak counter reset when the run starts. CPU: the
+    process's RSS, sampled at every span end and round boundary (the loaded models included; a
+    peak between two samples is missed). Not `ru_maxrss`: that is the process's lifetime peak, so
+    every run after the largest would report the largest's figure.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.source = "cuda" if device.type == "cuda" else "rss"
+        if self.source == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            self.start = int(torch.cuda.memory_allocated(device))
+        else:
+            self.start = rss_bytes()
+        self._peak = self.start
+
+    def sample(self) -> None:
+        if self.source == "rss":
+            self._peak = max(self._peak, rss_bytes())
+
+    def peak(self) -> int:
+        """The run's peak so far (a fresh sample included)."""
+        if self.source == "cuda":
+            return max(self.start, int(torch.cuda.max_memory_allocated(self.device)))
+        self.sample()
+        return self._peak
 
 
 def exclusive_seconds(spans: tuple[Span, ...]) -> dict[str, float]:

@@ -599,15 +599,59 @@ def cell(plan: str) -> str:
     return "`" + plan.replace("|", "\\|") + "`"
 
 
+def change_agreement(earlier: float, later: float, band: Sequence[float] | None, earlier_where: str,
+                     later_where: str, subject: str = "the chosen plan") -> str:
+    """One sentence on a plan's change against N = 1 found twice, worded from the numbers: they agree
+    when the earlier figure lies inside the later one's 90% interval `band` (the later prompts' spread
+    alone could move it that far); otherwise which way the later one moved, and how far (in points)."""
+    gap = 100 * abs(later - earlier)
+    both = (f"Against N = 1 {subject} changed acceptance by {later:+.1%} {later_where} and by {earlier:+.1%} "
+            f"{earlier_where}")
+    if band is not None and band[0] <= earlier <= band[1]:
+        return (f"{both}: they agree within {gap:.1f} points ({earlier:+.1%} lies inside the 90% interval "
+                f"{band[0]:+.1%} .. {band[1]:+.1%} {later_where}).")
+    outside = f", outside the 90% interval {band[0]:+.1%} .. {band[1]:+.1%}" if band is not None else ""
+    if later < earlier:
+        return f"{both}: {later_where} it lost {gap:.1f} points more than {earlier_where}{outside}."
+    if later > earlier:
+        return f"{both}: {later_where} it did {gap:.1f} points better than {earlier_where}{outside}."
+    return f"{both}: the same change."
+
+
+def _where(result: TuneResult) -> list[str]:
+    """Which prompts the figures below come from, and what that means for the chosen plan's."""
+    chosen = next((c for c in result.candidates if c.plan == result.plan), None)
+    first = result.candidates[0]
+    if not result.held_out:
+        return [f"The probe, the search and the acceptance rates below all used the same {result.prompts} "
+                f"calibration prompt(s): the best of {result.probed} plans can look better on them than on others."]
+    out = [f"The probe and the search saw {result.prompts - result.held_out} of the {result.prompts} calibration "
+           f"prompts; every acceptance rate below is measured on the other {result.held_out}, which they did not see."]
+    if len(result.candidates) > 1:
+        out.append(f"The choice among the {len(result.candidates)} drafted plans (the fewest steps within tolerance) "
+                   f"was made on these same rates, so they can flatter it: only prompts the tuner never saw tell "
+                   f"(benchmarks/tuning.py).")
+    if chosen is not None and chosen is not first and first.probe > 0 and result.baseline_rate > 0:
+        band = paired_interval(chosen.per_prompt, first.per_prompt)
+        out.append(change_agreement(chosen.probe / first.probe - 1, chosen.acceptance_rate / result.baseline_rate - 1,
+                                    band, "as the probe predicted on the search half", "on the held-out half"))
+    return out
+
+
+def _policy_choice(result: TuneResult) -> str:
+    """Why the recommended policy, from the policies' own figures and the tolerance."""
+    floor = (1 - result.tolerance) * result.baseline_rate
+    fine = [p for p in result.policies if p.acceptance_rate >= floor]
+    if fine and max(fine, key=lambda p: p.tokens_per_s).policy == result.recommended_policy:
+        return f"the fastest of the {len(fine)} whose acceptance stays within tolerance, at least {floor:.3f}"
+    if not fine:
+        return f"no policy kept its acceptance within tolerance (at least {floor:.3f}): a fallback"
+    return f"not the fastest of the {len(fine)} within tolerance (at least {floor:.3f})"
+
+
 def markdown(result: TuneResult) -> str:
     """The tuner's report: the choice, every candidate measured in the run, the calibration policies."""
-    if result.held_out:
-        where = (f"The probe and the search saw {result.prompts - result.held_out} of the {result.prompts} calibration "
-                 f"prompts; every acceptance rate below is measured on the other {result.held_out}, which they did "
-                 f"not see, so picking the best of many plans does not flatter the choice.")
-    else:
-        where = (f"The probe, the search and the acceptance rates below all used the same {result.prompts} "
-                 f"calibration prompt(s): the best of many plans looks better on them than it will on others.")
+    where = " ".join(_where(result))
     out = [f"# Auto-tuned layer plan ({result.pair.get('base', '?')} / {result.pair.get('draft', '?')}, "
            f"{result.pair.get('dtype', '?')})", "",
            f"Chosen plan `{result.plan}`: {result.steps} sequential draft steps instead of {result.sequential_steps} "
@@ -635,8 +679,8 @@ def markdown(result: TuneResult) -> str:
                     f"count on the probe (`--exhaustive` drafts them)."]
     if result.policies:
         out += ["", f"Calibration policies on the chosen plan (real base, median tokens/s over the measured "
-                    f"prompts): recommended **{result.recommended_policy}** (the fastest whose acceptance stays "
-                    f"within tolerance).", "", "| policy | acceptance rate | tokens/s | calibrate s |",
+                    f"prompts): recommended **{result.recommended_policy}** ({_policy_choice(result)}).", "",
+                "| policy | acceptance rate | tokens/s | calibrate s |",
                 "|---|---|---|---|"]
         out += [f"| {p.policy} | {p.acceptance_rate:.3f} | {p.tokens_per_s:.2f} | {p.calibrate_s:.2f} |"
                 for p in result.policies]

@@ -28,6 +28,7 @@ def test_bench_acceptance_and_speed(pair_dirs, tmp_path, capsys):
             assert r["relative_drop"] == 0
         if r["temperature"] == 0:
             assert r["equal_to_vanilla"] is True  # greedy runs are lossless
+        assert r["memory_source"] == "rss" and r["largest_run_peak_memory_mib"] > 0  # each run's own, largest
     assert "| T | N |" in (out.with_suffix(".md")).read_text()
     for t in ("0", "0.8"):  # the charts, self-contained HTML
         assert "plotly" in (tmp_path / f"acc_T{t}.html").read_text()[:200000].lower()
@@ -49,6 +50,12 @@ def test_bench_acceptance_and_speed(pair_dirs, tmp_path, capsys):
     assert rows["vanilla"]["speedup_median"] == 1.0
     assert all(r["equal_to_vanilla"] == "2/2" for r in rows.values()), rows  # every row equals vanilla, HF too
     assert all(r["tokens_per_s_median"] > 0 for r in rows.values())
+    for label, r in rows.items():  # the largest run peak over a setting's runs; transformers' runs are not traced
+        traced = not label.startswith("transformers")
+        assert (r["memory_source"] == "rss") == traced and (r["largest_run_peak_memory_bytes"] is not None) == traced
+        if traced:
+            assert r["largest_run_peak_memory_bytes"] > r["largest_run_memory_growth_bytes"] >= 0
+    assert "run peak GiB" in out.with_suffix(".md").read_text()
     report = _report_data(tmp_path / "speed.html")
     assert [s["setting"] for s in report["settings"]] == [x for x in rows if not x.startswith("transformers")]
     assert len(report["settings"]) == 3 and "transformers" in report["notes"][0]

@@ -155,3 +155,15 @@ def test_console_script_runs(pair_args):
                            "--max-new-tokens", "4", "--json"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert len(json.loads(proc.stdout)["token_ids"]) == 4
+
+
+def test_memory_is_the_runs_own_and_labelled(capsys, pair_args):
+    """--json carries this run's peak, its start and the growth; the summary says what the peak is."""
+    code, out, err = run(capsys, "generate", *pair_args, "--prompt", "abc", "--max-new-tokens", "6", "--json")
+    assert code == 0, err
+    m = json.loads(out)["metrics"]
+    assert m["memory_source"] == "rss" and "peak_memory_bytes" not in m
+    assert m["run_peak_memory_bytes"] >= m["run_start_memory_bytes"] > 0
+    assert m["run_memory_growth_bytes"] == m["run_peak_memory_bytes"] - m["run_start_memory_bytes"]
+    assert (f"peak RSS during this run (process, incl. loaded models) {m['run_peak_memory_bytes'] / 2**30:.2f} GiB "
+            f"(growth above the run's start +{m['run_memory_growth_bytes'] / 2**20:.0f} MiB)") in err

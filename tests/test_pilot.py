@@ -203,3 +203,35 @@ def test_pilot_runs_layer_plans_next_to_n_and_resolves_auto(session, tmp_path, m
     assert PilotGrid(layer_parallel=(), plans=("auto",)).settings()[-1].config.groups == "auto"
     with pytest.raises(ValueError, match="at least one layer parallel"):
         PilotGrid(layer_parallel=())
+
+
+def test_measure_throughput_measures_every_mode_it_names_in_its_own_run(session, monkeypatch):
+    """Each rate is the decode rate of that mode's own probe run (speculative once showed easyspec's)."""
+    from easyspec.core.pilot import _decode_rate
+
+    runs, generate = [], session.generate
+
+    def recorded(ids, cfg):
+        records = list(generate(ids, cfg))
+        runs.append((cfg, records))
+        yield from records
+
+    monkeypatch.setattr(session, "generate", recorded)
+    speed = measure_throughput(session, new_tokens=6)
+    measured = [(cfg, records) for cfg, records in runs[1:]]  # the first run is the warm-up
+    assert [cfg.mode for cfg, _ in measured] == list(speed.tokens_per_s) == ["vanilla", "speculative", "easyspec"]
+    for cfg, records in measured:
+        assert speed.tokens_per_s[cfg.mode] == _decode_rate(records)
+    spec, easy = (cfg for cfg, _ in measured[1:])
+    assert speed.settings == {"vanilla": "", "speculative": f"k={spec.draft_len}",
+                              "easyspec": f"N={easy.layer_parallel} {easy.calibration} k={easy.draft_len}"}
+    assert spec.layer_parallel == 1 and easy.layer_parallel > 1
+
+
+def test_the_pilot_note_names_only_the_measured_modes():
+    speed = Throughput(prefill_tokens_per_s=100.0, tokens_per_s={"vanilla": 4.04, "easyspec": 8.0},
+                       settings={"vanilla": "", "easyspec": "N=4 every-round k=5"})
+    assert speed.describe() == "vanilla 4.0 tok/s, easyspec N=4 every-round k=5 8.0 tok/s"
+    assert speed.decode_rate("speculative") == 4.04  # estimated at vanilla's, never shown as measured
+    with pytest.raises(ValueError, match="needs vanilla"):
+        measure_throughput(None, modes=("easyspec",))

@@ -5,11 +5,12 @@ import json
 import time
 
 import pytest
+import torch
 
 from conftest import tokens_of
 from easyspec.core import metrics
 from easyspec.core.engine import SpecConfig, generate
-from easyspec.core.records import RoundRecord, RunHeader, load_run, save_run
+from easyspec.core.records import RECORD_VERSION, RoundRecord, RunHeader, load_run, save_run
 
 
 def _round(index, tokens, origins, drafted, accepted, end_ms, phase_s=None):
@@ -93,3 +94,40 @@ def test_replay_refuses_other_versions(tmp_path):
     (tmp_path / "junk.jsonl").write_text('{"a": 1}\n')
     with pytest.raises(ValueError, match="not an easyspec run"):
         load_run(tmp_path / "junk.jsonl")
+
+
+def test_each_run_reports_its_own_peak_memory(decoders):
+    """Two runs in one process, the first holding 512 MiB more while it runs: the second's peak must not
+    inherit the first's (ru_maxrss, the process's lifetime peak, gave every later run the largest's figure)."""
+    base, draft = decoders["qwen2"]
+    cfg = SpecConfig(max_new_tokens=8)
+    first, held = [], []
+    for rec in generate(base, draft, [3, 4, 5], cfg):
+        first.append(rec)
+        if not held:  # allocated (and touched) between rounds: the next round's samples see it
+            held.append(torch.ones(2**27))  # 512 MiB of float32
+    held.clear()  # a large block goes back to the OS on free (glibc maps it on its own)
+    second = list(generate(base, draft, [3, 4, 5], cfg))
+    one, two = metrics.compute(first), metrics.compute(second)
+    assert one.memory_source == two.memory_source == "rss"
+    assert one.run_peak_memory_bytes - two.run_peak_memory_bytes > 400 * 2**20, (one, two)
+    assert one.run_memory_growth_bytes > 400 * 2**20 > two.run_memory_growth_bytes
+    for records in (first, second):  # the start is the run's, the peak only grows from round to round
+        assert len({r.run_start_memory_bytes for r in records}) == 1
+        peaks = [r.run_peak_memory_bytes for r in records]
+        assert peaks == sorted(peaks) and peaks[0] >= records[0].run_start_memory_bytes > 0
+
+
+def test_version_1_run_files_still_load_without_their_lifetime_peak(tmp_path):
+    """A version 1 file's peak_memory_bytes was the process's lifetime peak, not the run's: loaded as unknown."""
+    from importlib import resources
+
+    with resources.as_file(resources.files("easyspec.assets").joinpath("demo_run_speculative.jsonl")) as path:
+        old = [json.loads(line) for line in path.read_text().splitlines()]
+        header, records = load_run(path)
+    assert old[0]["version"] == 1 and "peak_memory_bytes" in old[1]
+    assert header.version == RECORD_VERSION == 2 and len(records) == len(old) - 1
+    assert all(r.run_peak_memory_bytes == 0 and r.memory_source == "" for r in records)
+    assert metrics.compute(records).run_peak_memory_bytes == 0  # the cards hide an unknown peak
+    save_run(tmp_path / "again.jsonl", header, records)  # saved again: version 2, read back the same
+    assert load_run(tmp_path / "again.jsonl")[1] == records

@@ -11,6 +11,7 @@ import json
 import re
 import statistics
 import string
+from html import escape
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import pytest
 from browser_fonts import assert_cjk_drawn
 
 from easyspec.core.i18n import LANGS, table, text, tr, ui_translation
+from easyspec.core.metrics import compute
 from easyspec.core.pilot import PilotGrid, PilotRun, run_pilot, summarise
 from easyspec.core.report import context_for, report_data
 from easyspec.visualizations.report import report_html
@@ -238,3 +240,46 @@ def test_report_of_a_sampled_pilot(pair_dirs, pilot):
     html, data = _html(runs, grid, pilot[2])
     assert text("report.equality_sampled", "en", temperature=0.8) in html and 'id="equality"' not in html
     assert text("report.c.equal_none", "en") in data["conclusion"]
+
+
+def test_memory_in_the_pilot_rows_and_the_report_is_each_runs_own(pilot, reports):
+    """Rows: each run's own peak and growth; summary and report: the largest over the prompts, labelled."""
+    runs, _, _ = pilot
+    for run in runs:
+        m = compute(run.records)
+        assert run.row["memory_source"] == "rss"
+        assert run.row["run_peak_memory_mib"] == round(m.run_peak_memory_bytes / 2**20, 1) > 0
+        assert run.row["run_memory_growth_mib"] == round(m.run_memory_growth_bytes / 2**20, 1)
+    for lang, (data, path) in reports.items():
+        table = _parse(path).tables["measured"]
+        assert table[0][-2:] == [text("report.col.run_peak_memory", lang,
+                                      what=tr("peak RSS during this run (process, incl. loaded models)", lang)),
+                                 text("report.col.run_memory_growth", lang)]
+        for s, row in zip(data["settings"], table[1:]):
+            mine = [r.row for r in runs if r.setting.label == s["setting"]]
+            assert s["largest_run_peak_memory_mib"] == max(r["run_peak_memory_mib"] for r in mine)
+            assert row[-2:] == [f"{s['largest_run_peak_memory_mib']:.0f}", f"{s['largest_run_memory_growth_mib']:.0f}"]
+
+
+def test_what_was_not_measured_and_the_timelines_run_follow_the_numbers(pilot, reports):
+    """The 'not measured' sentence names the devices that ran (several devices did run on G > 1); the
+    timeline note gives the setting's median next to the drawn run's speedup (the run nearest it)."""
+    from easyspec.core.report import conclusion
+
+    runs, grid, ctx = pilot
+    data = reports["en"][0]
+    for devices, said, unsaid in ((1, "speed on several devices (only 1 cpu device(s) ran)", "more than 1 devices"),
+                                  (2, "speed on more than 2 devices (this pilot ran on 2 cpu devices)", "several")):
+        for lang in LANGS:
+            sentences = conclusion(data["settings"], dict(max_new_tokens=16), {"device": "cpu", "devices": devices},
+                                   {}, lang)
+            if lang == "en":
+                assert any(said in c for c in sentences) and not any(unsaid in c for c in sentences), sentences
+            else:
+                assert any(f"{devices} 台" in c for c in sentences)
+    rep = data["representative"]
+    setting = next(s for s in data["settings"] if s["setting"] == rep["setting"])
+    assert rep["setting_median"] == setting["speedup_spread"]["median"]
+    page = reports["en"][1].read_text(encoding="utf-8")
+    assert escape(f"speedup {rep['speedup']:.2f}x, the run nearest its setting's median over the prompts "
+                       f"({rep['setting_median']:.2f}x)") in page

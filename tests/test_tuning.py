@@ -295,3 +295,73 @@ def test_saved_runs_keep_the_flags(decoders, tmp_path):
     assert any(r.flags for r in records) and [r.flags for r in loaded] == [r.flags for r in records]
     assert SpecConfig.from_dict(cfg.as_dict()) == cfg
     assert Path(tmp_path / "r.jsonl").exists()
+
+
+# -- the report's sentences follow its numbers ------------------------------------------------------
+def _result(chosen_per_prompt, chosen_probe, policies=()) -> "TuneResult":
+    """A held-out tuning by hand: N = 1 and one chosen 2-step plan, (accepted, drafted) per held-out prompt."""
+    from easyspec.core.tuning import Candidate, PolicyResult, TuneResult
+
+    def cand(plan, steps, origin, pairs, probe):
+        return Candidate(plan, steps, origin, sum(d for _, d in pairs), sum(a for a, _ in pairs), 1.0, probe,
+                         tuple(pairs))
+
+    first = cand("0|1|2|3", 4, "sequential", [(80, 100), (70, 100), (90, 100), (76, 100)], 0.80)
+    chosen = cand("0|1-3", 2, "similarity >= 0.9", chosen_per_prompt, chosen_probe)
+    return TuneResult(plan=chosen.plan, acceptance_rate=chosen.acceptance_rate, baseline_rate=first.acceptance_rate,
+                      steps=2, sequential_steps=4, tolerance=0.03, candidates=(first, chosen),
+                      policies=tuple(PolicyResult(*p) for p in policies), recommended_policy="every-round",
+                      prompts=8, held_out=4, probed=5)
+
+
+def test_the_report_compares_the_search_halfs_prediction_with_the_held_out_change():
+    # the probe predicts -3.0% on the search half; held out: -2.5% (inside its interval) or -13.3% (outside)
+    close = _result([(82, 100), (62, 100), (88, 100), (76, 100)], 0.776)
+    far = _result([(70, 100), (60, 100), (78, 100), (66, 100)], 0.776)
+    for result in (close, far):
+        assert "does not flatter" not in markdown(result)
+        assert "The choice among the 2 drafted plans (the fewest steps within tolerance) was made on these " \
+               "same rates, so they can flatter it" in markdown(result)
+    lo, hi = paired_interval(close.candidates[1].per_prompt, close.candidates[0].per_prompt)
+    assert lo <= -0.03 <= hi
+    assert (f"Against N = 1 the chosen plan changed acceptance by -2.5% on the held-out half and by -3.0% as the "
+            f"probe predicted on the search half: they agree within 0.5 points (-3.0% lies inside the 90% interval "
+            f"{lo:+.1%} .. {hi:+.1%} on the held-out half).") in markdown(close)
+    lo, hi = paired_interval(far.candidates[1].per_prompt, far.candidates[0].per_prompt)
+    assert hi < -0.03
+    assert (f"-13.3% on the held-out half and by -3.0% as the probe predicted on the search half: on the held-out "
+            f"half it lost 10.3 points more than as the probe predicted on the search half, outside the 90% interval "
+            f"{lo:+.1%} .. {hi:+.1%}.") in markdown(far)
+    same = replace(close, held_out=0)
+    assert "the best of 5 plans can look better on them than on others" in markdown(same)
+    assert "Against N = 1" not in markdown(same)
+
+
+def test_the_held_out_table_compares_the_tuned_plan_with_the_tuners_own_figure():
+    import importlib.util
+
+    script = Path(__file__).parents[1] / "benchmarks" / "tuning.py"
+    spec = importlib.util.spec_from_file_location("bench_tuning", script)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    result = _result([(78, 100), (68, 100), (88, 100), (74, 100)], 0.78)  # -2.5% on the tuner's held-out half
+    agree = bench.tuner_agreement(result, {"vs_n1": -0.03, "vs_n1_interval": [-0.06, 0.0]})
+    assert agree.endswith("they agree within 0.5 points (-2.5% lies inside the 90% interval -6.0% .. +0.0% on these "
+                          "held-out prompts).")
+    lost = bench.tuner_agreement(result, {"vs_n1": -0.076, "vs_n1_interval": [-0.105, -0.049]})
+    assert lost == ("Against N = 1 the tuned plan changed acceptance by -7.6% on these held-out prompts and by -2.5% "
+                    "on the tuner's held-out half: on these held-out prompts it lost 5.1 points more than on the "
+                    "tuner's held-out half, outside the 90% interval -10.5% .. -4.9%.")
+    better = bench.tuner_agreement(result, {"vs_n1": 0.01, "vs_n1_interval": None})
+    assert "it did 3.5 points better than on the tuner's held-out half." in better
+
+
+def test_the_recommended_policy_is_explained_from_the_policies_figures():
+    pairs = [(78, 100), (68, 100), (88, 100), (74, 100)]  # N = 1 pools 0.790: the floor is 0.766 at 3%
+    fine = _result(pairs, 0.78, [("none", 0.60, 5.0, 0.0), ("every-round", 0.78, 4.0, 1.0),
+                                 ("on-mismatch", 0.77, 3.9, 0.5)])
+    assert "recommended **every-round** (the fastest of the 2 whose acceptance stays within tolerance, at least " \
+           "0.766)" in markdown(fine)
+    none = _result(pairs, 0.78, [("none", 0.60, 5.0, 0.0), ("every-round", 0.70, 4.0, 1.0),
+                                 ("on-mismatch", 0.65, 3.9, 0.5)])
+    assert "(no policy kept its acceptance within tolerance (at least 0.766): a fallback)" in markdown(none)

@@ -5,6 +5,7 @@ import ast
 import html
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -196,3 +197,24 @@ def test_rolling_acceptance_figure_marks_alerts():
     assert {s.y0 for s in fig.layout.shapes} == {0.8, 0.4}
     empty = rolling_acceptance_figure([], [], None, 0.2)
     assert not empty.data and "no drafting rounds" in empty.layout.annotations[0].text
+
+
+def test_memory_cards_say_what_they_measured():
+    from helpers import untranslated
+
+    from easyspec.core.metrics import memory_label
+
+    rounds = [RoundRecord(index=i, token_ids=(1,), origins=("prefill" if i == 0 else "bonus",), drafted=(),
+                          accepted=0, phase_s={}, spans=(), end_ns=(i + 1) * 10**6, memory_source="rss",
+                          run_start_memory_bytes=2**30, run_peak_memory_bytes=2**30 + i * 2**20) for i in range(4)]
+    m = compute(rounds)
+    assert (m.run_peak_memory_bytes, m.run_memory_growth_bytes) == (2**30 + 3 * 2**20, 3 * 2**20)
+    out = metric_cards_html(m, "vanilla")
+    assert "peak memory (this run)" in out and "1.00 GiB" in out and "+3 MiB" in out
+    assert 'title="peak RSS during this run (process, incl. loaded models)"' in out
+    assert memory_label("cuda") == "allocator peak during this run"
+    japanese = metric_cards_html(m, "vanilla", lang="ja")
+    assert "ピークメモリ（この実行）" in japanese and not untranslated([japanese])
+    unknown = compute([replace(r, memory_source="", run_start_memory_bytes=0, run_peak_memory_bytes=0)
+                       for r in rounds])
+    assert 'data-metric="peak_memory"' not in metric_cards_html(unknown, "vanilla")  # an old run file: no figure

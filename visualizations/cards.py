@@ -12,7 +12,7 @@ from typing import Sequence
 
 from easyspec.core.device_stats import DeviceReading
 from easyspec.core.i18n import tr
-from easyspec.core.metrics import Metrics
+from easyspec.core.metrics import GROWTH_LABEL, Metrics, memory_label
 
 from .palette import OKABE_ITO, PHASE_COLOURS, PHASE_LABELS
 
@@ -68,9 +68,11 @@ def metric_cards_html(m: Metrics | None, mode: str | None = None, running: bool 
         ("verify", _fmt(m.verify_s, 2, " s"), "base forwards + all-reduces", "verify_s"),
         ("calibrate", _fmt(m.calibrate_s, 2, " s"), f"{m.calibrations} calibration passes", "calibrate_s"),
     ]
-    if m.peak_memory_bytes:
-        cards.append(("peak memory", f"{m.peak_memory_bytes / 2**30:.2f} GiB",
-                      "allocator peak (GPU) or process peak RSS (CPU)", "peak_memory"))
+    if m.run_peak_memory_bytes:  # the run's own figures (0: an old run file without them)
+        cards += [("peak memory (this run)", f"{m.run_peak_memory_bytes / 2**30:.2f} GiB",
+                   memory_label(m.memory_source), "peak_memory"),
+                  ("memory growth", f"+{m.run_memory_growth_bytes / 2**20:.0f} MiB",
+                   f"{GROWTH_LABEL} (its KV caches were allocated just before)", "memory_growth")]
     status = f' <span style="font-size:0.8em;opacity:0.7">{tr("(live)", lang)}</span>' if running else ""
     return (f'<div class="es-cards">{"".join(_card(*card, lang) for card in cards)}{status}'
             f'<div style="margin-top:2px">{time_split_html(m.phase_s, lang)}</div></div>')

@@ -18,6 +18,7 @@ import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
 from easyspec.core.i18n import text, tr
+from easyspec.core.metrics import memory_label
 from easyspec.core.pilot import PilotGrid, PilotRun
 from easyspec.core.records import RoundRecord
 from easyspec.core.report import ReportContext, report_data
@@ -100,6 +101,7 @@ def report_html(data: Mapping, records: Sequence[RoundRecord] = ()) -> str:
         (t("report.k.command"), ctx["command"])])]
 
     runs = sum(s["runs"] for s in settings)
+    source = next((s["memory_source"] for s in settings if s.get("memory_source")), "")
     parts += [f"<h2>{_e(t('report.h.grid'))}</h2>", _pairs([
         (t("report.k.prompts"), grid["prompts"]), (t("report.k.max_new_tokens"), grid["max_new_tokens"]),
         (t("report.k.temperature"), grid["temperature"]), (t("report.k.chat"), yes_no(grid["chat"])),
@@ -115,13 +117,17 @@ def report_html(data: Mapping, records: Sequence[RoundRecord] = ()) -> str:
               f'<p class="note">{_e(t("report.measured_note", prompts=grid["prompts"]))}</p>',
               _table([t(f"report.col.{c}") for c in ("setting", "prompts", "tokens_per_s", "tokens_per_s_spread",
                                                        "speedup", "speedup_spread", "acceptance_rate",
-                                                       "mean_accepted_length", "time_split")],
+                                                       "mean_accepted_length", "time_split")]
+                     + [t("report.col.run_peak_memory", what=tr(memory_label(source), lang)),
+                        t("report.col.run_memory_growth")],
                      [[_e(s["setting"]), str(s["prompts"]), _num(s["tokens_per_s"]),
                        _spread(s["tokens_per_s_spread"]), _num(s["speedup"], 2, "x"),
                        _spread(s["speedup_spread"], 2, "x"), _num(s["acceptance_rate"], 3),
                        _num(s["mean_accepted_length"]),
-                       f"{s['draft_s']:.2f} / {s['verify_s']:.2f} / {s['calibrate_s']:.2f}"] for s in settings],
-                     numeric=range(1, 9), elem_id="measured")]
+                       f"{s['draft_s']:.2f} / {s['verify_s']:.2f} / {s['calibrate_s']:.2f}",
+                       _num(s.get("largest_run_peak_memory_mib"), 0), _num(s.get("largest_run_memory_growth_mib"), 0)]
+                      for s in settings],
+                     numeric=range(1, 11), elem_id="measured")]
     if any(s["mode"] == "easyspec" for s in settings):
         chart = translate_figure(pilot_figure(settings), lang)
         chart.update_layout(title=dict(text=t("report.chart_title"), x=0.01, font=dict(size=14)),
@@ -144,7 +150,8 @@ def report_html(data: Mapping, records: Sequence[RoundRecord] = ()) -> str:
     parts.append(f"<h2>{_e(t('report.h.timeline'))}</h2>")
     rep = data.get("representative")
     if rep and records:
-        note = t("report.timeline_note", setting=rep["setting"], prompt=rep["prompt"], speedup=_num(rep["speedup"]))
+        note = t("report.timeline_note", setting=rep["setting"], prompt=rep["prompt"], speedup=_num(rep["speedup"]),
+                 median=_num(rep.get("setting_median")))
         parts.append(f'<p class="note">{_e(note)}</p>')
         mode = next((s["mode"] for s in settings if s["setting"] == rep["setting"]), None)
         fig = timeline_figure(records, ctx["device"] or "cpu", ctx["devices"] or 1, mode,
