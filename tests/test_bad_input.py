@@ -194,3 +194,41 @@ def test_app(case, client, tmp_path):
 def test_the_app_still_serves(client):
     details = client.predict(prompt="abc", max_new_tokens=3, api_name="/generate")[6]
     assert details["new_tokens"] == 3
+
+
+# -- issue 17, items 11-12: empty stop strings and non-finite numbers (a block of its own) ----------------
+INF, NAN = float("inf"), float("nan")
+FINITE_CASES = [
+    cli("empty stop string", "generate", *PAIR, "--prompt", "a", "--stop", "",
+        message="--stop: a stop string must not be empty"),
+    cli("empty stop string among others", "generate", *PAIR, "--prompt", "a", "--stop", "END", "--stop", "",
+        message="--stop: a stop string must not be empty"),
+    cli("temperature inf", "generate", *PAIR, "--prompt", "a", "--temperature", "inf",
+        message="--temperature must be a finite number; got inf"),
+    cli("temperature nan", "generate", *PAIR, "--prompt", "a", "--temperature", "nan",
+        message="--temperature must be a finite number; got nan"),
+    cli("top-p nan", "generate", *PAIR, "--prompt", "a", "--top-p", "nan", message="--top-p must be a finite number"),
+    cli("memory budget inf", "generate", *PAIR, "--prompt", "a", "--memory-budget-mb", "inf",
+        message="--memory-budget-mb must be a finite number; got inf"),
+    cli("tune tolerance nan", "tune", *PAIR, "--tolerance", "nan", message="--tolerance must be a finite number"),
+    Case("temperature NaN", "/generate", dict(prompt=PROMPT, temperature=NAN), "temperature .*must be a finite number"),
+    Case("seed infinite", "/generate", dict(prompt=PROMPT, seed=INF), "seed must be a finite number; got inf"),
+    Case("seed NaN", "/generate", dict(prompt=PROMPT, seed=NAN), "seed must be a finite number; got nan"),
+    Case("top-k NaN", "/generate", dict(prompt=PROMPT, top_k=NAN), r"top-k \(0 = off\) must be a finite number"),
+    Case("compare seed infinite", "/compare", dict(prompt=PROMPT, seed=INF, columns=2),
+         "seed must be a finite number; got inf"),
+]
+
+
+@pytest.mark.parametrize("case", [c for c in FINITE_CASES if c.where == "cli"], ids=lambda c: c.name)
+def test_finite_numbers_and_stop_strings_on_the_command_line(case, pair_dirs, files, capsys):
+    test_command_line(case, pair_dirs, files, capsys)
+
+
+@pytest.mark.parametrize("case", [c for c in FINITE_CASES if c.where != "cli"], ids=lambda c: c.name)
+def test_finite_numbers_in_the_app(case, client, tmp_path):
+    test_app(case, client, tmp_path)
+
+
+def test_the_app_still_serves_after_the_finite_checks(client):
+    test_the_app_still_serves(client)
