@@ -197,7 +197,7 @@ def test_the_app_still_serves(client):
 
 
 # -- issue 17, items 11-12: empty stop strings and non-finite numbers (a block of its own) ----------------
-INF, NAN = float("inf"), float("nan")
+# (gradio_client refuses to send NaN or infinities, so the dashboard's side is in test_config_checks.py)
 FINITE_CASES = [
     cli("empty stop string", "generate", *PAIR, "--prompt", "a", "--stop", "",
         message="--stop: a stop string must not be empty"),
@@ -211,24 +211,9 @@ FINITE_CASES = [
     cli("memory budget inf", "generate", *PAIR, "--prompt", "a", "--memory-budget-mb", "inf",
         message="--memory-budget-mb must be a finite number; got inf"),
     cli("tune tolerance nan", "tune", *PAIR, "--tolerance", "nan", message="--tolerance must be a finite number"),
-    Case("temperature NaN", "/generate", dict(prompt=PROMPT, temperature=NAN), "temperature .*must be a finite number"),
-    Case("seed infinite", "/generate", dict(prompt=PROMPT, seed=INF), "seed must be a finite number; got inf"),
-    Case("seed NaN", "/generate", dict(prompt=PROMPT, seed=NAN), "seed must be a finite number; got nan"),
-    Case("top-k NaN", "/generate", dict(prompt=PROMPT, top_k=NAN), r"top-k \(0 = off\) must be a finite number"),
-    Case("compare seed infinite", "/compare", dict(prompt=PROMPT, seed=INF, columns=2),
-         "seed must be a finite number; got inf"),
 ]
 
 
-@pytest.mark.parametrize("case", [c for c in FINITE_CASES if c.where == "cli"], ids=lambda c: c.name)
+@pytest.mark.parametrize("case", FINITE_CASES, ids=lambda c: c.name)
 def test_finite_numbers_and_stop_strings_on_the_command_line(case, pair_dirs, files, capsys):
     test_command_line(case, pair_dirs, files, capsys)
-
-
-@pytest.mark.parametrize("case", [c for c in FINITE_CASES if c.where != "cli"], ids=lambda c: c.name)
-def test_finite_numbers_in_the_app(case, client, tmp_path):
-    test_app(case, client, tmp_path)
-
-
-def test_the_app_still_serves_after_the_finite_checks(client):
-    test_the_app_still_serves(client)

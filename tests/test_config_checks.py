@@ -138,3 +138,19 @@ def test_every_float_flag_refuses_inf_and_nan(argv, message):
     with pytest.raises(ValueError, match=message):
         _check_finite(build_parser().parse_args(argv))
     _check_finite(build_parser().parse_args(argv[:-1] + ["1.5"]))
+
+
+def test_dashboard_fields_name_a_non_finite_number():
+    """A raw request can carry NaN or Infinity (Python's JSON reads both); a whole-number field
+    cannot round them, and the message must still name the field."""
+    gr = pytest.importorskip("gradio")
+    from easyspec.app.fields import _checked
+
+    seed = gr.Number(0, label="seed", precision=0, minimum=0)
+    temperature = gr.Slider(0, 2, label="temperature")
+    for component, value, message in [(seed, NAN, "seed must be a finite number; got nan"),
+                                      (seed, INF, "seed must be a finite number; got inf"),
+                                      (temperature, INF, "temperature must be a finite number; got inf")]:
+        with pytest.raises(gr.Error, match=message):
+            _checked(component, component.preprocess)(value)
+    assert _checked(seed, seed.preprocess)(7.0) == 7
