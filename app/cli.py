@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -262,7 +263,7 @@ def cmd_generate(args) -> int:
     source = resolve_pair(args.base, args.draft, pair_name, with_draft=spec.mode != "vanilla")
     if launched_by_torchrun() and int(os.environ["RANK"]) != 0:  # torchrun: ranks > 0 follow rank 0
         run_follower(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), "env://", source, args.dtype,
-                     args.device, 60.0, int(os.environ.get("LOCAL_RANK", 0)))
+                     args.device, 60.0)
         return 0
     with Session(source, args.dtype, args.device, args.devices, memory_budget_mb=args.memory_budget_mb) as session:
         return _generate_in(session, spec, prompt, args)
@@ -493,10 +494,19 @@ def _fault_message(exc: Exception) -> str | None:
     return str(exc) if kinds and isinstance(exc, kinds) else None
 
 
+def _check_finite(args) -> None:
+    """argparse's float() takes 'inf' and 'nan': refuse them in every float flag (NaN passes every
+    range check written as a comparison, and --temperature inf would sample uniformly)."""
+    for dest, value in vars(args).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"--{dest.replace('_', '-')} must be a finite number; got {value}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"generate": cmd_generate, "cache": cmd_cache, "app": cmd_app, "bench": cmd_bench, "tune": cmd_tune}
     try:
+        _check_finite(args)
         return handlers[args.command](args)
     except ValueError as exc:  # bad input: one clear line, no traceback
         print(f"easyspec: error: {exc}", file=sys.stderr)

@@ -8,6 +8,7 @@ checked component of the dashboard reports its own label and what it accepts ins
 from __future__ import annotations
 
 import functools
+import math
 
 import gradio as gr
 
@@ -29,6 +30,8 @@ def field_message(component, payload) -> str:
     lo, hi = component.minimum, component.maximum
     if isinstance(payload, bool) or not isinstance(payload, (int, float)):
         return f"{name} must be a number; got {payload!r}"
+    if not math.isfinite(payload):  # NaN passes the range check; rounding it (precision 0) fails
+        return f"{name} must be a finite number; got {payload!r}"
     if lo is not None and hi is not None:
         return f"{name} must be between {lo:g} and {hi:g}; got {payload:g}"
     if lo is not None:

@@ -6,6 +6,8 @@ wrong, in the dashboard's own words (not the command line's flag names).
 """
 from __future__ import annotations
 
+import math
+
 from easyspec.core.engine import CALIBRATION_POLICIES, MODES, SpecConfig
 from easyspec.core.sampling import SamplingConfig
 
@@ -17,7 +19,7 @@ MAX_PROMPT_CHARS = 20_000
 # Flag names in engine messages -> the dashboard's field names.
 _FIELD_NAMES = {"--layer-parallel": "layer-parallel size N", "--draft-len": "draft length k",
                 "--max-new-tokens": "max new tokens", "--temperature": "temperature", "--top-p": "top-p",
-                "--top-k": "top-k", "--sequential-head": "sequential head layers",
+                "--top-k": "top-k", "--seed": "seed", "--sequential-head": "sequential head layers",
                 "--sequential-tail": "sequential tail layers", "--groups": "layer plan", "--tree-depth": "tree depth",
                 "--tree-width": "tree width"}
 
@@ -31,13 +33,16 @@ def ui_message(exc: Exception) -> str:
 
 
 def as_int(value, name: str, lo: int | None = None, hi: int | None = None) -> int:
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a whole number; got {value!r}") from None
-    if f != int(f):
-        raise ValueError(f"{name} must be a whole number; got {value!r}")
-    n = int(f)
+    if isinstance(value, int) and not isinstance(value, bool):
+        n = value  # exact: a float would round a large seed
+    else:
+        try:
+            f = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be a whole number; got {value!r}") from None
+        if not math.isfinite(f) or f != int(f):  # int(inf) and int(nan) would raise Python's own errors
+            raise ValueError(f"{name} must be a whole number; got {value!r}")
+        n = int(f)
     if lo is not None and n < lo or hi is not None and n > hi:
         raise ValueError(f"{name} must be between {lo} and {hi}; got {n}")
     return n
@@ -48,7 +53,7 @@ def as_float(value, name: str) -> float:
         x = float(value)
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be a number; got {value!r}") from None
-    if x != x or x in (float("inf"), float("-inf")):
+    if not math.isfinite(x):
         raise ValueError(f"{name} must be a finite number; got {value!r}")
     return x
 

@@ -18,7 +18,7 @@ from .decoder import Decoder, Group, KVCache
 from .grouping import layer_groups, parse_plan
 from .monitor import AcceptanceMonitor, expectation
 from .records import RoundRecord, Span
-from .sampling import SamplingConfig, pick, probs, verify_greedy, verify_sampling
+from .sampling import SamplingConfig, check_finite, check_whole, pick, probs, verify_greedy, verify_sampling
 from .tracing import Tracer, exclusive_seconds
 from .tree import DraftTree, accept_greedy, accept_sampling, expand_greedy, expand_sampled
 
@@ -52,6 +52,15 @@ class SpecConfig:
     expected_acceptance: float = 0.0
 
     def __post_init__(self) -> None:
+        for flag, value in (("--draft-len", self.draft_len), ("--max-new-tokens", self.max_new_tokens),
+                            ("--layer-parallel", self.layer_parallel), ("--sequential-head", self.sequential_head),
+                            ("--sequential-tail", self.sequential_tail), ("--tree-depth", self.tree_depth),
+                            ("--tree-width", self.tree_width)):
+            check_whole(value, flag)
+        check_finite(self.expected_acceptance, "expected acceptance")
+        if not 0.0 <= self.expected_acceptance <= 1.0:
+            raise ValueError(f"expected acceptance must be between 0 and 1; got {self.expected_acceptance}")
+        check_stop_strings(self.stop_strings)
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r}: choose one of {', '.join(MODES)}")
         if self.calibration not in CALIBRATION_POLICIES:
@@ -71,8 +80,6 @@ class SpecConfig:
     @property
     def tree(self) -> bool:
         return self.tree_depth > 0 and self.mode != "vanilla"
-        if not 0.0 <= self.expected_acceptance <= 1.0:
-            raise ValueError(f"expected acceptance must be between 0 and 1; got {self.expected_acceptance}")
 
     def plan(self, n_layers: int) -> tuple[Group, ...]:
         """The draft's layer plan for this config (ValueError if it does not fit the draft)."""
@@ -93,6 +100,16 @@ class SpecConfig:
         return cls(**{**d, "sampling": SamplingConfig(**d["sampling"]), "stop_strings": tuple(d["stop_strings"])})
 
 
+def check_stop_strings(stop_strings: Sequence[str]) -> None:
+    """Every stop string must be non-empty text: "" occurs in any text, so it would end every run
+    after its first token."""
+    for s in stop_strings:
+        if not isinstance(s, str):
+            raise ValueError(f"--stop: a stop string must be text; got {s!r}")
+        if not s:
+            raise ValueError("--stop: a stop string must not be empty (it would end every run after its first token)")
+
+
 @dataclass(frozen=True)
 class Stopping:
     """End-of-sequence ids and stop strings; `decode` turns ids into text for the stop strings."""
@@ -100,6 +117,9 @@ class Stopping:
     eos_ids: frozenset[int] = frozenset()
     stop_strings: tuple[str, ...] = ()
     decode: Callable[[Sequence[int]], str] | None = None
+
+    def __post_init__(self) -> None:
+        check_stop_strings(self.stop_strings)
 
     def cut(self, generated: Sequence[int], emitted: Sequence[int], limit: int) -> tuple[int, str | None]:
         """How many of `emitted` to keep after `generated`, and why generation stops (or None)."""
@@ -253,6 +273,9 @@ class Generation:
             with tr.span("calibrate", "draft prefill"):  # exact K/V for the whole prompt
                 self.draft.forward(self.ids[: self.n], 0, self.dcache)
             self.exact_len = self.n
+            # Round 1 reads the prefill token as a calibrating round reads its pending tokens: exactly
+            # under every-round and on-mismatch (as the paper's authors do), through the plan under none.
+            self.calibrate_next = self.cfg.mode == "easyspec" and self.cfg.calibration != "none"
         return [token], ["prefill"], (), 0, False
 
     def _base_step(self):

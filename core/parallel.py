@@ -262,12 +262,15 @@ def init_group(rank: int, world: int, device: torch.device, init_method: str, ti
     return DistInfo(rank, world, device)
 
 
-def rank_device(kind: str, rank: int, world: int) -> torch.device:
+def rank_device(kind: str, local_rank: int, local_world: int) -> torch.device:
+    """This rank's device: CUDA device `local_rank` of the `local_world` ranks on this machine (on
+    several nodes each node counts only its own ranks and GPUs, never the whole world)."""
     if kind == "cuda":
         available = torch.cuda.device_count()
-        if available < world:
-            raise ValueError(f"--devices {world} asks for {world} CUDA devices, but this machine has {available}")
-        return torch.device("cuda", rank)
+        if available < local_world:
+            raise ValueError(f"{local_world} ranks on this machine (--devices, or torchrun's LOCAL_WORLD_SIZE) "
+                             f"need {local_world} CUDA devices, but it has {available}")
+        return torch.device("cuda", local_rank)
     if kind != "cpu":
         raise ValueError(f"unknown device {kind!r}: choose cpu or cuda")
     return torch.device("cpu")

@@ -25,6 +25,14 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+def local_placement(rank: int, world: int) -> tuple[int, int]:
+    """(this rank's index on its machine, ranks on its machine): torchrun's LOCAL_RANK and
+    LOCAL_WORLD_SIZE (several nodes), else every rank on this machine (the ranks we spawn)."""
+    if launched_by_torchrun():
+        return int(os.environ.get("LOCAL_RANK", rank)), int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    return rank, world
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -39,11 +47,12 @@ def _load_follower_models(source: PairSource, dtype: str, shard: Shard, device: 
 
 
 def run_follower(rank: int, world: int, init_method: str, source: PairSource, dtype: str, device_kind: str,
-                 timeout_s: float, local_rank: int | None = None) -> None:
+                 timeout_s: float) -> None:
     """Body of ranks 1..G-1: join, load this rank's shard and the draft, follow rank 0 until told to exit."""
+    local_rank, local_world = local_placement(rank, world)
     if device_kind == "cpu":
-        torch.set_num_threads(cpu_threads_per_rank(world))
-    device = rank_device(device_kind, rank if local_rank is None else local_rank, world)
+        torch.set_num_threads(cpu_threads_per_rank(local_world))
+    device = rank_device(device_kind, local_rank, local_world)
     info = init_group(rank, world, device, init_method, timeout_s)
     try:
         base, draft = _load_follower_models(source, dtype, Shard(rank, world), device)
@@ -79,10 +88,11 @@ class Ranks:
             if int(os.environ["WORLD_SIZE"]) != world or int(os.environ["RANK"]) != 0:
                 raise ValueError(f"torchrun started {os.environ['WORLD_SIZE']} ranks but --devices is {world}; "
                                  f"give the same number (and run this on RANK 0 only)")
-            init_method, local_rank = "env://", int(os.environ.get("LOCAL_RANK", 0))
+            init_method = "env://"
         else:
-            init_method, local_rank = f"tcp://127.0.0.1:{_free_port()}", 0
-        device = rank_device(device_kind, local_rank, world)
+            init_method = f"tcp://127.0.0.1:{_free_port()}"
+        local_rank, local_world = local_placement(0, world)
+        device = rank_device(device_kind, local_rank, local_world)
         if not launched_by_torchrun():
             ctx = mp.get_context("spawn")
             for rank in range(1, world):
@@ -92,7 +102,7 @@ class Ranks:
                 procs.append(p)
         try:
             if device_kind == "cpu":
-                torch.set_num_threads(cpu_threads_per_rank(world))
+                torch.set_num_threads(cpu_threads_per_rank(local_world))
             info = init_group(0, world, device, init_method, timeout_s)
             pair = load_pair(source, dtype, shard=Shard(0, world), torch_device=device)
             dist.barrier()

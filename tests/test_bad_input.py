@@ -194,3 +194,26 @@ def test_app(case, client, tmp_path):
 def test_the_app_still_serves(client):
     details = client.predict(prompt="abc", max_new_tokens=3, api_name="/generate")[6]
     assert details["new_tokens"] == 3
+
+
+# -- issue 17, items 11-12: empty stop strings and non-finite numbers (a block of its own) ----------------
+# (gradio_client refuses to send NaN or infinities, so the dashboard's side is in test_config_checks.py)
+FINITE_CASES = [
+    cli("empty stop string", "generate", *PAIR, "--prompt", "a", "--stop", "",
+        message="--stop: a stop string must not be empty"),
+    cli("empty stop string among others", "generate", *PAIR, "--prompt", "a", "--stop", "END", "--stop", "",
+        message="--stop: a stop string must not be empty"),
+    cli("temperature inf", "generate", *PAIR, "--prompt", "a", "--temperature", "inf",
+        message="--temperature must be a finite number; got inf"),
+    cli("temperature nan", "generate", *PAIR, "--prompt", "a", "--temperature", "nan",
+        message="--temperature must be a finite number; got nan"),
+    cli("top-p nan", "generate", *PAIR, "--prompt", "a", "--top-p", "nan", message="--top-p must be a finite number"),
+    cli("memory budget inf", "generate", *PAIR, "--prompt", "a", "--memory-budget-mb", "inf",
+        message="--memory-budget-mb must be a finite number; got inf"),
+    cli("tune tolerance nan", "tune", *PAIR, "--tolerance", "nan", message="--tolerance must be a finite number"),
+]
+
+
+@pytest.mark.parametrize("case", FINITE_CASES, ids=lambda c: c.name)
+def test_finite_numbers_and_stop_strings_on_the_command_line(case, pair_dirs, files, capsys):
+    test_command_line(case, pair_dirs, files, capsys)

@@ -97,11 +97,44 @@ def test_calibration_policies_calibrate_when_they_should(decoders):
         steps = [r for r in records if r.drafted]
         counts[policy] = sum(r.calibrated for r in records)
         if policy == "every-round":
-            assert all(r.calibrated for r in steps[1:])
-        if policy == "on-mismatch":  # a round calibrates exactly when the one before it rejected a draft
+            assert all(r.calibrated for r in steps)
+        if policy == "on-mismatch":  # round 1 reads the prefill token exactly; a later round calibrates
+            assert steps[0].calibrated  # exactly when the one before it rejected a draft
             for prev, cur in zip(steps, steps[1:]):
                 assert cur.calibrated == (prev.accepted < len(prev.drafted))
     assert counts["none"] == 0 and counts["every-round"] >= counts["on-mismatch"]
+
+
+@pytest.mark.parametrize("tree_depth", [0, 3], ids=["chain", "tree"])
+@pytest.mark.parametrize("policy", POLICIES)
+def test_round_one_reads_the_prefill_token_as_the_policy_says(decoders, policy, tree_depth):
+    """Round 1 feeds the prefill token exactly (sequentially, as calibration does) under every-round
+    and on-mismatch, through the fuzzy plan under none; the draft cache after that first forward is
+    exact exactly when the record says calibrated; greedy output still equals vanilla."""
+    base, draft = decoders["qwen2"]
+    prompt = PROMPTS[1]
+    cfg = SpecConfig(layer_parallel=4, calibration=policy, max_new_tokens=30, tree_depth=tree_depth)
+    run = Generation(base, draft, prompt, cfg, Stopping(), layer_groups(draft.cfg.n_layers, 4))
+    rounds = run.rounds()
+    records = [next(rounds), next(rounds)]  # the prefill and round 1
+    first = records[1]
+    assert first.index == 1 and first.drafted
+    assert first.calibrated == (policy != "none")
+    feed = [s for s in first.spans if s.phase in ("calibrate", "draft.attn")][0]
+    assert feed.phase == ("calibrate" if policy != "none" else "draft.attn")
+    if policy != "none":
+        assert feed.label == "1 tokens"  # the prefill token alone, read sequentially
+    m = len(prompt) + 1  # the prompt and the prefill token: exact when round 1 read it exactly
+    with torch.inference_mode():
+        fresh = draft.new_cache(m)
+        draft.forward(run.ids[:m], 0, fresh)
+    diff = float((run.dcache.k[:, :, len(prompt)] - fresh.k[:, :, len(prompt)]).abs().max())
+    if policy == "none":
+        assert diff > 1e-3
+    else:
+        assert diff < 1e-5
+    records += list(rounds)
+    assert_greedy_equal(tokens_of(records), _vanilla(base, prompt, 30), base, prompt)
 
 
 @pytest.mark.parametrize("mode", ["vanilla", "speculative", "easyspec"])

@@ -86,3 +86,18 @@ def test_n_above_g_and_a_second_group_are_refused(source, multi):
     with pytest.raises(ValueError, match="already runs a multi-device session"):
         Session(source, devices=2)
     assert len(tokens_of(multi.generate(PROMPT, SpecConfig(layer_parallel=2, max_new_tokens=4)))) == 4  # serving
+
+
+def test_round_one_follows_the_policy_on_every_rank(single, multi):
+    """The leader runs the one engine loop, so round 1 reads the prefill token exactly (a calibrate
+    pass on every rank) under every-round and on-mismatch, and through the fuzzy groups under none."""
+    for policy in POLICIES:
+        cfg = SpecConfig(layer_parallel=2, calibration=policy, max_new_tokens=20)
+        ref = tokens_of(single.generate(PROMPT, cfg))
+        records = list(multi.generate(PROMPT, cfg))
+        assert_greedy_equal(tokens_of(records), ref, single.base, PROMPT)
+        first = records[1]
+        assert first.drafted and first.calibrated == (policy != "none")
+        calibrating = {sp.rank for sp in first.spans if sp.phase == "calibrate"}
+        assert calibrating == (set(range(multi.devices)) if policy != "none" else set()), (policy, calibrating)
+        assert any(sp.phase == "draft.comm" for sp in first.spans)  # the later steps still run fuzzy groups
