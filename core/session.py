@@ -75,6 +75,8 @@ class Session:
         self.source, self.dtype, self.device, self.devices, self.timeout_s = source, dtype, device, devices, timeout_s
         self.memory_budget_mb = memory_budget_mb
         self._lock = threading.Lock()
+        self._fp32_lock = threading.Lock()
+        self._fp32 = None
         self.ranks = None
         self._start()
         self._closed = threading.Event()
@@ -106,6 +108,21 @@ class Session:
             base=self.source.base_name, draft=self.source.draft_name, dtype=self.dtype, device=self.device,
             devices=self.devices, draft_layers=self.draft.cfg.n_layers if self.draft else None,
             base_layers=self.base.cfg.n_layers, context_window=self.base.cfg.max_position)
+
+    def fp32_base(self):
+        """The base in fp32 from the same weights, for classifying greedy differences (lossless.py); built on
+        first use and kept. One device: the loaded base upcast (itself in an fp32 session). Several devices:
+        rank 0 holds only its tensor-parallel shard, so a whole base is loaded here from the checkpoint
+        folder (rounded to the session's dtype first); its forwards are local and need no other rank."""
+        from .lossless import fp32_copy, load_fp32_base
+
+        with self._fp32_lock:
+            if self._fp32 is None:
+                if self.devices == 1:
+                    self._fp32 = fp32_copy(self.base)
+                else:
+                    self._fp32 = load_fp32_base(self.source.base_dir, parse_dtype(self.dtype), self.base.device)
+            return self._fp32
 
     def _keep_ranks_alive(self) -> None:
         """Between generations the followers wait for rank 0 inside a collective that times out after

@@ -1,0 +1,114 @@
+"""The greedy check (core/lossless.py): equal, rounding tie, or a real difference, and its margin."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from easyspec.core.decoder import Decoder
+from easyspec.core.engine import SpecConfig, Stopping, generate
+from easyspec.core.lossless import (FP32_TIE_MARGIN, GreedyCheck, compare_greedy, count_verdicts, counts_text,
+                                    fp32_copy, fp32_logits, same_column, stated_margin)
+from easyspec.core.loading import load_decoder
+
+from conftest import CPU, tokens_of
+
+PROMPT = [5, 80, 17, 200, 33, 9, 121]
+
+
+def with_head_row(base: Decoder, b: int, row: torch.Tensor) -> Decoder:
+    """The base with LM-head row b replaced (a copy: the shared fixture stays as it is)."""
+    head = base.w.lm_head.clone()
+    head[b] = row.to(head.dtype)
+    return Decoder(base.cfg, replace(base.w, lm_head=head))
+
+
+def top_two(base: Decoder, ids) -> tuple[int, int, torch.Tensor]:
+    logits = fp32_logits(fp32_copy(base), ids)
+    a, b = logits.topk(2).indices.tolist()
+    return a, b, logits
+
+
+def test_stated_margin_fp32_is_the_tie_rule_and_bf16_scales_with_the_logits():
+    assert stated_margin(torch.float32, 25.0) == FP32_TIE_MARGIN == 1e-5
+    assert stated_margin(torch.bfloat16, 20.0) == pytest.approx(4 * 2 ** -7 * 16)  # 4 ulps of a logit in [16, 32)
+    assert stated_margin(torch.bfloat16, -40.0) == pytest.approx(4 * 2 ** -7 * 32)
+    assert stated_margin(torch.bfloat16, 0.01) == pytest.approx(4 * 2 ** -7)  # floor at logit scale 1
+
+
+def test_equal_outputs_need_no_recompute(decoders):
+    base, _ = decoders["qwen2"]
+    assert compare_greedy(base, PROMPT, [1, 2, 3], [1, 2, 3]) == GreedyCheck("equal", "float32")
+
+
+def test_an_exact_tie_is_a_tie_and_a_wrong_token_is_different(decoders):
+    base, _ = decoders["qwen2"]
+    a, b, logits = top_two(base, PROMPT)
+    tied = with_head_row(base, b, base.w.lm_head[a])  # tokens a and b now have identical logits
+    check = compare_greedy(tied, PROMPT, [b, 7], [a, 9])
+    assert (check.verdict, check.index, check.token, check.reference_token) == ("tie", 0, b, a)
+    assert check.margin == 0.0 and check.gap == 0.0 and check.allowed == FP32_TIE_MARGIN
+    assert check.fp32_pick in (a, b) and check.fp32_picks_one
+    worst = int(logits.argmin())
+    wrong = compare_greedy(base, PROMPT, [a, 3, worst], [a, 3, a])  # index 2 after the prompt + [a, 3]
+    assert wrong.verdict == "different" and wrong.index == 2 and wrong.token == worst
+    assert wrong.gap > wrong.allowed and wrong.fp32_pick != worst
+
+
+def test_the_fp32_rule_rejects_a_gap_that_bf16_rounding_explains(pair_dirs):
+    """A gap of about 1/128 of the logit: beyond 1e-5 (a bug in fp32), within 4 bf16 ulps (a tie in bf16)."""
+    base16 = load_decoder(pair_dirs["qwen2"][0], torch.bfloat16, CPU)
+    a, b, logits = top_two(base16, PROMPT)
+    row = base16.w.lm_head[a].float() * (1 - torch.sign(logits[a]) * 2 ** -7)
+    near16 = with_head_row(base16, b, row)
+    check16 = compare_greedy(near16, PROMPT, [b], [a])
+    assert check16.verdict == "tie" and check16.dtype == "bfloat16" and check16.fp32_pick == a
+    assert FP32_TIE_MARGIN < check16.gap <= check16.allowed
+    near32 = fp32_copy(near16)  # the same weights, an fp32 session
+    check32 = compare_greedy(near32, PROMPT, [b], [a])
+    assert check32.verdict == "different" and check32.gap == pytest.approx(check16.gap)
+
+
+def test_a_length_difference_without_a_differing_token_is_different(decoders):
+    base, _ = decoders["qwen2"]
+    check = compare_greedy(base, PROMPT, [1, 2], [1, 2, 3])
+    assert check.verdict == "different" and check.index == 2 and check.margin is None
+
+
+def test_counts_and_cells():
+    counts = count_verdicts(["equal", "tie", None, GreedyCheck("equal", "bfloat16"), "equal", "equal", "equal"])
+    assert counts == {"equal": 5, "tie": 1, "different": 0}
+    assert same_column({"equal": 4, "tie": 1, "different": 0}) == "5/5 (1 tie)"
+    assert same_column({"equal": 5, "tie": 0, "different": 0}) == "5/5"
+    assert same_column({"equal": 3, "tie": 1, "different": 1}) == "4/5 (1 tie, 1 different)"
+    assert counts_text(counts) == "5 equal, 1 rounding tie, 0 different"
+
+
+@pytest.mark.parametrize("mode,n", [("speculative", 1), ("easyspec", 2), ("easyspec", 4)])
+def test_bf16_runs_of_the_small_pair_differ_from_vanilla_only_by_ties(pair_dirs, mode, n):
+    """In bf16 every mode's greedy output equals vanilla's or differs first at a rounding tie."""
+    from easyspec.core.session import Session
+
+    base_dir, draft_dir = pair_dirs["qwen2"]
+    with Session.open(base=str(base_dir), draft=str(draft_dir), dtype="bfloat16") as session:
+        prompts = [session.encode(p, chat=False) for p in ("def f(x):", "The quick brown fox", "1, 2, 3, 5, 8,")]
+        checks = []
+        for ids in prompts:
+            ref = tokens_of(session.generate(ids, SpecConfig(mode="vanilla", max_new_tokens=40)))
+            got = tokens_of(session.generate(ids, SpecConfig(mode=mode, layer_parallel=n, max_new_tokens=40)))
+            checks.append(compare_greedy(session, ids, got, ref))
+        assert all(c.verdict in ("equal", "tie") for c in checks), [c.describe() for c in checks]
+        assert session.fp32_base() is session.fp32_base()  # upcast once per session
+
+
+def test_an_fp32_session_checks_with_its_own_base(pair_dirs):
+    from easyspec.core.session import Session
+
+    base_dir, draft_dir = pair_dirs["qwen2"]
+    with Session.open(base=str(base_dir), draft=str(draft_dir)) as session:
+        assert session.fp32_base() is session.base
+        ids = session.encode("hello", chat=False)
+        ref = tokens_of(generate(session.base, None, ids, SpecConfig(mode="vanilla", max_new_tokens=8), Stopping()))
+        bad = ref[:3] + [int(fp32_logits(session.base, ids + ref[:3]).argmin())] + ref[4:]
+        assert compare_greedy(session, ids, bad, ref).verdict == "different"
