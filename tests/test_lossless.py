@@ -112,3 +112,100 @@ def test_an_fp32_session_checks_with_its_own_base(pair_dirs):
         ref = tokens_of(generate(session.base, None, ids, SpecConfig(mode="vanilla", max_new_tokens=8), Stopping()))
         bad = ref[:3] + [int(fp32_logits(session.base, ids + ref[:3]).argmin())] + ref[4:]
         assert compare_greedy(session, ids, bad, ref).verdict == "different"
+
+
+# -- where the counts are shown: Compare badge, Pilot rows and summary, the report, How it works -------------
+
+@pytest.fixture(scope="module")
+def tied_runs(decoders):
+    """(tied base, prompt, reference records, records that differ at a rounding tie, at a real difference):
+    the base with LM-head row b set to row a, so that tokens a and b have identical logits after PROMPT."""
+    base, _ = decoders["qwen2"]
+    a, b, logits = top_two(base, PROMPT)
+    tied = with_head_row(base, b, base.w.lm_head[a])
+    ref = list(generate(tied, None, PROMPT, SpecConfig(mode="vanilla", max_new_tokens=6), Stopping()))
+    first = ref[0].token_ids[0]
+    other = b if first == a else a  # the tied token greedy did not pick
+    worst = int(fp32_logits(tied, PROMPT).argmin())
+    swap = lambda t: [replace(ref[0], token_ids=(t, *ref[0].token_ids[1:])), *ref[1:]]  # noqa: E731
+    return tied, PROMPT, ref, swap(other), swap(worst)
+
+
+def _live(records, mode):
+    from helpers import byte_tokenizer
+
+    from easyspec.app.live import LiveRun
+
+    live = LiveRun(byte_tokenizer(), mode, label=mode)
+    live.add(records)
+    live.finish()
+    return live
+
+
+def test_the_compare_badge_counts_ties_and_real_differences(tied_runs):
+    pytest.importorskip("gradio")
+    from easyspec.app.compare_tab import equality_note, greedy_checks, summary_rows
+    from easyspec.visualizations.cards import badge_html
+
+    tied, prompt, ref, tie, wrong = tied_runs
+    lives = [_live(ref, "vanilla"), _live(ref, "speculative"), _live(tie, "easyspec")]
+    rows, equal, parts = summary_rows(lives, greedy_checks(tied, prompt, lives))
+    assert equal == "tie" and [r[-1] for r in rows] == ["yes", "yes", "rounding tie"]
+    assert parts[0] == "1 equal, 1 rounding tie, 0 different" and "rounding tie at new token 0" in parts[1]
+    badge = badge_html(equal, equality_note(parts, "en"))
+    assert 'data-equal="tie"' in badge and "identical tokens: up to rounding ties" in badge
+    assert "1 equal, 1 rounding tie, 0 different" in badge
+    ja = badge_html(equal, equality_note(parts, "ja"), "ja")
+    assert "一致 1、丸めによる同点 1、違い 0" in ja and "新規トークン 0 で丸めによる同点" in ja
+    lives.append(_live(wrong, "easyspec"))
+    rows, equal, parts = summary_rows(lives, greedy_checks(tied, prompt, lives))
+    assert equal is False and rows[-1][-1] == "no" and parts[0] == "1 equal, 1 rounding tie, 1 different"
+    assert 'data-equal="no"' in badge_html(equal, equality_note(parts, "en"))
+    assert "新規トークン 0 で実際の違い" in equality_note(parts, "ja")
+
+
+def test_pilot_rows_summary_and_report_count_ties_and_real_differences(tied_runs):
+    from dataclasses import asdict
+
+    from easyspec.core.pilot import PilotGrid, PilotRun, PilotSetting, result_row, summarise
+    from easyspec.core.report import conclusion, setting_rows
+
+    tied, prompt, ref, tie, wrong = tied_runs
+    vanilla_setting = PilotSetting("vanilla", SpecConfig(mode="vanilla", max_new_tokens=6))
+    spec = PilotSetting("speculative k=5", SpecConfig(mode="speculative", max_new_tokens=6))
+    vanilla = PilotRun(0, vanilla_setting, tuple(ref), tuple(tokens_of(ref)),
+                       result_row(0, vanilla_setting, len(prompt), ref, None))
+
+    def run(i, records):
+        check = compare_greedy(tied, prompt, tokens_of(records), tokens_of(ref))
+        return PilotRun(i, spec, tuple(records), tuple(tokens_of(records)),
+                        result_row(i, spec, len(prompt), records, vanilla, check))
+
+    runs = [vanilla, run(0, ref), run(0, tie)]
+    assert [r.row["greedy_check"] for r in runs] == [None, "equal", "tie"] and runs[2].row["tie_margin"] == 0.0
+    summary = summarise([r.row for r in runs])
+    assert (summary[1]["greedy_equal"], summary[1]["greedy_tie"], summary[1]["greedy_different"]) == (1, 1, 0)
+    grid = asdict(PilotGrid(max_new_tokens=6))
+    settings = setting_rows(runs)
+    assert (settings[1]["equal_count"], settings[1]["tie_count"], settings[1]["different_count"]) == (1, 1, 0)
+    said = conclusion(settings, grid, {"dtype": "float32"}, {}, "en")
+    assert any(c.startswith("Output unchanged up to rounding: 1 of 2 greedy comparisons") and "the other 1 " in c
+               for c in said), said
+    settings = setting_rows([*runs, run(0, wrong)])
+    said = conclusion(settings, grid, {"dtype": "float32"}, {}, "en")
+    assert any(c.startswith("Bug: 1 of 3 greedy comparisons differ") for c in said), said
+    assert any(c.startswith("バグ：") for c in conclusion(settings, grid, {"dtype": "float32"}, {}, "ja"))
+
+
+def test_how_it_works_evidence_counts_ties_and_real_differences(tied_runs):
+    pytest.importorskip("gradio")
+    from easyspec.app.explainer_tab import evidence_rows
+    from easyspec.app.state import RunSummary, prompt_key
+
+    tied, prompt, ref, tie, wrong = tied_runs
+    log = [RunSummary("compare", prompt_key(prompt), "p", label, mode, True, tuple(tokens_of(recs)), True,
+                      tuple(prompt)) for label, mode, recs in (("vanilla", "vanilla", ref), ("spec", "speculative", tie),
+                                                               ("easy", "easyspec", ref))]
+    assert evidence_rows(log, tied) == [["p", "rounding tie", 1, 0, 3, "vanilla, spec, easy"]]
+    log.append(replace(log[1], label="bad", token_ids=tuple(tokens_of(wrong))))
+    assert evidence_rows(log, tied)[0][1:4] == ["NO", 1, 1]
