@@ -120,23 +120,36 @@ def load_fp32_base(folder, dtype: torch.dtype, device: torch.device) -> Decoder:
     return fp32_copy(load_decoder(folder, dtype, device))
 
 
+class Fp32Reference:
+    """A whole base decoder and its fp32 copy, built on first use and kept: what `compare_greedy` needs from
+    a Session, for callers that hold decoders (the benchmarks)."""
+
+    def __init__(self, base: Decoder):
+        self.base, self.dtype = base, str(base.dtype).removeprefix("torch.")
+        self._fp32: Decoder | None = None
+
+    def fp32_base(self) -> Decoder:
+        if self._fp32 is None:
+            self._fp32 = fp32_copy(self.base)
+        return self._fp32
+
+
 def compare_greedy(reference_base, prompt_ids: Sequence[int], tokens: Sequence[int],
                    reference: Sequence[int]) -> GreedyCheck:
     """Classify `tokens` against `reference` (the base's own greedy output) for the same prompt.
 
-    reference_base: a Session (its fp32 base, built once on first use) or a whole base Decoder (upcast
-    here when it is not fp32; pass `fp32_copy(base)` to reuse one copy over many checks).
+    reference_base: a Session or an Fp32Reference (their dtype, and their fp32 base built once on first
+    use), or a whole base Decoder (upcast for this one check when it is not fp32).
     """
-    if hasattr(reference_base, "fp32_base"):  # a Session
-        dtype, base = reference_base.dtype, None
-    else:
-        dtype, base = str(reference_base.dtype).removeprefix("torch."), reference_base
+    if not hasattr(reference_base, "fp32_base"):
+        reference_base = Fp32Reference(reference_base)
+    dtype = reference_base.dtype
     i = first_difference(tokens, reference)
     if i is None:
         return GreedyCheck("equal", dtype)
     if i >= min(len(tokens), len(reference)):
         return GreedyCheck("different", dtype, index=i)
-    base = reference_base.fp32_base() if base is None else fp32_copy(base)
+    base = reference_base.fp32_base()
     a, b = int(tokens[i]), int(reference[i])
     logits = fp32_logits(base, [*prompt_ids, *reference[:i]])  # [vocab]
     top = float(logits.max())
