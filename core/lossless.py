@@ -99,14 +99,16 @@ def first_difference(a: Sequence[int], b: Sequence[int]) -> int | None:
     return None if len(a) == len(b) else min(len(a), len(b))
 
 
-def fp32_copy(base: Decoder) -> Decoder:
-    """The same weights upcast to fp32 (exact: every bf16 value is an fp32 value); the base itself when it
-    is already fp32. Not for a tensor-parallel shard: its forward sums partial results across ranks."""
+def fp32_copy(base: Decoder, device: torch.device | None = None) -> Decoder:
+    """The same weights upcast to fp32 (exact: every bf16 value is an fp32 value), on `device` (default: the
+    base's); the base itself when it is already fp32 there. Not for a tensor-parallel shard: its forward sums
+    partial results across ranks."""
     assert base.reduce is None, "a tensor-parallel shard: load a whole base (load_fp32_base)"
-    if base.dtype == torch.float32:
+    device = base.device if device is None else device
+    if base.dtype == torch.float32 and base.device == device:
         return base
     w = base.w
-    upcast = {name: None if t is None else t.float() for name, t in vars(w).items()}
+    upcast = {name: None if t is None else t.to(device, torch.float32) for name, t in vars(w).items()}
     if w.lm_head is w.embed:  # tied: keep one copy
         upcast["lm_head"] = upcast["embed"]
     return Decoder(base.cfg, replace(w, **upcast))

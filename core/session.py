@@ -9,6 +9,7 @@ What it is not: the decoding loop (`engine.py`) or the multi-device protocol (`p
 from __future__ import annotations
 
 import functools
+import logging
 import re
 import sys
 import threading
@@ -24,6 +25,8 @@ from .loading import PairSource, load_pair, parse_device, parse_dtype, resolve_p
 from .records import RoundRecord
 from .text import encode_prompt
 from .tuning import TuneConfig, TuneResult, load_tuning, pair_key, save_tuning, tune_steps, with_expectation
+
+logger = logging.getLogger(__name__)
 
 
 class DeviceMemoryError(RuntimeError):
@@ -118,10 +121,18 @@ class Session:
 
         with self._fp32_lock:
             if self._fp32 is None:
-                if self.devices == 1:
-                    self._fp32 = fp32_copy(self.base)
-                else:
-                    self._fp32 = load_fp32_base(self.source.base_dir, parse_dtype(self.dtype), self.base.device)
+                whole = self.base if self.devices == 1 else None
+                try:
+                    self._fp32 = fp32_copy(whole) if whole else load_fp32_base(
+                        self.source.base_dir, parse_dtype(self.dtype), self.base.device)
+                except Exception as exc:  # an fp32 copy may not fit next to the session's models on the device
+                    if not out_of_memory(exc) or self.base.device.type == "cpu":
+                        raise
+                    logger.warning("no device memory for an fp32 copy of the base: checking on the CPU")
+                    torch.cuda.empty_cache()
+                    cpu = torch.device("cpu")
+                    self._fp32 = fp32_copy(whole, cpu) if whole else load_fp32_base(
+                        self.source.base_dir, parse_dtype(self.dtype), cpu)
             return self._fp32
 
     def _keep_ranks_alive(self) -> None:

@@ -85,20 +85,20 @@ def test_counts_and_cells():
     assert counts_text(counts) == "5 equal, 1 rounding tie, 0 different"
 
 
-@pytest.mark.parametrize("mode,n", [("speculative", 1), ("easyspec", 2), ("easyspec", 4)])
-def test_bf16_runs_of_the_small_pair_differ_from_vanilla_only_by_ties(pair_dirs, mode, n):
+def test_bf16_runs_of_the_small_pair_differ_from_vanilla_only_by_ties(pair_dirs):
     """In bf16 every mode's greedy output equals vanilla's or differs first at a rounding tie."""
     from easyspec.core.session import Session
 
     base_dir, draft_dir = pair_dirs["qwen2"]
     with Session.open(base=str(base_dir), draft=str(draft_dir), dtype="bfloat16") as session:
-        prompts = [session.encode(p, chat=False) for p in ("def f(x):", "The quick brown fox", "1, 2, 3, 5, 8,")]
-        checks = []
-        for ids in prompts:
-            ref = tokens_of(session.generate(ids, SpecConfig(mode="vanilla", max_new_tokens=40)))
-            got = tokens_of(session.generate(ids, SpecConfig(mode=mode, layer_parallel=n, max_new_tokens=40)))
-            checks.append(compare_greedy(session, ids, got, ref))
-        assert all(c.verdict in ("equal", "tie") for c in checks), [c.describe() for c in checks]
+        checks = {}
+        for text in ("def f(x):", "The quick brown fox"):
+            ids = session.encode(text, chat=False)
+            ref = tokens_of(session.generate(ids, SpecConfig(mode="vanilla", max_new_tokens=32)))
+            for mode, n in (("speculative", 1), ("easyspec", 2), ("easyspec", 4)):
+                cfg = SpecConfig(mode=mode, layer_parallel=n, max_new_tokens=32)
+                checks[text, mode, n] = compare_greedy(session, ids, tokens_of(session.generate(ids, cfg)), ref)
+        assert all(c.verdict in ("equal", "tie") for c in checks.values()), {k: c.describe() for k, c in checks.items()}
         assert session.fp32_base() is session.fp32_base()  # upcast once per session
 
 
@@ -203,9 +203,9 @@ def test_how_it_works_evidence_counts_ties_and_real_differences(tied_runs):
     from easyspec.app.state import RunSummary, prompt_key
 
     tied, prompt, ref, tie, wrong = tied_runs
+    runs = (("vanilla", "vanilla", ref), ("spec", "speculative", tie), ("easy", "easyspec", ref))
     log = [RunSummary("compare", prompt_key(prompt), "p", label, mode, True, tuple(tokens_of(recs)), True,
-                      tuple(prompt)) for label, mode, recs in (("vanilla", "vanilla", ref), ("spec", "speculative", tie),
-                                                               ("easy", "easyspec", ref))]
+                      tuple(prompt)) for label, mode, recs in runs]
     assert evidence_rows(log, tied) == [["p", "rounding tie", 1, 0, 3, "vanilla, spec, easy"]]
     log.append(replace(log[1], label="bad", token_ids=tuple(tokens_of(wrong))))
     assert evidence_rows(log, tied)[0][1:4] == ["NO", 1, 1]

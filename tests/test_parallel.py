@@ -86,3 +86,17 @@ def test_n_above_g_and_a_second_group_are_refused(source, multi):
     with pytest.raises(ValueError, match="already runs a multi-device session"):
         Session(source, devices=2)
     assert len(tokens_of(multi.generate(PROMPT, SpecConfig(layer_parallel=2, max_new_tokens=4)))) == 4  # serving
+
+
+def test_the_greedy_check_of_a_multi_device_session_uses_a_whole_base(single, multi):
+    """Rank 0 holds a shard: the greedy check loads a whole fp32 base, which recomputes the single-device
+    logits, with no collective (the followers are not involved)."""
+    from easyspec.core.lossless import compare_greedy, fp32_logits
+
+    ref = multi.fp32_base()
+    assert ref is multi.fp32_base() and ref.reduce is None and ref.cfg == single.base.cfg
+    assert torch.equal(fp32_logits(ref, PROMPT), fp32_logits(single.base, PROMPT))
+    vanilla = tokens_of(multi.generate(PROMPT, SpecConfig(mode="vanilla", max_new_tokens=6)))
+    worst = int(fp32_logits(ref, PROMPT + vanilla[:2]).argmin())
+    check = compare_greedy(multi, PROMPT, vanilla[:2] + [worst], vanilla[:3])
+    assert check.verdict == "different" and check.index == 2 and check.fp32_pick == vanilla[2]
