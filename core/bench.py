@@ -265,8 +265,9 @@ def markdown(kind: str, result: dict) -> str:
         out += [f"Medians over {result['repeats']} repeats per prompt after a warm-up; speedup = tokens/s over "
                 "vanilla's in the same repeat on the same prompt (min..max across prompts and repeats); "
                 "equality = prompts whose greedy tokens equal vanilla's, a rounding tie counted as equal and "
-                "named (a difference that fp32 recomputation explains, core/lossless.py); AR and AL (see `bench acceptance`) over "
-                "every measured run of the setting (a tree's AR is per depth: accepted path / tree depth).", "",
+                "named (a difference that fp32 recomputation explains, core/lossless.py); AR and AL (see "
+                "`bench acceptance`) over every measured run of the setting (a tree's AR is per depth: accepted "
+                "path / tree depth).", "",
                 "| setting | tok/s | speedup | range | AR | AL | same as vanilla |", "|---|---|---|---|---|---|---|"]
         out += [f"| {r['setting']} | {r['tokens_per_s_median']:.2f} | {r['speedup_median']:.2f}x | "
                 f"{r['speedup_min']:.2f}..{r['speedup_max']:.2f} | {_fmt(r.get('acceptance_rate'))} | "

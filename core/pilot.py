@@ -6,7 +6,8 @@ length k, and EasySpec over layer-parallel size N x calibration policy x k); `es
 says how long it will take from a measured `Throughput`; `run_pilot` runs every setting on every
 prompt through the session's one record stream and yields progress and one result row per run
 (tokens/s, speedup over vanilla on the same prompt in the same pilot, AR, AL, seconds per phase,
-greedy equality with vanilla, and the greedy check of a difference: rounding tie or real difference); `summarise` folds rows per setting; CSV and JSON export.
+greedy equality with vanilla, and the greedy check of a difference: rounding tie or real difference);
+`summarise` folds rows per setting; CSV and JSON export.
 What it is not: a UI (no gradio, no plotly), or the engine (it only consumes `Session.generate`).
 """
 from __future__ import annotations
@@ -221,7 +222,7 @@ def result_row(prompt_index: int, setting: PilotSetting, prompt_tokens: int, rec
         "ttft_s": round(m.time_to_first_token_s, 6), "draft_s": round(m.draft_s, 6),
         "verify_s": round(m.verify_s, 6), "calibrate_s": round(m.calibrate_s, 6),
         **{f"{p}_s": round(m.phase_s.get(p, 0.0), 6) for p in PHASES},
-        "equal_to_vanilla": None, "greedy_check": None, "tie_margin": None, "stop": records[-1].stop,
+        "equal_to_vanilla": None, "greedy_check": None, "fp32_gap": None, "stop": records[-1].stop,
     }
     if vanilla is not None and cfg.mode != "vanilla":
         base_rate = vanilla.row["tokens_per_s"]
@@ -231,7 +232,7 @@ def result_row(prompt_index: int, setting: PilotSetting, prompt_tokens: int, rec
             if check is not None:
                 assert (check.verdict == "equal") == row["equal_to_vanilla"], (check, row["setting"])
                 row["greedy_check"] = check.verdict
-                row["tie_margin"] = None if check.gap is None else round(check.gap, 6)
+                row["fp32_gap"] = None if check.gap is None else round(check.gap, 6)
     elif cfg.mode == "vanilla":
         row["speedup"] = 1.0
     return row
@@ -270,7 +271,8 @@ def run_pilot(session, prompts: Sequence[str], grid: PilotGrid,
             check = None
             if vanilla is not None and setting.config.mode != "vanilla" and setting.config.sampling.greedy:
                 check = compare_greedy(session, ids, tokens, vanilla.token_ids)
-            run = PilotRun(i, setting, tuple(records), tokens, result_row(i, setting, len(ids), records, vanilla, check))
+            run = PilotRun(i, setting, tuple(records), tokens,
+                           result_row(i, setting, len(ids), records, vanilla, check))
             vanilla = run if setting.config.mode == "vanilla" else vanilla
             done += 1
             yield run

@@ -182,7 +182,7 @@ def test_pilot_rows_summary_and_report_count_ties_and_real_differences(tied_runs
                         result_row(i, spec, len(prompt), records, vanilla, check))
 
     runs = [vanilla, run(0, ref), run(0, tie)]
-    assert [r.row["greedy_check"] for r in runs] == [None, "equal", "tie"] and runs[2].row["tie_margin"] == 0.0
+    assert [r.row["greedy_check"] for r in runs] == [None, "equal", "tie"] and runs[2].row["fp32_gap"] == 0.0
     summary = summarise([r.row for r in runs])
     assert (summary[1]["greedy_equal"], summary[1]["greedy_tie"], summary[1]["greedy_different"]) == (1, 1, 0)
     grid = asdict(PilotGrid(max_new_tokens=6))
