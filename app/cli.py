@@ -55,7 +55,8 @@ def _add_generate(sub) -> None:
     out = p.add_argument_group("output")
     out.add_argument("--json", action="store_true", help="print exactly one JSON line on stdout")
     out.add_argument("--check-lossless", action="store_true",
-                     help="also run vanilla decoding and report whether the tokens are identical (greedy only)")
+                     help="also run vanilla decoding and report whether the tokens are identical (greedy only); a "
+                          "difference is classified as a rounding tie or a real difference (a bug)")
     out.add_argument("--save-run", help="write the per-round records to this JSON Lines file (replayable)")
     out.add_argument("--trace", help="write a Chrome Trace Event JSON of every rank's timeline (opens in Perfetto)")
 
@@ -243,13 +244,6 @@ def _configs(args):
     return spec
 
 
-def _first_difference(a: list[int], b: list[int]) -> int | None:
-    for i, (x, y) in enumerate(zip(a, b)):
-        if x != y:
-            return i
-    return None if len(a) == len(b) else min(len(a), len(b))
-
-
 def cmd_generate(args) -> int:
     from easyspec.core.loading import resolve_pair
     from easyspec.core.ranks import launched_by_torchrun, run_follower
@@ -274,6 +268,7 @@ def _generate_in(session, spec, prompt: str, args) -> int:
     from easyspec.core.chrome_trace import write_chrome_trace
     from easyspec.core.engine import SpecConfig
     from easyspec.core.grouping import describe, largest_group
+    from easyspec.core.lossless import compare_greedy
     from easyspec.core.monitor import ALERT, alert_text, expectation, likely_cause, rolling_acceptance
     from easyspec.core.records import RunHeader, save_run
     from easyspec.core.text import TextStream
@@ -311,8 +306,8 @@ def _generate_in(session, spec, prompt: str, args) -> int:
     if args.check_lossless:
         vanilla = SpecConfig(mode="vanilla", max_new_tokens=spec.max_new_tokens, stop_strings=spec.stop_strings)
         ref = [t for r in session.generate(prompt_ids, vanilla) for t in r.token_ids]
-        diff = _first_difference(token_ids, ref)
-        result.update(lossless=diff is None, first_difference=diff)
+        check = compare_greedy(session, prompt_ids, token_ids, ref)
+        result.update(lossless=check.verdict == "equal", first_difference=check.index, greedy_check=check.as_dict())
     if args.save_run:
         header = RunHeader(settings=spec.as_dict(), base=info.base, draft=info.draft, prompt_ids=tuple(prompt_ids),
                            device=info.device, dtype=info.dtype,
@@ -331,7 +326,7 @@ def _generate_in(session, spec, prompt: str, args) -> int:
         summary += (f", {metrics.memory_label(m.memory_source)} {m.run_peak_memory_bytes / 2**30:.2f} GiB "
                     f"({metrics.GROWTH_LABEL} +{m.run_memory_growth_bytes / 2**20:.0f} MiB)")
     if args.check_lossless:
-        summary += f", lossless {result['lossless']}"
+        summary += f", lossless {result['lossless']} ({check.describe()})"
     print(summary, file=sys.stderr)
     return 0
 

@@ -92,7 +92,7 @@ def keep_run(state: UserState, screen: str, source: str, live: LiveRun, prompt_i
     """Record a finished run in the user's state (downloads, inspector, equality evidence)."""
     state.keep(screen, LastRun(live.label, live.mode, list(live.records), tuple(prompt_ids), settings, files or {}))
     state.remember(RunSummary(source, prompt_key(prompt_ids), prompt[:60], live.label, live.mode, greedy,
-                              tuple(live.token_ids), complete=not live.stopped_early))
+                              tuple(live.token_ids), complete=not live.stopped_early, prompt_ids=tuple(prompt_ids)))
 
 
 def safe_stem(text: str) -> str:

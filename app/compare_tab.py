@@ -2,7 +2,8 @@
 
 Each column streams its own text, timeline and metric cards; at the end a summary table gives
 speedup over the vanilla column measured in the same comparison, and a badge says whether every
-column produced identical tokens (greedy decoding is lossless, so it should say yes). API: `compare`.
+column produced identical tokens (greedy decoding is lossless, so it should say yes), and otherwise how
+many columns differ by a rounding tie and how many by a real difference (a bug; `lossless.py`). API: `compare`.
 What the screen shows is written in the language of the switch (the handler's last input, `lang`);
 the JSON details stay English.
 """
@@ -14,6 +15,7 @@ import gradio as gr
 
 from easyspec.core.engine import CALIBRATION_POLICIES, MODES
 from easyspec.core.i18n import tr
+from easyspec.core.lossless import GreedyCheck, compare_greedy, count_verdicts, counts_text
 from easyspec.visualizations.cards import badge_html, metric_cards_html
 from easyspec.visualizations.timeline import timeline_figure
 from easyspec.visualizations.tokens import tokens_html
@@ -55,41 +57,69 @@ def _r(x, digits=3):
 
 def summary_table(rows: list[list], lang: str) -> dict:
     """A Dataframe value: the summary rows under headers in `lang`, yes/no cells in `lang`."""
-    return {"data": [[tr(v, lang) if v in ("yes", "no") else v for v in row] for row in rows],
+    return {"data": [[tr(v, lang) if v in ("yes", "no", "rounding tie") else v for v in row] for row in rows],
             "headers": [tr(h, lang) for h in SUMMARY_HEADERS]}
 
 
-def summary_rows(lives: list[LiveRun]) -> tuple[list[list], bool | None, str]:
-    """Table rows, whether all columns produced identical tokens (None: not applicable), and a note (English)."""
+def greedy_checks(session, prompt_ids, lives: list[LiveRun]) -> list[GreedyCheck | None]:
+    """Each column's greedy check against column 1 (lossless.py); None where it does not apply (column 1
+    itself, sampling, a run stopped early). Column 1 is the reference even when it is not vanilla: at the
+    first differing token both sides' tokens must be within rounding of the fp32 base's best either way."""
+    if len(lives) < 2 or any(lv.stopped_early or not lv.greedy for lv in lives):
+        return [None] * len(lives)
+    first = lives[0].token_ids
+    return [None] + [compare_greedy(session, prompt_ids, lv.token_ids, first) for lv in lives[1:]]
+
+
+SAME_CELL = {"equal": "yes", "tie": "rounding tie", "different": "no"}
+
+
+def summary_rows(lives: list[LiveRun], checks: list[GreedyCheck | None] | None = None
+                 ) -> tuple[list[list], bool | str | None, list[str]]:
+    """Table rows, whether all columns produced identical tokens (True, "tie" when they differ only by rounding
+    ties, False for a real difference, None: not applicable), and the note's parts (English)."""
+    checks = checks or [None] * len(lives)
     vanilla = next((lv for lv in lives if lv.mode == "vanilla" and lv.records), None)
     v_rate = vanilla.metrics().tokens_per_s if vanilla else None
     first = lives[0].token_ids if lives else []
     rows = []
-    for i, live in enumerate(lives, start=1):
+    for i, (live, check) in enumerate(zip(lives, checks), start=1):
         m = live.metrics()
         if m is None:
             continue
         speedup = _r(m.tokens_per_s / v_rate, 3) if v_rate else None
+        same = SAME_CELL[check.verdict] if check else ("yes" if live.token_ids == first else "no")
         rows.append([i, live.label, m.new_tokens, _r(m.total_s), _r(m.tokens_per_s), speedup,
                      _r(m.acceptance_rate), _r(m.mean_accepted_length), _r(m.draft_s), _r(m.verify_s),
-                     _r(m.calibrate_s), "yes" if live.token_ids == first else "no"])
-    return rows, *_equality(lives)
+                     _r(m.calibrate_s), same])
+    return rows, *_equality(lives, checks)
 
 
-def _equality(lives: list[LiveRun]) -> tuple[bool | None, str]:
+def _equality(lives: list[LiveRun], checks: list[GreedyCheck | None]) -> tuple[bool | str | None, list[str]]:
     if any(lv.stopped_early for lv in lives) or len(lives) < 2:
-        return None, "stopped early: the columns are not complete"
+        return None, ["stopped early: the columns are not complete"]
     same = all(lv.token_ids == lives[0].token_ids for lv in lives)
     if not all(lv.greedy for lv in lives):
-        return None, ("sampling: tokens differ by design; speculative sampling preserves the base's distribution, "
-                      f"not the exact tokens ({'identical anyway' if same else 'they differ'})")
+        return None, ["sampling: tokens differ by design; speculative sampling preserves the base's distribution, "
+                      f"not the exact tokens ({'identical anyway' if same else 'they differ'})"]
     n = len(lives[0].token_ids)
     if same:
-        return True, f"all {len(lives)} columns emitted the same {n} tokens (greedy decoding is lossless)"
-    firsts = [next((j for j, (a, b) in enumerate(zip(lv.token_ids, lives[0].token_ids)) if a != b),
-                   min(len(lv.token_ids), n)) for lv in lives[1:]]
-    return False, (f"first difference at new token {min(firsts)}: in fp32 only a genuine tie of the base's top two "
-                   f"logits may do this (docs/conventions.md#ties); anything else is a bug")
+        return True, [f"all {len(lives)} columns emitted the same {n} tokens (greedy decoding is lossless)"]
+    done = [c for c in checks if c is not None]
+    counts = counts_text(count_verdicts(done))
+    worst = next((c for c in done if c.verdict == "different"), None)
+    if worst is not None:
+        return False, [counts, f"a real difference at new token {worst.index}: the fp32 base rates a token "
+                               f"further below its best than {worst.dtype} rounding explains; this is a bug"]
+    tie = min((c for c in done if c.verdict == "tie"), key=lambda c: c.index)
+    return "tie", [counts, f"rounding tie at new token {tie.index}: recomputed in fp32 from the same weights, "
+                           f"both tokens are within {tie.allowed:.2g} of the best logit, so {tie.dtype} rounding "
+                           f"may pick either; not a bug"]
+
+
+def equality_note(parts: list[str], lang: str) -> str:
+    """The badge's note in `lang`: each part translated on its own (the JSON details keep the English)."""
+    return "; ".join(tr(p, lang) for p in parts)
 
 
 def empty_view(modes: list[str], lang: str) -> list:
@@ -163,15 +193,20 @@ def make_compare(ctx: AppContext):
                 out += [f"**{c + 1}. {live.label}** · {tr(state_word, lang)}", live.text_html(), live.cards_html(),
                         live.timeline(x_range=x_range, legend="bottom")]
             if final:
-                rows, equal, note = summary_rows(lives)
-                return [tr(status, lang), summary_table(rows, lang), badge_html(equal, note, lang),
-                        details(equal, note)] + out
+                checks = greedy_checks(session, ids, lives)
+                rows, equal, parts = summary_rows(lives, checks)
+                badge = badge_html(equal, equality_note(parts, lang), lang)
+                return [tr(status, lang), summary_table(rows, lang), badge,
+                        details(equal, "; ".join(parts), checks)] + out
             if reset:
                 return [tr(status, lang), summary_table([], lang), badge_html(None, "running …", lang), None] + out
             return [tr(status, lang), gr.skip(), gr.skip(), gr.skip()] + out
 
-        def details(equal, note):
-            return {"identical": equal, "note": note, "columns": [lv.details() for lv in lives]}
+        def details(equal, note, checks):
+            return {"identical": None if equal is None else equal is True, "note": note,
+                    "greedy_checks": [c.as_dict() if c else None for c in checks],
+                    "counts": count_verdicts(checks) if any(checks) else None,
+                    "columns": [lv.details() for lv in lives]}
 
         every = set(range(n_cols))
         yield view(every, None, f"**Comparing** {n_cols} settings on the same prompt …", reset=True)

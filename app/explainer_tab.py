@@ -15,6 +15,7 @@ from typing import Sequence
 import gradio as gr
 
 from easyspec.core.i18n import check_lang, text, tr
+from easyspec.core.lossless import GreedyCheck, compare_greedy, count_verdicts, first_difference
 from easyspec.core.metrics import compute
 from easyspec.core.records import RoundRecord
 from easyspec.visualizations.acceptance import acceptance_summary_figure
@@ -25,7 +26,7 @@ from .common import friendly
 from .context import AppContext
 from .state import RunSummary, UserState
 
-EVIDENCE_HEADERS = ["prompt", "identical tokens", "greedy runs", "settings"]
+EVIDENCE_HEADERS = ["prompt", "identical tokens", "rounding ties", "real differences", "greedy runs", "settings"]
 
 
 @dataclass(frozen=True)
@@ -82,8 +83,10 @@ def agree(a: Sequence[int], b: Sequence[int]) -> bool:
     return tuple(a[:n]) == tuple(b[:n])
 
 
-def evidence_rows(log: Sequence[RunSummary]) -> list[list]:
-    """One row per prompt with at least two complete greedy runs: did they all emit the same tokens?"""
+def evidence_rows(log: Sequence[RunSummary], reference_base=None) -> list[list]:
+    """One row per prompt with at least two complete greedy runs: did they all emit the same tokens, and if
+    not, how many runs differ from the reference (the vanilla run, else the first) by a rounding tie and how
+    many by a real difference (lossless.py; `reference_base`: the session, whose fp32 base recomputes)."""
     groups: dict[str, list[RunSummary]] = {}
     for s in log:
         if s.greedy and s.complete:
@@ -92,10 +95,24 @@ def evidence_rows(log: Sequence[RunSummary]) -> list[list]:
     for runs in groups.values():
         if len(runs) < 2:
             continue
-        same = all(agree(r.token_ids, runs[0].token_ids) for r in runs)
+        ref = next((r for r in runs if r.mode == "vanilla"), runs[0])
+        checks = [_check(reference_base, ref, r) for r in runs if r is not ref]
+        counts = count_verdicts(checks)
+        same = "yes" if counts["equal"] == len(checks) else "rounding tie" if not counts["different"] else "NO"
         labels = ", ".join(dict.fromkeys(r.label for r in runs))
-        rows.append([runs[0].prompt_preview, "yes" if same else "NO", len(runs), labels])
+        rows.append([runs[0].prompt_preview, same, counts["tie"], counts["different"], len(runs), labels])
     return rows
+
+
+def _check(reference_base, ref: RunSummary, run: RunSummary) -> GreedyCheck:
+    """The greedy check of one run against the reference over their common length (runs may have had
+    different token limits); a difference counts as real when there is nothing to recompute with."""
+    n = min(len(ref.token_ids), len(run.token_ids))
+    if agree(ref.token_ids, run.token_ids):
+        return GreedyCheck("equal", "")
+    if reference_base is None or not ref.prompt_ids:
+        return GreedyCheck("different", "", index=first_difference(run.token_ids[:n], ref.token_ids[:n]))
+    return compare_greedy(reference_base, ref.prompt_ids, run.token_ids[:n], ref.token_ids[:n])
 
 
 def _demo_sources(ctx: AppContext) -> dict[str, Source]:
@@ -155,14 +172,15 @@ def explainer_views(ctx: AppContext, state: UserState, lang: str = "en"):
     drafting = text("how.drafting", lang, where=where) + "\n\n" + "\n".join(stories)
     items, own_ar = acceptance_items(ctx, state)
     ar_note = text("how.ar_own" if own_ar else "how.ar_demo", lang)
-    rows = evidence_rows(state.log)
+    rows = evidence_rows(state.log, ctx.session)
     demo_tokens = [tuple(t for r in d.records for t in r.token_ids) for d in ctx.demo_runs]
-    if len(demo_tokens) >= 2:
-        same = all(t == demo_tokens[0] for t in demo_tokens)
-        rows.insert(0, ["(recorded demo runs)", "yes" if same else "NO", len(demo_tokens),
+    if len(demo_tokens) >= 2:  # recorded from the offline pair, which this session may not hold: not recomputed
+        differ = sum(t != demo_tokens[0] for t in demo_tokens[1:])
+        rows.insert(0, ["(recorded demo runs)", "NO" if differ else "yes", 0, differ, len(demo_tokens),
                         ", ".join(d.label for d in ctx.demo_runs)])
     note = "" if len(rows) > (1 if demo_tokens else 0) else text("how.evidence_hint", lang)
-    evidence = {"data": rows, "headers": [tr(h, lang) for h in EVIDENCE_HEADERS]}
+    evidence = {"data": [[r[0], tr(r[1], lang), *r[2:]] for r in rows],
+                "headers": [tr(h, lang) for h in EVIDENCE_HEADERS]}
     figs = [translate_figure(f, lang) for f in (*figs, acceptance_summary_figure(items))]
     return drafting, figs[0], figs[1], figs[2], ar_note, evidence, note
 
@@ -181,7 +199,7 @@ def build(ctx: AppContext, state: gr.State, tab: gr.Tab, lang: gr.Radio):
     ar_note = gr.Markdown(first[4])
     gr.Markdown(text("how.equality"))
     evidence = gr.Dataframe(first[5]["data"], headers=EVIDENCE_HEADERS, interactive=False, elem_id="how-evidence",
-                            wrap=True, column_widths=["30%", "12%", "10%", "48%"])
+                            wrap=True, column_widths=["26%", "11%", "9%", "9%", "8%", "37%"])
     evidence_note = gr.Markdown(first[6])
     gr.Markdown(text("how.pilot"))
     outputs = [drafting, seq_plot, par_plot, ar_plot, ar_note, evidence, evidence_note]

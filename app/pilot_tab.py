@@ -15,6 +15,7 @@ import gradio as gr
 from easyspec.core.engine import CALIBRATION_POLICIES
 from easyspec.core.i18n import check_lang, text, tr
 from easyspec.core.files import write_text_atomic
+from easyspec.core.lossless import VERDICTS
 from easyspec.core.pilot import (DEFAULT_PROMPTS, PilotGrid, PilotProgress, PilotRun, describe_seconds,
                                  estimate_seconds, pilot_json, rows_to_csv, run_pilot, summarise)
 from easyspec.core.projection import COMM_MODELS, project_pilot, session_shapes
@@ -37,11 +38,11 @@ AUTO = GROUPINGS[1]  # "auto (tuned)": the tuned plan, ticked next to the N valu
 SOURCES = ("built-in set", "uploaded file", "typed prompts")
 RUN_COLUMNS = ["prompt", "setting", "new_tokens", "tokens_per_s", "speedup", "acceptance_rate",
                "mean_accepted_length", "draft_s", "verify_s", "calibrate_s", "sample_s", "overhead_s",
-               "memory_source", "run_peak_memory_mib", "run_memory_growth_mib", "equal_to_vanilla"]
+               "memory_source", "run_peak_memory_mib", "run_memory_growth_mib", "greedy_check"]
 SUMMARY_COLUMNS = ["setting", "prompts", "new_tokens", "tokens_per_s", "speedup", "acceptance_rate",
                    "mean_accepted_length", "draft_s", "verify_s", "calibrate_s", "sample_s", "overhead_s",
                    "memory_source", "largest_run_peak_memory_mib", "largest_run_memory_growth_mib",
-                   "equal_to_vanilla"]
+                   "greedy_equal", "greedy_tie", "greedy_different"]  # the greedy checks against vanilla
 
 
 PROJECTION_COLUMNS = ["devices", "setting", "vanilla_tokens_per_s", "speculative_tokens_per_s",
@@ -67,6 +68,8 @@ def _table(rows: list[dict], columns: list[str], lang: str = "en") -> dict:
     def cell(v):
         if isinstance(v, bool):
             return tr("yes" if v else "no", lang)
+        if isinstance(v, str) and v in VERDICTS:  # a run's greedy check
+            return tr(v, lang)
         return "" if v is None else v
     return {"data": [[cell(r.get(c)) for c in columns] for r in rows], "headers": [tr(c, lang) for c in columns]}
 
@@ -256,7 +259,8 @@ def _keep_pilot_run(state: UserState, item: PilotRun, prompt: str, prompt_ids: l
     state.pilot_runs[label] = run
     state.keep("pilot", run)
     state.remember(RunSummary("pilot", prompt_key(prompt_ids), prompt[:60], item.setting.label, cfg.mode,
-                              cfg.sampling.greedy, item.token_ids, complete=item.records[-1].stop is not None))
+                              cfg.sampling.greedy, item.token_ids, complete=item.records[-1].stop is not None,
+                              prompt_ids=tuple(prompt_ids)))
 
 
 def _tuned_note(ctx: AppContext, lang: str = "en") -> str:

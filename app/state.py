@@ -28,6 +28,7 @@ class RunSummary:
     greedy: bool
     token_ids: tuple[int, ...]
     complete: bool  # False when stopped early
+    prompt_ids: tuple[int, ...] = ()  # for the greedy check of a difference (How it works)
 
 
 @dataclass

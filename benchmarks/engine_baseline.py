@@ -23,6 +23,7 @@ from easyspec.core.bench import git_commit, machine
 from easyspec.core.engine import SpecConfig, Stopping, generate
 from easyspec.core.files import write_text_atomic
 from easyspec.core.loading import load_pair, resolve_pair
+from easyspec.core.lossless import Fp32Reference, compare_greedy, count_verdicts, same_column
 from easyspec.core.text import encode_prompt
 
 PROMPTS = {
@@ -41,6 +42,7 @@ def measure(dtype: str, max_new: int, draft_len: int) -> list[dict]:
     pair = load_pair(resolve_pair(pair="qwen2.5-coder"), dtype=dtype)
     base, draft = pair.base.decoder, pair.draft.decoder
     stopping = Stopping(pair.eos_ids)
+    reference = Fp32Reference(base)  # classifies a difference from vanilla (fp32 copy built on first use)
     prompts = {name: encode_prompt(pair.tokenizer, text, chat=True) for name, text in PROMPTS.items()}
     list(generate(base, draft, prompts["chat: sky"], SpecConfig(max_new_tokens=8), stopping))  # warm-up
     rows = []
@@ -64,14 +66,17 @@ def measure(dtype: str, max_new: int, draft_len: int) -> list[dict]:
         row["tokens_per_s"] = sum(m["new_tokens"] for m in ms) / sum(m["total_s"] for m in ms)
         row["speedup_median"] = statistics.median(
             p["metrics"]["tokens_per_s"] / vanilla[n]["metrics"]["tokens_per_s"] for n, p in row["prompts"].items())
+        for n, p in row["prompts"].items():
+            p["greedy_check"] = compare_greedy(reference, prompts[n], p["tokens"], vanilla[n]["tokens"]).as_dict()
         row["same_as_vanilla"] = sum(p["tokens"] == vanilla[n]["tokens"] for n, p in row["prompts"].items())
+        row["greedy_checks"] = count_verdicts(p["greedy_check"]["verdict"] for p in row["prompts"].values())
         row["draft_s"] = sum(m["draft_s"] for m in ms)
         row["calibrate_s"] = sum(m["calibrate_s"] for m in ms)
         row["verify_s"] = sum(m["verify_s"] for m in ms)
         row["memory_source"] = ms[0]["memory_source"]  # each run's own figures, the largest over the prompts
         row["largest_run_peak_memory_bytes"] = max(m["run_peak_memory_bytes"] for m in ms)
         row["largest_run_memory_growth_bytes"] = max(m["run_memory_growth_bytes"] for m in ms)
-    del pair
+    del pair, reference
     return rows
 
 
@@ -84,9 +89,12 @@ def markdown(rows: list[dict], meta: dict) -> str:
            f"{meta['draft_len']}; {len(PROMPTS)} prompts ({', '.join(PROMPTS)})",
            "- AR = accepted / drafted; AL = tokens emitted per drafting round (bonus/recovered included); "
            "tok/s = new tokens / wall time over all prompts (prefill included); speedup = median over prompts "
-           "of tok/s ratio to vanilla in the same run; 'same' = prompts whose tokens equal vanilla's; run peak = "
-           f"{metrics.memory_label(rows[0]['memory_source'])}, growth = its growth above the run's start (both "
-           "the largest over the prompts' runs).", ""]
+           "of tok/s ratio to vanilla in the same run; 'same' = prompts whose tokens equal vanilla's, a rounding tie "
+           "counted and named: at the first differing token the base's logits, recomputed in fp32 from the same "
+           "weights, put both tokens within the stated margin of the best (1e-5 in fp32; 4 bf16 units in the last "
+           "place of the logit in bf16; core/lossless.py); any other difference is counted 'different' (a bug); "
+           f"run peak = {metrics.memory_label(rows[0]['memory_source'])}, growth = its growth above the run's start "
+           "(both the largest over the prompts' runs).", ""]
     for dtype in meta["dtypes"]:
         out += [f"## {dtype}", "", "| setting | AR | AL | tok/s | speedup vs vanilla | draft s | calibrate s | "
                 "verify s | same as vanilla | run peak GiB | growth MiB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -95,10 +103,29 @@ def markdown(rows: list[dict], meta: dict) -> str:
             al = "-" if r["mean_accepted_length"] is None else f"{r['mean_accepted_length']:.2f}"
             out.append(f"| {r['setting']} | {ar} | {al} | {r['tokens_per_s']:.2f} | {r['speedup_median']:.2f}x | "
                        f"{r['draft_s']:.1f} | {r['calibrate_s']:.1f} | {r['verify_s']:.1f} | "
-                       f"{r['same_as_vanilla']}/{len(PROMPTS)} | {r['largest_run_peak_memory_bytes'] / 2**30:.2f} | "
+                       f"{same_column(r['greedy_checks'])} | {r['largest_run_peak_memory_bytes'] / 2**30:.2f} | "
                        f"{r['largest_run_memory_growth_bytes'] / 2**20:.0f} |")
         out.append("")
+        out += differences([r for r in rows if r["dtype"] == dtype])
     return "\n".join(out)
+
+
+def differences(rows: list[dict]) -> list[str]:
+    """Every prompt whose tokens differ from vanilla's: where, the two tokens, the fp32 margins, the verdict."""
+    lines = [f"| {r['setting']} | {name} | {c['verdict']} | {c['index']} | {c['token']} vs {c['reference_token']} | "
+             f"{_g(c['margin'])} | {_g(c['gap'])} | {_g(c['allowed'])} | {c['fp32_pick']} |"
+             for r in rows for name, p in r["prompts"].items() if (c := p["greedy_check"])["verdict"] != "equal"]
+    if not lines:
+        return []
+    return ["Differences from vanilla (new token index; tokens: this setting's vs vanilla's; margin = fp32 logit "
+            "of the higher minus the other's; gap = fp32's top logit minus the lower of the two; allowed = the "
+            "stated margin; fp32 pick = fp32's own greedy token):", "",
+            "| setting | prompt | verdict | at token | tokens | margin | gap | allowed | fp32 pick |",
+            "|---|---|---|---|---|---|---|---|---|", *lines, ""]
+
+
+def _g(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3g}"
 
 
 def main() -> None:

@@ -6,7 +6,8 @@ prompt set. It runs through the pilot's one implementation (`pilot.run_pilot`).
 speed: tokens/s of vanilla, speculative and easyspec, and in the same process on the same prompts
 transformers' own assisted generation with the same pair, dtype and a constant draft length (its
 adaptive schedule and confidence threshold off), plus its default settings; medians over repeats
-after a warm-up, ratios to vanilla per prompt and repeat, and output equality for every prompt.
+after a warm-up, ratios to vanilla per prompt and repeat, and output equality for every prompt (a
+difference classified as a rounding tie or a real difference, `lossless.py`).
 Both can add token-tree and adaptive variants of every drafting setting (`drafting` column), so that
 chain, tree and adaptive drafting are compared in the same run.
 """
@@ -19,6 +20,7 @@ from typing import Callable, Sequence
 
 from .engine import SpecConfig
 from .metrics import compute, memory_label
+from .lossless import VERDICTS, GreedyCheck, compare_greedy, count_verdicts, same_column
 from .pilot import PilotGrid, PilotRun, PilotSetting, result_row, run_pilot, summarise
 
 Progress = Callable[[str], None]
@@ -40,6 +42,12 @@ def drafting(cfg: SpecConfig) -> str:
     """'chain', 'tree 4x4', 'chain adaptive', ...: how a setting drafts."""
     text = f"tree {cfg.tree_depth}x{cfg.tree_width}" if cfg.tree else "chain"
     return f"{text} adaptive" if cfg.adaptive else text
+
+
+def _verdicts(summary: dict) -> dict[str, int] | None:
+    """A pilot summary's greedy-check counts {"equal", "tie", "different"} (None: sampled, nothing compared)."""
+    counts = {v: summary[f"greedy_{v}"] for v in VERDICTS}
+    return None if counts["equal"] is None else counts
 
 
 def acceptance(session, prompts: Sequence[str], layer_parallel: Sequence[int], calibration: Sequence[str],
@@ -72,7 +80,8 @@ def acceptance(session, prompts: Sequence[str], layer_parallel: Sequence[int], c
                          "acceptance_rate": s["acceptance_rate"], "mean_accepted_length": s["mean_accepted_length"],
                          "per_position_acceptance": per_position(mine), "tokens_per_s": s["tokens_per_s"],
                          "speedup": s["speedup"], "draft_s": s["draft_s"], "calibrate_s": s["calibrate_s"],
-                         "equal_to_vanilla": s["equal_to_vanilla"], "memory_source": s["memory_source"],
+                         "equal_to_vanilla": s["equal_to_vanilla"], "greedy_checks": _verdicts(s),
+                         "memory_source": s["memory_source"],
                          "largest_run_peak_memory_mib": s["largest_run_peak_memory_mib"],
                          "largest_run_memory_growth_mib": s["largest_run_memory_growth_mib"]})
     for row in rows:  # relative drop against N = 1 with the same policy, drafting and temperature, same run
@@ -153,7 +162,7 @@ def speed(session, prompts: Sequence[str], settings: dict[str, SpecConfig], repe
         m.clear()
     rates: dict[str, list[float]] = {k: [] for k in runners}
     ratios: dict[str, list[float]] = {k: [] for k in runners}
-    equal: dict[str, list[bool]] = {k: [] for k in runners}
+    checks: dict[str, list[GreedyCheck]] = {k: [] for k in runners}  # first repeat of each prompt
     for i, ids in enumerate(prompt_ids):
         for rep in range(repeats):
             got = {}
@@ -162,23 +171,25 @@ def speed(session, prompts: Sequence[str], settings: dict[str, SpecConfig], repe
                 tokens, seconds = run(ids)
                 got[label] = tokens
                 rates[label].append(len(tokens) / seconds)
+            check = {label: compare_greedy(session, ids, got[label], got["vanilla"]) for label in runners}
             if keep is not None:
                 vanilla = None
                 for label in sorted(settings, key=lambda x: settings[x].mode != "vanilla"):  # vanilla first:
                     cfg = settings[label]  # it is the rows' speedup reference
                     setting, records = PilotSetting(label, cfg), last_records[label]
                     run = PilotRun(i, setting, tuple(records), tuple(got[label]),
-                                   result_row(i, setting, len(ids), records, vanilla))
+                                   result_row(i, setting, len(ids), records, vanilla, check[label]))
                     vanilla = run if cfg.mode == "vanilla" else vanilla
                     keep.append(run)
             for label in runners:
                 ratios[label].append(rates[label][-1] / rates["vanilla"][-1])
                 if rep == 0:
-                    equal[label].append(got[label] == got["vanilla"])
+                    checks[label].append(check[label])
     return {"rows": [{"setting": label, "tokens_per_s_median": round(statistics.median(rates[label]), 4),
                       "speedup_median": round(statistics.median(ratios[label]), 4),
                       "speedup_min": round(min(ratios[label]), 4), "speedup_max": round(max(ratios[label]), 4),
-                      "equal_to_vanilla": f"{sum(equal[label])}/{len(equal[label])}",
+                      "equal_to_vanilla": same_column(count_verdicts(checks[label])),
+                      "greedy_checks": count_verdicts(checks[label]),
                       **_ar_al(counts.get(label, [0, 0, 0, 0])), **_memory(memory.get(label, []))}
                      for label in runners],
             "prompts": list(prompts), "repeats": repeats, "max_new_tokens": max_new_tokens}
@@ -273,15 +284,16 @@ def markdown(kind: str, result: dict) -> str:
         out += [f"| {r['temperature']} | {r['layer_parallel']} | {r['calibration']} | {r.get('drafting', 'chain')} | "
                 f"{_fmt(r['acceptance_rate'])} | "
                 f"{_fmt(r['mean_accepted_length'])} | {_fmt(r['relative_drop'])} | "
-                f"{_fmt(r['per_position_acceptance'])} | {_fmt(r['equal_to_vanilla'])} |" for r in result["rows"]]
+                f"{_fmt(r['per_position_acceptance'])} | {_same(r)} |" for r in result["rows"]]
     else:
         source = next((r["memory_source"] for r in result["rows"] if r.get("memory_source")), "")
         out += [f"Medians over {result['repeats']} repeats per prompt after a warm-up; speedup = tokens/s over "
                 "vanilla's in the same repeat on the same prompt (min..max across prompts and repeats); "
-                "equality = prompts whose greedy tokens equal vanilla's; AR and AL (see `bench acceptance`) over "
-                "every measured run of the setting (a tree's AR is per depth: accepted path / tree depth); "
-                f"memory = {memory_label(source)}, and its growth above the run's start: the largest over the "
-                "setting's measured runs (- for transformers' runs, not traced).", "",
+                "equality = prompts whose greedy tokens equal vanilla's, a rounding tie counted as equal and "
+                "named (a difference that fp32 recomputation explains, core/lossless.py); AR and AL (see "
+                "`bench acceptance`) over every measured run of the setting (a tree's AR is per depth: accepted "
+                f"path / tree depth); memory = {memory_label(source)}, and its growth above the run's start: the "
+                "largest over the setting's measured runs (- for transformers' runs, not traced).", "",
                 "| setting | tok/s | speedup | range | AR | AL | same as vanilla | run peak GiB | growth MiB |",
                 "|---|---|---|---|---|---|---|---|---|"]
         out += [f"| {r['setting']} | {r['tokens_per_s_median']:.2f} | {r['speedup_median']:.2f}x | "
@@ -290,6 +302,12 @@ def markdown(kind: str, result: dict) -> str:
                 f"{_bytes(r.get('largest_run_peak_memory_bytes'), 30, 2)} | "
                 f"{_bytes(r.get('largest_run_memory_growth_bytes'), 20, 0)} |" for r in result["rows"]]
     return "\n".join(out) + "\n"
+
+
+def _same(row: dict) -> str:
+    """An acceptance row's "same as vanilla" cell: the greedy checks' counts ("3/3 (1 tie)"), or yes/no/-."""
+    counts = row.get("greedy_checks")
+    return same_column(counts) if counts else _fmt(row["equal_to_vanilla"])
 
 
 def write_results(out: str, kind: str, result: dict) -> None:

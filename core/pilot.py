@@ -6,7 +6,8 @@ length k, and EasySpec over layer-parallel size N x calibration policy x k); `es
 says how long it will take from a measured `Throughput`; `run_pilot` runs every setting on every
 prompt through the session's one record stream and yields progress and one result row per run
 (tokens/s, speedup over vanilla on the same prompt in the same pilot, AR, AL, seconds per phase,
-the run's own peak memory and its growth above the run's start, greedy equality with vanilla);
+the run's own peak memory and its growth above the run's start, greedy equality with vanilla, and
+the greedy check of a difference: rounding tie or real difference);
 `summarise` folds rows per setting; CSV and JSON export.
 What it is not: a UI (no gradio, no plotly), or the engine (it only consumes `Session.generate`).
 """
@@ -20,6 +21,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Iterator, Sequence
 
 from .engine import CALIBRATION_POLICIES, SpecConfig
+from .lossless import GreedyCheck, compare_greedy, count_verdicts
 from .metrics import compute
 from .records import PHASES, RoundRecord
 from .sampling import SamplingConfig
@@ -236,8 +238,9 @@ def _largest(values) -> float | None:
 
 
 def result_row(prompt_index: int, setting: PilotSetting, prompt_tokens: int, records: Sequence[RoundRecord],
-               vanilla: PilotRun | None) -> dict:
-    """One flat row of plain values (what the CSV holds)."""
+               vanilla: PilotRun | None, check: GreedyCheck | None = None) -> dict:
+    """One flat row of plain values (what the CSV holds). check: the greedy check against vanilla
+    (lossless.py), for greedy runs with a vanilla run of the same prompt."""
     m, cfg = compute(records), setting.config
     tokens = tuple(t for r in records for t in r.token_ids)
     drafting = [r for r in records if r.drafted]
@@ -256,13 +259,17 @@ def result_row(prompt_index: int, setting: PilotSetting, prompt_tokens: int, rec
         "verify_s": round(m.verify_s, 6), "calibrate_s": round(m.calibrate_s, 6),
         **{f"{p}_s": round(m.phase_s.get(p, 0.0), 6) for p in PHASES},
         **memory_columns(m),
-        "equal_to_vanilla": None, "stop": records[-1].stop,
+        "equal_to_vanilla": None, "greedy_check": None, "fp32_gap": None, "stop": records[-1].stop,
     }
     if vanilla is not None and cfg.mode != "vanilla":
         base_rate = vanilla.row["tokens_per_s"]
         row["speedup"] = round(m.tokens_per_s / base_rate, 4) if base_rate else None
         if cfg.sampling.greedy:
             row["equal_to_vanilla"] = tokens == vanilla.token_ids
+            if check is not None:
+                assert (check.verdict == "equal") == row["equal_to_vanilla"], (check, row["setting"])
+                row["greedy_check"] = check.verdict
+                row["fp32_gap"] = None if check.gap is None else round(check.gap, 6)
     elif cfg.mode == "vanilla":
         row["speedup"] = 1.0
     return row
@@ -297,8 +304,12 @@ def run_pilot(session, prompts: Sequence[str], grid: PilotGrid,
             if should_stop():
                 yield PilotProgress(done, total, "stopped", time.perf_counter() - t0)
                 return
-            run = PilotRun(i, setting, tuple(records), tuple(t for r in records for t in r.token_ids),
-                           result_row(i, setting, len(ids), records, vanilla))
+            tokens = tuple(t for r in records for t in r.token_ids)
+            check = None
+            if vanilla is not None and setting.config.mode != "vanilla" and setting.config.sampling.greedy:
+                check = compare_greedy(session, ids, tokens, vanilla.token_ids)
+            run = PilotRun(i, setting, tuple(records), tokens,
+                           result_row(i, setting, len(ids), records, vanilla, check))
             vanilla = run if setting.config.mode == "vanilla" else vanilla
             done += 1
             yield run
@@ -322,6 +333,7 @@ def summarise(rows: Sequence[dict]) -> list[dict]:
         al_rounds = sum(r["drafting_rounds"] for r in mine)
         al_tokens = sum((r["mean_accepted_length"] or 0) * r["drafting_rounds"] for r in mine)
         equal = [r["equal_to_vanilla"] for r in mine if r["equal_to_vanilla"] is not None]
+        verdicts = count_verdicts(r.get("greedy_check") for r in mine)
         first = mine[0]
         out.append({
             "setting": label, "mode": first["mode"], "layer_parallel": first["layer_parallel"],
@@ -337,6 +349,9 @@ def summarise(rows: Sequence[dict]) -> list[dict]:
             **{f"largest_{k}": _largest(r.get(k) for r in mine) for k in ("run_peak_memory_mib",
                                                                            "run_memory_growth_mib")},
             "equal_to_vanilla": (all(equal) if equal else None),
+            # the greedy checks (lossless.py): token-for-token equal, rounding ties, real differences (bugs)
+            **({f"greedy_{v}": n for v, n in verdicts.items()} if sum(verdicts.values()) else
+               dict.fromkeys(f"greedy_{v}" for v in verdicts)),
         })
     return out
 

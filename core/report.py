@@ -67,7 +67,9 @@ def setting_rows(runs: Sequence[PilotRun]) -> list[dict]:
         out.append({**s, "runs": len(mine),
                     "tokens_per_s_spread": _spread([r["tokens_per_s"] for r in mine]),
                     "speedup_spread": _spread([r["speedup"] for r in mine if r["speedup"] is not None]),
-                    "equal_count": sum(bool(e) for e in equal), "compared_count": len(equal)})
+                    "equal_count": sum(bool(e) for e in equal), "compared_count": len(equal),
+                    # of the differing runs: rounding ties and real differences (lossless.py)
+                    "tie_count": s["greedy_tie"] or 0, "different_count": s["greedy_different"] or 0})
     return out
 
 
@@ -153,8 +155,12 @@ def conclusion(settings: Sequence[dict], grid: dict, models: dict, projection: d
                      lo_setting=lo["setting"], lo=_pct(lo["acceptance_rate"])))
     equal = sum(s["equal_count"] for s in settings)
     compared = sum(s["compared_count"] for s in settings)
-    if compared:
-        out.append(t("equal_all" if equal == compared else "equal_not_all", equal=equal, compared=compared))
+    ties, different = (sum(s[k] for s in settings) for k in ("tie_count", "different_count"))
+    if compared:  # a real difference is a bug; a rounding tie is what bf16 allows (README, "What is guaranteed")
+        key = ("equal_different" if different else "equal_ties" if ties else
+               "equal_all" if equal == compared else "equal_not_all")
+        out.append(t(key, equal=equal, compared=compared, ties=ties, different=different,
+                     dtype=models.get("dtype", "?")))
     else:
         out.append(t("equal_none"))
     out.append(t("not_measured" if models.get("devices", 1) == 1 else "not_measured_multi",

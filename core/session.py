@@ -9,6 +9,7 @@ What it is not: the decoding loop (`engine.py`) or the multi-device protocol (`p
 from __future__ import annotations
 
 import functools
+import logging
 import re
 import sys
 import threading
@@ -24,6 +25,8 @@ from .loading import PairSource, load_pair, parse_device, parse_dtype, resolve_p
 from .records import RoundRecord
 from .text import encode_prompt
 from .tuning import TuneConfig, TuneResult, load_tuning, pair_key, save_tuning, tune_steps, with_expectation
+
+logger = logging.getLogger(__name__)
 
 
 class DeviceMemoryError(RuntimeError):
@@ -75,6 +78,8 @@ class Session:
         self.source, self.dtype, self.device, self.devices, self.timeout_s = source, dtype, device, devices, timeout_s
         self.memory_budget_mb = memory_budget_mb
         self._lock = threading.Lock()
+        self._fp32_lock = threading.Lock()
+        self._fp32 = None
         self.ranks = None
         self._start()
         self._closed = threading.Event()
@@ -106,6 +111,29 @@ class Session:
             base=self.source.base_name, draft=self.source.draft_name, dtype=self.dtype, device=self.device,
             devices=self.devices, draft_layers=self.draft.cfg.n_layers if self.draft else None,
             base_layers=self.base.cfg.n_layers, context_window=self.base.cfg.max_position)
+
+    def fp32_base(self):
+        """The base in fp32 from the same weights, for classifying greedy differences (lossless.py); built on
+        first use and kept. One device: the loaded base upcast (itself in an fp32 session). Several devices:
+        rank 0 holds only its tensor-parallel shard, so a whole base is loaded here from the checkpoint
+        folder (rounded to the session's dtype first); its forwards are local and need no other rank."""
+        from .lossless import fp32_copy, load_fp32_base
+
+        with self._fp32_lock:
+            if self._fp32 is None:
+                whole = self.base if self.devices == 1 else None
+                try:
+                    self._fp32 = fp32_copy(whole) if whole else load_fp32_base(
+                        self.source.base_dir, parse_dtype(self.dtype), self.base.device)
+                except Exception as exc:  # an fp32 copy may not fit next to the session's models on the device
+                    if not out_of_memory(exc) or self.base.device.type == "cpu":
+                        raise
+                    logger.warning("no device memory for an fp32 copy of the base: checking on the CPU")
+                    torch.cuda.empty_cache()
+                    cpu = torch.device("cpu")
+                    self._fp32 = fp32_copy(whole, cpu) if whole else load_fp32_base(
+                        self.source.base_dir, parse_dtype(self.dtype), cpu)
+            return self._fp32
 
     def _keep_ranks_alive(self) -> None:
         """Between generations the followers wait for rank 0 inside a collective that times out after

@@ -34,6 +34,8 @@ def test_json_output_contract(capsys, pair_args, tmp_path):
     result = json.loads(lines[0])
     assert len(result["token_ids"]) == 20 and isinstance(result["text"], str)
     assert result["lossless"] is True and result["first_difference"] is None
+    assert result["greedy_check"]["verdict"] == "equal" and result["greedy_check"]["dtype"] == "float32"
+    assert "lossless True (token for token equal)" in err
     for key in ("acceptance_rate", "mean_accepted_length", "tokens_per_s", "rounds", "draft_s", "verify_s",
                 "calibrate_s", "per_position_acceptance"):
         assert key in result["metrics"]

@@ -101,3 +101,17 @@ def test_round_one_follows_the_policy_on_every_rank(single, multi):
         calibrating = {sp.rank for sp in first.spans if sp.phase == "calibrate"}
         assert calibrating == (set(range(multi.devices)) if policy != "none" else set()), (policy, calibrating)
         assert any(sp.phase == "draft.comm" for sp in first.spans)  # the later steps still run fuzzy groups
+
+
+def test_the_greedy_check_of_a_multi_device_session_uses_a_whole_base(single, multi):
+    """Rank 0 holds a shard: the greedy check loads a whole fp32 base, which recomputes the single-device
+    logits, with no collective (the followers are not involved)."""
+    from easyspec.core.lossless import compare_greedy, fp32_logits
+
+    ref = multi.fp32_base()
+    assert ref is multi.fp32_base() and ref.reduce is None and ref.cfg == single.base.cfg
+    assert torch.equal(fp32_logits(ref, PROMPT), fp32_logits(single.base, PROMPT))
+    vanilla = tokens_of(multi.generate(PROMPT, SpecConfig(mode="vanilla", max_new_tokens=6)))
+    worst = int(fp32_logits(ref, PROMPT + vanilla[:2]).argmin())
+    check = compare_greedy(multi, PROMPT, vanilla[:2] + [worst], vanilla[:3])
+    assert check.verdict == "different" and check.index == 2 and check.fp32_pick == vanilla[2]

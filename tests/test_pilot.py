@@ -117,7 +117,7 @@ def test_pilot_runner_rows_speedup_and_equality(session):
         else:
             vanilla = next(r for r in runs if r.prompt_index == run.prompt_index and r.row["mode"] == "vanilla")
             assert row["speedup"] == pytest.approx(row["tokens_per_s"] / vanilla.row["tokens_per_s"], rel=1e-2)
-            assert row["equal_to_vanilla"] is True, row  # greedy: lossless
+            assert row["equal_to_vanilla"] is True and row["greedy_check"] == "equal", row  # greedy: lossless
             assert 0 <= row["acceptance_rate"] <= 1 and row["mean_accepted_length"] >= 1
             assert row["drafted"] >= row["accepted"]
         phases = sum(row[f"{p}_s"] for p in ("draft.attn", "draft.mlp", "verify", "calibrate", "sample", "overhead"))
@@ -126,6 +126,8 @@ def test_pilot_runner_rows_speedup_and_equality(session):
     assert [s["setting"] for s in summary] == [s.label for s in grid.settings()]
     assert all(s["prompts"] == 2 for s in summary) and summary[0]["speedup"] == pytest.approx(1.0)
     assert all(s["equal_to_vanilla"] is True for s in summary[1:])
+    assert all((s["greedy_equal"], s["greedy_tie"], s["greedy_different"]) == (2, 0, 0) for s in summary[1:])
+    assert summary[0]["greedy_equal"] is None  # vanilla is the reference, not compared
     text = rows_to_csv([r.row for r in runs])
     parsed = list(csv.DictReader(io.StringIO(text)))
     assert len(parsed) == len(runs) and parsed[0]["setting"] == "vanilla" and "draft.attn_s" in parsed[0]

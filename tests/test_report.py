@@ -120,9 +120,10 @@ def test_report_figures_equal_the_pilots_results(pilot, reports):
             assert row[5] == f"{sp['median']:.2f}x ({sp['min']:.2f}-{sp['max']:.2f})"
             assert row[6] == ("-" if s["acceptance_rate"] is None else f"{s['acceptance_rate']:.3f}")
         equality = _parse(path).tables["equality"][1:]
-        assert equality == [[s["setting"], f"{s['equal_count']} / {s['compared_count']}"]
-                            for s in data["settings"] if s["compared_count"]]
+        assert equality == [[s["setting"], f"{s['equal_count']} / {s['compared_count']}", str(s["tie_count"]),
+                             str(s["different_count"])] for s in data["settings"] if s["compared_count"]]
         assert all(s["equal_count"] == s["compared_count"] for s in data["settings"])  # greedy: lossless
+        assert all(s["tie_count"] == s["different_count"] == 0 for s in data["settings"])
         projected = _parse(path).tables["projection-table"][1:]
         assert len(projected) == len(data["projection"]["rows"]) > 0
         assert [r[5] for r in projected] == [f"{r['easyspec_speedup']:.2f}x" for r in data["projection"]["rows"]]

@@ -94,15 +94,18 @@ def device_panel_html(readings: Sequence[DeviceReading], note: str = "") -> str:
     return f'<div class="es-devices" style="font-size:0.85em">{"".join(rows)}{foot}</div>'
 
 
-def badge_html(equal: bool | None, detail: str = "", lang: str = "en") -> str:
-    """The greedy-equality badge: identical tokens yes (green) / no (vermillion) / not applicable."""
+def badge_html(equal: bool | str | None, detail: str = "", lang: str = "en") -> str:
+    """The greedy-equality badge: identical tokens yes (green) / only rounding ties ("tie", orange) / no, a
+    real difference (vermillion) / not applicable."""
     if equal is None:
         colour, text = "#777777", "identical tokens: n/a"
+    elif equal == "tie":
+        colour, text = OKABE_ITO["orange"], "identical tokens: up to rounding ties"
     elif equal:
         colour, text = OKABE_ITO["bluish_green"], "identical tokens: YES"
     else:
         colour, text = OKABE_ITO["vermillion"], "identical tokens: NO"
-    state = "na" if equal is None else ("yes" if equal else "no")
+    state = "na" if equal is None else ("tie" if equal == "tie" else "yes" if equal else "no")
     return (f'<div class="es-badge" data-equal="{state}" style="display:inline-block;padding:6px 12px;'
             f'border-radius:14px;background:{colour};color:white;font-weight:600">{html.escape(tr(text, lang))}</div>'
             f'<span style="margin-left:10px;font-size:0.9em;opacity:0.8">{html.escape(tr(detail, lang))}</span>')

@@ -142,10 +142,13 @@ def report_html(data: Mapping, records: Sequence[RoundRecord] = ()) -> str:
         rows = []
         for s in settings:
             if s["compared_count"]:
-                ok = s["equal_count"] == s["compared_count"]
+                ties, different = s.get("tie_count", 0), s.get("different_count", 0)
+                explained = s["equal_count"] + ties == s["compared_count"]
                 cell = f"{s['equal_count']} / {s['compared_count']}"
-                rows.append([_e(s["setting"]), cell if ok else f'<span class="bad">{cell}</span>'])
-        parts.append(_table([t("report.col.setting"), t("report.col.equal")], rows, numeric=[1], elem_id="equality"))
+                rows.append([_e(s["setting"]), cell if explained else f'<span class="bad">{cell}</span>', str(ties),
+                             f'<span class="bad">{different}</span>' if different else "0"])
+        parts.append(_table([t("report.col.setting"), t("report.col.equal"), t("report.col.ties"),
+                             t("report.col.different")], rows, numeric=[1, 2, 3], elem_id="equality"))
 
     parts.append(f"<h2>{_e(t('report.h.timeline'))}</h2>")
     rep = data.get("representative")
