@@ -128,7 +128,10 @@ def test_pilot_on_typed_prompts(client, tmp_path):
     status, summary, runs, chart, csv_path, json_path = out[:6]
     assert status.startswith("**Done**: 6 of 6 runs")
     assert [r[0] for r in summary["data"]] == ["vanilla", "speculative k=3", "easyspec N=2 every-round k=3"]
-    assert len(runs["data"]) == 6 and all(r[-1] in ("yes", "") for r in runs["data"])
+    assert sorted(r[1] for r in runs["data"]) == sorted([r[0] for r in summary["data"]] * 2)
+    # the equality column: every speculative and easyspec run equals vanilla; vanilla's own cell stays blank
+    assert [r[-1] for r in runs["data"]] == ["" if r[1] == "vanilla" else "yes" for r in runs["data"]], runs["data"]
+    assert [r[-1] for r in summary["data"]] == ["", "yes", "yes"], summary["data"]
     assert open(csv_path).read().startswith("prompt,setting,mode")
     assert len(json.loads(open(json_path).read())["rows"]) == 6
     projected, note = out[8], out[9]
