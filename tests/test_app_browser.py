@@ -84,6 +84,33 @@ def test_generate_streams_text_timeline_and_metrics(page):
     assert per_position["spans"] == 5  # k = 5 draft positions
 
 
+STOP_AT_ROUND = """(at) => {
+    // Click Stop the moment the status first shows a running round >= at, and note that round.
+    window.__esStop = null;
+    const status = document.querySelector('#gen-status');
+    const watch = new MutationObserver(() => {
+        const m = (status.innerText || '').match(/(Running|Replaying)[^\\n]* round (\\d+)/);
+        if (m && Number(m[2]) >= at && !window.__esStop) {
+            window.__esStop = {round: Number(m[2])};
+            document.querySelector('#gen-stop').click();
+            watch.disconnect();
+        }
+    });
+    watch.observe(status, {childList: true, subtree: true, characterData: true});
+}"""
+
+
+def _stop_at_round(page, start, at: int = 3) -> tuple[int, int, str]:
+    """Start a run with `start()`, click Stop once round `at` shows; (round shown at the click, last round, status)."""
+    page.evaluate(STOP_AT_ROUND, at)
+    start()
+    _wait_text(page, "#gen-status", "Stopped")
+    status = page.inner_text("#gen-status")
+    clicked = page.evaluate("window.__esStop")
+    assert clicked is not None, status
+    return clicked["round"], int(status.split("after round ")[1].split(":")[0]), status
+
+
 def test_stop_ends_a_replay_within_one_round(page, tmp_path):
     from easyspec.core.engine import SpecConfig
     from easyspec.core.records import RoundRecord, RunHeader, Span, save_run
@@ -99,13 +126,38 @@ def test_stop_ends_a_replay_within_one_round(page, tmp_path):
     page.get_by_text("Replay a saved run").click()
     page.set_input_files("#gen-replay-file input[type=file]", str(path))
     page.get_by_label("recorded pace").check()
-    page.click("#gen-replay")
-    _wait_text(page, "#gen-status", "Replaying round 3")
-    page.click("#gen-stop")
-    _wait_text(page, "#gen-status", "Stopped")
-    status = page.inner_text("#gen-status")
-    stopped_at = int(status.split("after round ")[1].split(":")[0])
-    assert 3 <= stopped_at < 20, status  # well before the end of the 40 rounds
+    clicked, stopped_at, status = _stop_at_round(page, lambda: page.click("#gen-replay"))
+    assert 3 <= clicked <= stopped_at <= clicked + 1, (clicked, status)  # a round is 0.5 s at this pace
+
+
+@pytest.fixture(scope="module")
+def slow_page(chromium, tmp_path_factory):
+    """A page on an app of its own, on a wider random pair (hidden 768): a live round takes about a
+    second on a 2-core CPU, well above the page's update delay, so that Stop can be timed to the round."""
+    from app_server import app_process
+    from helpers import make_pair
+
+    root = tmp_path_factory.mktemp("slow-pair")
+    base, draft = make_pair(root, "qwen2", n_layers=6, hidden=768, heads=8, kv_heads=2, noise=0.01)
+    with app_process(base, draft, root / "app.log") as (url, _):
+        pg = chromium.new_page(viewport={"width": 1500, "height": 1000})
+        pg.set_default_timeout(TIMEOUT_MS)
+        pg.goto(url)
+        pg.wait_for_selector("#gen-run")
+        yield pg
+        pg.close()
+
+
+def test_stop_ends_a_live_run_within_one_round(slow_page):
+    """Stop, clicked while a live generation runs, ends it after the round in flight: the last round is
+    the one shown at the click or the next one."""
+    page = slow_page
+    page.fill("#gen-prompt textarea", "The quick brown fox")
+    _set_number(page, "#gen-max-new", 200)
+    clicked, stopped_at, status = _stop_at_round(page, lambda: page.click("#gen-run"))
+    assert 3 <= clicked <= stopped_at <= clicked + 1, (clicked, status)
+    tokens = int(status.split(": ")[1].split(" tokens")[0])
+    assert 0 < tokens < 200, status  # a live run, cut short
 
 
 def test_compare_shows_the_equality_badge(page):
