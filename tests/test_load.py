@@ -24,6 +24,7 @@ MIN_MEMORY_SAMPLES = 40  # 0.5 s apart: memory watched for at least 20 s of the 
 def load_script():
     spec = importlib.util.spec_from_file_location("easyspec_load_script", SCRIPT)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up while it loads
     spec.loader.exec_module(module)
     return module
 

@@ -14,7 +14,7 @@ from easyspec.app.context import AppOptions, is_loopback, parse_auth
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
-from gradio_client.exceptions import AppError, AuthenticationError  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
 
 # Everything a request may set; a model, a folder or a server path is not among them.
 REQUEST_PARAMETERS = {"prompt", "chat", "mode", "layer_parallel", "calibration", "draft_len", "temperature", "top_p",
@@ -59,10 +59,11 @@ def test_login_is_required(guarded_app):
     url, _ = guarded_app
     api = url + "gradio_api/call/generate"
     assert httpx.post(api, json={"data": ["hi"]}, timeout=30).status_code in (401, 403)
-    # a wrong password: the login itself refuses it (401), not some later failure
+    # a wrong password: Gradio's login itself refuses it, not some later failure
     refused = httpx.post(url + "login/", data={"username": GUARDED_LOGIN[0], "password": "wrong password"}, timeout=30)
-    assert refused.status_code == 401 and not refused.cookies, (refused.status_code, refused.text[:300])
-    with pytest.raises(AuthenticationError, match="Invalid credentials"):
+    assert refused.status_code == 400 and refused.json() == {"detail": "Incorrect credentials."} \
+        and not refused.cookies, (refused.status_code, refused.text[:300])
+    with pytest.raises(ValueError, match=r"^Could not login to http://127\.0\.0\.1:\d+/?\.$"):
         Client(url, auth=(GUARDED_LOGIN[0], "wrong password"), verbose=False)
     accepted = httpx.post(url + "login/", data=dict(zip(("username", "password"), GUARDED_LOGIN)), timeout=30)
     assert accepted.status_code == 200 and accepted.cookies, accepted.status_code
