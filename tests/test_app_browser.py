@@ -131,33 +131,57 @@ def test_stop_ends_a_replay_within_one_round(page, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def slow_page(chromium, tmp_path_factory):
-    """A page on an app of its own, on a wider random pair (hidden 768): a live round takes about a
-    second on a 2-core CPU, well above the page's update delay, so that Stop can be timed to the round."""
+def two_rank_app(pair_dirs, tmp_path_factory):
+    """An app of its own with G = 2 CPU ranks on the small pair: its worker rank can be paused, which
+    holds the live run inside a round while the page catches up."""
+    import psutil
+
     from app_server import app_process
-    from helpers import make_pair
 
-    root = tmp_path_factory.mktemp("slow-pair")
-    base, draft = make_pair(root, "qwen2", n_layers=6, hidden=768, heads=8, kv_heads=2, noise=0.01)
-    with app_process(base, draft, root / "app.log") as (url, _):
-        pg = chromium.new_page(viewport={"width": 1500, "height": 1000})
-        pg.set_default_timeout(TIMEOUT_MS)
-        pg.goto(url)
-        pg.wait_for_selector("#gen-run")
-        yield pg
-        pg.close()
+    base, draft = pair_dirs["qwen2"]
+    folder = tmp_path_factory.mktemp("two-rank-app")
+    with app_process(base, draft, folder / "app.log", ["--devices", "2"]) as (url, proc):
+        ranks = [p for p in psutil.Process(proc.pid).children(recursive=True) if "spawn_main" in " ".join(p.cmdline())]
+        assert len(ranks) == 1, ranks
+        yield url, ranks[0]
 
 
-def test_stop_ends_a_live_run_within_one_round(slow_page):
-    """Stop, clicked while a live generation runs, ends it after the round in flight: the last round is
-    the one shown at the click or the next one."""
-    page = slow_page
+def test_stop_ends_a_live_run_within_one_round(chromium, two_rank_app):
+    """Stop clicked during a live run ends it after the round in flight. The run is held inside a round
+    (its worker rank paused) until the page shows every finished round, so the round shown at the click
+    is exactly the last one finished; the run must end with the next one."""
+    url, rank = two_rank_app
+    page = chromium.new_page(viewport={"width": 1500, "height": 1000})
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(url)
+    page.wait_for_selector("#gen-run")
     page.fill("#gen-prompt textarea", "The quick brown fox")
-    _set_number(page, "#gen-max-new", 200)
-    clicked, stopped_at, status = _stop_at_round(page, lambda: page.click("#gen-run"))
-    assert 3 <= clicked <= stopped_at <= clicked + 1, (clicked, status)
+    page.locator("#gen-calibration").get_by_label("none").check()  # uncalibrated N = 2: short rounds, many of them
+    _set_number(page, "#gen-n", 2)
+    _set_number(page, "#gen-max-new", 250)
+    page.click("#gen-run")
+    page.wait_for_function("(document.querySelector('#gen-status')?.innerText || '').match(/Running.* round [1-9]/)",
+                           timeout=TIMEOUT_MS)
+    rank.suspend()
+    try:
+        shown, still = page.inner_text("#gen-status"), 0
+        while still < 4:  # the page has caught up once the status stays the same for 2 s
+            page.wait_for_timeout(500)
+            now = page.inner_text("#gen-status")
+            still, shown = (still + 1 if now == shown else 0), now
+        assert shown.startswith("Running"), f"the run ended before it could be held: {shown}"
+        clicked = int(shown.split(" round ")[1].split(" ")[0])
+        with page.expect_response(lambda r: r.request.method == "POST", timeout=30_000):
+            page.click("#gen-stop")  # a direct call (queue=False): answered while the run is held
+        page.wait_for_timeout(2000)
+    finally:
+        rank.resume()
+    _wait_text(page, "#gen-status", "Stopped")
+    status = page.inner_text("#gen-status")
+    assert int(status.split("after round ")[1].split(":")[0]) == clicked + 1, (clicked, status)
     tokens = int(status.split(": ")[1].split(" tokens")[0])
-    assert 0 < tokens < 200, status  # a live run, cut short
+    assert 0 < tokens < 250, status  # a live run, cut short
+    page.close()
 
 
 def test_compare_shows_the_equality_badge(page):
