@@ -439,11 +439,12 @@ def _bench_pair(args) -> int:
     result["meta"] = bench.run_meta(" ".join(["easyspec", *sys.argv[1:]]), started, info, args)
     bench.write_results(args.out, args.bench_command, result)
     if args.bench_command == "acceptance":  # one chart per temperature: speedup and AR against N
+        from easyspec.core.files import write_text_atomic
         from easyspec.visualizations.pilot_charts import pilot_figure
 
         for t in sorted({r["temperature"] for r in result["rows"]}):
             rows = [{**r, "mode": "easyspec"} for r in result["rows"] if r["temperature"] == t]
-            pilot_figure(rows).write_html(f"{args.out}_T{t:g}.html", include_plotlyjs=True)
+            write_text_atomic(f"{args.out}_T{t:g}.html", pilot_figure(rows).to_html(include_plotlyjs=True))
     if args.json:
         print(json.dumps(result))
     else:

@@ -1,4 +1,4 @@
-"""Classifying a greedy output that differs from the base's own greedy decoding (EASYSPEC.md, "Ties").
+"""Classifying a greedy output that differs from the base's own greedy decoding (docs/conventions.md#ties).
 
 What it is: the one place that says whether two greedy token lists of the same prompt are `equal`, differ
 by a rounding `tie`, or are `different` (a bug). At the first differing position the base's logits are
@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 VERDICTS = ("equal", "tie", "different")
 # fp32: the base's top two logits within 1e-5 are a genuine tie that summation order can flip
-# (EASYSPEC.md, "Ties"); a kernel's accumulation order moves fp32 logits of magnitude ~10 by ~1e-6.
+# (docs/conventions.md#ties); a kernel's accumulation order moves fp32 logits of magnitude ~10 by ~1e-6.
 FP32_TIE_MARGIN = 1e-5
 # bf16 keeps 8 significant bits: a logit of magnitude |x| in [2^e, 2^(e+1)) is stored to a unit in the last
 # place of 2^(e-7) (eps * 2^e, eps = 2^-7), i.e. a relative error of about |x| * 2^-8 per rounding. Each

@@ -128,6 +128,7 @@ def test_pilot_on_typed_prompts(client, tmp_path):
     status, summary, runs, chart, csv_path, json_path = out[:6]
     assert status.startswith("**Done**: 6 of 6 runs")
     assert [r[0] for r in summary["data"]] == ["vanilla", "speculative k=3", "easyspec N=2 every-round k=3"]
+    assert sorted(r[1] for r in runs["data"]) == sorted([r[0] for r in summary["data"]] * 2)
     assert [r[-1] for r in runs["data"]] == ["", "equal", "equal"] * 2  # the greedy check against vanilla
     assert [r[-3:] for r in summary["data"]] == [["", "", ""], [2, 0, 0], [2, 0, 0]]  # equal, ties, different
     assert open(csv_path).read().startswith("prompt,setting,mode")

@@ -84,6 +84,33 @@ def test_generate_streams_text_timeline_and_metrics(page):
     assert per_position["spans"] == 5  # k = 5 draft positions
 
 
+STOP_AT_ROUND = """(at) => {
+    // Click Stop the moment the status first shows a running round >= at, and note that round.
+    window.__esStop = null;
+    const status = document.querySelector('#gen-status');
+    const watch = new MutationObserver(() => {
+        const m = (status.innerText || '').match(/(Running|Replaying)[^\\n]* round (\\d+)/);
+        if (m && Number(m[2]) >= at && !window.__esStop) {
+            window.__esStop = {round: Number(m[2])};
+            document.querySelector('#gen-stop').click();
+            watch.disconnect();
+        }
+    });
+    watch.observe(status, {childList: true, subtree: true, characterData: true});
+}"""
+
+
+def _stop_at_round(page, start, at: int = 3) -> tuple[int, int, str]:
+    """Start a run with `start()`, click Stop once round `at` shows; (round shown at the click, last round, status)."""
+    page.evaluate(STOP_AT_ROUND, at)
+    start()
+    _wait_text(page, "#gen-status", "Stopped")
+    status = page.inner_text("#gen-status")
+    clicked = page.evaluate("window.__esStop")
+    assert clicked is not None, status
+    return clicked["round"], int(status.split("after round ")[1].split(":")[0]), status
+
+
 def test_stop_ends_a_replay_within_one_round(page, tmp_path):
     from easyspec.core.engine import SpecConfig
     from easyspec.core.records import RoundRecord, RunHeader, Span, save_run
@@ -99,13 +126,62 @@ def test_stop_ends_a_replay_within_one_round(page, tmp_path):
     page.get_by_text("Replay a saved run").click()
     page.set_input_files("#gen-replay-file input[type=file]", str(path))
     page.get_by_label("recorded pace").check()
-    page.click("#gen-replay")
-    _wait_text(page, "#gen-status", "Replaying round 3")
-    page.click("#gen-stop")
+    clicked, stopped_at, status = _stop_at_round(page, lambda: page.click("#gen-replay"))
+    assert 3 <= clicked <= stopped_at <= clicked + 1, (clicked, status)  # a round is 0.5 s at this pace
+
+
+@pytest.fixture(scope="module")
+def two_rank_app(pair_dirs, tmp_path_factory):
+    """An app of its own with G = 2 CPU ranks on the small pair: its worker rank can be paused, which
+    holds the live run inside a round while the page catches up."""
+    import psutil
+
+    from app_server import app_process
+
+    base, draft = pair_dirs["qwen2"]
+    folder = tmp_path_factory.mktemp("two-rank-app")
+    with app_process(base, draft, folder / "app.log", ["--devices", "2"]) as (url, proc):
+        ranks = [p for p in psutil.Process(proc.pid).children(recursive=True) if "spawn_main" in " ".join(p.cmdline())]
+        assert len(ranks) == 1, ranks
+        yield url, ranks[0]
+
+
+def test_stop_ends_a_live_run_within_one_round(chromium, two_rank_app):
+    """Stop clicked during a live run ends it after the round in flight. The run is held inside a round
+    (its worker rank paused) until the page shows every finished round, so the round shown at the click
+    is exactly the last one finished; the run must end with the next one."""
+    url, rank = two_rank_app
+    page = chromium.new_page(viewport={"width": 1500, "height": 1000})
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(url)
+    page.wait_for_selector("#gen-run")
+    page.fill("#gen-prompt textarea", "The quick brown fox")
+    page.locator("#gen-calibration").get_by_label("none").check()  # uncalibrated N = 2: short rounds, many of them
+    _set_number(page, "#gen-n", 2)
+    _set_number(page, "#gen-max-new", 250)
+    page.click("#gen-run")
+    page.wait_for_function("(document.querySelector('#gen-status')?.innerText || '').match(/Running.* round [1-9]/)",
+                           timeout=TIMEOUT_MS)
+    rank.suspend()
+    try:
+        shown, still = page.inner_text("#gen-status"), 0
+        while still < 4:  # the page has caught up once the status stays the same for 2 s
+            page.wait_for_timeout(500)
+            now = page.inner_text("#gen-status")
+            still, shown = (still + 1 if now == shown else 0), now
+        assert shown.startswith("Running"), f"the run ended before it could be held: {shown}"
+        clicked = int(shown.split(" round ")[1].split(" ")[0])
+        with page.expect_response(lambda r: r.request.method == "POST", timeout=30_000):
+            page.click("#gen-stop")  # a direct call (queue=False): answered while the run is held
+        page.wait_for_timeout(2000)
+    finally:
+        rank.resume()
     _wait_text(page, "#gen-status", "Stopped")
     status = page.inner_text("#gen-status")
-    stopped_at = int(status.split("after round ")[1].split(":")[0])
-    assert 3 <= stopped_at < 20, status  # well before the end of the 40 rounds
+    assert int(status.split("after round ")[1].split(":")[0]) == clicked + 1, (clicked, status)
+    tokens = int(status.split(": ")[1].split(" tokens")[0])
+    assert 0 < tokens < 250, status  # a live run, cut short
+    page.close()
 
 
 def test_compare_shows_the_equality_badge(page):

@@ -25,6 +25,9 @@ def run(capsys, *argv):
 
 
 def test_json_output_contract(capsys, pair_args, tmp_path):
+    """The JSON line's values, each recomputed from the run file it saved (not only its keys)."""
+    from easyspec.core.records import load_run
+
     saved = tmp_path / "run.jsonl"
     code, out, err = run(capsys, "generate", *pair_args, "--prompt", "def f(x):", "--max-new-tokens", "20",
                          "--json", "--check-lossless", "--save-run", str(saved))
@@ -32,14 +35,40 @@ def test_json_output_contract(capsys, pair_args, tmp_path):
     lines = out.splitlines()
     assert len(lines) == 1
     result = json.loads(lines[0])
-    assert len(result["token_ids"]) == 20 and isinstance(result["text"], str)
+    assert len(result["token_ids"]) == 20 and isinstance(result["text"], str) and result["text"]
+    assert all(isinstance(t, int) and 0 <= t < 272 for t in result["token_ids"])
     assert result["lossless"] is True and result["first_difference"] is None
     assert result["greedy_check"]["verdict"] == "equal" and result["greedy_check"]["dtype"] == "float32"
     assert "lossless True (token for token equal)" in err
-    for key in ("acceptance_rate", "mean_accepted_length", "tokens_per_s", "rounds", "draft_s", "verify_s",
-                "calibrate_s", "per_position_acceptance"):
-        assert key in result["metrics"]
     assert saved.exists() and "tok/s" in err
+    assert result["stop"] == "max_new_tokens" and result["mode"] == result["settings"]["mode"] == "easyspec"
+    header, records = load_run(saved)
+    assert [t for r in records for t in r.token_ids] == result["token_ids"]
+    assert header.settings == result["settings"] and list(header.prompt_ids) and \
+        result["prompt_tokens"] == len(header.prompt_ids)
+    m = result["metrics"]
+    k = result["settings"]["draft_len"]
+    drafting = [r for r in records[1:] if r.drafted]  # the first record is the prefill
+    drafted, accepted = sum(len(r.drafted) for r in drafting), sum(r.accepted for r in drafting)
+    assert isinstance(m["rounds"], int) and m["rounds"] == len(records) - 1 >= 1
+    assert m["new_tokens"] == 20 and (m["drafted"], m["accepted"]) == (drafted, accepted) and drafted > 0
+    assert m["acceptance_rate"] == pytest.approx(accepted / drafted) and 0 <= m["acceptance_rate"] <= 1
+    assert m["mean_accepted_length"] == pytest.approx(sum(len(r.token_ids) for r in drafting) / len(drafting))
+    assert 1 <= m["mean_accepted_length"] <= k + 1
+    per_position = [sum(r.accepted > i for r in drafting) / sum(len(r.drafted) > i for r in drafting)
+                    for i in range(k)]
+    assert m["per_position_acceptance"] == pytest.approx(per_position) and len(per_position) == k
+    assert m["total_s"] == pytest.approx(records[-1].end_ns / 1e9) and m["total_s"] > 0
+    assert m["tokens_per_s"] == pytest.approx(20 / m["total_s"])
+    phase = {p: sum(r.phase_s.get(p, 0.0) for r in records) for p in ("draft.attn", "draft.mlp", "verify",
+                                                                        "calibrate")}
+    assert m["draft_s"] == pytest.approx(phase["draft.attn"] + phase["draft.mlp"]) and m["draft_s"] > 0
+    assert m["verify_s"] == pytest.approx(phase["verify"]) and m["verify_s"] > 0
+    assert m["calibrate_s"] == pytest.approx(phase["calibrate"]) and m["calibrate_s"] > 0  # every-round
+    assert m["draft_s"] + m["verify_s"] + m["calibrate_s"] <= m["total_s"] * 1.001
+    # the summary line on stderr says the same figures
+    assert f"20 tokens in {m['total_s']:.2f} s ({m['tokens_per_s']:.2f} tok/s)" in err, err
+    assert f"rounds {m['rounds']}, AR {m['acceptance_rate']:.3f}, AL {m['mean_accepted_length']:.2f}" in err, err
 
 
 def test_streams_text_without_json(capsys, pair_args):

@@ -5,34 +5,64 @@ results equal the same request run alone, and the app's memory stays bounded. Th
 run on the real pair is in results/reliability.md."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("gradio_client")
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "load.py"
+PLAN = dict(n=200, short_tokens=4, long_tokens=8, seed=0, long_repeat=2, distinct=10)  # the script's defaults
+RSS_GROWTH_BOUND_MB = 50.0  # the app's RSS peak may rise by this much over the second half (measured: ~3 MB)
+MIN_MEMORY_SAMPLES = 40  # 0.5 s apart: memory watched for at least 20 s of the run
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("easyspec_load_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up while it loads
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_load_on_the_small_pair(app_server, tmp_path):
+    from gradio_client import Client
+
     url, proc = app_server
     out = tmp_path / "load"
     run = subprocess.run([sys.executable, str(SCRIPT), "--url", url, "--app-pid", str(proc.pid), "--clients", "16",
-                          "--requests", "200", "--distinct", "10", "--short-tokens", "4", "--long-tokens", "8",
-                          "--deadline-s", "300", "--out", str(out)], capture_output=True, text=True, timeout=900)
+                          "--requests", str(PLAN["n"]), "--distinct", str(PLAN["distinct"]),
+                          "--short-tokens", str(PLAN["short_tokens"]), "--long-tokens", str(PLAN["long_tokens"]),
+                          "--growth-allowance-mb", str(RSS_GROWTH_BOUND_MB), "--deadline-s", "300",
+                          "--out", str(out)], capture_output=True, text=True, timeout=900)
     result = json.loads((tmp_path / "load.json").read_text())
     assert run.returncode == 0, (result["checks"], result["unexpected"], run.stderr[-2000:])
-    assert result["requests"] == 200 and result["lost"] == 0 and result["hung"] == 0 and result["errors"] == 0
+    # The plan, rebuilt here: what each request was, so that every outcome is accounted for.
+    api = Client(url, verbose=False).view_api(print_info=False, return_format="dict")["named_endpoints"]
+    n_param = next(p for p in api["/generate"]["parameters"] if p["parameter_name"] == "layer_parallel")
+    n_type = n_param["type"]  # read as the script reads it
+    plan = load_script().plan_requests(max_n=int(n_type.get("maximum", 4)) if isinstance(n_type, dict) else 4, **PLAN)
+    planned = Counter(r.kind for r in plan)
+    # nothing lost or hung: every planned request ended as its kind should
     kinds = result["by_kind"]
+    assert result["requests"] == PLAN["n"] and result["lost"] == 0 and result["hung"] == 0 and result["errors"] == 0
+    assert {k: sum(v.values()) for k, v in kinds.items()} == dict(planned)
     assert {"generate", "compare", "pilot", "replay", "cancel", "invalid"} <= set(kinds)
-    assert result["served"] + result["rejected_invalid"] + result["cancelled"] == 200
-    assert kinds["invalid"] == {"rejected": kinds["invalid"]["rejected"]}  # each got its specific message
-    assert result["greedy_checked_alone"] >= 5 and not result["greedy_mismatches"]
+    for kind in ("generate", "compare", "pilot", "replay"):
+        assert kinds[kind] == {"ok": planned[kind]}, (kind, kinds[kind])
+    assert kinds["cancel"] == {"cancelled": planned["cancel"]}
+    assert kinds["invalid"] == {"rejected": planned["invalid"]}  # each got its specific message
+    # every greedy result equals the same request run alone: each distinct greedy request was re-run
+    greedy = {r.key for r in plan if r.kind == "generate" and r.greedy}
+    assert len(greedy) >= 5 and result["greedy_checked_alone"] == len(greedy) and not result["greedy_mismatches"]
+    assert result["checks"]["compare_columns_agree"]  # and Compare's greedy columns agree token for token
+    # memory: watched through the run, and its peak grows by at most the bound over the second half
     m = result["memory"]
-    assert m["peak_mb"] > 0 and m["second_half_growth_mb"] <= m["allowance_mb"]
-    assert m["peak_by_quarter_mb"] == sorted(m["peak_by_quarter_mb"])
-    assert result["latency_s"]["p50"] <= result["latency_s"]["p95"]
+    assert m["app_pid"] == proc.pid and m["baseline_mb"] > 0 and m["samples"] >= MIN_MEMORY_SAMPLES, m
+    assert m["allowance_mb"] == RSS_GROWTH_BOUND_MB and m["second_half_growth_mb"] <= RSS_GROWTH_BOUND_MB, m
     assert "| requests | clients | served |" in (tmp_path / "load.md").read_text()
     assert proc.poll() is None  # the app is still up

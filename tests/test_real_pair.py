@@ -76,7 +76,7 @@ def test_vanilla_equals_transformers_generate(real_pair, prompt_ids, vanilla_out
                 out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=NEW_TOKENS,
                                   do_sample=False, eos_token_id=sorted(real_pair.eos_ids), pad_token_id=151643)
             expected = out[0, ids.shape[1]:].tolist()
-            assert_greedy_equal(vanilla_outputs[name], expected, real_pair.base.decoder, prompt_ids[name])
+            assert_greedy_equal(vanilla_outputs[name], expected, real_pair.base.decoder, prompt_ids[name], case=name)
     finally:
         del hf
         gc.collect()
@@ -95,4 +95,4 @@ def test_every_mode_equals_vanilla_on_real_pair(real_pair, prompt_ids, vanilla_o
     for s in SETTINGS:
         records = list(generate(base, draft, prompt_ids[name], SpecConfig(max_new_tokens=NEW_TOKENS, **s),
                                 Stopping(real_pair.eos_ids)))
-        assert_greedy_equal(tokens_of(records), vanilla_outputs[name], base, prompt_ids[name])
+        assert_greedy_equal(tokens_of(records), vanilla_outputs[name], base, prompt_ids[name], case=s)

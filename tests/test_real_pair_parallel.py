@@ -41,4 +41,4 @@ def test_two_ranks_equal_single_device_on_real_pair(real_source, reference):
         for setting in settings:
             records = list(s.generate(ids, SpecConfig(max_new_tokens=NEW_TOKENS, **setting)))
             assert {sp.rank for r in records for sp in r.spans} == {0, 1}
-            assert_greedy_equal(tokens_of(records), reference, s.base, ids)
+            assert_greedy_equal(tokens_of(records), reference, s.base, ids, case=setting)

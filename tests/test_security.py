@@ -59,8 +59,14 @@ def test_login_is_required(guarded_app):
     url, _ = guarded_app
     api = url + "gradio_api/call/generate"
     assert httpx.post(api, json={"data": ["hi"]}, timeout=30).status_code in (401, 403)
-    with pytest.raises(Exception):
+    # a wrong password: Gradio's login itself refuses it, not some later failure
+    refused = httpx.post(url + "login/", data={"username": GUARDED_LOGIN[0], "password": "wrong password"}, timeout=30)
+    assert refused.status_code == 400 and refused.json() == {"detail": "Incorrect credentials."} \
+        and not refused.cookies, (refused.status_code, refused.text[:300])
+    with pytest.raises(ValueError, match=r"^Could not login to http://127\.0\.0\.1:\d+/?\.$"):
         Client(url, auth=(GUARDED_LOGIN[0], "wrong password"), verbose=False)
+    accepted = httpx.post(url + "login/", data=dict(zip(("username", "password"), GUARDED_LOGIN)), timeout=30)
+    assert accepted.status_code == 200 and accepted.cookies, accepted.status_code
     client = Client(url, auth=GUARDED_LOGIN, verbose=False)
     details = client.predict(prompt="hi", max_new_tokens=3, api_name="/generate")[6]
     assert details["new_tokens"] == 3

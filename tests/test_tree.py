@@ -95,7 +95,8 @@ def test_tree_greedy_equals_vanilla(decoders, family, prompt):
         for depth, width in (SHAPES[i % len(SHAPES)], SHAPES[(i + 2) % len(SHAPES)]):
             records = list(generate(base, draft, prompt, SpecConfig(max_new_tokens=40, tree_depth=depth,
                                                                     tree_width=width, **s)))
-            assert_greedy_equal(tokens_of(records), ref, base, prompt)
+            if not assert_greedy_equal(tokens_of(records), ref, base, prompt, case=(s, depth, width)):
+                continue
             rounds = [r for r in records if r.tree_tokens]
             assert rounds and all(len(r.tree_tokens) <= depth * width for r in rounds)
             assert all(len(r.drafted) <= depth and r.accepted == len(r.tree_path) for r in rounds)
@@ -157,7 +158,8 @@ def test_adaptive_greedy_equals_vanilla_and_varies_the_length(decoders, tree_dep
             cfg = SpecConfig(mode=mode, draft_len=3, tree_depth=tree_depth, tree_width=2, adaptive=True,
                              max_new_tokens=60)
             records = list(generate(base, draft, prompt, cfg))
-            assert_greedy_equal(tokens_of(records), ref, base, prompt)
+            if not assert_greedy_equal(tokens_of(records), ref, base, prompt, case=(mode, threshold)):
+                continue
             depths = {_depth(r) for r in records if r.drafted}
             assert len(depths) > 1, (mode, threshold, depths)
 

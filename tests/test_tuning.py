@@ -54,7 +54,7 @@ def test_explicit_plans_are_lossless(decoders, plan, policy):
     prompt = list(range(40, 52))
     ref = tokens_of(generate(base, None, prompt, SpecConfig(mode="vanilla", max_new_tokens=40)))
     got = tokens_of(generate(base, draft, prompt, SpecConfig(groups=plan, calibration=policy, max_new_tokens=40)))
-    assert_greedy_equal(got, ref, base, prompt)
+    assert_greedy_equal(got, ref, base, prompt, case=(plan, policy))
 
 
 def test_auto_must_be_resolved_first(decoders):
