@@ -19,6 +19,9 @@ from .context import AppContext, AppOptions
 from .fields import name_input_errors
 from .state import UserState
 
+# Gradio's own upload limit: above every screen's limit (a saved run: 50 MB), so that a file over a
+# screen's limit gets that screen's message, which names the limit.
+MAX_UPLOAD = "64mb"
 CSS = """
 .gradio-container {max-width: 1500px !important}
 #es-header h1 {margin-bottom: 0}
@@ -69,7 +72,7 @@ def serve(options: AppOptions) -> int:
         demo = build_app(ctx)
         demo.queue(default_concurrency_limit=4)
         demo.launch(server_name=options.host, server_port=options.port, share=options.share, css=CSS,
-                    theme=gr.themes.Soft(), max_file_size="5mb", footer_links=["api", "gradio"],
+                    theme=gr.themes.Soft(), max_file_size=MAX_UPLOAD, footer_links=["api", "gradio"],
                     allowed_paths=[str(ctx.files_dir)], quiet=False, auth=list(options.auth) or None,
                     # Gradio's own refusals (a file path that was not uploaded, ...) reach clients as
                     # their one-line message; the handlers turn every error into a message themselves.

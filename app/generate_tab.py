@@ -7,6 +7,7 @@ the run files and the JSON details stay English.
 """
 from __future__ import annotations
 
+import html
 import math
 import time
 from dataclasses import dataclass
@@ -200,12 +201,13 @@ def make_handlers(ctx: AppContext):
             raise ValueError(f"not a replayable easyspec run ({type(exc).__name__}: {exc})") from None
         if not records:
             raise ValueError("the saved run has a header but no rounds")
+        # The file's own strings (base, mode, date) reach a toast and the status line: shown as text, never markup.
         if header.base != ctx.info.base:
-            gr.Warning(f"This run was recorded with base {header.base}; its tokens are decoded with this session's "
-                       f"tokenizer ({ctx.info.base}), so the text may differ from the original.")
+            gr.Warning(f"This run was recorded with base {html.escape(str(header.base))}; its tokens are decoded "
+                       f"with this session's tokenizer ({ctx.info.base}), so the text may differ from the original.")
         mode = header.settings.get("mode", "easyspec")
         devices = int(header.extra.get("devices", 1)) if isinstance(header.extra, dict) else 1
-        label = f"replay ({header.settings.get('mode', '?')}, recorded {header.created or 'unknown date'})"
+        label = html.escape(f"replay ({header.settings.get('mode', '?')}, recorded {header.created or 'unknown date'})")
         settings = header.settings if isinstance(header.settings, dict) else {}
         live = LiveRun(session.tokenizer, mode, header.device, devices, label, settings=settings,
                        largest_group=_largest_group(settings, ctx.info.draft_layers), lang=page_lang(lang))

@@ -16,7 +16,7 @@ from easyspec.core.engine import CALIBRATION_POLICIES
 from easyspec.core.i18n import check_lang, text, tr
 from easyspec.core.files import write_text_atomic
 from easyspec.core.lossless import VERDICTS
-from easyspec.core.pilot import (DEFAULT_PROMPTS, PilotGrid, PilotProgress, PilotRun, describe_seconds,
+from easyspec.core.pilot import (DEFAULT_PROMPTS, PilotGrid, PilotProgress, PilotRun, check_pilot, describe_seconds,
                                  estimate_seconds, pilot_json, rows_to_csv, run_pilot, summarise)
 from easyspec.core.projection import COMM_MODELS, project_pilot, session_shapes
 from easyspec.core.report import context_for
@@ -136,6 +136,9 @@ def make_handlers(ctx: AppContext):
         prompts = pick_prompts(prompt, source, prompt_set, n_prompts, upload)
         grid = make_grid(layer_parallel, calibration, draft_len, speculative, max_new_tokens, chat, temperature)
         comm = check_choice(comm, "communication model", tuple(COMM_MODELS))
+        # Every check (the grid's run limit, each setting on each prompt) before the screen is cleared:
+        # a refused pilot leaves the previous pilot's results and report in place.
+        check_pilot(session, [session.encode(p, grid.chat) for p in prompts], grid)
         started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         stop = state.begin("pilot")
         state.pilot_runs = {}

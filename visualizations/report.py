@@ -169,7 +169,9 @@ def report_html(data: Mapping, records: Sequence[RoundRecord] = ()) -> str:
         about += f"<p class=\"note\"><b>{_e(t('report.notes'))}:</b> " + " ".join(_e(n) for n in data["notes"]) + "</p>"
     parts.append(about)
 
-    payload = json.dumps(data, ensure_ascii=False).replace("</", "<\\/")
+    # Every "<" as its JSON escape: the user's prompts are in the data, and neither "</script>" nor
+    # "<!--<script>" (which would keep the element open past its end tag) may reach the HTML parser.
+    payload = json.dumps(data, ensure_ascii=False).replace("<", "\\u003c")
     return (f'<!DOCTYPE html>\n<html lang="{lang}"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>{_e(t('report.title'))}</title><style>{CSS}</style>"
