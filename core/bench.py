@@ -9,6 +9,10 @@ adaptive schedule and confidence threshold off), plus its default settings; medi
 after a warm-up, ratios to vanilla per prompt and repeat, and output equality for every prompt.
 Both can add token-tree and adaptive variants of every drafting setting (`drafting` column), so that
 chain, tree and adaptive drafting are compared in the same run.
+Every result keeps its raw data under "runs" (each run's prompt, settings, emitted token ids, wall
+seconds and every round as saved by `records.record_to_dict`, spans left out) and its table rows are
+computed from those runs by `acceptance_rows` / `speed_rows`, so `rows_from_runs` rebuilds them
+from a results JSON alone.
 """
 from __future__ import annotations
 
@@ -17,14 +21,39 @@ import sys
 import time
 from typing import Callable, Sequence
 
+from dataclasses import asdict
+
 from .engine import SpecConfig
 from .pilot import PilotGrid, PilotRun, PilotSetting, result_row, run_pilot, summarise
+from .records import RoundRecord, record_from_dict, record_to_dict
+from .sampling import SamplingConfig
 
 Progress = Callable[[str], None]
 
 
 def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+def raw_rounds(records: Sequence[RoundRecord], spans: bool = False) -> list[dict]:
+    """Every round as plain values (drafted ids, accepted, emitted ids and origins, calibrated,
+    per-phase seconds, end time); spans only when asked (they are most of a record's size)."""
+    return [{**record_to_dict(r), "spans": [asdict(x) for x in r.spans] if spans else []} for r in records]
+
+
+def records_from_raw(rounds: Sequence[dict]) -> list[RoundRecord]:
+    return [record_from_dict(d) for d in rounds]
+
+
+def raw_run(records: Sequence[RoundRecord], spans: bool = False, **fields) -> dict:
+    """One run's raw data: the given fields (prompt, setting, ...), emitted tokens, wall seconds, rounds."""
+    return {**fields, "token_ids": [t for r in records for t in r.token_ids], "wall_s": records[-1].end_ns / 1e9,
+            "rounds": raw_rounds(records, spans)}
+
+
+def config_from_dict(d: dict) -> SpecConfig:
+    """The inverse of `dataclasses.asdict(SpecConfig)` (JSON turns the tuples into lists)."""
+    return SpecConfig(**{**d, "sampling": SamplingConfig(**d["sampling"]), "stop_strings": tuple(d["stop_strings"])})
 
 
 def per_position(runs: Sequence[PilotRun]) -> tuple[float, ...]:
@@ -44,11 +73,11 @@ def drafting(cfg: SpecConfig) -> str:
 def acceptance(session, prompts: Sequence[str], layer_parallel: Sequence[int], calibration: Sequence[str],
                draft_len: int, max_new_tokens: int, temperatures: Sequence[float] = (0.0, 0.8), seed: int = 0,
                progress: Progress = _stderr, keep: list | None = None, tree_depth: int = 0, tree_width: int = 4,
-               adaptive: bool = False) -> list[dict]:
-    """One row per (temperature, N, policy, drafting); N = 1 is added as the reference when missing.
-    `keep` receives (grid, runs) per temperature, for a report."""
+               adaptive: bool = False) -> dict:
+    """{"rows": one per (temperature, N, policy, drafting), "runs": the raw runs they come from}; N = 1
+    is added as the reference when missing. `keep` receives (grid, runs) per temperature, for a report."""
     sizes = tuple(sorted(set(layer_parallel) | {1}))
-    rows = []
+    raw = []
     for temperature in temperatures:
         grid = PilotGrid(layer_parallel=sizes, calibration=tuple(calibration), draft_len=(draft_len,),
                          speculative=False, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
@@ -61,6 +90,31 @@ def acceptance(session, prompts: Sequence[str], layer_parallel: Sequence[int], c
                 progress(f"acceptance T={temperature}: {event.label} ({event.done}/{event.total})")
         if keep is not None:
             keep.append((grid, runs))
+        raw += [raw_run(r.records, temperature=temperature, prompt_index=r.prompt_index,
+                        prompt=prompts[r.prompt_index], setting=r.setting.label, config=asdict(r.setting.config),
+                        prompt_tokens=r.row["prompt_tokens"]) for r in runs]
+    return {"rows": acceptance_rows(raw, draft_len), "runs": raw}
+
+
+def _pilot_runs(raw: Sequence[dict]) -> list[PilotRun]:
+    """PilotRuns rebuilt from raw runs of one pilot pass, each row against its prompt's vanilla run."""
+    out, vanilla = [], {}
+    for r in raw:
+        setting, records = PilotSetting(r["setting"], config_from_dict(r["config"])), records_from_raw(r["rounds"])
+        run = PilotRun(r["prompt_index"], setting, tuple(records), tuple(r["token_ids"]),
+                       result_row(r["prompt_index"], setting, r["prompt_tokens"], records,
+                                  vanilla.get(r["prompt_index"])))
+        if setting.config.mode == "vanilla":
+            vanilla[r["prompt_index"]] = run
+        out.append(run)
+    return out
+
+
+def acceptance_rows(raw: Sequence[dict], draft_len: int) -> list[dict]:
+    """The acceptance table's rows from raw runs (`acceptance`'s "runs")."""
+    rows = []
+    for temperature in dict.fromkeys(r["temperature"] for r in raw):
+        runs = _pilot_runs([r for r in raw if r["temperature"] == temperature])
         for s in summarise([r.row for r in runs]):
             if s["mode"] != "easyspec":
                 continue
@@ -113,21 +167,18 @@ def _hf_assisted(base, draft, ids: list[int], max_new_tokens: int, eos: list[int
 def speed(session, prompts: Sequence[str], settings: dict[str, SpecConfig], repeats: int, max_new_tokens: int,
           with_transformers: bool = True, draft_len: int = 5, progress: Progress = _stderr,
           keep: list | None = None) -> dict:
-    """Per setting: median tokens/s and median speedup over vanilla (per prompt and repeat), equality.
+    """Per setting: median tokens/s and median speedup over vanilla (per prompt and repeat), equality;
+    "runs" holds every measured run's raw data, from which `speed_rows` computes the rows.
     `keep` receives a `PilotRun` per engine run (prompt index, repeat after repeat), for a report."""
     if session.info.devices != 1 and with_transformers:
         raise ValueError("the comparison with transformers runs on one device: use --devices 1 or --no-transformers")
     prompt_ids = [session.encode(p, chat=True) for p in prompts]
-    runners: dict[str, Callable[[list[int]], tuple[list[int], float]]] = {}
-    last_records: dict[str, list] = {}
-    counts: dict[str, list[int]] = {label: [0, 0, 0, 0] for label in settings}  # drafted, accepted, rounds, tokens
+    # Each runner returns (tokens, seconds, round records or None for transformers).
+    runners: dict[str, Callable[[list[int]], tuple[list[int], float, list | None]]] = {}
     for label, cfg in settings.items():
-        def run(ids, cfg=cfg, label=label):
-            records = last_records[label] = list(session.generate(ids, cfg))
-            for r in (r for r in records if r.drafted):
-                for i, x in enumerate((len(r.drafted), r.accepted, 1, len(r.token_ids))):
-                    counts[label][i] += x
-            return [t for r in records for t in r.token_ids], records[-1].end_ns / 1e9
+        def run(ids, cfg=cfg):
+            records = list(session.generate(ids, cfg))
+            return [t for r in records for t in r.token_ids], records[-1].end_ns / 1e9, records
         runners[label] = run
     if with_transformers:
         hf_base, hf_draft = _hf_models(session, session.info.dtype)
@@ -136,51 +187,78 @@ def speed(session, prompts: Sequence[str], settings: dict[str, SpecConfig], repe
         fixed = {"num_assistant_tokens": draft_len, "num_assistant_tokens_schedule": "constant",
                  "assistant_confidence_threshold": 0.0}
         runners[f"transformers assisted k={draft_len} constant"] = (
-            lambda ids: _hf_assisted(hf_base, hf_draft, ids, max_new_tokens, eos, fixed))
+            lambda ids: (*_hf_assisted(hf_base, hf_draft, ids, max_new_tokens, eos, fixed), None))
         runners["transformers assisted default"] = (
-            lambda ids: _hf_assisted(hf_base, hf_draft, ids, max_new_tokens, eos, defaults))
+            lambda ids: (*_hf_assisted(hf_base, hf_draft, ids, max_new_tokens, eos, defaults), None))
     assert "vanilla" in runners, "the speed table needs vanilla as its reference"
     for run in runners.values():  # warm-up, not measured
         run(prompt_ids[0][:8])
-    for c in counts.values():
-        c[:] = [0, 0, 0, 0]
-    rates: dict[str, list[float]] = {k: [] for k in runners}
-    ratios: dict[str, list[float]] = {k: [] for k in runners}
-    equal: dict[str, list[bool]] = {k: [] for k in runners}
+    raw = []
     for i, ids in enumerate(prompt_ids):
         for rep in range(repeats):
             got = {}
             for label, run in runners.items():
                 progress(f"speed: prompt {i + 1}/{len(prompt_ids)} repeat {rep + 1}/{repeats}: {label}")
-                tokens, seconds = run(ids)
-                got[label] = tokens
-                rates[label].append(len(tokens) / seconds)
+                tokens, seconds, records = got[label] = run(ids)
+                cfg = settings.get(label)
+                raw.append({"prompt_index": i, "prompt": prompts[i], "repeat": rep, "setting": label,
+                            "config": asdict(cfg) if cfg else None, "prompt_tokens": len(ids),
+                            "token_ids": tokens, "seconds": seconds,
+                            "rounds": raw_rounds(records) if records is not None else None})
             if keep is not None:
                 vanilla = None
                 for label in sorted(settings, key=lambda x: settings[x].mode != "vanilla"):  # vanilla first:
                     cfg = settings[label]  # it is the rows' speedup reference
-                    setting, records = PilotSetting(label, cfg), last_records[label]
-                    run = PilotRun(i, setting, tuple(records), tuple(got[label]),
+                    tokens, _, records = got[label]
+                    setting = PilotSetting(label, cfg)
+                    run = PilotRun(i, setting, tuple(records), tuple(tokens),
                                    result_row(i, setting, len(ids), records, vanilla))
                     vanilla = run if cfg.mode == "vanilla" else vanilla
                     keep.append(run)
-            for label in runners:
-                ratios[label].append(rates[label][-1] / rates["vanilla"][-1])
-                if rep == 0:
-                    equal[label].append(got[label] == got["vanilla"])
-    return {"rows": [{"setting": label, "tokens_per_s_median": round(statistics.median(rates[label]), 4),
-                      "speedup_median": round(statistics.median(ratios[label]), 4),
-                      "speedup_min": round(min(ratios[label]), 4), "speedup_max": round(max(ratios[label]), 4),
-                      "equal_to_vanilla": f"{sum(equal[label])}/{len(equal[label])}",
-                      **_ar_al(counts.get(label, [0, 0, 0, 0]))} for label in runners],
-            "prompts": list(prompts), "repeats": repeats, "max_new_tokens": max_new_tokens}
+    return {"rows": speed_rows(raw), "prompts": list(prompts), "repeats": repeats,
+            "max_new_tokens": max_new_tokens, "runs": raw}
 
 
-def _ar_al(counts: list[int]) -> dict:
-    """AR and AL from [drafted, accepted, drafting rounds, tokens of drafting rounds] (None without drafts)."""
-    drafted, accepted, rounds, tokens = counts
-    return {"acceptance_rate": round(accepted / drafted, 4) if drafted else None,
-            "mean_accepted_length": round(tokens / rounds, 4) if rounds else None}
+def speed_rows(raw: Sequence[dict]) -> list[dict]:
+    """The speed table's rows from raw runs (`speed`'s "runs"), settings in first-run order: rates are
+    tokens / seconds per run, ratios against vanilla's run on the same prompt in the same repeat,
+    equality from each prompt's first repeat, AR and AL over every round of the setting's runs."""
+    vanilla = {(r["prompt_index"], r["repeat"]): r for r in raw if r["setting"] == "vanilla"}
+    assert vanilla, "the speed table needs vanilla as its reference"
+    rows = []
+    for label in dict.fromkeys(r["setting"] for r in raw):
+        mine = [r for r in raw if r["setting"] == label]
+        rates = [len(r["token_ids"]) / r["seconds"] for r in mine]
+        ratios = [rate / _rate(vanilla[r["prompt_index"], r["repeat"]]) for rate, r in zip(rates, mine)]
+        equal = [r["token_ids"] == vanilla[r["prompt_index"], 0]["token_ids"] for r in mine if r["repeat"] == 0]
+        rounds = [d for r in mine for d in (r["rounds"] or ()) if d["drafted"]]
+        rows.append({"setting": label, "tokens_per_s_median": round(statistics.median(rates), 4),
+                     "speedup_median": round(statistics.median(ratios), 4),
+                     "speedup_min": round(min(ratios), 4), "speedup_max": round(max(ratios), 4),
+                     "equal_to_vanilla": f"{sum(equal)}/{len(equal)}", **_ar_al(rounds)})
+    return rows
+
+
+def _rate(run: dict) -> float:
+    return len(run["token_ids"]) / run["seconds"]
+
+
+def _ar_al(rounds: Sequence[dict]) -> dict:
+    """AR and AL over raw drafting rounds (None without drafts): accepted / drafted, tokens per round."""
+    drafted = sum(len(d["drafted"]) for d in rounds)
+    return {"acceptance_rate": round(sum(d["accepted"] for d in rounds) / drafted, 4) if drafted else None,
+            "mean_accepted_length": round(sum(len(d["token_ids"]) for d in rounds) / len(rounds), 4)
+            if rounds else None}
+
+
+def rows_from_runs(kind: str, result: dict) -> list[dict]:
+    """A results JSON's table rows recomputed from its raw runs alone ("acceptance" or "speed"), as
+    plain JSON values (lists for tuples), so that they compare equal to the rows the file holds."""
+    import json
+
+    rows = acceptance_rows(result["runs"], result["meta"]["draft_len"]) if kind == "acceptance" \
+        else speed_rows(result["runs"])
+    return json.loads(json.dumps(rows))
 
 
 def machine() -> str:
@@ -271,5 +349,11 @@ def write_results(out: str, kind: str, result: dict) -> None:
 
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path.with_suffix(".json"), json.dumps(result, indent=1))
-    write_text_atomic(path.with_suffix(".md"), markdown(kind, result))
+    text = json.dumps(result, indent=1)
+    write_text_atomic(path.with_suffix(".json"), text)
+    write_text_atomic(path.with_suffix(".md"), rebuild_markdown(kind, json.loads(text)))
+
+
+def rebuild_markdown(kind: str, result: dict) -> str:
+    """The Markdown table of a results JSON, its rows recomputed from the raw runs it holds."""
+    return markdown(kind, {**result, "rows": rows_from_runs(kind, result)})
