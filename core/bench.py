@@ -235,7 +235,7 @@ def speed_rows(raw: Sequence[dict]) -> list[dict]:
         rows.append({"setting": label, "tokens_per_s_median": round(statistics.median(rates), 4),
                      "speedup_median": round(statistics.median(ratios), 4),
                      "speedup_min": round(min(ratios), 4), "speedup_max": round(max(ratios), 4),
-                     "equal_to_vanilla": f"{sum(equal)}/{len(equal)}", **_ar_al(rounds)})
+                     "equal_to_vanilla": f"{sum(equal)}/{len(equal)}", **ar_al(rounds)})
     return rows
 
 
@@ -243,7 +243,7 @@ def _rate(run: dict) -> float:
     return len(run["token_ids"]) / run["seconds"]
 
 
-def _ar_al(rounds: Sequence[dict]) -> dict:
+def ar_al(rounds: Sequence[dict]) -> dict:
     """AR and AL over raw drafting rounds (None without drafts): accepted / drafted, tokens per round."""
     drafted = sum(len(d["drafted"]) for d in rounds)
     return {"acceptance_rate": round(sum(d["accepted"] for d in rounds) / drafted, 4) if drafted else None,
