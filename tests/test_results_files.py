@@ -56,3 +56,43 @@ def test_engine_baseline_table_comes_from_its_raw_runs(pair_dirs, tmp_path):
             assert cells[2] == f"{sum(len(d['token_ids']) for d in rounds) / len(rounds):.2f}"
         else:
             assert row["setting"] == "vanilla" and cells[1] == "-"
+
+
+def test_devices_cpu_states_its_criterion_and_computes_table_projection_and_verdict_from_raw_runs(pair_dirs,
+                                                                                                    tmp_path):
+    from easyspec.core.projection import COMM_MODELS, Shape, latencies_from_runs, project
+    from easyspec.core.grouping import layer_groups
+    from easyspec.core import metrics
+    from easyspec.core.bench import records_from_raw
+
+    base, draft = pair_dirs["qwen2"]
+    mod = _script("devices_cpu")
+    out = tmp_path / "devices"
+    code = mod.main(["--base", str(base), "--draft", str(draft), "--max-new-tokens", "6", "--repeats", "1",
+                     "--out", str(out)])
+    data = json.loads(out.with_suffix(".json").read_text())
+    md = out.with_suffix(".md").read_text()
+    assert META <= set(data["meta"]) and data["criterion"] == mod.CRITERION and data["status"] == "done"
+    assert len(data["runs"]) == len(mod.SETTINGS) * 2
+    assert mod.rebuild(data) == {k: data[k] for k in ("rows", "projection", "verdict")} and mod.markdown(data) == md
+    one = {r["setting"]: records_from_raw(r["rounds"]) for r in data["runs"] if r["devices"] == 1}
+    lat = latencies_from_runs(one["speculative"], one["vanilla"], one["easyspec N=2 every-round"])
+    shape_b, shape_d = Shape(**data["shapes"]["base"]), Shape(**data["shapes"]["draft"])
+    low, high = mod.CRITERION["g1_projection_band"]
+    in_band = []
+    for row in data["rows"]:
+        run = next(r for r in data["runs"] if r["setting"] == row["setting"] and r["devices"] == row["devices"])
+        measured = len(run["token_ids"]) / run["wall_s"]
+        assert row["tokens_per_s"] == pytest.approx(measured, abs=1e-4)
+        proj = project(lat, shape_b, shape_d, 5, row["devices"], COMM_MODELS["gloo-cpu"],
+                       layer_groups(shape_d.layers, 2), metrics.compute(one["speculative"]).mean_accepted_length,
+                       metrics.compute(one["easyspec N=2 every-round"]).mean_accepted_length)
+        projected = proj[mod.PROJECTION_KEY[row["setting"]]]["tokens_per_s"]
+        cells = _cells(md.split("## Projection")[1], f"{row['setting']} | {row['devices']}")
+        assert cells[-1] == f"{projected / measured:.2f}"
+        assert row["same_tokens_as_g1"] == (run["token_ids"] == next(
+            r["token_ids"] for r in data["runs"] if r["setting"] == row["setting"] and r["devices"] == 1))
+        if row["devices"] == 1:
+            in_band.append(low <= projected / measured <= high)
+    passed = all(in_band) and all(r["same_tokens_as_g1"] for r in data["rows"])
+    assert data["verdict"]["passed"] == passed and code == (0 if passed else 1)
