@@ -170,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="results/devices_cpu")
     args = ap.parse_args(argv)
     source = resolve_pair(args.base, args.draft, args.pair or (None if args.base else "qwen2.5-coder"))
-    meta = {"command": shlex.join(["python", "benchmarks/devices_cpu.py", *(argv if argv is not None else sys.argv[1:])]),
+    argv_used = argv if argv is not None else sys.argv[1:]
+    meta = {"command": shlex.join(["python", "benchmarks/devices_cpu.py", *argv_used]),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "machine": machine(), "commit": git_commit(),
             "libraries": f"torch {torch.__version__}, transformers {transformers.__version__}, "
