@@ -161,9 +161,12 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"unknown step {unknown[0]!r}: choose from {', '.join(s.name for s in todo)}")
         todo = [s for s in todo if s.name in names]
     # The commands run from the repository root: results/ stays relative, as in the files' command lines.
-    out = Path(args.out or (tempfile.mkdtemp(prefix="easyspec-rerun-") if args.quick else "results"))
+    temp = "TEMP" if args.dry_run else tempfile.mkdtemp(prefix="easyspec-rerun-")
+    out = Path(args.out or (temp if args.quick else "results"))
     commit = head_commit()
-    expected = "a few minutes" if args.quick else f"about {sum(s.minutes for s in todo):.0f} min"
+    # --quick: tiny runs, so model loads and app starts dominate (a rough 1.5 min per step, 3 with an app).
+    minutes = sum(3 if s.app else 1.5 for s in todo) if args.quick else sum(s.minutes for s in todo)
+    expected = f"about {minutes:.0f} min"
     print(f"rerun: {len(todo)} steps at commit {commit[:12]} into {out}; expected {expected} on a 2-core CPU",
           file=sys.stderr, flush=True)
     if args.dry_run:
