@@ -161,8 +161,10 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"unknown step {unknown[0]!r}: choose from {', '.join(s.name for s in todo)}")
         todo = [s for s in todo if s.name in names]
     # The commands run from the repository root: results/ stays relative, as in the files' command lines.
-    temp = "TEMP" if args.dry_run else tempfile.mkdtemp(prefix="easyspec-rerun-")
-    out = Path(args.out or (temp if args.quick else "results"))
+    if args.out or not args.quick:
+        out = Path(args.out or "results")
+    else:
+        out = Path("TEMP" if args.dry_run else tempfile.mkdtemp(prefix="easyspec-rerun-"))
     commit = head_commit()
     # --quick: tiny runs, so model loads and app starts dominate (a rough 1.5 min per step, 3 with an app).
     minutes = sum(3 if s.app else 1.5 for s in todo) if args.quick else sum(s.minutes for s in todo)
