@@ -19,9 +19,8 @@ from __future__ import annotations
 import statistics
 import sys
 import time
-from typing import Callable, Sequence
-
 from dataclasses import asdict
+from typing import Callable, Sequence
 
 from .engine import SpecConfig
 from .pilot import PilotGrid, PilotRun, PilotSetting, result_row, run_pilot, summarise
@@ -38,7 +37,7 @@ def _stderr(msg: str) -> None:
 def raw_rounds(records: Sequence[RoundRecord], spans: bool = False) -> list[dict]:
     """Every round as plain values (drafted ids, accepted, emitted ids and origins, calibrated,
     per-phase seconds, end time); spans only when asked (they are most of a record's size)."""
-    return [{**record_to_dict(r), "spans": [asdict(x) for x in r.spans] if spans else []} for r in records]
+    return [{**record_to_dict(r), **({} if spans else {"spans": []})} for r in records]
 
 
 def records_from_raw(rounds: Sequence[dict]) -> list[RoundRecord]:
