@@ -158,16 +158,19 @@ def build(folder: Path) -> tuple[str, dict]:
         again = load.rebuild(r)
         if again != {k: r.get(k) for k in again}:
             raise ValueError(f"{LOAD_RUNS[key][0]}.json: its summary does not match its raw data")
+    commits = sorted({r["meta"]["commit"] for r in [*loads.values(), faults]})
     lines = ["# Reliability: load, faults, bad input", "",
              "Every figure below is read from the JSON files next to this one by `benchmarks/reliability.py`; "
              "dates, commits and exact commands are in those files. Latencies on a shared machine are noisy and "
-             "only comparable within one run.", "", "## Load (`benchmarks/load.py`)", "",
+             "only comparable within one run. "
+             + (f"All measured at commit {commits[0]}." if len(commits) == 1 else
+                f"Measured at DIFFERENT commits: {', '.join(commits)}."), "", "## Load (`benchmarks/load.py`)", "",
              LOAD_INTRO, ""]
     for key in LOAD_RUNS:
         lines += load_section(key, loads[key]) if key in loads else \
             [f"### {LOAD_RUNS[key][1]}", "", f"Not run (no `results/{LOAD_RUNS[key][0]}.json`).", ""]
     lines += faults_section(faults) + bad_input_section(bad) + [STATIC]
-    summary = {"summary_of": [f"{LOAD_RUNS[k][0]}.json" for k in loads] + [f"{FAULTS}.json"]
+    summary = {"commits": commits, "summary_of": [f"{LOAD_RUNS[k][0]}.json" for k in loads] + [f"{FAULTS}.json"]
                + ([BAD_INPUT] if bad else []),
                **{k: {x: v for x, v in r.items() if x != "raw"} for k, r in loads.items()},
                "faults": faults, "bad_input": bad,
