@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from easyspec.core import metrics
-from easyspec.core.bench import git_commit, machine, raw_run, records_from_raw
+from easyspec.core.bench import git_commit, machine, pair_text, raw_run, records_from_raw
 from easyspec.core.engine import SpecConfig
 from easyspec.core.files import write_text_atomic
 from easyspec.core.loading import resolve_pair
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             "machine": machine(), "commit": git_commit(),
             "libraries": f"torch {torch.__version__}, transformers {transformers.__version__}, "
                          f"python {platform.python_version()}",
-            "pair": f"{source.base_name} (base) / {source.draft_name} (draft)",
+            "pair": pair_text(source, args.pair or (None if args.base else "qwen2.5-coder")),
             "max_new_tokens": args.max_new_tokens, "repeats": args.repeats, "draft_len": args.draft_len}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     # The criterion is on file before anything is measured.

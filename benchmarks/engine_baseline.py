@@ -22,7 +22,7 @@ import torch
 import transformers
 
 from easyspec.core import metrics
-from easyspec.core.bench import ar_al, git_commit, machine, raw_run, records_from_raw
+from easyspec.core.bench import ar_al, git_commit, machine, pair_text, raw_run, records_from_raw
 from easyspec.core.engine import SpecConfig, Stopping, generate
 from easyspec.core.files import write_text_atomic
 from easyspec.core.loading import load_pair, resolve_pair
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
             "machine": machine(), "commit": git_commit(), "date": date,
             "libraries": f"torch {torch.__version__}, transformers {transformers.__version__}, "
                          f"python {platform.python_version()}",
-            "pair": f"{source.base_name} (base) / {source.draft_name} (draft)",
+            "pair": pair_text(source, args.pair or (None if args.base else "qwen2.5-coder")),
             "dtypes": dtypes, "max_new_tokens": args.max_new_tokens, "draft_len": args.draft_len,
             "prompts": list(prompts)}
     result = {"meta": meta, "runs": raw}

@@ -166,8 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         out = Path("TEMP" if args.dry_run else tempfile.mkdtemp(prefix="easyspec-rerun-"))
     commit = head_commit()
-    # --quick: tiny runs, so model loads and app starts dominate (a rough 1.5 min per step, 3 with an app).
-    minutes = sum(3 if s.app else 1.5 for s in todo) if args.quick else sum(s.minutes for s in todo)
+    # --quick: tiny runs, so model loads and app starts dominate: 1 to 8 min per step on the shared
+    # 2-core machine (25 min for the six steps without an app on 2026-12-01), 4 on average.
+    minutes = sum(6 if s.app else 4 for s in todo) if args.quick else sum(s.minutes for s in todo)
     expected = f"about {minutes:.0f} min"
     print(f"rerun: {len(todo)} steps at commit {commit[:12]} into {out}; expected {expected} on a 2-core CPU",
           file=sys.stderr, flush=True)

@@ -288,6 +288,14 @@ def git_commit() -> str:
         return "unknown"
 
 
+def pair_text(source, name: str | None) -> str:
+    """A results file's pair: its folders, and what the named offline pair is (core/offline_pair.py)."""
+    text = f"{source.base_name} (base) / {source.draft_name} (draft)"
+    if name == "qwen2.5-coder":
+        text += ": Qwen2.5-Coder-1.5B / 0.5B-Instruct, GGUF Q4_K_M dequantized to a bf16 safetensors cache"
+    return text
+
+
 def run_meta(command: str, started: str, info, args) -> dict:
     import platform
 
