@@ -412,10 +412,9 @@ def _bench_pair(args) -> int:
         if args.bench_command == "acceptance":
             temps = [float(t) for t in args.temperatures.split(",") if t.strip()]
             kept: list = []
-            rows = bench.acceptance(session, prompts, sizes, policies, args.draft_len, args.max_new_tokens, temps,
-                                    keep=kept, tree_depth=args.tree_depth, tree_width=args.tree_width,
-                                    adaptive=args.adaptive)
-            result = {"rows": rows}
+            result = bench.acceptance(session, prompts, sizes, policies, args.draft_len, args.max_new_tokens,
+                                      temps, keep=kept, tree_depth=args.tree_depth, tree_width=args.tree_width,
+                                      adaptive=args.adaptive)
             if args.report:  # the greedy pass when there is one: it carries the equality evidence
                 grid, runs = min(kept, key=lambda gr: gr[0].temperature)
                 left_out = [f"T={g.temperature:g}" for g, _ in kept if g is not grid]

@@ -2,116 +2,200 @@
 
 CPU ranks share this machine's cores and a gloo collective costs hundreds of microseconds, so this
 proves the multi-device path's correctness and shows its timeline, not a speed-up.
+The pass criterion (`CRITERION`) is fixed here and written into the JSON before any measurement;
+the JSON then keeps every run's raw data (tokens, rounds with their spans, wall seconds), the
+projection it compares against (core/projection.py from the G = 1 runs' latencies) and the verdict,
+and the rows, projection and Markdown are all computed from the raw runs (`rebuild`).
 Writes results/devices_cpu.md and .json. Run: python benchmarks/devices_cpu.py
 """
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import platform
+import shlex
 import statistics
 import sys
 from pathlib import Path
 
 from easyspec.core import metrics
-from easyspec.core.bench import git_commit, machine
+from easyspec.core.bench import git_commit, machine, pair_text, raw_run, records_from_raw
 from easyspec.core.engine import SpecConfig
 from easyspec.core.files import write_text_atomic
 from easyspec.core.loading import resolve_pair
 from easyspec.core.session import Session
 from easyspec.core.tracing import exclusive_seconds
 
-
 PROMPT = "Write a Python function that checks whether a number is prime."
 SETTINGS = {"vanilla": dict(mode="vanilla"), "speculative": dict(mode="speculative"),
             "easyspec N=2 every-round": dict(mode="easyspec", layer_parallel=2, calibration="every-round")}
+PROJECTION_KEY = {"vanilla": "vanilla", "speculative": "speculative", "easyspec N=2 every-round": "easyspec"}
+COMM_MODEL = "gloo-cpu"
+# Stated before the run. G = 2 ranks on this CPU also halve each rank's threads, which the projection
+# does not model (it assumes every device as fast as the single one), so G = 2 is judged on tokens only.
+CRITERION = {
+    "same_tokens": "every G = 2 run emits the same tokens as the first G = 1 run of its setting (greedy)",
+    "g1_projection_band": [0.8, 1.25],  # G = 1: projected / measured tok/s of every setting within this band
+    "g2_projection": "reported, not judged",
+}
+PHASE_COLUMNS = ("draft.attn", "draft.mlp", "draft.comm", "verify", "verify.comm", "calibrate", "idle", "sample")
 
 
-def measure(devices: int, max_new: int, repeats: int) -> dict:
-    out = {}
-    with Session(resolve_pair(pair="qwen2.5-coder"), devices=devices) as s:
+def measure(source, devices: int, max_new: int, repeats: int) -> tuple[list[dict], tuple]:
+    """Raw runs (with spans: the per-rank timeline) of every setting; and the pair's shapes."""
+    from easyspec.core.projection import session_shapes
+
+    raw = []
+    with Session(source, devices=devices) as s:
+        shapes = session_shapes(s) if devices == 1 else None
         ids = s.encode(PROMPT, chat=True)
         list(s.generate(ids, SpecConfig(mode="speculative", max_new_tokens=8)))  # warm-up
         for label, setting in SETTINGS.items():
-            runs = []
-            for _ in range(repeats):
+            for repeat in range(repeats):
                 records = list(s.generate(ids, SpecConfig(max_new_tokens=max_new, **setting)))
-                runs.append(records)
-            m = [metrics.compute(r) for r in runs]
-            records = runs[len(runs) // 2]
-            per_rank = {rank: exclusive_seconds(tuple(sp for r in records for sp in r.spans if sp.rank == rank))
-                        for rank in range(devices)}
-            out[label] = {"tokens": [t for r in records for t in r.token_ids], "records": records,
-                          "mean_accepted_length": m[0].mean_accepted_length,
-                          "tokens_per_s": statistics.median(x.tokens_per_s for x in m),
-                          "acceptance_rate": m[0].acceptance_rate, "phase_s_rank0": m[len(m) // 2].phase_s,
-                          "per_rank_phase_s": per_rank, "total_s": m[len(m) // 2].total_s,
-                          # rank 0's process only (metrics.memory_label says what the figure is)
-                          "memory_source": m[0].memory_source,
-                          "largest_run_peak_memory_bytes": max(x.run_peak_memory_bytes for x in m),
-                          "largest_run_memory_growth_bytes": max(x.run_memory_growth_bytes for x in m)}
-            print(f"G={devices} {label}: {out[label]['tokens_per_s']:.2f} tok/s", file=sys.stderr)
-    return out
+                raw.append(raw_run(records, spans=True, devices=devices, setting=label, settings=setting,
+                                   repeat=repeat, prompt=PROMPT, prompt_ids=ids))
+            rates = [metrics.compute(records_from_raw(r["rounds"])).tokens_per_s for r in raw[-repeats:]]
+            print(f"G={devices} {label}: {statistics.median(rates):.2f} tok/s", file=sys.stderr)
+    return raw, shapes
 
 
-def projection_check(res: dict) -> dict:
+def _median_run(runs: list[dict]) -> dict:
+    """The run of median wall time (the upper middle one for an even count)."""
+    return sorted(runs, key=lambda r: r["wall_s"])[len(runs) // 2]
+
+
+def rows_from_runs(raw: list[dict]) -> list[dict]:
+    """Per (setting, G): median tok/s over the repeats, AR and AL of the median run, whether every
+    run's tokens equal the first G = 1 run's, and per-rank exclusive seconds of the median run."""
+    rows = []
+    for label in SETTINGS:
+        reference = next(r for r in raw if r["setting"] == label and r["devices"] == 1)["token_ids"]
+        for g in sorted({r["devices"] for r in raw}):
+            runs = [r for r in raw if r["setting"] == label and r["devices"] == g]
+            median = _median_run(runs)
+            records = records_from_raw(median["rounds"])
+            m = metrics.compute(records)
+            ms = [metrics.compute(records_from_raw(r["rounds"])) for r in runs]
+            rows.append({"setting": label, "devices": g, "repeats": len(runs),
+                         # rank 0's process only (metrics.memory_label says what the figure is)
+                         "memory_source": m.memory_source,
+                         "largest_run_peak_memory_bytes": max(x.run_peak_memory_bytes for x in ms),
+                         "largest_run_memory_growth_bytes": max(x.run_memory_growth_bytes for x in ms),
+                         "tokens_per_s": round(statistics.median(x.tokens_per_s for x in ms), 4),
+                         "acceptance_rate": m.acceptance_rate, "mean_accepted_length": m.mean_accepted_length,
+                         "same_tokens_as_g1": all(r["token_ids"] == reference for r in runs),
+                         "per_rank_phase_s": {str(rank): exclusive_seconds(tuple(
+                             sp for rec in records for sp in rec.spans if sp.rank == rank)) for rank in range(g)}})
+    return rows
+
+
+def projection(raw: list[dict], shapes: dict, draft_len: int) -> dict:
+    """core/projection.py for G = 1 and 2 from the latencies and acceptance of the G = 1 median runs."""
     from easyspec.core.grouping import layer_groups
     from easyspec.core.projection import COMM_MODELS, Shape, latencies_from_runs, project
 
-    one = res[1]
-    lat = latencies_from_runs(one["speculative"]["records"], one["vanilla"]["records"],
-                              one["easyspec N=2 every-round"]["records"])
-    base, draft = Shape(28, 1536, 12, 4), Shape(24, 896, 14, 4)  # Qwen2.5-Coder 1.5B / 0.5B, fp32
-    return {g: project(lat, base, draft, 5, g, COMM_MODELS["gloo-cpu"], layer_groups(24, 2),
-                       one["speculative"]["mean_accepted_length"],
-                       one["easyspec N=2 every-round"]["mean_accepted_length"]) for g in (1, 2)}
+    one = {label: records_from_raw(_median_run([r for r in raw if r["setting"] == label and r["devices"] == 1])
+                                   ["rounds"]) for label in SETTINGS}
+    lat = latencies_from_runs(one["speculative"], one["vanilla"], one["easyspec N=2 every-round"])
+    base, draft = Shape(**shapes["base"]), Shape(**shapes["draft"])
+    al = {label: metrics.compute(records).mean_accepted_length for label, records in one.items()}
+    return {str(g): project(lat, base, draft, draft_len, g, COMM_MODELS[COMM_MODEL], layer_groups(draft.layers, 2),
+                            al["speculative"], al["easyspec N=2 every-round"]) for g in (1, 2)}
 
 
-def main() -> None:
+def verdict(rows: list[dict], proj: dict, criterion: dict) -> dict:
+    low, high = criterion["g1_projection_band"]
+    ratios = {f"{r['setting']} G={r['devices']}": proj[str(r["devices"])][PROJECTION_KEY[r["setting"]]]
+              ["tokens_per_s"] / r["tokens_per_s"] for r in rows}
+    checks = {"same_tokens": all(r["same_tokens_as_g1"] for r in rows),
+              "g1_projection_band": all(low <= v <= high for k, v in ratios.items() if k.endswith("G=1"))}
+    return {"projected_over_measured": {k: round(v, 4) for k, v in ratios.items()}, "checks": checks,
+            "passed": all(checks.values())}
+
+
+def rebuild(result: dict) -> dict:
+    """Rows, projection and verdict from a results JSON's raw runs, shapes and criterion."""
+    rows = rows_from_runs(result["runs"])
+    proj = projection(result["runs"], result["shapes"], result["meta"]["draft_len"])
+    return json.loads(json.dumps({"rows": rows, "projection": proj,
+                                  "verdict": verdict(rows, proj, result["criterion"])}))
+
+
+def markdown(result: dict) -> str:
+    meta, rows, proj, v = result["meta"], result["rows"], result["projection"], result["verdict"]
+    low, high = result["criterion"]["g1_projection_band"]
+    lines = ["# 1 vs 2 CPU ranks (gloo) on the offline pair", "",
+             f"- command: `{meta['command']}`", f"- date: {meta['date']}", f"- machine: {meta['machine']}",
+             f"- commit: {meta['commit']}", f"- libraries: {meta['libraries']}", f"- pair: {meta['pair']}",
+             f"- fp32, greedy, chat template, {meta['max_new_tokens']} new tokens, prompt: {PROMPT!r}; "
+             f"median of {meta['repeats']} runs after a warm-up",
+             "- CPU ranks share the machine's cores (each rank gets half the threads with G = 2) and every gloo "
+             "collective costs hundreds of microseconds: this path proves correctness and shows the timeline "
+             "on a CPU; it is not expected to be faster here.",
+             f"- pass criterion (fixed in the script before the run): {result['criterion']['same_tokens']}; "
+             f"G = 1 projected / measured tok/s within {low}..{high} for every setting; G = 2 projection "
+             f"{result['criterion']['g2_projection']}.", "",
+             "| setting | G | tok/s | same tokens as G=1 | rank | draft attn | draft MLP | draft comm | verify | "
+             "verify comm | calibrate | idle | sample |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        for rank, ph in r["per_rank_phase_s"].items():
+            cells = " | ".join(f"{ph.get(p, 0.0):.2f}" for p in PHASE_COLUMNS)
+            lines.append(f"| {r['setting']} | {r['devices']} | {r['tokens_per_s']:.2f} | {r['same_tokens_as_g1']} | "
+                         f"{rank} | {cells} |")
+    lines += ["", "Per-rank columns are seconds of exclusive time from each rank's timeline spans of the median run "
+              "(nested communication is subtracted from the span around it).", "",
+              "## Projection check (core/projection.py against the measured runs)", "",
+              f"Latencies and acceptance from the G = 1 median runs above; communication model `{COMM_MODEL}` "
+              "(stated assumption: 300 us and 2 GB/s per collective). A projection, not a measurement.", "",
+              "| setting | G | projected tok/s | measured tok/s | projected / measured |", "|---|---|---|---|---|"]
+    for g in ("1", "2"):
+        for r in (r for r in rows if str(r["devices"]) == g):
+            p = proj[g][PROJECTION_KEY[r["setting"]]]["tokens_per_s"]
+            ratio = v["projected_over_measured"][f"{r['setting']} G={g}"]
+            lines.append(f"| {r['setting']} | {g} | {p:.2f} | {r['tokens_per_s']:.2f} | {ratio:.2f} |")
+    lines += ["", "Verdict: " + ", ".join(f"{k} {'yes' if ok else 'NO'}" for k, ok in v["checks"].items())
+              + f"; {'PASSED' if v['passed'] else 'FAILED'}."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    import torch
+    import transformers
+
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--draft-len", type=int, default=5, help="k of the projection (the engine's default)")
+    ap.add_argument("--pair", default=None, help="a named offline pair (default qwen2.5-coder)")
+    ap.add_argument("--base", help="base model folder or id (with --draft, instead of --pair)")
+    ap.add_argument("--draft")
     ap.add_argument("--out", default="results/devices_cpu")
-    args = ap.parse_args()
-    res = {g: measure(g, args.max_new_tokens, args.repeats) for g in (1, 2)}
-    proj = projection_check(res)
-    lines = ["# 1 vs 2 CPU ranks (gloo) on the offline pair", "",
-             f"- command: `python {' '.join(sys.argv)}`", f"- machine: {machine()}", f"- commit: {git_commit()}",
-             f"- fp32, greedy, chat template, {args.max_new_tokens} new tokens, prompt: {PROMPT!r}; "
-             f"median of {args.repeats} runs after a warm-up",
-             "- CPU ranks share the machine's 2 cores (each rank gets 1 thread with G = 2) and every gloo "
-             "collective costs hundreds of microseconds: this path proves correctness and shows the timeline "
-             "on a CPU; it is not expected to be faster here.", "",
-             "| setting | G | tok/s | same tokens as G=1 | rank | draft attn | draft MLP | draft comm | verify | "
-             "verify comm | calibrate | idle | sample |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for label in SETTINGS:
-        for g in (1, 2):
-            r = res[g][label]
-            same = r["tokens"] == res[1][label]["tokens"]
-            for rank, ph in r["per_rank_phase_s"].items():
-                cells = " | ".join(f"{ph.get(p, 0.0):.2f}" for p in ("draft.attn", "draft.mlp", "draft.comm", "verify",
-                                                                       "verify.comm", "calibrate", "idle", "sample"))
-                lines.append(f"| {label} | {g} | {r['tokens_per_s']:.2f} | {same} | {rank} | {cells} |")
-    lines += ["", "Per-rank columns are seconds of exclusive time from each rank's timeline spans (nested "
-              "communication is subtracted from the span around it).", "",
-              "## Projection check (core/projection.py against the measured runs)", "",
-              "Latencies and acceptance from the G = 1 runs above; communication model `gloo-cpu` (stated "
-              "assumption: 300 us and 2 GB/s per collective). A projection, not a measurement.", "",
-              "| setting | G | projected tok/s | measured tok/s | projected / measured |", "|---|---|---|---|---|"]
-    for g in (1, 2):
-        for label, key in (("vanilla", "vanilla"), ("speculative", "speculative"),
-                           ("easyspec N=2 every-round", "easyspec")):
-            p, m = proj[g][key]["tokens_per_s"], res[g][label]["tokens_per_s"]
-            lines.append(f"| {label} | {g} | {p:.2f} | {m:.2f} | {p / m:.2f} |")
-    lines += ["", "On 2 CPU cores the G = 2 ranks also halve each rank's threads, which the model does not "
-              "capture (it assumes each device is as fast as the single one); that is the expected gap."]
-    for g in res.values():
-        for row in g.values():
-            row.pop("records")
+    args = ap.parse_args(argv)
+    source = resolve_pair(args.base, args.draft, args.pair or (None if args.base else "qwen2.5-coder"))
+    argv_used = argv if argv is not None else sys.argv[1:]
+    meta = {"command": shlex.join(["python", "benchmarks/devices_cpu.py", *argv_used]),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "machine": machine(), "commit": git_commit(),
+            "libraries": f"torch {torch.__version__}, transformers {transformers.__version__}, "
+                         f"python {platform.python_version()}",
+            "pair": pair_text(source, args.pair or (None if args.base else "qwen2.5-coder")),
+            "max_new_tokens": args.max_new_tokens, "repeats": args.repeats, "draft_len": args.draft_len}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(args.out + ".json", json.dumps(res, indent=1, default=str))
-    write_text_atomic(args.out + ".md", "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    # The criterion is on file before anything is measured.
+    write_text_atomic(args.out + ".json", json.dumps({"meta": meta, "criterion": CRITERION, "status": "running"},
+                                                     indent=1))
+    raw, shapes = measure(source, 1, args.max_new_tokens, args.repeats)
+    raw += measure(source, 2, args.max_new_tokens, args.repeats)[0]
+    result = {"meta": meta, "criterion": CRITERION, "shapes": {k: vars(s) for k, s in zip(("base", "draft"), shapes)},
+              "runs": raw}
+    result = json.loads(json.dumps({**result, **rebuild(result), "status": "done"}))
+    write_text_atomic(args.out + ".json", json.dumps(result, indent=1))
+    write_text_atomic(args.out + ".md", markdown(result))
+    print(markdown(result))
+    return 0 if result["verdict"]["passed"] else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

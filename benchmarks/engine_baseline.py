@@ -3,6 +3,8 @@
 Greedy decoding, fp32 and bf16, a handful of code and chat prompts (chat template on):
 acceptance rate and mean accepted length for N = 1..4 with calibration none and every-round, and
 tokens/s of vanilla vs speculative vs easyspec, all measured in this one process on this machine.
+The JSON keeps every run's raw data ("runs": prompt, settings, token ids, every round, wall seconds)
+and its meta; the rows and the Markdown table are computed from those runs (`rows_from_runs`).
 Writes results/engine_baseline.md and .json. Run: python benchmarks/engine_baseline.py
 """
 from __future__ import annotations
@@ -11,6 +13,7 @@ import argparse
 import datetime
 import json
 import platform
+import shlex
 import statistics
 import sys
 from pathlib import Path
@@ -19,7 +22,7 @@ import torch
 import transformers
 
 from easyspec.core import metrics
-from easyspec.core.bench import git_commit, machine
+from easyspec.core.bench import ar_al, git_commit, machine, pair_text, raw_run, records_from_raw
 from easyspec.core.engine import SpecConfig, Stopping, generate
 from easyspec.core.files import write_text_atomic
 from easyspec.core.loading import load_pair, resolve_pair
@@ -38,55 +41,70 @@ SETTINGS = [("vanilla", {"mode": "vanilla"}), ("speculative", {"mode": "speculat
     for c in ("none", "every-round") for n in (1, 2, 3, 4)]
 
 
-def measure(dtype: str, max_new: int, draft_len: int) -> list[dict]:
-    pair = load_pair(resolve_pair(pair="qwen2.5-coder"), dtype=dtype)
+def measure(source, dtype: str, max_new: int, draft_len: int, prompts: dict[str, str]) -> list[dict]:
+    """Every setting on every prompt: one raw run each (`bench.raw_run`)."""
+    pair = load_pair(source, dtype=dtype)
     base, draft = pair.base.decoder, pair.draft.decoder
     stopping = Stopping(pair.eos_ids)
     reference = Fp32Reference(base)  # classifies a difference from vanilla (fp32 copy built on first use)
-    prompts = {name: encode_prompt(pair.tokenizer, text, chat=True) for name, text in PROMPTS.items()}
-    list(generate(base, draft, prompts["chat: sky"], SpecConfig(max_new_tokens=8), stopping))  # warm-up
-    rows = []
+    ids = {name: encode_prompt(pair.tokenizer, text, chat=True) for name, text in prompts.items()}
+    list(generate(base, draft, next(iter(ids.values())), SpecConfig(max_new_tokens=8), stopping))  # warm-up
+    raw = []
     for label, s in SETTINGS:
         cfg = SpecConfig(max_new_tokens=max_new, draft_len=draft_len, **s)
-        per_prompt = {}
-        for name, ids in prompts.items():
-            records = list(generate(base, draft, ids, cfg, stopping))
+        for name, prompt_ids in ids.items():
+            records = list(generate(base, draft, prompt_ids, cfg, stopping))
             m = metrics.compute(records)
-            per_prompt[name] = {"tokens": [t for r in records for t in r.token_ids], "metrics": m.as_dict()}
+            raw.append(raw_run(records, dtype=dtype, setting=label, settings=s, prompt=name,
+                               prompt_text=prompts[name], prompt_ids=prompt_ids))
             print(f"{dtype} {label:28s} {name:22s} {m.tokens_per_s:6.2f} tok/s AR {m.acceptance_rate} "
                   f"AL {m.mean_accepted_length}", file=sys.stderr)
-        rows.append({"setting": label, "dtype": dtype, **s, "prompts": per_prompt})
-    vanilla = rows[0]["prompts"]
-    for row in rows:
-        ms = [p["metrics"] for p in row["prompts"].values()]
-        drafted, accepted = sum(m["drafted"] for m in ms), sum(m["accepted"] for m in ms)
-        rounds = sum(m["rounds"] for m in ms)
-        row["acceptance_rate"] = accepted / drafted if drafted else None
-        row["mean_accepted_length"] = (sum(m["new_tokens"] - 1 for m in ms) / rounds) if drafted else None
-        row["tokens_per_s"] = sum(m["new_tokens"] for m in ms) / sum(m["total_s"] for m in ms)
-        row["speedup_median"] = statistics.median(
-            p["metrics"]["tokens_per_s"] / vanilla[n]["metrics"]["tokens_per_s"] for n, p in row["prompts"].items())
-        for n, p in row["prompts"].items():
-            p["greedy_check"] = compare_greedy(reference, prompts[n], p["tokens"], vanilla[n]["tokens"]).as_dict()
-        row["same_as_vanilla"] = sum(p["tokens"] == vanilla[n]["tokens"] for n, p in row["prompts"].items())
-        row["greedy_checks"] = count_verdicts(p["greedy_check"]["verdict"] for p in row["prompts"].values())
-        row["draft_s"] = sum(m["draft_s"] for m in ms)
-        row["calibrate_s"] = sum(m["calibrate_s"] for m in ms)
-        row["verify_s"] = sum(m["verify_s"] for m in ms)
-        row["memory_source"] = ms[0]["memory_source"]  # each run's own figures, the largest over the prompts
-        row["largest_run_peak_memory_bytes"] = max(m["run_peak_memory_bytes"] for m in ms)
-        row["largest_run_memory_growth_bytes"] = max(m["run_memory_growth_bytes"] for m in ms)
+    # Each run's greedy check against vanilla's run of the same prompt (core/lossless.py): needs the
+    # base's weights, so it is made here and kept in the raw run; the table only counts the verdicts.
+    vanilla = {r["prompt"]: r["token_ids"] for r in raw if r["setting"] == "vanilla"}
+    for r in raw:
+        check = compare_greedy(reference, ids[r["prompt"]], r["token_ids"], vanilla[r["prompt"]])
+        r["greedy_check"] = check.as_dict()
     del pair, reference
+    return raw
+
+
+def rows_from_runs(raw: list[dict]) -> list[dict]:
+    """One row per (dtype, setting) from the raw runs: AR and AL over the drafting rounds, tok/s over
+    all prompts (prefill included), per-phase seconds, median tok/s ratio to vanilla's run on the
+    same prompt, prompts whose tokens equal vanilla's and the greedy checks' counts, the largest run
+    peak memory and growth over the prompts."""
+    rows = []
+    for dtype, label in dict.fromkeys((r["dtype"], r["setting"]) for r in raw):
+        mine = [r for r in raw if r["dtype"] == dtype and r["setting"] == label]
+        vanilla = {r["prompt"]: r for r in raw if r["dtype"] == dtype and r["setting"] == "vanilla"}
+        ms = {r["prompt"]: metrics.compute(records_from_raw(r["rounds"])) for r in mine}
+        drafting = [d for r in mine for d in r["rounds"] if d["drafted"] and d["index"] > 0]
+        vanilla_rate = {n: metrics.compute(records_from_raw(v["rounds"])).tokens_per_s for n, v in vanilla.items()}
+        counts = ar_al(drafting)
+        rows.append({"setting": label, "dtype": dtype, **mine[0]["settings"], "prompts": len(mine),
+                     **counts,
+                     "tokens_per_s": round(sum(m.new_tokens for m in ms.values())
+                                           / sum(m.total_s for m in ms.values()), 4),
+                     "speedup_median": round(statistics.median(m.tokens_per_s / vanilla_rate[n]
+                                                               for n, m in ms.items()), 4),
+                     "same_as_vanilla": sum(r["token_ids"] == vanilla[r["prompt"]]["token_ids"] for r in mine),
+                     "greedy_checks": count_verdicts(r["greedy_check"]["verdict"] for r in mine),
+                     **{f"{p}_s": round(sum(getattr(m, f"{p}_s") for m in ms.values()), 4)
+                        for p in ("draft", "calibrate", "verify")},
+                     # each run's own figures (metrics.memory_label says what they are), the largest over the prompts
+                     "memory_source": next(iter(ms.values())).memory_source,
+                     "largest_run_peak_memory_bytes": max(m.run_peak_memory_bytes for m in ms.values()),
+                     "largest_run_memory_growth_bytes": max(m.run_memory_growth_bytes for m in ms.values())})
     return rows
 
 
-def markdown(rows: list[dict], meta: dict) -> str:
+def markdown(rows: list[dict], meta: dict, runs: list[dict]) -> str:
     out = ["# Engine baseline: the offline pair on this machine", "",
            f"- command: `{meta['command']}`", f"- date: {meta['date']}", f"- machine: {meta['machine']}",
            f"- commit: {meta['commit']}", f"- libraries: {meta['libraries']}",
-           f"- pair: Qwen2.5-Coder-0.5B-Instruct (draft) / 1.5B-Instruct (base), GGUF Q4_K_M dequantized to a "
-           f"bf16 safetensors cache; greedy; chat template; {meta['max_new_tokens']} new tokens; k = "
-           f"{meta['draft_len']}; {len(PROMPTS)} prompts ({', '.join(PROMPTS)})",
+           f"- pair: {meta['pair']}; greedy; chat template; {meta['max_new_tokens']} new tokens; k = "
+           f"{meta['draft_len']}; {len(meta['prompts'])} prompts ({', '.join(meta['prompts'])})",
            "- AR = accepted / drafted; AL = tokens emitted per drafting round (bonus/recovered included); "
            "tok/s = new tokens / wall time over all prompts (prefill included); speedup = median over prompts "
            "of tok/s ratio to vanilla in the same run; 'same' = prompts whose tokens equal vanilla's, a rounding tie "
@@ -106,15 +124,15 @@ def markdown(rows: list[dict], meta: dict) -> str:
                        f"{same_column(r['greedy_checks'])} | {r['largest_run_peak_memory_bytes'] / 2**30:.2f} | "
                        f"{r['largest_run_memory_growth_bytes'] / 2**20:.0f} |")
         out.append("")
-        out += differences([r for r in rows if r["dtype"] == dtype])
+        out += differences([r for r in runs if r["dtype"] == dtype])
     return "\n".join(out)
 
 
-def differences(rows: list[dict]) -> list[str]:
-    """Every prompt whose tokens differ from vanilla's: where, the two tokens, the fp32 margins, the verdict."""
-    lines = [f"| {r['setting']} | {name} | {c['verdict']} | {c['index']} | {c['token']} vs {c['reference_token']} | "
-             f"{_g(c['margin'])} | {_g(c['gap'])} | {_g(c['allowed'])} | {c['fp32_pick']} |"
-             for r in rows for name, p in r["prompts"].items() if (c := p["greedy_check"])["verdict"] != "equal"]
+def differences(runs: list[dict]) -> list[str]:
+    """Every run whose tokens differ from vanilla's: where, the two tokens, the fp32 margins, the verdict."""
+    lines = [f"| {r['setting']} | {r['prompt']} | {c['verdict']} | {c['index']} | {c['token']} vs "
+             f"{c['reference_token']} | {_g(c['margin'])} | {_g(c['gap'])} | {_g(c['allowed'])} | {c['fp32_pick']} |"
+             for r in runs if (c := r["greedy_check"])["verdict"] != "equal"]
     if not lines:
         return []
     return ["Differences from vanilla (new token index; tokens: this setting's vs vanilla's; margin = fp32 logit "
@@ -128,24 +146,41 @@ def _g(x: float | None) -> str:
     return "-" if x is None else f"{x:.3g}"
 
 
-def main() -> None:
+def rebuild_markdown(result: dict) -> str:
+    """The Markdown of a results JSON, its rows recomputed from the raw runs it holds."""
+    return markdown(rows_from_runs(result["runs"]), result["meta"], result["runs"])
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--dtypes", default="float32,bfloat16")
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--draft-len", type=int, default=5)
+    ap.add_argument("--pair", default=None, help="a named offline pair (default qwen2.5-coder)")
+    ap.add_argument("--base", help="base model folder or id (with --draft, instead of --pair)")
+    ap.add_argument("--draft")
+    ap.add_argument("--limit", type=int, default=len(PROMPTS), help=f"the first LIMIT prompts (default {len(PROMPTS)})")
     ap.add_argument("--out", default="results/engine_baseline")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     dtypes = args.dtypes.split(",")
-    rows = [row for dtype in dtypes for row in measure(dtype, args.max_new_tokens, args.draft_len)]
-    meta = {"command": "python " + " ".join(sys.argv), "machine": machine(), "commit": git_commit(),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    prompts = dict(list(PROMPTS.items())[: max(1, args.limit)])
+    source = resolve_pair(args.base, args.draft, args.pair or (None if args.base else "qwen2.5-coder"))
+    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    raw = [run for dtype in dtypes for run in measure(source, dtype, args.max_new_tokens, args.draft_len, prompts)]
+    meta = {"command": shlex.join(["python", "benchmarks/engine_baseline.py",
+                                   *(argv if argv is not None else sys.argv[1:])]),
+            "machine": machine(), "commit": git_commit(), "date": date,
             "libraries": f"torch {torch.__version__}, transformers {transformers.__version__}, "
                          f"python {platform.python_version()}",
-            "dtypes": dtypes, "max_new_tokens": args.max_new_tokens, "draft_len": args.draft_len}
+            "pair": pair_text(source, args.pair or (None if args.base else "qwen2.5-coder")),
+            "dtypes": dtypes, "max_new_tokens": args.max_new_tokens, "draft_len": args.draft_len,
+            "prompts": list(prompts)}
+    result = {"meta": meta, "runs": raw}
+    result = json.loads(json.dumps({**result, "rows": rows_from_runs(raw)}))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(args.out + ".json", json.dumps({"meta": meta, "rows": rows}, indent=1))
-    write_text_atomic(args.out + ".md", markdown(rows, meta))
-    print(markdown(rows, meta))
+    write_text_atomic(args.out + ".json", json.dumps(result, indent=1))
+    write_text_atomic(args.out + ".md", rebuild_markdown(result))
+    print(rebuild_markdown(result))
 
 
 if __name__ == "__main__":

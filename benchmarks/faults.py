@@ -3,6 +3,8 @@ message it ends in, the seconds from the fault to that message, and whether the 
 
 The same faults are asserted by tests/test_faults.py (app and command line); this script records
 what happened, for the results file. Multi-device faults use a Session with G = 2 CPU ranks.
+Every row is one measured run; `CRITERIA` (fixed here, written to OUT.json before the first fault)
+says what each fault must end in, and each row's `passed` is computed from its measured fields.
 
     python benchmarks/faults.py --out results/reliability_faults
 """
@@ -13,6 +15,7 @@ import contextlib
 import io
 import json
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -33,6 +36,15 @@ from easyspec.core.loading import resolve_pair  # noqa: E402
 from easyspec.core.session import Session  # noqa: E402
 
 PROMPT = list(range(10, 30))
+IDLE_S, IDLE_TIMEOUT_S = 20.0, 8.0  # idle for longer than the collective timeout
+# Fixed before the run: what a fault must end in (the row's fields that are judged).
+CRITERIA = {
+    "rank_fault_error_within_s": 30.0,  # a dead or stopped rank ends the run with a message within this
+    "next_request_ok": True,  # where measured: the next request gives the same tokens as before the fault
+    "nothing_left_running": True,  # no rank process and no non-daemon thread left over
+    "exit_code": "nonzero for a command that fails (1 or 2), with one 'easyspec: error' line",
+    "write_interrupted": "the old file intact and no temporary file left",
+}
 
 
 def tokens(stream) -> list[int]:
@@ -61,6 +73,56 @@ def rank_fault(source, sig: int, timeout_s: float) -> dict:
             "left_running": left}
 
 
+def idle_past_timeout(source) -> dict:
+    """No request for IDLE_S with a collective timeout of IDLE_TIMEOUT_S; then a request."""
+    cfg = SpecConfig(layer_parallel=2, max_new_tokens=12)
+    with Session(source, devices=2, timeout_s=IDLE_TIMEOUT_S) as s:
+        before = tokens(s.generate(PROMPT, cfg))
+        pids = [p.pid for p in s.ranks.procs]
+        time.sleep(IDLE_S)
+        message, after = _try(lambda: tokens(s.generate(PROMPT, cfg)))
+        same_ranks = s.ranks is not None and [p.pid for p in s.ranks.procs] == pids
+    return {"message": message, "next_request_ok": after == before, "same_ranks": same_ranks}
+
+
+def rank_killed_idle(source) -> dict:
+    """SIGKILL to rank 1 between two requests; then a request."""
+    cfg = SpecConfig(layer_parallel=2, max_new_tokens=12)
+    with Session(source, devices=2, timeout_s=20.0) as s:
+        before = tokens(s.generate(PROMPT, cfg))
+        proc = s.ranks.procs[0]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.join(10)
+        message, after = _try(lambda: tokens(s.generate(PROMPT, cfg)))
+        restarted = s.ranks is not None and proc.pid not in [p.pid for p in s.ranks.procs]
+    return {"message": message, "next_request_ok": after == before, "ranks_restarted": restarted,
+            "left_running": proc.is_alive()}
+
+
+def _try(call) -> tuple[str, object]:
+    """(message, result): "(no error)" and the result, or the exception's message and None."""
+    try:
+        return "(no error)", call()
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}", None
+
+
+def passed(row: dict, threads_left: list[str]) -> bool:
+    """A row judged by `CRITERIA` from its measured fields only."""
+    checks = [not threads_left]
+    if "seconds_to_error" in row:
+        checks += [row["seconds_to_error"] <= CRITERIA["rank_fault_error_within_s"], row["message"] != "(no error)"]
+    if "left_running" in row:
+        checks.append(not row["left_running"])
+    if "next_request_ok" in row:
+        checks.append(row["next_request_ok"])
+    if "exit_code" in row:
+        checks += [row["exit_code"] in (1, 2), row["message"].startswith("easyspec: error")]
+    if "old_file_intact" in row:
+        checks += [row["old_file_intact"], row["temporary_files_left"] == 0]
+    return all(checks)
+
+
 def run_cli(argv: list[str]) -> tuple[int, str, float]:
     err = io.StringIO()
     start = time.monotonic()
@@ -78,12 +140,23 @@ def truncated_copy(src: Path, dest: Path) -> Path:
     return dest
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    import platform
+
+    import torch
+    import transformers
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="results/reliability_faults")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     root = Path(tempfile.mkdtemp(prefix="easyspec-faults-"))
-    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    meta = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine(),
+            "commit": git_commit(), "libraries": f"torch {torch.__version__}, transformers {transformers.__version__}, "
+                                                 f"python {platform.python_version()}",
+            "command": shlex.join(["python", "benchmarks/faults.py", *(argv if argv is not None else sys.argv[1:])])}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(args.out + ".json", json.dumps({"meta": meta, "criteria": CRITERIA, "status": "running"},
+                                                     indent=1))
     try:
         base, draft = make_pair(root / "pair", "qwen2", noise=0.01)
         source = resolve_pair(str(base), str(draft))
@@ -98,6 +171,11 @@ def main() -> int:
             **rank_fault(source, signal.SIGKILL, 20.0))
         row("worker rank stops answering (G = 2)", "SIGSTOP to rank 1 after the first round; timeout 8 s",
             **rank_fault(source, signal.SIGSTOP, 8.0))
+        row("idle longer than the collective timeout (G = 2)",
+            f"no request for {IDLE_S:g} s with a collective timeout of {IDLE_TIMEOUT_S:g} s",
+            **idle_past_timeout(source))
+        row("worker rank killed while idle (G = 2)", "SIGKILL to rank 1 between two requests",
+            **rank_killed_idle(source))
         code, msg, s = run_cli(["generate", *pair, "--prompt", "x" * 200, "--memory-budget-mb", "0.1"])
         ok = run_cli(["generate", *pair, "--prompt", "x", "--memory-budget-mb", "0.1", "--max-new-tokens", "4"])[0]
         row("out of memory: the operator's budget", "--memory-budget-mb 0.1, a 200-token prompt", exit_code=code,
@@ -136,11 +214,11 @@ def main() -> int:
         row("write interrupted", "an error in the middle of writing a result file", message="(no message: internal)",
             old_file_intact=target.read_text() == "old", temporary_files_left=len(leftovers))
         threads = [t.name for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
-        result = {"rows": rows, "meta": {"started": started, "machine": machine(), "commit": git_commit(),
-                                         "command": "python benchmarks/faults.py", "threads_left": threads}}
+        rows = [{**r, "passed": passed(r, threads)} for r in rows]
+        result = {"rows": rows, "criteria": CRITERIA, "meta": {**meta, "threads_left": threads}, "status": "done",
+                  "passed": all(r["passed"] for r in rows)}
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(args.out + ".json", json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
     return 0

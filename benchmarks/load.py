@@ -12,7 +12,10 @@ confirmed cancel) within its deadline, none was lost; invalid requests got their
 message; no unexpected error; greedy results equal the same request run alone; Compare columns
 agree; memory stops growing: its peak over the second half of the run exceeds its peak over the
 first half by no more than the allowance (the first half holds the warm-up of every request
-shape; a leak keeps growing after it).
+shape; a leak keeps growing after it). The criteria are fixed in `CRITERIA` (the deadline is the
+--deadline-s of the run) and written to OUT.json before the first request; the JSON then keeps the
+raw data (every request with its outcome, latency and tokens, the tokens of each request run alone,
+every memory sample) and the summary and table are computed from it (`summarise`, `rebuild`).
 
     python benchmarks/load.py --url http://127.0.0.1:7860/ --out results/reliability_load
 """
@@ -36,6 +39,13 @@ from gradio_client.exceptions import AppError
 
 from easyspec.core.bench import git_commit, machine
 from easyspec.core.files import write_text_atomic
+
+# Fixed before any run; OUT.json holds them (with the run's deadline) before the first request.
+CRITERIA = {
+    "memory_second_half_growth_mb": 200.0,  # RSS peak over the 2nd half minus the peak over the 1st half
+    "lost": 0, "hung": 0, "unexpected_errors": 0,  # a hung request is one with no result by the deadline
+    "greedy_differ_from_alone": 0, "compare_columns_differ": 0,
+}
 
 SHORT_PROMPTS = ["def add(a, b):", "The quick brown fox", "Write a haiku about rain.", "List three primes.",
                  "SELECT name FROM users WHERE", "Explain recursion in one sentence."]
@@ -254,7 +264,9 @@ def percentile(values: list[float], q: float) -> float | None:
 
 def run_load(url: str, clients: int = 16, requests: int = 200, short_tokens: int = 8, long_tokens: int = 24,
              seed: int = 0, auth: tuple[str, str] | None = None, deadline_s: float = 600.0, app_pid: int | None = None,
-             growth_allowance_mb: float = 200.0, long_repeat: int = 2, distinct: int = 16, progress=None) -> dict:
+             long_repeat: int = 2, distinct: int = 16, progress=None) -> dict:
+    """The raw data of one load run: every request with its outcome, the tokens of each distinct
+    greedy request run alone afterwards, and the memory samples."""
     progress = progress or (lambda msg: print(msg, file=sys.stderr, flush=True))
     driver = Driver(url, auth, deadline_s)
     api = driver.client().view_api(print_info=False, return_format="dict")["named_endpoints"]
@@ -292,62 +304,73 @@ def run_load(url: str, clients: int = 16, requests: int = 200, short_tokens: int
     wall_s = time.monotonic() - t0
     sampler.stop()
     end_rss = sampler.rss()
-    # Each distinct greedy request that completed, run again alone: the same tokens.
+    # Each distinct greedy request that completed, run again alone (its tokens are compared in `summarise`).
     progress("load: re-running each distinct greedy request alone")
     alone: dict[str, list[int]] = {}
-    mismatches = []
     for req in plan:
         out = outcomes.get(req.index)
-        if req.kind != "generate" or not req.greedy or out is None or out.status != "ok":
-            continue
-        if req.key not in alone:
+        if req.kind == "generate" and req.greedy and out is not None and out.status == "ok" and req.key not in alone:
             alone[req.key] = driver.call(req).token_ids
-        if out.token_ids != alone[req.key]:
-            mismatches.append({"request": req.index, "fields": req.fields})
-    return summarise(plan, outcomes, mismatches, len(alone), sampler, baseline, end_rss, wall_s, clients,
-                     growth_allowance_mb, app_pid)
+    return {"clients": clients, "app_pid": app_pid, "wall_s": wall_s, "baseline_rss": baseline, "end_rss": end_rss,
+            "memory_samples": [list(x) for x in sampler.samples],
+            "requests": [{**asdict(req), "key": req.key,
+                          "outcome": asdict(outcomes[req.index]) if req.index in outcomes else None} for req in plan],
+            "alone": alone}
 
 
-def summarise(plan, outcomes, mismatches, checked, sampler, baseline, end_rss, wall_s, clients,
-              growth_allowance_mb, app_pid) -> dict:
+def summarise(raw: dict, criteria: dict) -> dict:
+    """Every figure of the load table from the raw data of one run (`run_load`) and its criteria."""
+    outcomes = [r["outcome"] for r in raw["requests"] if r["outcome"] is not None]
     statuses: dict[str, int] = {}
     by_kind: dict[str, dict[str, int]] = {}
-    for out in outcomes.values():
-        statuses[out.status] = statuses.get(out.status, 0) + 1
-        by_kind.setdefault(out.kind, {}).setdefault(out.status, 0)
-        by_kind[out.kind][out.status] += 1
-    served = [o.latency_s for o in outcomes.values() if o.status == "ok"]
-    lost = [r.index for r in plan if r.index not in outcomes]
-    unexpected = [asdict(o) | {"token_ids": None} for o in outcomes.values() if o.status in ("error", "hung")]
-    compare_disagree = [o.index for o in outcomes.values() if o.kind == "compare" and o.identical is False]
-    values = [v for _, v in sampler.samples]
+    for out in outcomes:
+        statuses[out["status"]] = statuses.get(out["status"], 0) + 1
+        by_kind.setdefault(out["kind"], {}).setdefault(out["status"], 0)
+        by_kind[out["kind"]][out["status"]] += 1
+    served = [o["latency_s"] for o in outcomes if o["status"] == "ok"]
+    lost = [r["index"] for r in raw["requests"] if r["outcome"] is None]
+    unexpected = [o | {"token_ids": None} for o in outcomes if o["status"] in ("error", "hung")]
+    compare_disagree = [o["index"] for o in outcomes if o["kind"] == "compare" and o["identical"] is False]
+    mismatches = [{"request": r["index"], "fields": r["fields"]} for r in raw["requests"]
+                  if r["key"] in raw["alone"] and r["outcome"] and r["outcome"]["status"] == "ok"
+                  and r["kind"] == "generate" and r["greedy"] and r["outcome"]["token_ids"] != raw["alone"][r["key"]]]
+    values = [v for _, v in raw["memory_samples"]]
     peak = max(values, default=None)
     quarters = [_mb(max(values[: max(1, len(values) * q // 4)])) for q in (1, 2, 3, 4)] if values else []
     half = values[: max(1, len(values) // 2)]
     late_growth = (peak - max(half)) / 1e6 if len(values) >= 4 else None
+    baseline, end_rss = raw["baseline_rss"], raw["end_rss"]
     growth = None if baseline is None or end_rss is None else (end_rss - baseline) / 1e6
-    memory_ok = late_growth is not None and late_growth <= growth_allowance_mb
-    checks = {"none_lost": not lost, "none_hung": statuses.get("hung", 0) == 0, "no_unexpected_errors": not unexpected,
-              "greedy_equals_alone": not mismatches, "compare_columns_agree": not compare_disagree,
-              "memory_bounded": memory_ok}
+    allowance = criteria["memory_second_half_growth_mb"]
+    checks = {"none_lost": len(lost) <= criteria["lost"], "none_hung": statuses.get("hung", 0) <= criteria["hung"],
+              "no_unexpected_errors": len(unexpected) <= criteria["unexpected_errors"],
+              "greedy_equals_alone": len(mismatches) <= criteria["greedy_differ_from_alone"],
+              "compare_columns_agree": len(compare_disagree) <= criteria["compare_columns_differ"],
+              "memory_bounded": late_growth is not None and late_growth <= allowance}
     return {
-        "requests": len(plan), "clients": clients, "wall_s": round(wall_s, 1),
+        "requests": len(raw["requests"]), "clients": raw["clients"], "wall_s": round(raw["wall_s"], 1),
         "served": statuses.get("ok", 0), "rejected_invalid": statuses.get("rejected", 0),
         "cancelled": statuses.get("cancelled", 0), "errors": statuses.get("error", 0), "hung": statuses.get("hung", 0),
         "lost": len(lost), "by_kind": by_kind,
         "latency_s": {"p50": _r(percentile(served, 50)), "p95": _r(percentile(served, 95)),
                       "max": _r(max(served, default=None))},
         "latency_s_by_kind": {k: {"p50": _r(percentile(v, 50)), "p95": _r(percentile(v, 95))}
-                              for k in by_kind for v in [[o.latency_s for o in outcomes.values()
-                                                          if o.kind == k and o.status in ("ok", "rejected", "cancelled")]]},
-        "greedy_checked_alone": checked, "greedy_mismatches": mismatches,
-        "memory": {"app_pid": app_pid, "baseline_mb": _mb(baseline), "peak_mb": _mb(peak), "end_mb": _mb(end_rss),
+                              for k in by_kind for v in [[o["latency_s"] for o in outcomes if o["kind"] == k
+                                                          and o["status"] in ("ok", "rejected", "cancelled")]]},
+        "greedy_checked_alone": len(raw["alone"]), "greedy_mismatches": mismatches,
+        "memory": {"app_pid": raw["app_pid"], "baseline_mb": _mb(baseline), "peak_mb": _mb(peak),
+                   "end_mb": _mb(end_rss),
                    "growth_mb": None if growth is None else round(growth, 1),  # end minus after warm-up
                    "second_half_growth_mb": None if late_growth is None else round(late_growth, 1),
                    "peak_by_quarter_mb": quarters,  # peak RSS up to 1/4, 1/2, 3/4 and all of the run
-                   "allowance_mb": growth_allowance_mb, "samples": len(sampler.samples)},
+                   "allowance_mb": allowance, "samples": len(values)},
         "unexpected": unexpected[:20], "checks": checks, "passed": all(checks.values()),
     }
+
+
+def rebuild(result: dict) -> dict:
+    """The summary of a results JSON, recomputed from its raw data and criteria."""
+    return json.loads(json.dumps(summarise(result["raw"], result["criteria"])))
 
 
 def _r(x):
@@ -375,8 +398,17 @@ def markdown(result: dict) -> str:
         lines.append(f"| {kind} | " + " | ".join(str(counts.get(s, 0)) for s in
                                                 ("ok", "rejected", "cancelled", "error", "hung"))
                      + f" | {lat_k['p50']} | {lat_k['p95']} |")
-    lines += ["", "Checks: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in result["checks"].items())]
+    lines += ["", "Criteria (fixed before the run): " + criteria_text(result["criteria"]) + ".",
+              "", "Checks: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in result["checks"].items())]
     return "\n".join(lines) + "\n"
+
+
+def criteria_text(c: dict) -> str:
+    return (f"every request ends within {c['deadline_s']:g} s (else hung; hung at most {c['hung']}), lost at most "
+            f"{c['lost']}, unexpected errors at most {c['unexpected_errors']}, greedy requests that differ from the "
+            f"same request alone at most {c['greedy_differ_from_alone']}, Compare runs with differing columns at "
+            f"most {c['compare_columns_differ']}, RSS peak growth over the second half at most "
+            f"{c['memory_second_half_growth_mb']:g} MB")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -393,22 +425,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--auth", help="USER:PASSWORD when the app requires a login")
     p.add_argument("--app-pid", type=int, help="pid of the app (default: the process listening on the URL's port)")
     p.add_argument("--deadline-s", type=float, default=600.0, help="a request with no result by then is hung")
-    p.add_argument("--growth-allowance-mb", type=float, default=200.0,
-                   help="largest accepted growth of the RSS peak over the second half of the run")
     p.add_argument("--label", default="", help="what was loaded (pair, devices), for the report")
     p.add_argument("--out", help="write OUT.json and OUT.md")
     args = p.parse_args(argv)
     if args.clients < 1 or args.requests < 1:
         p.error("--clients and --requests must be >= 1")
     auth = tuple(args.auth.split(":", 1)) if args.auth else None
-    started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    result = run_load(args.url, args.clients, args.requests, args.short_tokens, args.long_tokens, args.seed, auth,
-                      args.deadline_s, args.app_pid, args.growth_allowance_mb, args.long_repeat, args.distinct)
-    result["meta"] = {"started": started, "machine": machine(), "commit": git_commit(), "label": args.label,
-                      "command": shlex.join(["python", "benchmarks/load.py",
-                                             *(argv if argv is not None else sys.argv[1:])])}
-    if args.out:
+    meta = {"started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "machine": machine(), "commit": git_commit(), "label": args.label,
+            "command": shlex.join(["python", "benchmarks/load.py", *(argv if argv is not None else sys.argv[1:])])}
+    criteria = {**CRITERIA, "deadline_s": args.deadline_s}
+    if args.out:  # the criteria are on file before the first request
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(args.out + ".json", json.dumps({"meta": meta, "criteria": criteria, "status": "running"},
+                                                         indent=1))
+    raw = run_load(args.url, args.clients, args.requests, args.short_tokens, args.long_tokens, args.seed, auth,
+                   args.deadline_s, args.app_pid, args.long_repeat, args.distinct)
+    result = json.loads(json.dumps({"meta": meta, "criteria": criteria, "raw": raw, "status": "done"}))
+    result.update(rebuild(result))
+    if args.out:
         write_text_atomic(args.out + ".json", json.dumps(result, indent=1))
         write_text_atomic(args.out + ".md", markdown(result))
     print(markdown(result))

@@ -10,24 +10,52 @@ after a warm-up, ratios to vanilla per prompt and repeat, and output equality fo
 difference classified as a rounding tie or a real difference, `lossless.py`).
 Both can add token-tree and adaptive variants of every drafting setting (`drafting` column), so that
 chain, tree and adaptive drafting are compared in the same run.
+Every result keeps its raw data under "runs" (each run's prompt, settings, emitted token ids, wall
+seconds and every round as saved by `records.record_to_dict`, spans left out) and its table rows are
+computed from those runs by `acceptance_rows` / `speed_rows`, so `rows_from_runs` rebuilds them
+from a results JSON alone.
 """
 from __future__ import annotations
 
 import statistics
 import sys
 import time
+from dataclasses import asdict
 from typing import Callable, Sequence
 
 from .engine import SpecConfig
 from .metrics import compute, memory_label
-from .lossless import VERDICTS, GreedyCheck, compare_greedy, count_verdicts, same_column
+from .lossless import VERDICTS, compare_greedy, count_verdicts, same_column
 from .pilot import PilotGrid, PilotRun, PilotSetting, result_row, run_pilot, summarise
+from .records import RoundRecord, record_from_dict, record_to_dict
+from .sampling import SamplingConfig
 
 Progress = Callable[[str], None]
 
 
 def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+def raw_rounds(records: Sequence[RoundRecord], spans: bool = False) -> list[dict]:
+    """Every round as plain values (drafted ids, accepted, emitted ids and origins, calibrated,
+    per-phase seconds, end time); spans only when asked (they are most of a record's size)."""
+    return [{**record_to_dict(r), **({} if spans else {"spans": []})} for r in records]
+
+
+def records_from_raw(rounds: Sequence[dict]) -> list[RoundRecord]:
+    return [record_from_dict(d) for d in rounds]
+
+
+def raw_run(records: Sequence[RoundRecord], spans: bool = False, **fields) -> dict:
+    """One run's raw data: the given fields (prompt, setting, ...), emitted tokens, wall seconds, rounds."""
+    return {**fields, "token_ids": [t for r in records for t in r.token_ids], "wall_s": records[-1].end_ns / 1e9,
+            "rounds": raw_rounds(records, spans)}
+
+
+def config_from_dict(d: dict) -> SpecConfig:
+    """The inverse of `dataclasses.asdict(SpecConfig)` (JSON turns the tuples into lists)."""
+    return SpecConfig(**{**d, "sampling": SamplingConfig(**d["sampling"]), "stop_strings": tuple(d["stop_strings"])})
 
 
 def per_position(runs: Sequence[PilotRun]) -> tuple[float, ...]:
@@ -53,11 +81,11 @@ def _verdicts(summary: dict) -> dict[str, int] | None:
 def acceptance(session, prompts: Sequence[str], layer_parallel: Sequence[int], calibration: Sequence[str],
                draft_len: int, max_new_tokens: int, temperatures: Sequence[float] = (0.0, 0.8), seed: int = 0,
                progress: Progress = _stderr, keep: list | None = None, tree_depth: int = 0, tree_width: int = 4,
-               adaptive: bool = False) -> list[dict]:
-    """One row per (temperature, N, policy, drafting); N = 1 is added as the reference when missing.
-    `keep` receives (grid, runs) per temperature, for a report."""
+               adaptive: bool = False) -> dict:
+    """{"rows": one per (temperature, N, policy, drafting), "runs": the raw runs they come from}; N = 1
+    is added as the reference when missing. `keep` receives (grid, runs) per temperature, for a report."""
     sizes = tuple(sorted(set(layer_parallel) | {1}))
-    rows = []
+    raw = []
     for temperature in temperatures:
         grid = PilotGrid(layer_parallel=sizes, calibration=tuple(calibration), draft_len=(draft_len,),
                          speculative=False, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
@@ -70,6 +98,32 @@ def acceptance(session, prompts: Sequence[str], layer_parallel: Sequence[int], c
                 progress(f"acceptance T={temperature}: {event.label} ({event.done}/{event.total})")
         if keep is not None:
             keep.append((grid, runs))
+        raw += [raw_run(r.records, temperature=temperature, prompt_index=r.prompt_index,
+                        prompt=prompts[r.prompt_index], setting=r.setting.label, config=asdict(r.setting.config),
+                        prompt_tokens=r.row["prompt_tokens"],  # the greedy check needs the weights: kept
+                        greedy_check=r.row["greedy_check"], fp32_gap=r.row["fp32_gap"]) for r in runs]
+    return {"rows": acceptance_rows(raw, draft_len), "runs": raw}
+
+
+def _pilot_runs(raw: Sequence[dict]) -> list[PilotRun]:
+    """PilotRuns rebuilt from raw runs of one pilot pass, each row against its prompt's vanilla run."""
+    out, vanilla = [], {}
+    for r in raw:
+        setting, records = PilotSetting(r["setting"], config_from_dict(r["config"])), records_from_raw(r["rounds"])
+        row = result_row(r["prompt_index"], setting, r["prompt_tokens"], records, vanilla.get(r["prompt_index"]))
+        row.update(greedy_check=r.get("greedy_check"), fp32_gap=r.get("fp32_gap"))  # made when it ran
+        run = PilotRun(r["prompt_index"], setting, tuple(records), tuple(r["token_ids"]), row)
+        if setting.config.mode == "vanilla":
+            vanilla[r["prompt_index"]] = run
+        out.append(run)
+    return out
+
+
+def acceptance_rows(raw: Sequence[dict], draft_len: int) -> list[dict]:
+    """The acceptance table's rows from raw runs (`acceptance`'s "runs")."""
+    rows = []
+    for temperature in dict.fromkeys(r["temperature"] for r in raw):
+        runs = _pilot_runs([r for r in raw if r["temperature"] == temperature])
         for s in summarise([r.row for r in runs]):
             if s["mode"] != "easyspec":
                 continue
@@ -125,23 +179,18 @@ def _hf_assisted(base, draft, ids: list[int], max_new_tokens: int, eos: list[int
 def speed(session, prompts: Sequence[str], settings: dict[str, SpecConfig], repeats: int, max_new_tokens: int,
           with_transformers: bool = True, draft_len: int = 5, progress: Progress = _stderr,
           keep: list | None = None) -> dict:
-    """Per setting: median tokens/s and median speedup over vanilla (per prompt and repeat), equality.
+    """Per setting: median tokens/s and median speedup over vanilla (per prompt and repeat), equality;
+    "runs" holds every measured run's raw data, from which `speed_rows` computes the rows.
     `keep` receives a `PilotRun` per engine run (prompt index, repeat after repeat), for a report."""
     if session.info.devices != 1 and with_transformers:
         raise ValueError("the comparison with transformers runs on one device: use --devices 1 or --no-transformers")
     prompt_ids = [session.encode(p, chat=True) for p in prompts]
-    runners: dict[str, Callable[[list[int]], tuple[list[int], float]]] = {}
-    last_records: dict[str, list] = {}
-    counts: dict[str, list[int]] = {label: [0, 0, 0, 0] for label in settings}  # drafted, accepted, rounds, tokens
-    memory: dict[str, list] = {label: [] for label in settings}  # each measured run's Metrics
+    # Each runner returns (tokens, seconds, round records or None for transformers).
+    runners: dict[str, Callable[[list[int]], tuple[list[int], float, list | None]]] = {}
     for label, cfg in settings.items():
-        def run(ids, cfg=cfg, label=label):
-            records = last_records[label] = list(session.generate(ids, cfg))
-            memory[label].append(compute(records))
-            for r in (r for r in records if r.drafted):
-                for i, x in enumerate((len(r.drafted), r.accepted, 1, len(r.token_ids))):
-                    counts[label][i] += x
-            return [t for r in records for t in r.token_ids], records[-1].end_ns / 1e9
+        def run(ids, cfg=cfg):
+            records = list(session.generate(ids, cfg))
+            return [t for r in records for t in r.token_ids], records[-1].end_ns / 1e9, records
         runners[label] = run
     if with_transformers:
         hf_base, hf_draft = _hf_models(session, session.info.dtype)
@@ -150,56 +199,85 @@ def speed(session, prompts: Sequence[str], settings: dict[str, SpecConfig], repe
         fixed = {"num_assistant_tokens": draft_len, "num_assistant_tokens_schedule": "constant",
                  "assistant_confidence_threshold": 0.0}
         runners[f"transformers assisted k={draft_len} constant"] = (
-            lambda ids: _hf_assisted(hf_base, hf_draft, ids, max_new_tokens, eos, fixed))
+            lambda ids: (*_hf_assisted(hf_base, hf_draft, ids, max_new_tokens, eos, fixed), None))
         runners["transformers assisted default"] = (
-            lambda ids: _hf_assisted(hf_base, hf_draft, ids, max_new_tokens, eos, defaults))
+            lambda ids: (*_hf_assisted(hf_base, hf_draft, ids, max_new_tokens, eos, defaults), None))
     assert "vanilla" in runners, "the speed table needs vanilla as its reference"
     for run in runners.values():  # warm-up, not measured
         run(prompt_ids[0][:8])
-    for c in counts.values():
-        c[:] = [0, 0, 0, 0]
-    for m in memory.values():
-        m.clear()
-    rates: dict[str, list[float]] = {k: [] for k in runners}
-    ratios: dict[str, list[float]] = {k: [] for k in runners}
-    checks: dict[str, list[GreedyCheck]] = {k: [] for k in runners}  # first repeat of each prompt
+    raw = []
     for i, ids in enumerate(prompt_ids):
         for rep in range(repeats):
             got = {}
             for label, run in runners.items():
                 progress(f"speed: prompt {i + 1}/{len(prompt_ids)} repeat {rep + 1}/{repeats}: {label}")
-                tokens, seconds = run(ids)
-                got[label] = tokens
-                rates[label].append(len(tokens) / seconds)
-            check = {label: compare_greedy(session, ids, got[label], got["vanilla"]) for label in runners}
+                tokens, seconds, records = got[label] = run(ids)
+                cfg = settings.get(label)
+                raw.append({"prompt_index": i, "prompt": prompts[i], "repeat": rep, "setting": label,
+                            "config": asdict(cfg) if cfg else None, "prompt_tokens": len(ids),
+                            "token_ids": tokens, "seconds": seconds,
+                            "rounds": raw_rounds(records) if records is not None else None})
+            # The greedy check against vanilla's tokens of the same prompt and repeat (lossless.py): it
+            # needs the base's weights, so it is made here and kept in the raw run; the rows count verdicts.
+            check = {label: compare_greedy(session, ids, got[label][0], got["vanilla"][0]) for label in runners}
+            for r in raw[-len(runners):]:
+                r["greedy_check"] = check[r["setting"]].as_dict()
             if keep is not None:
                 vanilla = None
                 for label in sorted(settings, key=lambda x: settings[x].mode != "vanilla"):  # vanilla first:
                     cfg = settings[label]  # it is the rows' speedup reference
-                    setting, records = PilotSetting(label, cfg), last_records[label]
-                    run = PilotRun(i, setting, tuple(records), tuple(got[label]),
+                    tokens, _, records = got[label]
+                    setting = PilotSetting(label, cfg)
+                    run = PilotRun(i, setting, tuple(records), tuple(tokens),
                                    result_row(i, setting, len(ids), records, vanilla, check[label]))
                     vanilla = run if cfg.mode == "vanilla" else vanilla
                     keep.append(run)
-            for label in runners:
-                ratios[label].append(rates[label][-1] / rates["vanilla"][-1])
-                if rep == 0:
-                    checks[label].append(check[label])
-    return {"rows": [{"setting": label, "tokens_per_s_median": round(statistics.median(rates[label]), 4),
-                      "speedup_median": round(statistics.median(ratios[label]), 4),
-                      "speedup_min": round(min(ratios[label]), 4), "speedup_max": round(max(ratios[label]), 4),
-                      "equal_to_vanilla": same_column(count_verdicts(checks[label])),
-                      "greedy_checks": count_verdicts(checks[label]),
-                      **_ar_al(counts.get(label, [0, 0, 0, 0])), **_memory(memory.get(label, []))}
-                     for label in runners],
-            "prompts": list(prompts), "repeats": repeats, "max_new_tokens": max_new_tokens}
+    return {"rows": speed_rows(raw), "prompts": list(prompts), "repeats": repeats,
+            "max_new_tokens": max_new_tokens, "runs": raw}
 
 
-def _ar_al(counts: list[int]) -> dict:
-    """AR and AL from [drafted, accepted, drafting rounds, tokens of drafting rounds] (None without drafts)."""
-    drafted, accepted, rounds, tokens = counts
-    return {"acceptance_rate": round(accepted / drafted, 4) if drafted else None,
-            "mean_accepted_length": round(tokens / rounds, 4) if rounds else None}
+def speed_rows(raw: Sequence[dict]) -> list[dict]:
+    """The speed table's rows from raw runs (`speed`'s "runs"), settings in first-run order: rates are
+    tokens / seconds per run, ratios against vanilla's run on the same prompt in the same repeat,
+    equality from each prompt's first repeat, AR and AL over every round of the setting's runs."""
+    vanilla = {(r["prompt_index"], r["repeat"]): r for r in raw if r["setting"] == "vanilla"}
+    assert vanilla, "the speed table needs vanilla as its reference"
+    rows = []
+    for label in dict.fromkeys(r["setting"] for r in raw):
+        mine = [r for r in raw if r["setting"] == label]
+        rates = [len(r["token_ids"]) / r["seconds"] for r in mine]
+        ratios = [rate / _rate(vanilla[r["prompt_index"], r["repeat"]]) for rate, r in zip(rates, mine)]
+        verdicts = count_verdicts(r["greedy_check"]["verdict"] for r in mine if r["repeat"] == 0)
+        rounds = [d for r in mine for d in (r["rounds"] or ()) if d["drafted"]]
+        traced = [compute(records_from_raw(r["rounds"])) for r in mine if r["rounds"] is not None]
+        rows.append({"setting": label, "tokens_per_s_median": round(statistics.median(rates), 4),
+                     "speedup_median": round(statistics.median(ratios), 4),
+                     "speedup_min": round(min(ratios), 4), "speedup_max": round(max(ratios), 4),
+                     "equal_to_vanilla": same_column(verdicts), "greedy_checks": verdicts, **ar_al(rounds),
+                     **_memory(traced)})
+    return rows
+
+
+def _rate(run: dict) -> float:
+    return len(run["token_ids"]) / run["seconds"]
+
+
+def ar_al(rounds: Sequence[dict]) -> dict:
+    """AR and AL over raw drafting rounds (None without drafts): accepted / drafted, tokens per round."""
+    drafted = sum(len(d["drafted"]) for d in rounds)
+    return {"acceptance_rate": round(sum(d["accepted"] for d in rounds) / drafted, 4) if drafted else None,
+            "mean_accepted_length": round(sum(len(d["token_ids"]) for d in rounds) / len(rounds), 4)
+            if rounds else None}
+
+
+def rows_from_runs(kind: str, result: dict) -> list[dict]:
+    """A results JSON's table rows recomputed from its raw runs alone ("acceptance" or "speed"), as
+    plain JSON values (lists for tuples), so that they compare equal to the rows the file holds."""
+    import json
+
+    rows = acceptance_rows(result["runs"], result["meta"]["draft_len"]) if kind == "acceptance" \
+        else speed_rows(result["runs"])
+    return json.loads(json.dumps(rows))
 
 
 def _memory(runs: Sequence) -> dict:
@@ -239,6 +317,14 @@ def git_commit() -> str:
                               cwd=Path(__file__).resolve().parent).stdout.strip()
     except Exception:
         return "unknown"
+
+
+def pair_text(source, name: str | None) -> str:
+    """A results file's pair: its folders, and what the named offline pair is (core/offline_pair.py)."""
+    text = f"{source.base_name} (base) / {source.draft_name} (draft)"
+    if name == "qwen2.5-coder":
+        text += ": Qwen2.5-Coder-1.5B / 0.5B-Instruct, GGUF Q4_K_M dequantized to a bf16 safetensors cache"
+    return text
 
 
 def run_meta(command: str, started: str, info, args) -> dict:
@@ -318,5 +404,11 @@ def write_results(out: str, kind: str, result: dict) -> None:
 
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path.with_suffix(".json"), json.dumps(result, indent=1))
-    write_text_atomic(path.with_suffix(".md"), markdown(kind, result))
+    text = json.dumps(result, indent=1)
+    write_text_atomic(path.with_suffix(".json"), text)
+    write_text_atomic(path.with_suffix(".md"), rebuild_markdown(kind, json.loads(text)))
+
+
+def rebuild_markdown(kind: str, result: dict) -> str:
+    """The Markdown table of a results JSON, its rows recomputed from the raw runs it holds."""
+    return markdown(kind, {**result, "rows": rows_from_runs(kind, result)})

@@ -102,3 +102,57 @@ def test_bench_rejects_bad_settings(pair_dirs, capsys):
     assert code == 2 and "nope.jsonl" in capsys.readouterr().err
     code = main(["bench", "speed", "--base", str(base), "--draft", str(draft), "--calibration", "sometimes"])
     assert code == 2 and "unknown calibration policy" in capsys.readouterr().err
+
+
+def _md_cells(md: str, first: str) -> list[str]:
+    """The cells of the Markdown table row whose first cell is `first`."""
+    line = next(x for x in md.splitlines() if x.startswith(f"| {first} |"))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def test_bench_tables_are_computed_from_the_raw_runs_they_keep(pair_dirs, tmp_path, capsys):
+    """Each results JSON keeps every run's tokens and rounds; AR, AL, tok/s and equality recomputed
+    here by hand from those raw runs equal the JSON rows and the Markdown table."""
+    from easyspec.core import bench
+
+    base, draft = pair_dirs["qwen2"]
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "def add(a, b):"}\n{"prompt": "hello there"}\n')
+    common = ["--base", str(base), "--draft", str(draft), "--prompts", str(prompts), "--max-new-tokens", "6"]
+    out = tmp_path / "speed"
+    assert main(["bench", "speed", *common, "--layer-parallel", "2", "--repeats", "2", "--no-transformers",
+                 "--out", str(out)]) == 0
+    data = json.loads(out.with_suffix(".json").read_text())
+    md = out.with_suffix(".md").read_text()
+    assert {"command", "date", "machine", "commit", "libraries"} <= set(data["meta"])
+    assert len(data["runs"]) == 3 * 2 * 2  # settings x prompts x repeats
+    assert bench.rows_from_runs("speed", data) == data["rows"] and bench.rebuild_markdown("speed", data) == md
+    for row in data["rows"]:
+        runs = [r for r in data["runs"] if r["setting"] == row["setting"]]
+        assert all(r["token_ids"] == [t for d in r["rounds"] for t in d["token_ids"]] for r in runs)
+        rates = sorted(len(r["token_ids"]) / r["seconds"] for r in runs)
+        assert row["tokens_per_s_median"] == pytest.approx((rates[1] + rates[2]) / 2, abs=1e-4)
+        rounds = [d for r in runs for d in r["rounds"] if d["drafted"]]
+        if rounds:
+            ar = sum(d["accepted"] for d in rounds) / sum(len(d["drafted"]) for d in rounds)
+            assert row["acceptance_rate"] == pytest.approx(ar, abs=1e-4)
+            assert _md_cells(md, row["setting"])[4] == f"{ar:.3f}"
+        assert _md_cells(md, row["setting"])[1] == f"{row['tokens_per_s_median']:.2f}"
+
+    out = tmp_path / "acc"
+    assert main(["bench", "acceptance", *common, "--layer-parallel", "2", "--calibration", "none",
+                 "--temperatures", "0", "--out", str(out)]) == 0
+    capsys.readouterr()
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert bench.rows_from_runs("acceptance", data) == data["rows"]
+    assert bench.rebuild_markdown("acceptance", data) == out.with_suffix(".md").read_text()
+    for row in data["rows"]:
+        runs = [r for r in data["runs"] if r["config"]["mode"] == "easyspec"
+                and r["config"]["layer_parallel"] == row["layer_parallel"]]
+        rounds = [d for r in runs for d in r["rounds"] if d["drafted"] and d["index"] > 0]
+        assert row["acceptance_rate"] == pytest.approx(
+            sum(d["accepted"] for d in rounds) / sum(len(d["drafted"]) for d in rounds), abs=1e-4)
+        assert row["mean_accepted_length"] == pytest.approx(
+            sum(len(d["token_ids"]) for d in rounds) / len(rounds), abs=1e-4)
+        vanilla = {r["prompt_index"]: r["token_ids"] for r in data["runs"] if r["config"]["mode"] == "vanilla"}
+        assert row["equal_to_vanilla"] == all(r["token_ids"] == vanilla[r["prompt_index"]] for r in runs)

@@ -37,7 +37,7 @@ def test_load_on_the_small_pair(app_server, tmp_path):
     run = subprocess.run([sys.executable, str(SCRIPT), "--url", url, "--app-pid", str(proc.pid), "--clients", "16",
                           "--requests", str(PLAN["n"]), "--distinct", str(PLAN["distinct"]),
                           "--short-tokens", str(PLAN["short_tokens"]), "--long-tokens", str(PLAN["long_tokens"]),
-                          "--growth-allowance-mb", str(RSS_GROWTH_BOUND_MB), "--deadline-s", "300",
+                          "--deadline-s", "300",
                           "--out", str(out)], capture_output=True, text=True, timeout=900)
     result = json.loads((tmp_path / "load.json").read_text())
     assert run.returncode == 0, (result["checks"], result["unexpected"], run.stderr[-2000:])
@@ -63,6 +63,8 @@ def test_load_on_the_small_pair(app_server, tmp_path):
     # memory: watched through the run, and its peak grows by at most the bound over the second half
     m = result["memory"]
     assert m["app_pid"] == proc.pid and m["baseline_mb"] > 0 and m["samples"] >= MIN_MEMORY_SAMPLES, m
-    assert m["allowance_mb"] == RSS_GROWTH_BOUND_MB and m["second_half_growth_mb"] <= RSS_GROWTH_BOUND_MB, m
+    # the test's own bound, stricter than the script's CRITERIA (fixed there for the real pair's run)
+    assert m["second_half_growth_mb"] is not None and m["second_half_growth_mb"] <= RSS_GROWTH_BOUND_MB, m
+    assert result["criteria"]["memory_second_half_growth_mb"] == m["allowance_mb"] and result["passed"], result["checks"]
     assert "| requests | clients | served |" in (tmp_path / "load.md").read_text()
     assert proc.poll() is None  # the app is still up

@@ -1,0 +1,194 @@
+"""Each results producer in benchmarks/ on a tiny run: its JSON keeps the raw runs and the meta, and
+the figures of its table, recomputed here by hand from those raw runs, equal the table."""
+from __future__ import annotations
+
+import importlib.util
+import re
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+META = {"command", "date", "machine", "commit", "libraries"}
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def _cells(md: str, first: str) -> list[str]:
+    line = next(x for x in md.splitlines() if x.startswith(f"| {first} |"))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def test_engine_baseline_table_comes_from_its_raw_runs(pair_dirs, tmp_path):
+    base, draft = pair_dirs["qwen2"]
+    mod = _script("engine_baseline")
+    out = tmp_path / "baseline"
+    mod.main(["--base", str(base), "--draft", str(draft), "--dtypes", "float32", "--max-new-tokens", "6",
+              "--limit", "2", "--out", str(out)])
+    data = json.loads(out.with_suffix(".json").read_text())
+    md = out.with_suffix(".md").read_text()
+    assert META <= set(data["meta"]) and data["meta"]["command"].startswith("python benchmarks/engine_baseline.py")
+    assert len(data["runs"]) == len(mod.SETTINGS) * 2
+    assert mod.rows_from_runs(data["runs"]) == data["rows"] and mod.rebuild_markdown(data) == md
+    vanilla = {r["prompt"]: r for r in data["runs"] if r["setting"] == "vanilla"}
+    for row in data["rows"]:
+        runs = [r for r in data["runs"] if r["setting"] == row["setting"]]
+        assert all(r["token_ids"] == [t for d in r["rounds"] for t in d["token_ids"]] for r in runs)
+        tokens = sum(len(r["token_ids"]) for r in runs)
+        assert row["tokens_per_s"] == pytest.approx(tokens / sum(r["wall_s"] for r in runs), abs=1e-4)
+        rates = [len(r["token_ids"]) / r["wall_s"] / (len(vanilla[r["prompt"]]["token_ids"])
+                                                       / vanilla[r["prompt"]]["wall_s"]) for r in runs]
+        assert row["speedup_median"] == pytest.approx(statistics.median(rates), abs=1e-4)
+        same = sum(r["token_ids"] == vanilla[r["prompt"]]["token_ids"] for r in runs)
+        cells = _cells(md, row["setting"])
+        assert cells[3] == f"{row['tokens_per_s']:.2f}" and cells[8] == f"{same}/2"
+        rounds = [d for r in runs for d in r["rounds"] if d["drafted"] and d["index"] > 0]
+        if rounds:
+            ar = sum(d["accepted"] for d in rounds) / sum(len(d["drafted"]) for d in rounds)
+            assert cells[1] == f"{ar:.3f}"
+            assert cells[2] == f"{sum(len(d['token_ids']) for d in rounds) / len(rounds):.2f}"
+        else:
+            assert row["setting"] == "vanilla" and cells[1] == "-"
+
+
+def test_devices_cpu_states_its_criterion_and_computes_table_projection_and_verdict_from_raw_runs(pair_dirs,
+                                                                                                    tmp_path):
+    from easyspec.core.projection import COMM_MODELS, Shape, latencies_from_runs, project
+    from easyspec.core.grouping import layer_groups
+    from easyspec.core import metrics
+    from easyspec.core.bench import records_from_raw
+
+    base, draft = pair_dirs["qwen2"]
+    mod = _script("devices_cpu")
+    out = tmp_path / "devices"
+    code = mod.main(["--base", str(base), "--draft", str(draft), "--max-new-tokens", "6", "--repeats", "1",
+                     "--out", str(out)])
+    data = json.loads(out.with_suffix(".json").read_text())
+    md = out.with_suffix(".md").read_text()
+    assert META <= set(data["meta"]) and data["criterion"] == mod.CRITERION and data["status"] == "done"
+    assert len(data["runs"]) == len(mod.SETTINGS) * 2
+    assert mod.rebuild(data) == {k: data[k] for k in ("rows", "projection", "verdict")} and mod.markdown(data) == md
+    one = {r["setting"]: records_from_raw(r["rounds"]) for r in data["runs"] if r["devices"] == 1}
+    lat = latencies_from_runs(one["speculative"], one["vanilla"], one["easyspec N=2 every-round"])
+    shape_b, shape_d = Shape(**data["shapes"]["base"]), Shape(**data["shapes"]["draft"])
+    low, high = mod.CRITERION["g1_projection_band"]
+    in_band = []
+    for row in data["rows"]:
+        run = next(r for r in data["runs"] if r["setting"] == row["setting"] and r["devices"] == row["devices"])
+        measured = len(run["token_ids"]) / run["wall_s"]
+        assert row["tokens_per_s"] == pytest.approx(measured, abs=1e-4)
+        proj = project(lat, shape_b, shape_d, 5, row["devices"], COMM_MODELS["gloo-cpu"],
+                       layer_groups(shape_d.layers, 2), metrics.compute(one["speculative"]).mean_accepted_length,
+                       metrics.compute(one["easyspec N=2 every-round"]).mean_accepted_length)
+        projected = proj[mod.PROJECTION_KEY[row["setting"]]]["tokens_per_s"]
+        cells = _cells(md.split("## Projection")[1], f"{row['setting']} | {row['devices']}")
+        assert cells[-1] == f"{projected / measured:.2f}"
+        assert row["same_tokens_as_g1"] == (run["token_ids"] == next(
+            r["token_ids"] for r in data["runs"] if r["setting"] == row["setting"] and r["devices"] == 1))
+        if row["devices"] == 1:
+            in_band.append(low <= projected / measured <= high)
+    passed = all(in_band) and all(r["same_tokens_as_g1"] for r in data["rows"])
+    assert data["verdict"]["passed"] == passed and code == (0 if passed else 1)
+
+
+@pytest.fixture(scope="module")
+def reliability_folder(app_server, tmp_path_factory):
+    """A tiny load run against the app on the small pair, the fault script, and a bad-input JUnit XML
+    (the catalogue test only: it needs no app), as `benchmarks/rerun_results.py` writes them."""
+    import subprocess
+
+    url, proc = app_server
+    folder = tmp_path_factory.mktemp("reliability")
+    load = _script("load")
+    for stem in ("reliability_load", "reliability_load_small"):
+        load.main(["--url", url, "--app-pid", str(proc.pid), "--clients", "3", "--requests", "10", "--distinct", "3",
+                   "--short-tokens", "4", "--long-tokens", "4", "--long-repeat", "1", "--deadline-s", "120",
+                   "--label", "small pair", "--out", str(folder / stem)])
+    assert _script("faults").main(["--out", str(folder / "reliability_faults")]) == 0
+    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_bad_input.py",
+                    "-k", "catalogue", f"--junitxml={folder / 'reliability_bad_input.xml'}"],
+                   cwd=BENCHMARKS.parent, check=True, capture_output=True)
+    return folder
+
+
+def test_load_summary_comes_from_its_raw_data_and_criteria_fixed_before_the_run(reliability_folder):
+    load = _script("load")
+    data = json.loads((reliability_folder / "reliability_load.json").read_text())
+    assert data["criteria"] == {**load.CRITERIA, "deadline_s": 120.0} and data["status"] == "done"
+    assert load.rebuild(data) == {k: data[k] for k in load.rebuild(data)}
+    outcomes = [r["outcome"] for r in data["raw"]["requests"]]
+    assert len(outcomes) == data["requests"] == 10 and all(o is not None for o in outcomes)
+    served = sorted(o["latency_s"] for o in outcomes if o["status"] == "ok")
+    assert data["served"] == len(served) and data["latency_s"]["max"] == round(served[-1], 3)
+    rss = [v for _, v in data["raw"]["memory_samples"]]
+    assert data["memory"]["peak_mb"] == round(max(rss) / 1e6, 1)
+    late = (max(rss) - max(rss[: len(rss) // 2])) / 1e6
+    assert data["checks"]["memory_bounded"] == (late <= load.CRITERIA["memory_second_half_growth_mb"])
+    md = (reliability_folder / "reliability_load.md").read_text()
+    assert md == load.markdown(data) and _cells(md, "10")[2] == str(len(served))
+
+
+def test_reliability_md_has_only_figures_from_the_measured_files(reliability_folder):
+    mod = _script("reliability")
+    assert mod.main(["--results", str(reliability_folder)]) in (0, 1)
+    md = (reliability_folder / "reliability.md").read_text()
+    summary = json.loads((reliability_folder / "reliability.json").read_text())
+    faults = json.loads((reliability_folder / "reliability_faults.json").read_text())
+    rows = [x for x in md.split("## Faults")[1].splitlines() if x.startswith("| ") and "---" not in x][1:]
+    assert [r.split(" | ")[0][2:] for r in rows] == [f["fault"] for f in faults["rows"]]  # measured rows only
+    for line, row in zip(rows, faults["rows"]):
+        assert line.endswith("| yes |" if row["passed"] else "| NO |")
+        if "seconds_to_error" in row:
+            assert f"| {row['seconds_to_error']:.2f} |" in line
+    load = json.loads((reliability_folder / "reliability_load_small.json").read_text())
+    m = load["memory"]
+    assert f"growth of the peak over the second half {m['second_half_growth_mb']} MB" in md
+    assert f"{' / '.join(str(q) for q in m['peak_by_quarter_mb'])} MB up to the end of each quarter" in md
+    assert summary["bad_input"]["cases"] == summary["bad_input"]["passed"] == 1
+    assert summary["passed"] == (faults["passed"] and load["passed"]
+                                 and json.loads((reliability_folder / "reliability_load.json").read_text())["passed"])
+    # every number in the file appears in one of the files it is built from (or is part of a name)
+    sources = " ".join((reliability_folder / n).read_text() for n in
+                       ("reliability_load.json", "reliability_load_small.json", "reliability_faults.json",
+                        "reliability_bad_input.xml", "reliability_load.md", "reliability_load_small.md"))
+    numbers = set(re.findall(r"(?<![\w.])\d+(?:\.\d+)?(?![\w.])", md))
+    missing = [n for n in numbers if n not in sources and n not in mod.__doc__ + mod.STATIC + mod.LOAD_INTRO]
+    assert not missing, missing
+
+
+def _args(command: str) -> list[str]:
+    """A command line's arguments after its program, --out and its value left out."""
+    import shlex
+
+    words = shlex.split(command)
+    words = words[words.index("bench"):] if "bench" in words else words[2:]
+    return [w for i, w in enumerate(words) if w != "--out" and (i == 0 or words[i - 1] != "--out")]
+
+
+def test_rerun_runs_every_results_file_with_the_arguments_it_records():
+    """The one-command rerun covers every file of issue 17 with the arguments of its `command:` line
+    (the load runs differ only in the app's URL and pid), and its quick variant writes the same files."""
+    mod = _script("rerun_results")
+    full, quick = mod.steps(False), mod.steps(True)
+    assert [s.name for s in full] == [s.name for s in quick]
+    results = BENCHMARKS.parent / "results"
+    compared = []
+    for step in full:
+        argv = [a.format(out="results", url="URL", pid="PID") for a in step.argv]
+        assert f"results/{step.name}" in " ".join(argv) or step.name == "reliability", step
+        path = results / f"{step.name}.json"
+        if step.app or not path.exists() or "command" not in json.loads(path.read_text()).get("meta", {}):
+            continue
+        recorded = json.loads(path.read_text())["meta"]["command"]
+        assert _args(" ".join(mod.shlex.quote(a) for a in argv)) == _args(recorded), (step.name, recorded)
+        compared.append(step.name)
+    assert len(compared) >= 6, compared  # engine baseline, the four bench files, faults
