@@ -250,8 +250,8 @@ WRITING_METHODS = {"write_text", "write_bytes", "write_html", "write_image", "sa
                    "to_csv", "to_json", "to_parquet", "to_pickle"}
 WRITING_FUNCTIONS = {("json", "dump"), ("pickle", "dump"), ("torch", "save"), ("np", "save"), ("numpy", "save"),
                      ("pio", "write_html"), ("pio", "write_image"), ("shutil", "copyfile"), ("shutil", "copy"),
-                     ("shutil", "copy2"), ("os", "open")}
-OPENERS = {"open": 1, "fdopen": 1}  # name -> index of the mode among positional arguments (Path.open: 0)
+                     ("shutil", "copy2")}
+OPENERS = {"open": 1, "fdopen": 1, "os.open": 1}  # name -> index of the mode among positional arguments (Path.open: 0)
 # (file, function): why it may write directly. Each must still write (a stale entry fails the check).
 DIRECT_WRITERS = {
     ("core/offline_pair.py", "join_pieces"): "joins into a partial file, then os.replace",
@@ -259,7 +259,9 @@ DIRECT_WRITERS = {
     ("core/offline_pair.py", "ensure_model"): "marks the hidden folder complete before the rename",
     ("benchmarks/faults.py", "truncated_copy"): "damages a weight file on purpose",
     ("benchmarks/faults.py", "main"): "writes a file where a folder should be, on purpose",
+    ("benchmarks/rerun_results.py", "heavy_lock"): "creates an empty lock file for flock; no data is written",
 }
+READ_ONLY_FLAGS = {"O_RDONLY", "O_CLOEXEC", "O_NONBLOCK", "O_NOFOLLOW", "O_DIRECTORY"}
 SCANNED = ("core", "app", "visualizations", "benchmarks")
 
 
@@ -274,6 +276,10 @@ def _mode_can_write(call, opener: str) -> bool:
         mode = call.args[index]
     if mode is None:
         return False  # the default mode reads
+    if opener == "os.open":  # flags, not a mode: reads only when every flag named is a read-only one
+        names = {n.attr if isinstance(n, ast.Attribute) else getattr(n, "id", None) for n in ast.walk(mode)
+                 if isinstance(n, (ast.Attribute, ast.Name))} - {"os"}
+        return not names or not names <= READ_ONLY_FLAGS
     if not (isinstance(mode, ast.Constant) and isinstance(mode.value, str)):
         return True
     return any(c in mode.value for c in "wax+")
@@ -295,7 +301,8 @@ def direct_writes(source: str) -> list[tuple[int, str, str]]:
                 name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
                 owner = f.value.id if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) else ""
                 if (isinstance(f, ast.Attribute) and name in WRITING_METHODS) or (owner, name) in WRITING_FUNCTIONS \
-                        or (name in OPENERS and (owner, name) != ("os", "open") and _mode_can_write(child, name)):
+                        or (name in OPENERS and (owner, name) != ("os", "open") and _mode_can_write(child, name)) \
+                        or ((owner, name) == ("os", "open") and _mode_can_write(child, "os.open")):
                     found.append((child.lineno, where, ast.unparse(child)[:80]))
             visit(child, where)
 
@@ -329,6 +336,7 @@ def g(path, p, fig):
     p.open()
     json.dumps({})
     fig.to_html()
+    os.open(path, os.O_RDONLY | os.O_CLOEXEC)
 """
     found = direct_writes(source)
     assert [line for line, _, _ in found] == list(range(5, 20)), found
