@@ -16,6 +16,7 @@ from typing import Callable
 import gradio as gr
 
 from easyspec.core.chrome_trace import write_chrome_trace
+from easyspec.core.i18n import tr
 from easyspec.core.parallel import DistributedError
 from easyspec.core.records import RunHeader, save_run
 from easyspec.core.session import DeviceMemoryError
@@ -65,6 +66,22 @@ def friendly_stream(fn: Callable) -> Callable:
             raise _as_gr_error(exc) from None
 
     return wrapper
+
+
+STOPPED_IN_QUEUE = "Stopped before it started: the run was still waiting for the device."
+
+
+def arm_stop(screen: str) -> Callable[[UserState], None]:
+    """The Run button's first, unqueued step: arm the run's stop flag (UserState.arm)."""
+    def arm(state: UserState) -> None:
+        state.arm(screen)
+    return arm
+
+
+def stopped_in_queue(n_outputs: int, lang: str) -> tuple:
+    """What a handler shows when Stop came while its run waited in the device queue: the status line
+    (the first output), every other output left as it was."""
+    return (tr(STOPPED_IN_QUEUE, lang),) + (gr.skip(),) * (n_outputs - 1)
 
 
 def write_run_files(ctx: AppContext, live: LiveRun, settings: dict, prompt_ids, stem: str = "run") -> dict[str, str]:

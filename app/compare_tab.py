@@ -21,7 +21,7 @@ from easyspec.visualizations.timeline import timeline_figure
 from easyspec.visualizations.tokens import tokens_html
 from easyspec.visualizations.translate import translate_figure
 
-from .common import friendly_stream, keep_run
+from .common import arm_stop, friendly_stream, keep_run, stopped_in_queue
 from .context import AppContext
 from .generate_tab import DEFAULT_PROMPT, WIDE
 from .i18n import page_lang
@@ -145,6 +145,10 @@ def make_compare(ctx: AppContext):
                 grouping_2=GROUPINGS[0], grouping_3=GROUPINGS[0], grouping_4=GROUPINGS[0],
                 state: UserState | None = None, lang: str = "en"):
         state, lang = state if state is not None else UserState(), page_lang(lang)
+        stop = state.begin("compare")
+        if stop.is_set():  # Stop came while the comparison waited for the device
+            yield stopped_in_queue(4 + 4 * MAX_COLUMNS, lang)
+            return
         settings = [(mode_1, layer_parallel_1, calibration_1, draft_len_1, grouping_1),
                     (mode_2, layer_parallel_2, calibration_2, draft_len_2, grouping_2),
                     (mode_3, layer_parallel_3, calibration_3, draft_len_3, grouping_3),
@@ -166,7 +170,6 @@ def make_compare(ctx: AppContext):
                 session.validate(cfg, ids)
             except ValueError as exc:
                 raise ValueError(f"column {c + 1}: {exc}") from None
-        stop = state.begin("compare")
         lives = [LiveRun(session.tokenizer, cfg.mode, ctx.info.device, ctx.info.devices, describe_config(cfg),
                          greedy=cfg.sampling.greedy, lang=lang) for cfg in configs]
 
@@ -291,7 +294,8 @@ def build(ctx: AppContext, state: gr.State, switch: gr.Radio):
     outputs = [status, table, badge, details]
     for c in cols:
         outputs += [c.header, c.text, c.cards, c.timeline]
-    run.click(compare, inputs + [state, switch], outputs, api_name="compare", concurrency_id="device",
+    run.click(arm_stop("compare"), [state], None, queue=False, api_visibility="private", show_progress="hidden") \
+        .then(compare, inputs + [state, switch], outputs, api_name="compare", concurrency_id="device",
               concurrency_limit=1, show_progress="hidden")
     stop.click(request_stop, [state], None, queue=False, api_visibility="private")
 

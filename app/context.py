@@ -16,6 +16,7 @@ from pathlib import Path
 from easyspec.core.device_stats import DeviceMonitor
 from easyspec.core.pilot import Throughput, measure_throughput
 from easyspec.core.records import RoundRecord, RunHeader, load_run
+from easyspec.core.sampling import check_finite
 from easyspec.core.session import Session
 
 from .worker import on_thread
@@ -55,6 +56,9 @@ class AppOptions:
         if self.share and not self.allow_remote:
             raise ValueError("--share true publishes the app on a public gradio.live address: add --allow-remote "
                              "to confirm (and --auth USER:PASSWORD or --auth-file FILE to require a login)")
+        check_finite(self.timeout_s, "--timeout")
+        if self.memory_budget_mb is not None:
+            check_finite(self.memory_budget_mb, "--memory-budget-mb")
         if self.timeout_s <= 0:
             raise ValueError(f"--timeout must be > 0 seconds; got {self.timeout_s}")
         if self.memory_budget_mb is not None and self.memory_budget_mb <= 0:

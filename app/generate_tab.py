@@ -10,7 +10,7 @@ from __future__ import annotations
 import html
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import gradio as gr
 
@@ -23,7 +23,7 @@ from easyspec.visualizations.timeline import round_range_ms, timeline_figure
 from easyspec.visualizations.tokens import tokens_html
 from easyspec.visualizations.translate import translate_figure
 
-from .common import file_size_ok, friendly, friendly_stream, keep_run, write_run_files
+from .common import arm_stop, file_size_ok, friendly, friendly_stream, keep_run, stopped_in_queue, write_run_files
 from .context import AppContext
 from .i18n import page_lang
 from .live import LiveRun
@@ -168,6 +168,10 @@ def make_handlers(ctx: AppContext):
     def generate(prompt, chat, mode, layer_parallel, calibration, draft_len, temperature, top_p, top_k, seed,
                  max_new_tokens, grouping=GROUPINGS[0], plan="", tree_depth=0, tree_width=4, adaptive=False,
                  state: UserState = None, lang: str = "en"):
+        stop = state.begin("generate")
+        if stop.is_set():  # Stop came while the run waited for the device
+            yield stopped_in_queue(len(fields(GenerateOutputs)), page_lang(lang))
+            return
         prompt, lang = check_prompt_text(prompt), page_lang(lang)
         cfg = spec_config(mode, layer_parallel, calibration, draft_len, temperature, top_p, top_k, seed,
                           max_new_tokens, grouping, plan, tree_depth, tree_width, adaptive)
@@ -175,7 +179,6 @@ def make_handlers(ctx: AppContext):
         cfg = session.resolve(cfg)  # auto -> the tuned plan; the expected acceptance for the monitor
         session.validate(cfg, ids)
         groups = largest_group(cfg.plan(ctx.info.draft_layers)) if cfg.mode == "easyspec" else 1
-        stop = state.begin("generate")
         live = LiveRun(session.tokenizer, cfg.mode, ctx.info.device, ctx.info.devices, describe_config(cfg),
                        settings=cfg.as_dict(), largest_group=groups, lang=lang)
         empty = _view(live, "")
@@ -316,8 +319,9 @@ def build(ctx: AppContext, state: gr.State, switch: gr.Radio):
                           round_slider, alert, rolling)
 
     inputs = [prompt, chat, *settings.as_list(), state, switch]
-    run.click(generate, inputs, out.as_list(), api_name="generate", concurrency_id="device",
-              concurrency_limit=1, show_progress="hidden")
+    run.click(arm_stop("generate"), [state], None, queue=False, api_visibility="private", show_progress="hidden") \
+        .then(generate, inputs, out.as_list(), api_name="generate", concurrency_id="device", concurrency_limit=1,
+              show_progress="hidden")
     stop.click(request_stop, [state], None, queue=False, api_visibility="private")
     replay_btn.click(replay, [run_upload, speed, state, switch], out.as_list(), api_name="replay",
                      concurrency_id="replay", concurrency_limit=4, show_progress="hidden")

@@ -27,7 +27,7 @@ from easyspec.visualizations.pilot_charts import pilot_figure
 from easyspec.visualizations.report import pilot_report_html
 from easyspec.visualizations.translate import translate_figure
 
-from .common import friendly, friendly_stream, write_trace
+from .common import arm_stop, friendly, friendly_stream, stopped_in_queue, write_trace
 from .context import AppContext
 from .settings import GROUPINGS, as_float, as_int, check_choice
 from .state import LastRun, RunSummary, UserState, prompt_key
@@ -133,6 +133,10 @@ def make_handlers(ctx: AppContext):
               lang: str = "en", progress=gr.Progress()):
         state = state if state is not None else UserState()
         lang = check_lang(lang)
+        stop = state.begin("pilot")
+        if stop.is_set():  # Stop came while the pilot waited for the device
+            yield stopped_in_queue(11, lang)
+            return
         prompts = pick_prompts(prompt, source, prompt_set, n_prompts, upload)
         grid = make_grid(layer_parallel, calibration, draft_len, speculative, max_new_tokens, chat, temperature)
         comm = check_choice(comm, "communication model", tuple(COMM_MODELS))
@@ -140,7 +144,6 @@ def make_handlers(ctx: AppContext):
         # a refused pilot leaves the previous pilot's results and report in place.
         check_pilot(session, [session.encode(p, grid.chat) for p in prompts], grid)
         started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        stop = state.begin("pilot")
         state.pilot_runs = {}
         state.pilot_report = None
         rows: list[dict] = []
@@ -337,7 +340,8 @@ def build(ctx: AppContext, state: gr.State, tab: gr.Tab, lang: gr.Radio):
     for comp in inputs:
         comp.change(estimate, inputs + [lang], estimate_md, api_visibility="private", queue=False,
                     show_progress="hidden")
-    run.click(pilot, inputs + [comm, state, lang],
+    run.click(arm_stop("pilot"), [state], None, queue=False, api_visibility="private", show_progress="hidden") \
+        .then(pilot, inputs + [comm, state, lang],
               [status, summary, runs, chart, csv_file, json_file, trace_pick, trace_file, projected, projected_note,
                report_file],
               api_name="pilot", concurrency_id="device", concurrency_limit=1)

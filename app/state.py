@@ -52,6 +52,7 @@ class UserState:
 
     def __init__(self) -> None:
         self.stops: dict[str, threading.Event] = {}
+        self.armed: set[str] = set()  # screens whose Run was clicked and whose handler has not begun yet
         self.log: list[RunSummary] = []
         self.last: dict[str, LastRun] = {}  # screen -> latest run ("generate", "compare:1", ...)
         self.pilot_runs: dict[str, LastRun] = {}  # the latest pilot's runs, by label
@@ -63,8 +64,18 @@ class UserState:
         # (its factory is called per session), and it holds thread events that cannot be copied.
         return self
 
+    def arm(self, screen: str) -> None:
+        """A stop flag for the run just clicked on `screen`, set up before the run waits in the device
+        queue: a Stop pressed while it waits behind another user's run then cancels it before it starts."""
+        self.stops[screen] = threading.Event()
+        self.armed.add(screen)
+
     def begin(self, screen: str) -> threading.Event:
-        """A fresh stop flag for a run on `screen`."""
+        """The stop flag of a run on `screen` that starts now: the one armed by its click (perhaps set
+        already), else a fresh one (API calls, which no click arms)."""
+        if screen in self.armed:
+            self.armed.discard(screen)
+            return self.stops[screen]
         event = threading.Event()
         self.stops[screen] = event
         return event

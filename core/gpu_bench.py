@@ -29,6 +29,7 @@ import torch
 from .decoder import Decoder, DecoderConfig, DecoderWeights, Group, KVCache, RopeConfig
 from .files import write_text_atomic
 from .grouping import describe, layer_groups
+from .sampling import check_finite
 
 SCHEMA = "easyspec.gpu_bench/1"
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -122,6 +123,7 @@ class BenchConfig:
         if not self.layer_parallel or min(self.layer_parallel) < 2:
             raise ValueError(f"--layer-parallel: sizes >= 2 (N=1, sequential, is always measured); "
                              f"got {self.layer_parallel}")
+        check_finite(self.time_budget_s, "--time-budget-s")
         if self.time_budget_s <= 0:
             raise ValueError(f"--time-budget-s must be > 0; got {self.time_budget_s}")
 

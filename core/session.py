@@ -23,6 +23,7 @@ from .engine import SpecConfig, Stopping, check_prompt, generate
 from .grouping import largest_group
 from .loading import PairSource, load_pair, parse_device, parse_dtype, resolve_pair
 from .records import RoundRecord
+from .sampling import check_finite
 from .text import encode_prompt
 from .tuning import TuneConfig, TuneResult, load_tuning, pair_key, save_tuning, tune_steps, with_expectation
 
@@ -73,6 +74,9 @@ class Session:
             raise ValueError(f"--devices must be >= 1; got {devices}")
         if devices == 1:
             parse_device(device)
+        check_finite(timeout_s, "--timeout")
+        if memory_budget_mb is not None:
+            check_finite(memory_budget_mb, "--memory-budget-mb")
         if memory_budget_mb is not None and memory_budget_mb <= 0:
             raise ValueError(f"--memory-budget-mb must be > 0; got {memory_budget_mb}")
         self.source, self.dtype, self.device, self.devices, self.timeout_s = source, dtype, device, devices, timeout_s

@@ -48,6 +48,7 @@ from .files import write_text_atomic
 from .engine import CALIBRATION_POLICIES, SpecConfig, Stopping, generate
 from .grouping import describe, layer_groups, parse_plan
 from .metrics import compute
+from .sampling import check_finite
 
 EQUAL_SIZES = (2, 3, 4, 5, 6)
 MEASURED_PER_STEPS = 1  # plans drafted per step count: the probe ranks them on the search half, the
@@ -69,6 +70,7 @@ class TuneConfig:
     holdout: bool = True  # measure acceptance on the half of the prompts the search did not see
 
     def __post_init__(self) -> None:
+        check_finite(self.tolerance, "--tolerance")
         if not 0.0 <= self.tolerance < 1.0:
             raise ValueError(f"--tolerance must be between 0 and 1 (a relative loss); got {self.tolerance}")
         if self.max_group < 1:

@@ -314,3 +314,36 @@ def test_compare_writes_in_the_language_of_the_switch(app_ctx):
         status, table, badge = views[lang][-1][:3]
         assert status.startswith("**Done**: all columns ran") and table["headers"] == SUMMARY_HEADERS
         assert "identical tokens: YES" in badge and views[lang][-1][4] == "**1. vanilla** · done"
+
+
+def test_stop_while_a_run_waits_for_the_device_cancels_it_before_it_starts(app_ctx):
+    """The Run button arms the run's stop flag before the run queues: a Stop pressed while the run still
+    waits (behind another user's) cancels it on every screen, and the device is never used for it."""
+    import gradio as gr
+
+    from easyspec.app.common import arm_stop
+    from easyspec.app.compare_tab import make_compare
+    from easyspec.app.generate_tab import make_handlers
+    from easyspec.app.pilot_tab import make_handlers as pilot_handlers
+
+    generate, pilot = make_handlers(app_ctx)[0], pilot_handlers(app_ctx)[1]
+    compare = make_compare(app_ctx)
+    columns = {f"{name}_{c}": value for c in range(1, 5)
+               for name, value in (("mode", "vanilla"), ("layer_parallel", 4), ("calibration", "every-round"),
+                                   ("draft_len", 3))}
+    calls = {"generate": lambda state: generate(**{**UNCALIBRATED, "max_new_tokens": 8}, state=state, lang="ja"),
+             "compare": lambda state: compare("The quick brown fox", True, 8, 0, 0, 2, **columns, state=state,
+                                              lang="ja"),
+             "pilot": lambda state: pilot("The quick brown fox", "typed prompts", "code", 1, [2], ["every-round"],
+                                          [3], True, 8, True, 0, state=state, lang="ja")}
+    for screen, call in calls.items():
+        state = UserState()
+        arm_stop(screen)(state)  # the click
+        assert state.request_stop(screen), screen  # Stop while queued is taken, not ignored
+        views = list(call(state))
+        assert len(views) == 1 and views[0][0] == "開始前に停止しました：この実行はまだデバイスの空きを待っていました。"
+        assert all(v == gr.skip() for v in views[0][1:]), screen
+        assert not state.last and not state.runs, screen  # nothing ran
+        # the next click runs normally: the flag was the queued run's alone
+        arm_stop(screen)(state)
+        assert list(call(state))[-1][0].startswith("**完了**"), screen

@@ -363,6 +363,26 @@ def test_stop_while_another_users_run_is_in_flight(client, chromium, app_url, tm
     assert out[6]["token_ids"] == alone["token_ids"] and out[6]["new_tokens"] == 200
 
 
+def test_stop_while_ones_run_waits_behind_another_users_cancels_it(client, chromium, app_url):
+    """User B clicks Run while user A's run holds the device, then Stop while B's run still waits in the
+    queue: B's run never starts (its status says so), and A's run goes on to the end."""
+    page = _app_page(chromium, app_url)
+    try:
+        job = client.submit(prompt=PROMPT, max_new_tokens=200, api_name="/generate")  # user A
+        while not job.outputs():  # A's first view: A's run holds the device
+            time.sleep(0.1)
+        page.click("#gen-run")  # B's run queues behind A's
+        page.wait_for_timeout(500)
+        assert not job.done(), "A finished before B's run queued: the check proved nothing"
+        page.click("#gen-stop")
+        _wait_text(page, "#gen-status", "Stopped before it started")
+        out = job.result(timeout=600)
+        assert out[0].startswith("**Done**") and not out[6]["stopped_early"] and out[6]["new_tokens"] == 200
+        assert "Stopped before it started" in page.inner_text("#gen-status")  # B's run did not start later
+    finally:
+        page.context.close()
+
+
 def test_markup_in_a_prompt_is_text_in_the_pilot_report(client, chromium):
     """A prompt holding `</script><script>`, `<!--<script>` and an <img onerror>: in the report it is text
     (shown in the prompt list, whole in the embedded data) and no script of it runs."""

@@ -154,3 +154,29 @@ def test_dashboard_fields_name_a_non_finite_number():
         with pytest.raises(gr.Error, match=message):
             _checked(component, component.preprocess)(value)
     assert _checked(seed, seed.preprocess)(7.0) == 7
+
+
+@pytest.mark.parametrize("value", [INF, NAN])
+def test_settings_built_in_python_refuse_non_finite_numbers(value, pair_dirs):
+    """The same refusal for callers that skip the CLI: the tuner, the GPU bench, the app's launch
+    options and a Session (checked before any model loads)."""
+    from easyspec.app.context import AppOptions
+    from easyspec.core.gpu_bench import BenchConfig
+    from easyspec.core.loading import resolve_pair
+    from easyspec.core.session import Session
+    from easyspec.core.tuning import TuneConfig
+
+    with pytest.raises(ValueError, match="--tolerance must be a finite number"):
+        TuneConfig(tolerance=value)
+    with pytest.raises(ValueError, match="--time-budget-s must be a finite number"):
+        BenchConfig(time_budget_s=value)
+    with pytest.raises(ValueError, match="--timeout must be a finite number"):
+        AppOptions(timeout_s=value)
+    with pytest.raises(ValueError, match="--memory-budget-mb must be a finite number"):
+        AppOptions(memory_budget_mb=value)
+    base, draft = pair_dirs["qwen2"]
+    source = resolve_pair(str(base), str(draft), None)
+    with pytest.raises(ValueError, match="--memory-budget-mb must be a finite number"):
+        Session(source, memory_budget_mb=value)
+    with pytest.raises(ValueError, match="--timeout must be a finite number"):
+        Session(source, timeout_s=value)
