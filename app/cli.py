@@ -90,6 +90,9 @@ def _add_app(sub) -> None:
                    help="seconds a multi-device collective may wait for a rank before the run fails (default 60)")
     p.add_argument("--memory-budget-mb", type=float, default=None,
                    help="refuse a run whose KV caches would exceed this many MB, as an out-of-memory error")
+    p.add_argument("--max-sessions", type=int, default=200,
+                   help="browser sessions kept in memory, each with its latest figures and tables (default 200; "
+                        "the least recently used is dropped beyond it)")
     p.add_argument("--devices", type=int, default=1, help="G devices (ranks) for the session; shown read-only")
     p.add_argument("--pair", help="a configured offline pair (default qwen2.5-coder)")
     p.add_argument("--base", help="custom base model id or folder (needs --allow-custom-models)")
@@ -338,7 +341,8 @@ def cmd_app(args) -> int:
                          draft=args.draft, dtype=args.dtype, device=args.device,
                          allow_custom_models=args.allow_custom_models, share=args.share == "true",
                          allow_remote=args.allow_remote, auth=parse_auth(args.auth, args.auth_file),
-                         timeout_s=args.timeout, memory_budget_mb=args.memory_budget_mb)
+                         timeout_s=args.timeout, memory_budget_mb=args.memory_budget_mb,
+                         max_sessions=args.max_sessions)
     from easyspec.app.dashboard import serve  # gradio: imported only once the options are valid
 
     return serve(options)

@@ -46,6 +46,7 @@ class AppOptions:
     timeout_s: float = 60.0  # multi-device collective timeout: a rank that stops answering fails the run
     memory_budget_mb: float | None = None  # refuse runs whose KV caches would exceed this (as out-of-memory)
     probe: bool = True  # measure the session's speed at start (warm-up and pilot estimates)
+    max_sessions: int = 200  # browser sessions whose latest outputs stay in memory (least recently used evicted)
 
     def __post_init__(self) -> None:
         if not 1 <= self.port <= 65535:
@@ -65,6 +66,8 @@ class AppOptions:
             raise ValueError(f"--memory-budget-mb must be > 0; got {self.memory_budget_mb}")
         if self.devices < 1:
             raise ValueError(f"--devices must be >= 1; got {self.devices}")
+        if self.max_sessions < 1:
+            raise ValueError(f"--max-sessions must be >= 1; got {self.max_sessions}")
         if (self.base or self.draft) and not self.allow_custom_models:
             raise ValueError("custom models (--base/--draft) are off: the operator enables them with "
                              "--allow-custom-models")

@@ -57,6 +57,21 @@ def build_app(ctx: AppContext) -> gr.Blocks:
     return demo
 
 
+def launch_settings(options: AppOptions, files_dir) -> dict:
+    """Gradio's launch arguments for these options."""
+    return dict(server_name=options.host, server_port=options.port, share=options.share, css=CSS,
+                theme=gr.themes.Soft(), max_file_size=MAX_UPLOAD, footer_links=["api", "gradio"],
+                allowed_paths=[str(files_dir)], quiet=False, auth=list(options.auth) or None,
+                # Gradio's own refusals (a file path that was not uploaded, ...) reach clients as
+                # their one-line message; the handlers turn every error into a message themselves.
+                show_error=True,
+                # Gradio keeps every session's latest value of each output component (figures,
+                # tables, the report) until the session is evicted: least recently used first,
+                # once more than this many sessions are held.
+                state_session_capacity=options.max_sessions,
+                auth_message="EasySpec Studio: log in with the user name and password from the operator.")
+
+
 def serve(options: AppOptions) -> int:
     """Load the session once, build the app and serve it until interrupted."""
     if options.exposed and not options.auth:
@@ -71,13 +86,7 @@ def serve(options: AppOptions) -> int:
             print(f"easyspec app: measured {rates}", file=sys.stderr)
         demo = build_app(ctx)
         demo.queue(default_concurrency_limit=4)
-        demo.launch(server_name=options.host, server_port=options.port, share=options.share, css=CSS,
-                    theme=gr.themes.Soft(), max_file_size=MAX_UPLOAD, footer_links=["api", "gradio"],
-                    allowed_paths=[str(ctx.files_dir)], quiet=False, auth=list(options.auth) or None,
-                    # Gradio's own refusals (a file path that was not uploaded, ...) reach clients as
-                    # their one-line message; the handlers turn every error into a message themselves.
-                    show_error=True,
-                    auth_message="EasySpec Studio: log in with the user name and password from the operator.")
+        demo.launch(**launch_settings(options, ctx.files_dir))
     finally:
         ctx.close()
     return 0

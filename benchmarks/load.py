@@ -11,8 +11,10 @@ Checks (exit status 1 if any fails): every request ended (a full result, a clear
 confirmed cancel) within its deadline, none was lost; invalid requests got their specific
 message; no unexpected error; greedy results equal the same request run alone; Compare columns
 agree; memory stops growing: its peak over the second half of the run exceeds its peak over the
-first half by no more than the allowance (the first half holds the warm-up of every request
-shape; a leak keeps growing after it). The criteria are fixed in `CRITERIA` (the deadline is the
+first half by no more than the allowance. Before the baseline, each client session sends one
+request of each kind (the largest generate): Gradio keeps every session's latest value of each
+output component (the app's --max-sessions bounds how many sessions it keeps), so a new session's
+memory grows until it has produced each output once; a leak keeps growing after it. The criteria are fixed in `CRITERIA` (the deadline is the
 --deadline-s of the run) and written to OUT.json before the first request; the JSON then keeps the
 raw data (every request with its outcome, latency and tokens, the tokens of each request run alone,
 every memory sample) and the summary and table are computed from it (`summarise`, `rebuild`).
@@ -255,6 +257,18 @@ class Driver:
         raise ValueError(f"unknown request kind {req.kind}")
 
 
+def warmup_requests(plan: list[Request]) -> list[Request]:
+    """One request of each kind that produces outputs (generate, compare, pilot, replay), the largest
+    generate (longest prompt, most tokens): what each client session sends before the baseline."""
+    out = []
+    for kind in ("generate", "compare", "pilot", "replay"):
+        of_kind = [r for r in plan if r.kind == kind]
+        if of_kind:
+            out.append(max(of_kind, key=lambda r: (len(r.fields.get("prompt", "")), r.fields.get("max_new_tokens", 0)))
+                       if kind == "generate" else of_kind[0])
+    return out
+
+
 def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -272,19 +286,28 @@ def run_load(url: str, clients: int = 16, requests: int = 200, short_tokens: int
     api = driver.client().view_api(print_info=False, return_format="dict")["named_endpoints"]
     n_param = next(p for p in api["/generate"]["parameters"] if p["parameter_name"] == "layer_parallel")
     max_n = int(n_param["type"].get("maximum", 4)) if isinstance(n_param.get("type"), dict) else 4
-    # Warm-up: one run whose saved file the replay requests upload, then the memory baseline.
-    warm = driver.client().predict(prompt=SHORT_PROMPTS[0], max_new_tokens=short_tokens, api_name="/generate")
-    driver.run_file = warm[7]
+    # A run whose saved file the replay requests upload.
+    saved = driver.client().predict(prompt=SHORT_PROMPTS[0], max_new_tokens=short_tokens, api_name="/generate")
+    driver.run_file = saved[7]
     app_pid = app_pid or pid_listening_on(url)
-    sampler = MemorySampler(app_pid).start()
-    baseline = sampler.rss()
     plan = plan_requests(requests, short_tokens, long_tokens, max_n, seed, long_repeat, distinct)
+    warm = warmup_requests(plan)
+    warm_outcomes: list[Outcome] = []
     outcomes: dict[int, Outcome] = {}
     lock = threading.Lock()
     todo = list(reversed(plan))
-    t0 = time.monotonic()
+    warmed, go = threading.Barrier(clients + 1), threading.Event()
 
     def worker() -> None:
+        # Warm-up, in this client's own session, before the baseline: Gradio keeps each session's
+        # latest value of every output component, so a session's memory grows until it has produced
+        # each output once (the largest request of each kind). Growth after that is the app's own.
+        for req in warm:
+            out = driver.call(req)
+            with lock:
+                warm_outcomes.append(out)
+        warmed.wait()
+        go.wait()
         while True:
             with lock:
                 if not todo:
@@ -299,6 +322,12 @@ def run_load(url: str, clients: int = 16, requests: int = 200, short_tokens: int
     threads = [threading.Thread(target=worker, name=f"client-{i}", daemon=True) for i in range(clients)]
     for t in threads:
         t.start()
+    progress(f"load: warm-up, {len(warm)} requests in each of {clients} client sessions")
+    warmed.wait(timeout=deadline_s * (len(warm) + 1))
+    sampler = MemorySampler(app_pid).start()
+    baseline = sampler.rss()
+    t0 = time.monotonic()
+    go.set()
     for t in threads:
         t.join(deadline_s * (len(plan) / clients + 1))
     wall_s = time.monotonic() - t0
@@ -312,6 +341,7 @@ def run_load(url: str, clients: int = 16, requests: int = 200, short_tokens: int
         if req.kind == "generate" and req.greedy and out is not None and out.status == "ok" and req.key not in alone:
             alone[req.key] = driver.call(req).token_ids
     return {"clients": clients, "app_pid": app_pid, "wall_s": wall_s, "baseline_rss": baseline, "end_rss": end_rss,
+            "warmup": [asdict(o) | {"token_ids": None} for o in warm_outcomes],
             "memory_samples": [list(x) for x in sampler.samples],
             "requests": [{**asdict(req), "key": req.key,
                           "outcome": asdict(outcomes[req.index]) if req.index in outcomes else None} for req in plan],
@@ -329,7 +359,7 @@ def summarise(raw: dict, criteria: dict) -> dict:
         by_kind[out["kind"]][out["status"]] += 1
     served = [o["latency_s"] for o in outcomes if o["status"] == "ok"]
     lost = [r["index"] for r in raw["requests"] if r["outcome"] is None]
-    unexpected = [o | {"token_ids": None} for o in outcomes if o["status"] in ("error", "hung")]
+    unexpected = [o | {"token_ids": None} for o in [*outcomes, *raw.get("warmup", [])] if o["status"] in ("error", "hung")]
     compare_disagree = [o["index"] for o in outcomes if o["kind"] == "compare" and o["identical"] is False]
     mismatches = [{"request": r["index"], "fields": r["fields"]} for r in raw["requests"]
                   if r["key"] in raw["alone"] and r["outcome"] and r["outcome"]["status"] == "ok"

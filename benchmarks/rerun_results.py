@@ -5,8 +5,10 @@
 
 Each step is one command listed in `steps` with the arguments of the file it rewrites; the load
 steps start `easyspec app` (offline pair, and the small random pair of tests/helpers.py) and stop it
-afterwards. The commit is recorded once, in OUT/rerun.json with each step's command, exit status
-and seconds; the run refuses a checkout with uncommitted changes (the files would name a commit
+afterwards. OUT/rerun.json records each step's command, exit status, seconds and commit; steps
+recorded earlier at a commit with the same code (only results/ and the demo runs committed since)
+stay in it, so a rerun may be split with --only over several sittings; `missing` lists the steps
+not yet run at this code. The run refuses a checkout with uncommitted changes (the files would name a commit
 that is not what ran) unless --allow-dirty, and fails if HEAD moves while it runs. Steps that load
 the real pair or start the app take the shared machine's heavy lock (--lock), one step at a time.
 A step that fails is recorded and the rest still run (a producer also exits 1 when its run misses a criterion it
@@ -39,12 +41,19 @@ EASYSPEC = (PY, "-m", "easyspec.app.cli")
 LOAD_OFFLINE = ("--clients 16 --requests 200 --short-tokens 4 --long-tokens 12 --long-repeat 6 --distinct 16 "
                 "--deadline-s 1200")
 LOAD_SMALL = "--clients 16 --requests 200 --short-tokens 4 --long-tokens 8 --distinct 10"
+TUNE_QUICK = ("--sets", "code", "--tune-prompts", "2", "--eval-prompts", "1", "--tune-tokens", "4", "--eval-tokens",
+              "4", "--search", "2", "--probe-rounds", "8")
+DEMO_PROMPT = "Write a Python function that checks whether a number is prime."
+# The recorded runs the How-it-works screen replays (assets/, shipped in the package): name -> settings.
+DEMO_RUNS = {"demo_run_speculative": ("--mode", "speculative"),
+             "demo_run_easyspec": ("--mode", "easyspec", "--layer-parallel", "4", "--calibration", "every-round"),
+             "demo_run_easyspec_none": ("--mode", "easyspec", "--layer-parallel", "4", "--calibration", "none")}
 
 
 @dataclass(frozen=True)
 class Step:
     name: str
-    argv: tuple[str, ...]  # {out} is the output folder; {url} {pid} the app's, for load steps
+    argv: tuple[str, ...]  # {out} is the output folder, {assets} the demo runs' folder; {url} {pid} the app's
     minutes: float  # expected on a 2-core CPU, from the files' previous runs
     heavy: bool = True  # loads the real pair or starts the app: under the heavy lock
     app: str = ""  # "" | "offline" | "small": the app this step runs against
@@ -85,12 +94,45 @@ def steps(quick: bool) -> list[Step]:
         Step("reliability_bad_input", (PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_bad_input.py",
                                        *bad_input, "--junitxml={out}/reliability_bad_input.xml"), 1.5),
         Step("reliability", (PY, "benchmarks/reliability.py", "--results", "{out}"), 0.1, heavy=False),
+        # The tuner on the real pair: the default run also refreshes the pair's cached tuning (--groups auto).
+        *(Step(name, (PY, "benchmarks/tuning.py", *(TUNE_QUICK if q else args.split()), "--out", f"{{out}}/{name}"), m)
+          for name, args, m in (("tuning", "", 35),
+                                ("tuning_code", "--sets code --tune-prompts 16 --eval-prompts 16 --search 120 "
+                                                "--tolerance 0.03", 30),
+                                ("tuning_code_k3", "--sets code --tune-prompts 16 --eval-prompts 16 --search 120 "
+                                                   "--tolerance 0.03 --draft-len 3", 30))),
+        *(Step(name, (*EASYSPEC, "generate", "--pair", "qwen2.5-coder", "--chat", "--prompt", DEMO_PROMPT, *settings,
+                      "--max-new-tokens", "4" if q else "48", "--json", "--save-run", f"{{assets}}/{name}.jsonl"), 1)
+          for name, settings in DEMO_RUNS.items()),
     ]
 
 
 def head_commit() -> str:
     return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                           check=True).stdout.strip()
+
+
+# What the steps write: a commit that changes only these holds the same code as its parent.
+OUTPUTS = (":(exclude)results", ":(glob,exclude)assets/demo_run_*.jsonl")
+
+
+def same_code(a: str, b: str) -> bool:
+    """Do commits a and b hold the same code (they differ at most in what the steps write)?"""
+    return a == b or subprocess.run(["git", "diff", "--quiet", a, b, "--", ".", *OUTPUTS], cwd=ROOT).returncode == 0
+
+
+def kept_steps(previous: dict, commit: str, rerun: set[str]) -> tuple[list[dict], list[str]]:
+    """The steps of an earlier record that still describe this code (same code as `commit`, not
+    rerun now), and the names of those that do not."""
+    kept, stale = [], []
+    for step in previous.get("steps", []):
+        if step["step"] in rerun:
+            continue
+        if same_code(step.get("commit", previous.get("commit", "")), commit):
+            kept.append({"commit": previous.get("commit"), **step})
+        else:
+            stale.append(step["step"])
+    return kept, stale
 
 
 def dirty() -> bool:
@@ -131,11 +173,16 @@ def app(kind: str, work: Path) -> Iterator[tuple[str, int]]:
         yield url, proc.pid
 
 
+def assets_folder(out: Path) -> Path:
+    """assets/ when the run rewrites results/; beside a temporary or other output folder otherwise."""
+    return Path("assets") if Path(out) == Path("results") else Path(out) / "assets"
+
+
 def run_step(step: Step, out: Path, work: Path, lock: str | None) -> dict:
     start = time.monotonic()
     with heavy_lock(lock, step.heavy):
         with (app(step.app, work) if step.app else contextlib.nullcontext(("", 0))) as (url, pid):
-            argv = [a.format(out=out, url=url, pid=pid) for a in step.argv]
+            argv = [a.format(out=out, assets=assets_folder(out), url=url, pid=pid) for a in step.argv]
             print(f"rerun: {step.name}: {shlex.join(argv)}", file=sys.stderr, flush=True)
             rc = subprocess.run(argv, cwd=ROOT, stdout=subprocess.DEVNULL).returncode
     return {"step": step.name, "command": shlex.join(argv), "exit_status": rc,
@@ -174,23 +221,35 @@ def main(argv: list[str] | None = None) -> int:
           file=sys.stderr, flush=True)
     if args.dry_run:
         for step in todo:
-            command = shlex.join(a.format(out=out, url="URL", pid="PID") for a in step.argv)
+            command = shlex.join(a.format(out=out, assets=assets_folder(out), url="URL", pid="PID") for a in step.argv)
             print(f"{step.name} (~{step.minutes:g} min{', ' + step.app + ' app' if step.app else ''}): {command}")
         return 0
     (ROOT / out).mkdir(parents=True, exist_ok=True)
+    (ROOT / assets_folder(out)).mkdir(parents=True, exist_ok=True)
+    path = ROOT / out / "rerun.json"
+    previous = json.loads(path.read_text()) if path.exists() and not args.quick else {}
+    # Steps run earlier at a commit with the same code stay in the record: a rerun may be split
+    # over several sittings as long as only results were committed in between.
+    kept, stale = kept_steps(previous, commit, {s.name for s in todo})
+    if stale:
+        print(f"rerun: dropped from the record (their code has changed since): {', '.join(stale)}", file=sys.stderr)
     record = {"commit": commit, "quick": args.quick, "dirty": dirty(),
-              "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "steps": []}
+              "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "steps": kept}
     with tempfile.TemporaryDirectory(prefix="easyspec-rerun-work-") as work:
         for step in todo:
-            record["steps"].append(run_step(step, out, Path(work), args.lock or None))
+            record["steps"].append({"commit": commit, **run_step(step, out, Path(work), args.lock or None)})
             if head_commit() != commit:
                 record["error"] = "HEAD moved during the run: the files do not come from one commit"
                 break
     record["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    write_text_atomic(ROOT / out / "rerun.json", json.dumps(record, indent=1) + "\n")
+    order = [s.name for s in steps(args.quick)]
+    record["steps"].sort(key=lambda s: order.index(s["step"]) if s["step"] in order else len(order))
+    record["missing"] = [name for name in order if name not in {s["step"] for s in record["steps"]}]
+    write_text_atomic(path, json.dumps(record, indent=1) + "\n")
     failed = [s["step"] for s in record["steps"] if s["exit_status"] != 0]
-    print(f"rerun: done into {ROOT / out}; failed: {', '.join(failed) or 'none'}"
-          + (f"; {record['error']}" if "error" in record else ""), file=sys.stderr)
+    print(f"rerun: done into {ROOT / out}; failed: {', '.join(failed) or 'none'}; not yet rerun at this code: "
+          f"{', '.join(record['missing']) or 'none'}" + (f"; {record['error']}" if "error" in record else ""),
+          file=sys.stderr)
     return 1 if failed or "error" in record else 0
 
 

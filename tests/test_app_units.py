@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("gradio")
 
-from easyspec.app.context import AppOptions, load_demo_runs  # noqa: E402
+from easyspec.app.context import DEMO_RUNS, AppOptions, load_demo_runs  # noqa: E402
 from easyspec.app.live import LiveRun  # noqa: E402
 from easyspec.app.settings import describe_config, spec_config, ui_message  # noqa: E402
 from easyspec.app.state import UserState  # noqa: E402
@@ -149,6 +149,35 @@ def test_shipped_demo_runs_load_and_agree():
     assert len(tokens[0]) == 48 and tokens[0] == tokens[1] == tokens[2]  # greedy: identical tokens
     assert runs[1].header.settings["layer_parallel"] > 1 and runs[0].header.settings["mode"] == "speculative"
     assert any(s.phase == "calibrate" for rec in runs[1].records for s in rec.spans)
+
+
+def test_shipped_demo_runs_are_current_recordings():
+    """The recordings come from `benchmarks/rerun_results.py` (its demo_run steps) with today's record
+    format: each run's own memory (version 2) and round 1 drafted as the calibration policy says."""
+    import importlib.util
+    import json
+    from importlib import resources
+
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "rerun_results.py"
+    spec = importlib.util.spec_from_file_location("rerun_results", script)
+    rerun = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = rerun  # its dataclasses look their module up while it loads
+    spec.loader.exec_module(rerun)
+    by_name = {r.label: r for r in load_demo_runs()}
+    for label, name in DEMO_RUNS.items():
+        recorded_with = rerun.DEMO_RUNS[name.removesuffix(".jsonl")]
+        flags = dict(zip(recorded_with[::2], recorded_with[1::2]))
+        settings = by_name[label].header.settings
+        assert settings["mode"] == flags["--mode"] and settings["max_new_tokens"] == 48
+        assert settings["calibration"] == flags.get("--calibration", settings["calibration"])
+        with resources.as_file(resources.files("easyspec.assets").joinpath(name)) as path:
+            lines = [json.loads(line) for line in path.read_text().splitlines()]
+        assert {line["version"] for line in lines} == {2}, name
+        assert all(line["memory_source"] for line in lines[1:]), name
+        first_draft = next(r for r in by_name[label].records if r.drafted)
+        assert first_draft.calibrated == (settings["mode"] == "easyspec" and settings["calibration"] == "every-round")
 
 
 def test_device_monitor_reads_gpus_through_nvml_or_falls_back_to_cpu(monkeypatch):
@@ -347,3 +376,13 @@ def test_stop_while_a_run_waits_for_the_device_cancels_it_before_it_starts(app_c
         # the next click runs normally: the flag was the queued run's alone
         arm_stop(screen)(state)
         assert list(call(state))[-1][0].startswith("**完了**"), screen
+
+
+def test_the_app_keeps_at_most_max_sessions_in_memory(tmp_path):
+    """Gradio holds each session's latest outputs until it evicts the session: --max-sessions sets how many."""
+    from easyspec.app.dashboard import launch_settings
+
+    assert launch_settings(AppOptions(max_sessions=7), tmp_path)["state_session_capacity"] == 7
+    assert launch_settings(AppOptions(), tmp_path)["state_session_capacity"] == AppOptions().max_sessions == 200
+    with pytest.raises(ValueError, match="--max-sessions must be >= 1; got 0"):
+        AppOptions(max_sessions=0)

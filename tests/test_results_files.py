@@ -175,20 +175,48 @@ def _args(command: str) -> list[str]:
 
 
 def test_rerun_runs_every_results_file_with_the_arguments_it_records():
-    """The one-command rerun covers every file of issue 17 with the arguments of its `command:` line
-    (the load runs differ only in the app's URL and pid), and its quick variant writes the same files."""
+    """The one-command rerun covers every results file, and each file it wrote records the arguments
+    of its step (the load runs differ only in the app's URL and pid); its quick variant writes the
+    same files."""
     mod = _script("rerun_results")
     full, quick = mod.steps(False), mod.steps(True)
     assert [s.name for s in full] == [s.name for s in quick]
     results = BENCHMARKS.parent / "results"
+    rerun = {s["step"] for s in json.loads((results / "rerun.json").read_text())["steps"]}
     compared = []
     for step in full:
-        argv = [a.format(out="results", url="URL", pid="PID") for a in step.argv]
-        assert f"results/{step.name}" in " ".join(argv) or step.name == "reliability", step
+        argv = [a.format(out="results", assets="assets", url="URL", pid="PID") for a in step.argv]
+        assert f"results/{step.name}" in " ".join(argv) or step.name == "reliability" \
+            or f"assets/{step.name}.jsonl" in argv, step
         path = results / f"{step.name}.json"
-        if step.app or not path.exists() or "command" not in json.loads(path.read_text()).get("meta", {}):
-            continue
+        if step.app or step.name not in rerun or not path.exists() \
+                or "command" not in json.loads(path.read_text()).get("meta", {}):
+            continue  # the files the rerun wrote are compared (the others are listed as missing in rerun.json)
         recorded = json.loads(path.read_text())["meta"]["command"]
         assert _args(" ".join(mod.shlex.quote(a) for a in argv)) == _args(recorded), (step.name, recorded)
         compared.append(step.name)
     assert len(compared) >= 6, compared  # engine baseline, the four bench files, faults
+    assert {p.stem for p in results.glob("*.json")} - {"rerun"} <= {s.name for s in full}  # no file left out
+
+
+def test_results_come_from_one_code_state():
+    """results/rerun.json: every step ran without error at commits that hold the same code (a rerun
+    split over sittings with only results committed in between), and each file it wrote names the
+    commit it ran at."""
+    import subprocess
+
+    mod = _script("rerun_results")
+    record = json.loads((BENCHMARKS.parent / "results" / "rerun.json").read_text())
+    assert not record["quick"] and not record["dirty"] and "error" not in record
+    names = [s.name for s in mod.steps(False)]
+    ran = {s["step"]: s for s in record["steps"]}
+    assert set(ran) <= set(names) and set(record["missing"]) == set(names) - set(ran)
+    assert all(s["exit_status"] == 0 for s in ran.values()), {n: s["exit_status"] for n, s in ran.items()}
+    commits = sorted({s["commit"] for s in ran.values()})
+    if subprocess.run(["git", "cat-file", "-e", f"{commits[0]}^{{commit}}"], cwd=BENCHMARKS.parent).returncode:
+        pytest.skip("this checkout has no history to compare the rerun's commits in (a shallow clone)")
+    assert all(mod.same_code(commits[0], c) for c in commits[1:]), commits
+    for name, step in ran.items():
+        path = BENCHMARKS.parent / "results" / f"{name}.json"
+        if path.exists() and "commit" in json.loads(path.read_text()).get("meta", {}):
+            assert step["commit"].startswith(json.loads(path.read_text())["meta"]["commit"]), (name, step["commit"])
