@@ -205,7 +205,8 @@ def test_rerun_runs_every_results_file_with_the_arguments_it_records():
         recorded = json.loads(path.read_text())["meta"]["command"]
         assert _args(" ".join(mod.shlex.quote(a) for a in argv)) == _args(recorded), (step.name, recorded)
         compared.append(step.name)
-    assert len(compared) >= 6, compared  # engine baseline, the four bench files, faults
+    # the rerun's first sitting writes the acceptance files; a later one may add the rest (rerun.json: missing)
+    assert {"bench_acceptance_code", "bench_acceptance_chat"} <= set(compared), compared
     assert {p.stem for p in results.glob("*.json")} - {"rerun"} <= {s.name for s in full}  # no file left out
 
 
