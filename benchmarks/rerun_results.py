@@ -6,8 +6,8 @@
 Each step is one command listed in `steps` with the arguments of the file it rewrites; the load
 steps start `easyspec app` (offline pair, and the small random pair of tests/helpers.py) and stop it
 afterwards. OUT/rerun.json records each step's command, exit status, seconds and commit; steps
-recorded earlier at a commit with the same code (only results/ and the demo runs committed since)
-stay in it, so a rerun may be split with --only over several sittings; `missing` lists the steps
+recorded earlier at a commit with the same code (`same_code`: only results, the demo runs, docs or
+tests no step runs changed since) stay in it, so a rerun may be split with --only over several sittings; `missing` lists the steps
 not yet run at this code. The run refuses a checkout with uncommitted changes (the files would name a commit
 that is not what ran) unless --allow-dirty, and fails if HEAD moves while it runs. Steps that load
 the real pair or start the app take the shared machine's heavy lock (--lock), one step at a time.
@@ -112,13 +112,20 @@ def head_commit() -> str:
                           check=True).stdout.strip()
 
 
-# What the steps write: a commit that changes only these holds the same code as its parent.
-OUTPUTS = (":(exclude)results", ":(glob,exclude)assets/demo_run_*.jsonl")
+# What no step runs: the steps' outputs, the docs, and the tests (but the bad-input step runs
+# tests/test_bad_input.py). Two commits that differ only in these hold the same code for the results.
+NOT_RUN = (":(exclude)results", ":(glob,exclude)assets/demo_run_*.jsonl", ":(exclude)docs", ":(glob,exclude)**/*.md",
+           ":(glob,exclude)tests/test_*.py")
+RUN_TESTS = ("tests/test_bad_input.py",)
 
 
 def same_code(a: str, b: str) -> bool:
-    """Do commits a and b hold the same code (they differ at most in what the steps write)?"""
-    return a == b or subprocess.run(["git", "diff", "--quiet", a, b, "--", ".", *OUTPUTS], cwd=ROOT).returncode == 0
+    """Do commits a and b hold the same code that computes the results?"""
+    if a == b:
+        return True
+    diff = ["git", "diff", "--quiet", a, b, "--"]
+    return (subprocess.run([*diff, ".", *NOT_RUN], cwd=ROOT).returncode == 0
+            and subprocess.run([*diff, *RUN_TESTS], cwd=ROOT).returncode == 0)
 
 
 def kept_steps(previous: dict, commit: str, rerun: set[str]) -> tuple[list[dict], list[str]]:

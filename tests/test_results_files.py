@@ -231,3 +231,15 @@ def test_results_come_from_one_code_state():
         path = BENCHMARKS.parent / "results" / f"{name}.json"
         if path.exists() and "commit" in json.loads(path.read_text()).get("meta", {}):
             assert step["commit"].startswith(json.loads(path.read_text())["meta"]["commit"]), (name, step["commit"])
+
+
+def test_same_code_ignores_only_what_no_step_runs():
+    """A results-only commit keeps the code; a change to the bad-input tests (a step runs them) does not."""
+    import subprocess
+
+    mod = _script("rerun_results")
+    if subprocess.run(["git", "cat-file", "-e", "23eef03^{commit}"], cwd=BENCHMARKS.parent).returncode:
+        pytest.skip("this checkout has no history to compare commits in (a shallow clone)")
+    assert mod.same_code("fe64cea", "c0f492c")  # c0f492c changed results/ only
+    assert not mod.same_code("23eef03", "fe64cea")  # fe64cea changed tests/test_bad_input.py
+    assert not mod.same_code("fe64cea", "c4fd344")  # c4fd344 changed benchmarks/load.py and app/
