@@ -112,10 +112,11 @@ def head_commit() -> str:
                           check=True).stdout.strip()
 
 
-# What no step runs: the steps' outputs, the docs, and the tests (but the bad-input step runs
-# tests/test_bad_input.py). Two commits that differ only in these hold the same code for the results.
+# What no step runs: the steps' outputs, the docs, the tests (but the bad-input step runs
+# tests/test_bad_input.py) and this script (each file records its command, and a test checks it
+# against the step's). Two commits that differ only in these hold the same code for the results.
 NOT_RUN = (":(exclude)results", ":(glob,exclude)assets/demo_run_*.jsonl", ":(exclude)docs", ":(glob,exclude)**/*.md",
-           ":(glob,exclude)tests/test_*.py")
+           ":(glob,exclude)tests/test_*.py", ":(exclude)benchmarks/rerun_results.py")
 RUN_TESTS = ("tests/test_bad_input.py",)
 
 
