@@ -143,6 +143,16 @@ def kept_steps(previous: dict, commit: str, rerun: set[str]) -> tuple[list[dict]
     return kept, stale
 
 
+def verdict_written(out: Path, name: str) -> bool:
+    """Did the step write its file with a verdict (passed: false) before exiting 1?"""
+    try:
+        data = json.loads((ROOT / out / f"{name}.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return data.get("status", "done") == "done" and \
+        data.get("passed", data.get("verdict", {}).get("passed")) is False
+
+
 def dirty() -> bool:
     status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
                             text=True, check=True).stdout
@@ -242,10 +252,13 @@ def main(argv: list[str] | None = None) -> int:
     if stale:
         print(f"rerun: dropped from the record (their code has changed since): {', '.join(stale)}", file=sys.stderr)
     record = {"commit": commit, "quick": args.quick, "dirty": dirty(),
-              "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "steps": kept}
+              "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "steps": kept,
+              "failed": []}
     with tempfile.TemporaryDirectory(prefix="easyspec-rerun-work-") as work:
         for step in todo:
-            record["steps"].append({"commit": commit, **run_step(step, out, Path(work), args.lock or None)})
+            done = {"commit": commit, **run_step(step, out, Path(work), args.lock or None)}
+            # a step that exits 1 only because its criterion failed has written its file; any other failure has not
+            record["steps" if done["exit_status"] == 0 or verdict_written(out, step.name) else "failed"].append(done)
             if head_commit() != commit:
                 record["error"] = "HEAD moved during the run: the files do not come from one commit"
                 break
@@ -254,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     record["steps"].sort(key=lambda s: order.index(s["step"]) if s["step"] in order else len(order))
     record["missing"] = [name for name in order if name not in {s["step"] for s in record["steps"]}]
     write_text_atomic(path, json.dumps(record, indent=1) + "\n")
-    failed = [s["step"] for s in record["steps"] if s["exit_status"] != 0]
+    failed = [s["step"] for s in record["steps"] + record["failed"] if s["exit_status"] != 0]
     print(f"rerun: done into {ROOT / out}; failed: {', '.join(failed) or 'none'}; not yet rerun at this code: "
           f"{', '.join(record['missing']) or 'none'}" + (f"; {record['error']}" if "error" in record else ""),
           file=sys.stderr)
