@@ -7,9 +7,10 @@ Each step is one command listed in `steps` with the arguments of the file it rew
 steps start `easyspec app` (offline pair, and the small random pair of tests/helpers.py) and stop it
 afterwards. OUT/rerun.json records each step's command, exit status, seconds and commit; steps
 recorded earlier at a commit with the same code (`same_code`: only results, the demo runs, docs or
-tests no step runs changed since) stay in it, so a rerun may be split with --only over several sittings; `missing` lists the steps
-not yet run at this code. The run refuses a checkout with uncommitted changes (the files would name a commit
-that is not what ran) unless --allow-dirty, and fails if HEAD moves while it runs. Steps that load
+tests no step runs changed since) stay in it, so a rerun may be split with --only over several
+sittings; `missing` lists the steps not yet run at this code, `failed` those that ended without
+writing their file. The run refuses a checkout with uncommitted changes (the files would name a
+commit that is not what ran) unless --allow-dirty, and fails if HEAD moves while it runs. Steps that load
 the real pair or start the app take the shared machine's heavy lock (--lock), one step at a time.
 A step that fails is recorded and the rest still run (a producer also exits 1 when its run misses a criterion it
 states); the exit status is 1 if any step did not exit 0.
