@@ -123,11 +123,17 @@ def test_version_1_run_files_still_load_without_their_lifetime_peak(tmp_path):
     from importlib import resources
 
     with resources.as_file(resources.files("easyspec.assets").joinpath("demo_run_speculative.jsonl")) as path:
-        old = [json.loads(line) for line in path.read_text().splitlines()]
-        header, records = load_run(path)
-    assert old[0]["version"] == 1 and "peak_memory_bytes" in old[1]
+        shipped = [json.loads(line) for line in path.read_text().splitlines()]
+    run_keys = ("memory_source", "run_start_memory_bytes", "run_peak_memory_bytes")
+    old = [{**shipped[0], "version": 1}] + [  # the same run written as version 1 wrote it
+        {**{k: v for k, v in r.items() if k not in run_keys}, "version": 1, "peak_memory_bytes": 13_700_000_000}
+        for r in shipped[1:]
+    ]
+    (tmp_path / "old.jsonl").write_text("".join(json.dumps(d) + "\n" for d in old))
+    header, records = load_run(tmp_path / "old.jsonl")
     assert header.version == RECORD_VERSION == 2 and len(records) == len(old) - 1
     assert all(r.run_peak_memory_bytes == 0 and r.memory_source == "" for r in records)
+    assert [list(r.token_ids) for r in records] == [r["token_ids"] for r in shipped[1:]]  # nothing else is lost
     assert metrics.compute(records).run_peak_memory_bytes == 0  # the cards hide an unknown peak
     save_run(tmp_path / "again.jsonl", header, records)  # saved again: version 2, read back the same
     assert load_run(tmp_path / "again.jsonl")[1] == records
