@@ -166,3 +166,22 @@ def test_metrics_page_needs_the_login_and_counts_a_generate_run(launched):
         cookies = [c.split(";")[0] for c in resp.headers.get_all("set-cookie")]
         assert json.loads(resp.read()) == {"success": True}
     assert _get(f"{url}/metrics", {"Cookie": "; ".join(cookies)})[0] == 200
+
+
+def test_grafana_dashboard_reads_the_exported_names(decoders):
+    import re
+    from importlib import resources
+
+    base, draft = decoders["qwen2"]
+    exporter = Exporter(8)
+    cfg = SpecConfig(**COLLAPSE)
+    exporter.record_run(list(generate(base, draft, PROMPT, cfg)), cfg.as_dict(), "equal")
+    names = {name for name, _ in _samples(exporter.page())}
+    dash = json.loads(resources.files("easyspec.assets").joinpath("grafana_dashboard.json").read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    used = {m for e in exprs for m in re.findall(r"easyspec:[a-z_]+", e)}
+    assert used and used <= names, used - names
+    titles = {p["title"] for p in dash["panels"]}
+    assert {"Acceptance rate", "Mean accepted length", "Per-position acceptance", "Tokens/s", "Phase split"} <= titles
+    assert all(p["datasource"]["uid"] == "${DS_PROMETHEUS}" for p in dash["panels"])
+    assert [v["name"] for v in dash["templating"]["list"]] == ["mode", "plan"]
