@@ -109,3 +109,23 @@ def test_timeline_marks_each_switch(decoders):
     assert texts == [f"fallback: sequential drafting (after round {seq})", f"fallback: drafting off (after round {off})"]
     assert [s.x0 for s in fig.layout.shapes if s.line.dash == "dash"] == \
         [records[seq].end_ns / 1e6, records[off].end_ns / 1e6]
+
+
+def test_cli_names_the_fallback_in_its_summary(capsys, pair_dirs):
+    import json
+
+    from easyspec.app.cli import main
+
+    base, draft = pair_dirs["qwen2"]
+    common = ["generate", "--base", str(base), "--draft", str(draft), "--prompt", "The quick brown fox",
+              "--max-new-tokens", "80", "--json"]
+    assert main(common + ["--mode", "vanilla"]) == 0
+    ref = json.loads(capsys.readouterr().out)["token_ids"]
+    assert main(common + ["--groups", "0-7", "--calibration", "none", "--on-low-acceptance", "fallback"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["token_ids"] == ref
+    assert "low acceptance" in err.lower() or "Acceptance fell" in err, err  # the floor's alert came first
+    assert "easyspec: fallback after round " in err and "sequential drafting (N = 1, every-round calibration)" in err
+    assert ", fallback: sequential drafting (N = 1, every-round calibration) after round " in err.splitlines()[-1]
+    assert main(common + ["--on-low-acceptance", "retry"]) == 2
+    assert "--on-low-acceptance 'retry': choose one of warn, fallback" in capsys.readouterr().err
