@@ -14,6 +14,9 @@ import sys
 from pathlib import Path
 
 EXIT_USAGE = 2
+ON_LOW_HELP = ("warn | fallback (default warn): when the rolling acceptance rate stays under the alert line for 4 "
+               "rounds, fallback drafts sequentially (N = 1, every-round calibration) from then on, and stops "
+               "drafting if that is slower per token than the base alone; the output stays the same")
 
 
 def _add_generate(sub) -> None:
@@ -46,6 +49,7 @@ def _add_generate(sub) -> None:
     gen.add_argument("--groups", default="", help="explicit draft layer plan, e.g. '0|1-4|5-8|...|23' (replaces N, "
                                                   "head and tail), or 'auto' for the plan `easyspec tune` chose")
     gen.add_argument("--calibration", default="every-round", help="none | every-round | on-mismatch")
+    gen.add_argument("--on-low-acceptance", default="warn", help=ON_LOW_HELP)
     _add_drafting(gen)
     gen.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
     gen.add_argument("--top-p", type=float, default=1.0)
@@ -100,6 +104,7 @@ def _add_app(sub) -> None:
     p.add_argument("--dtype", default="float32", help="float32 | bfloat16 (default float32)")
     p.add_argument("--device", default="cpu", help="cpu | cuda (default cpu)")
     p.add_argument("--allow-custom-models", action="store_true", help="allow --base/--draft instead of a named pair")
+    p.add_argument("--on-low-acceptance", default="warn", help=ON_LOW_HELP + " (the Generate screen's default)")
     p.add_argument("--share", choices=("true", "false"), default="false",
                    help="ask Gradio for a public share link (needs internet; default false)")
 
@@ -239,7 +244,7 @@ def _configs(args):
                       sequential_head=args.sequential_head, sequential_tail=args.sequential_tail,
                       calibration=args.calibration, max_new_tokens=args.max_new_tokens, sampling=sampling,
                       stop_strings=tuple(args.stop), groups=args.groups.strip(), tree_depth=args.tree_depth,
-                      tree_width=args.tree_width, adaptive=args.adaptive)
+                      tree_width=args.tree_width, adaptive=args.adaptive, on_low_acceptance=args.on_low_acceptance)
     if args.check_lossless and not sampling.greedy:
         raise ValueError("--check-lossless compares greedy outputs token for token: it needs --temperature 0")
     if args.base is None and args.draft is not None:
@@ -272,7 +277,8 @@ def _generate_in(session, spec, prompt: str, args) -> int:
     from easyspec.core.engine import SpecConfig
     from easyspec.core.grouping import describe, largest_group
     from easyspec.core.lossless import compare_greedy
-    from easyspec.core.monitor import ALERT, alert_text, expectation, likely_cause, rolling_acceptance
+    from easyspec.core.monitor import (ALERT, OFF, SEQUENTIAL, alert_text, expectation, fallback_summary, likely_cause,
+                                       rolling_acceptance)
     from easyspec.core.records import RunHeader, save_run
     from easyspec.core.text import TextStream
 
@@ -293,6 +299,10 @@ def _generate_in(session, spec, prompt: str, args) -> int:
             rate = rolling_acceptance(records)[-1][1]
             print(f"\neasyspec: warning: {alert_text(rate, expectation(spec.expected_acceptance), cause)}",
                   file=sys.stderr)
+        if SEQUENTIAL in rec.flags or OFF in rec.flags:
+            what = "sequential drafting (N = 1, every-round calibration)" if SEQUENTIAL in rec.flags else \
+                "no drafting: sequential drafting was slower per token than the base alone"
+            print(f"\neasyspec: fallback after round {rec.index}: {what} from now on", file=sys.stderr)
         piece = stream.push(rec.token_ids, final=rec.stop is not None)
         if not args.json and piece:
             sys.stdout.write(piece)
@@ -328,6 +338,8 @@ def _generate_in(session, spec, prompt: str, args) -> int:
     if m.run_peak_memory_bytes:
         summary += (f", {metrics.memory_label(m.memory_source)} {m.run_peak_memory_bytes / 2**30:.2f} GiB "
                     f"({metrics.GROWTH_LABEL} +{m.run_memory_growth_bytes / 2**20:.0f} MiB)")
+    if fallback_summary(records):
+        summary += f", {fallback_summary(records)}"
     if args.check_lossless:
         summary += f", lossless {result['lossless']} ({check.describe()})"
     print(summary, file=sys.stderr)
@@ -342,7 +354,7 @@ def cmd_app(args) -> int:
                          allow_custom_models=args.allow_custom_models, share=args.share == "true",
                          allow_remote=args.allow_remote, auth=parse_auth(args.auth, args.auth_file),
                          timeout_s=args.timeout, memory_budget_mb=args.memory_budget_mb,
-                         max_sessions=args.max_sessions)
+                         max_sessions=args.max_sessions, on_low_acceptance=args.on_low_acceptance)
     from easyspec.app.dashboard import serve  # gradio: imported only once the options are valid
 
     return serve(options)

@@ -197,6 +197,8 @@ def make_compare(ctx: AppContext):
                         live.timeline(x_range=x_range, legend="bottom")]
             if final:
                 checks = greedy_checks(session, ids, lives)
+                for live, cfg, check in zip(lives, configs, checks):  # the final view: each column counted once
+                    ctx.exporter.record_run(live.records, cfg.as_dict(), check.verdict if check else None)
                 rows, equal, parts = summary_rows(lives, checks)
                 badge = badge_html(equal, equality_note(parts, lang), lang)
                 return [tr(status, lang), summary_table(rows, lang), badge,

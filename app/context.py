@@ -14,6 +14,8 @@ from importlib import resources
 from pathlib import Path
 
 from easyspec.core.device_stats import DeviceMonitor
+from easyspec.core.exporter import Exporter
+from easyspec.core.monitor import ON_LOW_ACCEPTANCE
 from easyspec.core.pilot import Throughput, measure_throughput
 from easyspec.core.records import RoundRecord, RunHeader, load_run
 from easyspec.core.sampling import check_finite
@@ -47,6 +49,7 @@ class AppOptions:
     memory_budget_mb: float | None = None  # refuse runs whose KV caches would exceed this (as out-of-memory)
     probe: bool = True  # measure the session's speed at start (warm-up and pilot estimates)
     max_sessions: int = 200  # browser sessions whose latest outputs stay in memory (least recently used evicted)
+    on_low_acceptance: str = "warn"  # the Generate screen's default: warn | fallback (monitor.FallbackGuard)
 
     def __post_init__(self) -> None:
         if not 1 <= self.port <= 65535:
@@ -66,6 +69,9 @@ class AppOptions:
             raise ValueError(f"--memory-budget-mb must be > 0; got {self.memory_budget_mb}")
         if self.devices < 1:
             raise ValueError(f"--devices must be >= 1; got {self.devices}")
+        if self.on_low_acceptance not in ON_LOW_ACCEPTANCE:
+            raise ValueError(f"--on-low-acceptance {self.on_low_acceptance!r}: choose one of "
+                             f"{', '.join(ON_LOW_ACCEPTANCE)}")
         if self.max_sessions < 1:
             raise ValueError(f"--max-sessions must be >= 1; got {self.max_sessions}")
         if (self.base or self.draft) and not self.allow_custom_models:
@@ -149,6 +155,8 @@ class AppContext:
         self.info = session.info
         self.monitor = DeviceMonitor(prefer_gpu=self.info.device == "cuda")
         self.files_dir = Path(tempfile.mkdtemp(prefix="easyspec-app-"))
+        self.exporter = Exporter(self.info.draft_layers)  # this app's Prometheus metrics (/metrics)
+        self.exporter.set_pair(self.info.base, self.info.draft, self.info.dtype, self.info.device, self.info.devices)
 
     @classmethod
     def start(cls, options: AppOptions) -> "AppContext":
@@ -164,6 +172,12 @@ class AppContext:
 
     def close(self) -> None:
         self.session.close()
+
+    @property
+    def base_token_s(self) -> float:
+        """The base's own seconds per token from the launch probe (0 when there was none)."""
+        rate = self.throughput.tokens_per_s.get("vanilla") if self.throughput is not None else None
+        return 1.0 / rate if rate else 0.0
 
     @property
     def middle_layers(self) -> int:

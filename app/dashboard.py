@@ -4,14 +4,22 @@ Screens: Generate, Compare, Pilot, How it works (one module each). The session i
 process; every run that needs the devices goes through one queue (`concurrency_id="device"`, one
 at a time), so several browsers can share the app without loading models twice or interleaving
 rounds. Per-user data lives in `gr.State`. API endpoints for `gradio_client`: `generate`,
-`compare`, `pilot` (each takes a `prompt`), plus `replay`.
+`compare`, `pilot` (each takes a `prompt`), plus `replay`. `/metrics` serves the Prometheus
+metrics of the finished runs (core/exporter.py), behind the same login as the pages.
 """
 from __future__ import annotations
 
+import base64
+import binascii
+import hmac
 import sys
 
 import gradio as gr
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
+from easyspec.core.exporter import CONTENT_TYPE
 from easyspec.core.i18n import text
 
 from . import compare_tab, explainer_tab, generate_tab, i18n, pilot_tab
@@ -57,9 +65,45 @@ def build_app(ctx: AppContext) -> gr.Blocks:
     return demo
 
 
-def launch_settings(options: AppOptions, files_dir) -> dict:
-    """Gradio's launch arguments for these options."""
-    return dict(server_name=options.host, server_port=options.port, share=options.share, css=CSS,
+def _logged_in(request: Request, users: tuple[tuple[str, str], ...]) -> bool:
+    """HTTP basic credentials of one of the users, or the login cookie Gradio set for the pages."""
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "basic":
+        try:
+            user, _, password = base64.b64decode(value, validate=True).decode("utf-8").partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+        return any(hmac.compare_digest(user.encode(), u.encode()) & hmac.compare_digest(password.encode(), p.encode())
+                   for u, p in users)
+    app = request.app
+    cookie_id = getattr(app, "cookie_id", None)
+    tokens = getattr(app, "tokens", {})
+    return cookie_id is not None and any(request.cookies.get(name) in tokens for name in
+                                         (f"access-token-{cookie_id}", f"access-token-unsecure-{cookie_id}"))
+
+
+def metrics_route(ctx: AppContext) -> Route:
+    """GET /metrics: the exporter's page; with a login set, 401 unless the request is logged in."""
+    users = ctx.options.auth
+
+    def metrics(request: Request) -> Response:
+        if users and not _logged_in(request, users):
+            return Response("log in to read the metrics (HTTP basic, or the dashboard's login)\n", status_code=401,
+                            headers={"WWW-Authenticate": 'Basic realm="EasySpec Studio"'}, media_type="text/plain")
+        return Response(ctx.exporter.page(), media_type=CONTENT_TYPE)
+
+    return Route("/metrics", metrics, methods=["GET"])
+
+
+def queue_depth(demo: gr.Blocks) -> float:
+    """Events waiting for or holding the device (Gradio's queue for concurrency id "device")."""
+    q = getattr(getattr(demo, "_queue", None), "event_queue_per_concurrency_id", {}).get("device")
+    return float(len(q.queue) + q.current_concurrency) if q is not None else 0.0
+
+
+def launch_settings(options: AppOptions, files_dir, routes: list | None = None) -> dict:
+    """Gradio's launch arguments for these options (`routes`: extra routes for its FastAPI app)."""
+    return dict(app_kwargs={"routes": list(routes or [])}, server_name=options.host, server_port=options.port, share=options.share, css=CSS,
                 theme=gr.themes.Soft(), max_file_size=MAX_UPLOAD, footer_links=["api", "gradio"],
                 allowed_paths=[str(files_dir)], quiet=False, auth=list(options.auth) or None,
                 # Gradio's own refusals (a file path that was not uploaded, ...) reach clients as
@@ -86,7 +130,8 @@ def serve(options: AppOptions) -> int:
             print(f"easyspec app: measured {rates}", file=sys.stderr)
         demo = build_app(ctx)
         demo.queue(default_concurrency_limit=4)
-        demo.launch(**launch_settings(options, ctx.files_dir))
+        ctx.exporter.track_queue(lambda: queue_depth(demo))
+        demo.launch(**launch_settings(options, ctx.files_dir, [metrics_route(ctx)]))
     finally:
         ctx.close()
     return 0

@@ -10,12 +10,13 @@ from __future__ import annotations
 import html
 import math
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import gradio as gr
 
 from easyspec.core.engine import CALIBRATION_POLICIES, MODES, SpecConfig
 from easyspec.core.grouping import largest_group
+from easyspec.core.monitor import ON_LOW_ACCEPTANCE, fallback_summary
 from easyspec.core.records import load_run
 from easyspec.visualizations.acceptance import accepted_histogram_figure, per_position_figure, rolling_acceptance_figure
 from easyspec.visualizations.cards import device_panel_html, metric_cards_html
@@ -145,11 +146,13 @@ def _final_status(live: LiveRun, what: str = "Done") -> str:
     m, what = live.metrics(), live.translate(what)  # the word first: the sentence's template fills it in as is
     if m is None:
         return live.translate(f"**{what}**: no rounds")
+    fallback = fallback_summary(live.records)
+    fallback = f" · {fallback}" if fallback else ""  # data, as the stop reason is: the flags' own words
     if live.stopped_early:
         return live.translate(f"**Stopped** after round {live.records[-1].index}: {m.new_tokens} tokens in "
-                              f"{m.total_s:.2f} s")
+                              f"{m.total_s:.2f} s") + fallback
     return live.translate(f"**{what}**: {live.label} · {m.new_tokens} tokens in {m.total_s:.2f} s "
-                          f"({m.tokens_per_s:.2f} tok/s) · stop: {live.records[-1].stop}")
+                          f"({m.tokens_per_s:.2f} tok/s) · stop: {live.records[-1].stop}") + fallback
 
 
 def _largest_group(settings: dict, n_layers: int) -> int:
@@ -167,7 +170,7 @@ def make_handlers(ctx: AppContext):
     @friendly_stream
     def generate(prompt, chat, mode, layer_parallel, calibration, draft_len, temperature, top_p, top_k, seed,
                  max_new_tokens, grouping=GROUPINGS[0], plan="", tree_depth=0, tree_width=4, adaptive=False,
-                 state: UserState = None, lang: str = "en"):
+                 on_low_acceptance=None, state: UserState = None, lang: str = "en"):
         stop = state.begin("generate")
         if stop.is_set():  # Stop came while the run waited for the device
             yield stopped_in_queue(len(fields(GenerateOutputs)), page_lang(lang))
@@ -175,6 +178,10 @@ def make_handlers(ctx: AppContext):
         prompt, lang = check_prompt_text(prompt), page_lang(lang)
         cfg = spec_config(mode, layer_parallel, calibration, draft_len, temperature, top_p, top_k, seed,
                           max_new_tokens, grouping, plan, tree_depth, tree_width, adaptive)
+        on_low = on_low_acceptance or ctx.options.on_low_acceptance
+        if on_low not in ON_LOW_ACCEPTANCE:
+            raise ValueError(f"on low acceptance: choose one of {', '.join(ON_LOW_ACCEPTANCE)}; got {on_low!r}")
+        cfg = replace(cfg, on_low_acceptance=on_low, base_token_s=ctx.base_token_s)  # the probe's base speed
         ids = session.encode(prompt, bool(chat))
         cfg = session.resolve(cfg)  # auto -> the tuned plan; the expected acceptance for the monitor
         session.validate(cfg, ids)
@@ -187,6 +194,7 @@ def make_handlers(ctx: AppContext):
             live.add(batch)
             yield _view(live, _running_status(live))
         live.finish()
+        ctx.exporter.record_run(live.records, cfg.as_dict())
         files = write_run_files(ctx, live, cfg.as_dict(), ids, "run")
         keep_run(state, "generate", "generate", live, ids, prompt, cfg.as_dict(), cfg.sampling.greedy, files)
         yield _view(live, _final_status(live), final=True, files=files)
@@ -284,6 +292,10 @@ def build(ctx: AppContext, state: gr.State, switch: gr.Radio):
                 stop = gr.Button("Stop", variant="stop", elem_id="gen-stop")
             with gr.Accordion("Settings", open=True):
                 settings = settings_panel(ctx, "gen")
+                on_low = gr.Radio(list(ON_LOW_ACCEPTANCE), value=ctx.options.on_low_acceptance,
+                                  label="on low acceptance", elem_id="gen-on-low",
+                                  info="fallback: after 4 alerted rounds draft sequentially, then stop drafting if "
+                                       "that is slower than the base alone (the output stays the same)")
                 gr.Markdown(ctx.models_markdown(), elem_id="gen-models")
             with gr.Accordion("Devices", open=True):
                 panel = gr.HTML(devices_html(), elem_id="gen-devices")
@@ -318,7 +330,7 @@ def build(ctx: AppContext, state: gr.State, switch: gr.Radio):
     out = GenerateOutputs(status, text, cards, timeline, per_position, histogram, details, run_file, trace_file,
                           round_slider, alert, rolling)
 
-    inputs = [prompt, chat, *settings.as_list(), state, switch]
+    inputs = [prompt, chat, *settings.as_list(), on_low, state, switch]
     run.click(arm_stop("generate"), [state], None, queue=False, api_visibility="private", show_progress="hidden") \
         .then(generate, inputs, out.as_list(), api_name="generate", concurrency_id="device", concurrency_limit=1,
               show_progress="hidden")

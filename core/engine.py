@@ -16,7 +16,7 @@ import torch
 
 from .decoder import Decoder, Group, KVCache
 from .grouping import layer_groups, parse_plan
-from .monitor import AcceptanceMonitor, expectation
+from .monitor import ON_LOW_ACCEPTANCE, SEQUENTIAL, AcceptanceMonitor, FallbackGuard, expectation
 from .records import RoundRecord, Span
 from .sampling import SamplingConfig, check_finite, check_whole, pick, probs, verify_greedy, verify_sampling
 from .tracing import Tracer, exclusive_seconds
@@ -34,6 +34,9 @@ class SpecConfig:
     "" means equal groups of N. ("auto" is resolved to a plan by the session, from the tuning cache.)
     expected_acceptance: the acceptance rate this run should reach (from the tuner), 0 if unknown;
     the monitor flags rounds whose rolling acceptance falls far below it (monitor.py).
+    on_low_acceptance: "warn" (flag the rounds only) or "fallback" (monitor.FallbackGuard: sequential
+    drafting, then none); base_token_s: the base's own seconds per token (the launch probe's), 0 if
+    unknown, for the guard's "does drafting still pay" test.
     """
 
     mode: str = "easyspec"
@@ -50,6 +53,8 @@ class SpecConfig:
     adaptive: bool = False  # adapt the draft length (chain) or depth (tree) per round; see `Adaptive`
     groups: str = ""
     expected_acceptance: float = 0.0
+    on_low_acceptance: str = "warn"
+    base_token_s: float = 0.0
 
     def __post_init__(self) -> None:
         for flag, value in (("--draft-len", self.draft_len), ("--max-new-tokens", self.max_new_tokens),
@@ -61,6 +66,12 @@ class SpecConfig:
         if not 0.0 <= self.expected_acceptance <= 1.0:
             raise ValueError(f"expected acceptance must be between 0 and 1; got {self.expected_acceptance}")
         check_stop_strings(self.stop_strings)
+        check_finite(self.base_token_s, "base seconds per token")
+        if self.base_token_s < 0:
+            raise ValueError(f"base seconds per token must be >= 0; got {self.base_token_s}")
+        if self.on_low_acceptance not in ON_LOW_ACCEPTANCE:
+            raise ValueError(f"--on-low-acceptance {self.on_low_acceptance!r}: choose one of "
+                             f"{', '.join(ON_LOW_ACCEPTANCE)}")
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r}: choose one of {', '.join(MODES)}")
         if self.calibration not in CALIBRATION_POLICIES:
@@ -230,6 +241,8 @@ class Generation:
         self.runtime = runtime or LocalRuntime(device)
         self.tracer = self.runtime.start()
         self.monitor = AcceptanceMonitor(expectation(cfg.expected_acceptance))
+        self.guard = FallbackGuard(cfg.base_token_s) if self.drafting and cfg.on_low_acceptance == "fallback" else None
+        self.calibration = cfg.calibration  # the guard's sequential fallback turns it to every-round
         self.adaptive = Adaptive(cfg.tree_depth if cfg.tree else cfg.draft_len) if cfg.adaptive else None
         self.tree_info: tuple[tuple[int, ...], ...] = ((), (), ())  # this round's tree: tokens, parents, path
 
@@ -241,7 +254,7 @@ class Generation:
                 self.tree_info = ((), (), ())
                 if index == 0:
                     out = self._prefill()
-                elif self.drafting and self._remaining() > 1:
+                elif self.drafting and self._remaining() > 1 and (self.guard is None or self.guard.drafts()):
                     out = self._speculate()
                 else:
                     out = self._base_step()
@@ -275,7 +288,7 @@ class Generation:
             self.exact_len = self.n
             # Round 1 reads the prefill token as a calibrating round reads its pending tokens: exactly
             # under every-round and on-mismatch (as the paper's authors do), through the plan under none.
-            self.calibrate_next = self.cfg.mode == "easyspec" and self.cfg.calibration != "none"
+            self.calibrate_next = self.cfg.mode == "easyspec" and self.calibration != "none"
         return [token], ["prefill"], (), 0, False
 
     def _base_step(self):
@@ -414,10 +427,19 @@ class Generation:
         if self.adaptive:
             self.adaptive.update(drafted, accepted)
         if cfg.mode == "easyspec":
-            self.calibrate_next = (cfg.calibration == "every-round"
-                                   or (cfg.calibration == "on-mismatch" and accepted < drafted))
+            self.calibrate_next = (self.calibration == "every-round"
+                                   or (self.calibration == "on-mismatch" and accepted < drafted))
             if self.calibrate_next:
                 self.dcache.crop(self.exact_len)
+
+    def _go_sequential(self) -> None:
+        """The guard's first fallback: draft through every layer in order (N = 1) and calibrate every
+        round from now on; the next round rewrites the draft's fuzzy cache entries exactly."""
+        self.plan = None
+        self.calibration = "every-round"
+        if self.cfg.mode == "easyspec":
+            self.calibrate_next = True
+            self.dcache.crop(self.exact_len)
 
     # -- bookkeeping ---------------------------------------------------------------------------
     def _commit(self, tokens: list[int], accepted: int) -> None:
@@ -439,6 +461,11 @@ class Generation:
         phase_s["overhead"] = max(0.0, (end_ns - start_ns) / 1e9 - sum(phase_s.values()))
         spans = self.runtime.gather_spans(own)
         flags = self.monitor.update(len(drafted), accepted) if drafted else ()
+        if self.guard is not None and stop is None:
+            switch = self.guard.update(flags, bool(drafted), (end_ns - start_ns) / 1e9, len(tokens))
+            flags += switch
+            if SEQUENTIAL in switch:
+                self._go_sequential()
         return RoundRecord(index=index, token_ids=tuple(tokens), origins=tuple(origins), drafted=drafted,
                            accepted=accepted, phase_s=phase_s, spans=spans, end_ns=end_ns,
                            memory_source=self.tracer.memory.source, run_start_memory_bytes=self.tracer.memory.start,

@@ -6,6 +6,9 @@ feeds it every drafting round; when the acceptance rate over the last `window` r
 The expectation is the tuned figure for the plan in use, else the sequential-drafting (N = 1)
 figure measured for the pair (both from the tuning cache, `tuning.py`), else a fixed floor.
 `likely_cause` explains an alert from the run's settings, for the dashboard and the CLI.
+`FallbackGuard` acts on the alert when a run asks for it (`--on-low-acceptance fallback`): first
+sequential drafting with every-round calibration, then no drafting at all if even that is slower
+than the base alone. Either switch changes only the speed: every mode emits the base's tokens.
 """
 from __future__ import annotations
 
@@ -16,6 +19,10 @@ from typing import Callable, Sequence
 from .records import RoundRecord
 
 ALERT = "low-acceptance"
+SEQUENTIAL = "fallback-sequential"  # after this round the run drafts sequentially (N = 1), calibrating every round
+OFF = "fallback-off"  # after this round the run stops drafting (the base decodes alone)
+BASE_TIMING = "base-timing"  # a base-only round that measured the base's own time per token for the guard
+ON_LOW_ACCEPTANCE = ("warn", "fallback")
 FLOOR = 0.2  # used when no figure was measured for this pair: below this, speculation rarely pays
 DROP = 0.5  # "far below" the expectation: under half of it
 
@@ -54,6 +61,59 @@ class AcceptanceMonitor:
         if len(self.recent) < self.window and drafted < self.min_drafted or drafted == 0:
             return None
         return sum(a for _, a in self.recent) / drafted
+
+
+class FallbackGuard:
+    """What `--on-low-acceptance fallback` does, one round record at a time.
+
+    Stage "plan": the run drafts as configured; once `ROUNDS` drafting rounds in a row carry the
+    low-acceptance alert, it switches to "sequential" (N = 1, every-round calibration: the draft's cache
+    is exact again). Stage "sequential": once each of the last `ROUNDS` drafting rounds took longer per
+    emitted token than the base's own time per token, drafting does not pay and it switches to "off".
+    The base's time per token comes from the launch probe (`base_token_s`), else from one base-only
+    round that the guard asks for right after the first switch (`wants_base_round`).
+    """
+
+    ROUNDS = 4
+
+    def __init__(self, base_token_s: float = 0.0):
+        self.stage = "plan"
+        self.base_token_s = base_token_s if base_token_s > 0 else None
+        self.low = 0
+        self.recent: deque[float] = deque(maxlen=self.ROUNDS)  # seconds per emitted token, sequential rounds
+
+    def drafts(self) -> bool:
+        """May the next round draft?"""
+        return self.stage != "off" and not self.wants_base_round()
+
+    def wants_base_round(self) -> bool:
+        return self.stage == "sequential" and self.base_token_s is None
+
+    def update(self, flags: tuple[str, ...], drafted: bool, seconds: float, tokens: int) -> tuple[str, ...]:
+        """Feed one finished round (its monitor flags, whether it drafted, its wall time and emitted tokens);
+        returns the flags to add to its record: a switch takes effect from the next round."""
+        if self.stage == "plan" and drafted:
+            self.low = self.low + 1 if ALERT in flags else 0
+            if self.low >= self.ROUNDS:
+                self.stage = "sequential"
+                return (SEQUENTIAL,)
+        elif self.stage == "sequential" and not drafted and self.base_token_s is None and tokens:
+            self.base_token_s = seconds / tokens
+            return (BASE_TIMING,)
+        elif self.stage == "sequential" and drafted and tokens:
+            self.recent.append(seconds / tokens)
+            if len(self.recent) == self.ROUNDS and min(self.recent) > self.base_token_s:
+                self.stage = "off"
+                return (OFF,)
+        return ()
+
+
+def fallback_summary(records: Sequence[RoundRecord]) -> str:
+    """The run's fallback switches in one phrase ('' when there were none), for the run summary."""
+    parts = [f"{what} after round {r.index}" for r in records for flag, what in
+             ((SEQUENTIAL, "sequential drafting (N = 1, every-round calibration)"), (OFF, "drafting off"))
+             if flag in r.flags]
+    return "fallback: " + ", then ".join(parts) if parts else ""
 
 
 def rolling_acceptance(records: Sequence[RoundRecord], window: int = 12) -> list[tuple[int, float]]:

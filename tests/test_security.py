@@ -21,7 +21,7 @@ REQUEST_PARAMETERS = {"prompt", "chat", "mode", "layer_parallel", "calibration",
                       "top_k", "seed", "max_new_tokens", "columns", "source", "prompt_set", "n_prompts",
                       "speculative", "upload", "comm", "run_file", "speed", "lang",
                       "grouping", "plan", "tolerance", "tokens",  # a layer plan is text like '0|1-4|...', not a path
-                      "tree_depth", "tree_width", "adaptive"} | {
+                      "tree_depth", "tree_width", "adaptive", "on_low_acceptance"} | {
     f"{p}_{c}" for p in ("mode", "layer_parallel", "calibration", "draft_len", "grouping") for c in range(1, 5)}
 UPLOADS = {"upload", "run_file"}  # files the client sends; Gradio refuses paths it did not receive
 
@@ -59,6 +59,8 @@ def test_login_is_required(guarded_app):
     url, _ = guarded_app
     api = url + "gradio_api/call/generate"
     assert httpx.post(api, json={"data": ["hi"]}, timeout=30).status_code in (401, 403)
+    assert httpx.get(url + "metrics", timeout=30).status_code == 401  # the metrics page: the same login
+    assert httpx.get(url + "metrics", auth=GUARDED_LOGIN, timeout=30).status_code == 200
     # a wrong password: Gradio's login itself refuses it, not some later failure
     refused = httpx.post(url + "login/", data={"username": GUARDED_LOGIN[0], "password": "wrong password"}, timeout=30)
     assert refused.status_code == 400 and refused.json() == {"detail": "Incorrect credentials."} \

@@ -18,6 +18,7 @@ from typing import Sequence
 import plotly.graph_objects as go
 
 from easyspec.core.chrome_trace import LANES
+from easyspec.core.monitor import OFF, SEQUENTIAL
 from easyspec.core.records import PHASES, RoundRecord
 
 from .palette import ORIGIN_COLOURS, PHASE_COLOURS, PHASE_LABELS
@@ -176,11 +177,26 @@ def timeline_figure(records: Sequence[RoundRecord], device: str = "cpu", devices
                    tickmode="array", tickvals=lanes, ticktext=lanes, automargin=True, tickfont=dict(size=11)),
         hoverlabel=dict(font_size=12), plot_bgcolor="white", uirevision="timeline")
     _shade_ranks(fig, lanes)
+    _mark_fallbacks(fig, records)
     if not records:
         fig.add_annotation(text="no rounds yet: press Run", showarrow=False, x=0.5, y=0.5,
                            xref="paper", yref="paper", font=dict(size=13, color="#777"))
         fig.update_yaxes(showticklabels=False)
     return fig
+
+
+FALLBACK_MARKS = {SEQUENTIAL: ("fallback: sequential drafting", "#E69F00"), OFF: ("fallback: drafting off", "#D55E00")}
+
+
+def _mark_fallbacks(fig: go.Figure, records: Sequence[RoundRecord]) -> None:
+    """A dashed vertical line with a label where the run's fallback switched (monitor.FallbackGuard)."""
+    for r in records:
+        for flag in r.flags:
+            if flag in FALLBACK_MARKS:
+                text, colour = FALLBACK_MARKS[flag]
+                fig.add_vline(x=r.end_ns / 1e6, line=dict(color=colour, width=2, dash="dash"),
+                              annotation_text=f"{text} (after round {r.index})", annotation_position="top left",
+                              annotation_font=dict(size=11, color=colour))
 
 
 def _shade_ranks(fig: go.Figure, lanes: Sequence[str]) -> None:
