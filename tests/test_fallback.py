@@ -109,6 +109,9 @@ def test_timeline_marks_each_switch(decoders):
     assert texts == [f"fallback: sequential drafting (after round {seq})", f"fallback: drafting off (after round {off})"]
     assert [s.x0 for s in fig.layout.shapes if s.line.dash == "dash"] == \
         [records[seq].end_ns / 1e6, records[off].end_ns / 1e6]
+    # the first label reads left of its line, the second right of its own: they cannot overlap
+    assert [(a.xanchor, a.x) for a in fig.layout.annotations] == \
+        [("right", records[seq].end_ns / 1e6), ("left", records[off].end_ns / 1e6)]
 
 
 def test_cli_names_the_fallback_in_its_summary(capsys, pair_dirs):

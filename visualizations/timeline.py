@@ -185,7 +185,10 @@ def timeline_figure(records: Sequence[RoundRecord], device: str = "cpu", devices
     return fig
 
 
-FALLBACK_MARKS = {SEQUENTIAL: ("fallback: sequential drafting", "#E69F00"), OFF: ("fallback: drafting off", "#D55E00")}
+# The sequential switch always comes first: its label sits left of its line and the later one's right of its
+# line, so the two never overlap however close they are.
+FALLBACK_MARKS = {SEQUENTIAL: ("fallback: sequential drafting", "#E69F00", "top left"),
+                  OFF: ("fallback: drafting off", "#D55E00", "top right")}
 
 
 def _mark_fallbacks(fig: go.Figure, records: Sequence[RoundRecord]) -> None:
@@ -193,9 +196,9 @@ def _mark_fallbacks(fig: go.Figure, records: Sequence[RoundRecord]) -> None:
     for r in records:
         for flag in r.flags:
             if flag in FALLBACK_MARKS:
-                text, colour = FALLBACK_MARKS[flag]
+                text, colour, position = FALLBACK_MARKS[flag]
                 fig.add_vline(x=r.end_ns / 1e6, line=dict(color=colour, width=2, dash="dash"),
-                              annotation_text=f"{text} (after round {r.index})", annotation_position="top left",
+                              annotation_text=f"{text} (after round {r.index})", annotation_position=position,
                               annotation_font=dict(size=11, color=colour))
 
 
