@@ -464,6 +464,8 @@ def _bench_pair(args) -> int:
                 _write_report(args, session, prompts, runs, grid, notes)
         info = session.info
     result["meta"] = bench.run_meta(" ".join(["easyspec", *sys.argv[1:]]), started, info, args)
+    if args.bench_command == "speed" and precisions:  # the criterion it states (issue 21's target, equal outputs)
+        result["passed"] = bench.precision_passed(result["rows"])
     bench.write_results(args.out, args.bench_command, result)
     if args.bench_command == "acceptance":  # one chart per temperature: speedup and AR against N
         from easyspec.core.files import write_text_atomic
@@ -476,7 +478,7 @@ def _bench_pair(args) -> int:
         print(json.dumps(result))
     else:
         print(bench.markdown(args.bench_command, result))
-    return 0
+    return 1 if result.get("passed") is False else 0
 
 
 def cmd_tune(args) -> int:

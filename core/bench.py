@@ -428,6 +428,12 @@ def precision_rows(rows: Sequence[dict]) -> list[dict]:
     return out
 
 
+def precision_passed(rows: Sequence[dict]) -> bool:
+    """Issue 21's criterion: some draft precision meets the target and no greedy output differs."""
+    return any(r["target_met"] for r in precision_rows(rows)) and all(
+        r["greedy_checks"]["different"] == 0 for r in rows)
+
+
 def precision_lines(rows: Sequence[dict]) -> list[str]:
     """The draft-precision table and the target's verdict, from the speed rows."""
     per = precision_rows(rows)

@@ -179,3 +179,50 @@ def test_pilot_grid_runs_every_drafting_setting_at_each_draft_precision():
                       ("easyspec N=4 every-round k=5 [int8]", "int8")]
     with pytest.raises(ValueError, match="draft precisions: unknown draft precision 'int2'"):
         PilotGrid(draft_dtypes=("int2",))
+
+
+def test_bench_speed_rows_per_draft_precision_with_a_bf16_assistant(pair_dirs, tmp_path, monkeypatch, capsys):
+    """`bench speed --draft-dtypes`: rows per precision, transformers' assistant also in bf16, the
+    precision table and its target verdict computed from the rows (a tiny random pair cannot reach the
+    target, so the run says "not met" and exits 1, as a producer that misses its criterion does)."""
+    import json
+
+    from easyspec.app.cli import main
+    from easyspec.core import bench
+
+    monkeypatch.setenv("EASYSPEC_CACHE", str(tmp_path / "cache"))
+    base, draft = pair_dirs["qwen2"]
+    out = tmp_path / "precision"
+    code = main(["bench", "speed", "--base", str(base), "--draft", str(draft), "--prompts", "code,chat",
+                 "--limit", "1", "--max-new-tokens", "6", "--repeats", "1", "--layer-parallel", "4",
+                 "--draft-dtypes", "float32,int8,bfloat16", "--out", str(out)])
+    data = json.loads(out.with_suffix(".json").read_text())
+    md = out.with_suffix(".md").read_text()
+    assert len(data["prompts"]) == 2  # the first prompt of each set
+    settings = [r["setting"] for r in data["rows"]]
+    assert "easyspec N=4 every-round k=5 [int8]" in settings and "speculative k=5 [bfloat16]" in settings
+    assert "transformers assisted k=5 constant [bfloat16 assistant]" in settings
+    assert all(r["greedy_checks"]["different"] == 0 for r in data["rows"])
+    per = bench.precision_rows(data["rows"])
+    assert [r["draft_dtype"] for r in per] == ["float32", "int8", "bfloat16"]
+    assert per[0]["acceptance_drop_vs_float32"] == 0.0
+    assert data["passed"] == bench.precision_passed(data["rows"]) and code == (0 if data["passed"] else 1)
+    assert "## Draft precision" in md and f"Target {'met' if data['passed'] else 'not met'}" in md
+    assert bench.rebuild_markdown("speed", data) == md
+    capsys.readouterr()
+
+
+def test_multi_device_session_with_a_quantized_draft_equals_vanilla(pair_dirs, tmp_path, monkeypatch):
+    """G = 2 CPU ranks: every rank quantizes (or reads from the cache) its own int4 draft copy, the fuzzy
+    groups' attentions run one per rank, and greedy output stays the base's."""
+    from easyspec.core.session import Session
+
+    monkeypatch.setenv("EASYSPEC_CACHE", str(tmp_path / "cache"))
+    base_dir, draft_dir = pair_dirs["qwen2"]
+    prompt = [11, 40, 99, 7]
+    with Session.open(base=str(base_dir), draft=str(draft_dir), devices=2, draft_dtype="int4") as s:
+        ref = tokens_of(s.generate(prompt, SpecConfig(mode="vanilla", max_new_tokens=12)))
+        got = tokens_of(s.generate(prompt, SpecConfig(mode="easyspec", layer_parallel=2, max_new_tokens=12)))
+        assert_greedy_equal(got, ref, s.base, prompt, "G=2 int4")
+        with pytest.raises(ValueError, match="start the session with --draft-dtype int8"):
+            s.validate(SpecConfig(draft_dtype="int8", layer_parallel=2), prompt)
