@@ -317,7 +317,8 @@ def _generate_in(session, spec, prompt: str, args) -> int:
     info = session.info
     result = {"text": stream.text(), "token_ids": token_ids, "mode": spec.mode, "settings": spec.as_dict(),
               "base": info.base, "draft": info.draft, "dtype": info.dtype, "device": info.device,
-              "devices": info.devices, "prompt_tokens": len(prompt_ids), "stop": records[-1].stop,
+              "devices": info.devices, "draft_dtype": info.draft_dtype, "prompt_tokens": len(prompt_ids),
+              "stop": records[-1].stop,
               "metrics": m.as_dict()}
     if args.check_lossless:
         vanilla = SpecConfig(mode="vanilla", max_new_tokens=spec.max_new_tokens, stop_strings=spec.stop_strings)
@@ -328,7 +329,7 @@ def _generate_in(session, spec, prompt: str, args) -> int:
         header = RunHeader(settings=spec.as_dict(), base=info.base, draft=info.draft, prompt_ids=tuple(prompt_ids),
                            device=info.device, dtype=info.dtype,
                            created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                           extra={"devices": info.devices})
+                           extra={"devices": info.devices, "draft_dtype": info.draft_dtype})
         save_run(args.save_run, header, records)
     if args.trace:
         write_chrome_trace(args.trace, records, info.device)

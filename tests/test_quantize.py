@@ -226,3 +226,24 @@ def test_multi_device_session_with_a_quantized_draft_equals_vanilla(pair_dirs, t
         assert_greedy_equal(got, ref, s.base, prompt, "G=2 int4")
         with pytest.raises(ValueError, match="start the session with --draft-dtype int8"):
             s.validate(SpecConfig(draft_dtype="int8", layer_parallel=2), prompt)
+
+
+def test_generate_and_app_take_a_draft_precision(pair_dirs, tmp_path, monkeypatch, capsys):
+    import json
+
+    from easyspec.app.cli import main
+    from easyspec.app.context import AppOptions, draft_precision
+
+    monkeypatch.setenv("EASYSPEC_CACHE", str(tmp_path / "cache"))
+    base, draft = pair_dirs["qwen2"]
+    assert main(["generate", "--base", str(base), "--draft", str(draft), "--prompt", "def add(a, b):",
+                 "--max-new-tokens", "12", "--draft-dtype", "int4", "--check-lossless", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["lossless"] is True and out["greedy_check"]["verdict"] == "equal" and out["draft_dtype"] == "int4"
+    assert AppOptions(draft_dtype="int8").draft_dtype == "int8"
+    with pytest.raises(ValueError, match="unknown draft precision 'int3'"):
+        AppOptions(draft_dtype="int3")
+
+    class Info:
+        dtype, draft_dtype = "float32", "int8"
+    assert draft_precision(Info) == " (draft int8)"
