@@ -197,4 +197,5 @@ class AppContext:
         i = self.info
         where = f"{i.devices} × {i.device}" if i.devices > 1 else i.device
         return (f"**Base** `{i.base}` ({i.base_layers} layers) · **draft** `{i.draft}` ({i.draft_layers} layers) · "
-                f"{i.dtype}{draft_precision(i)} · **devices G = {i.devices}** ({where}; set at launch with `--devices`)")
+                f"{i.dtype}{draft_precision(i)} · **devices G = {i.devices}** ({where}; set at launch with "
+                f"`--devices`)")
