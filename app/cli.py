@@ -17,6 +17,8 @@ EXIT_USAGE = 2
 ON_LOW_HELP = ("warn | fallback (default warn): when the rolling acceptance rate stays under the alert line for 4 "
                "rounds, fallback drafts sequentially (N = 1, every-round calibration) from then on, and stops "
                "drafting if that is slower per token than the base alone; the output stays the same")
+DRAFT_DTYPE_HELP = ("the draft's own precision, independent of the base's --dtype: float32 | bfloat16 | int8 | int4 | "
+                    "int4-g128 (int8/int4: weight-only quantized linears, cached beside the model; default: --dtype)")
 
 
 def _add_generate(sub) -> None:
@@ -28,6 +30,7 @@ def _add_generate(sub) -> None:
     src.add_argument("--base", help="base model: Hugging Face id or local checkpoint folder")
     src.add_argument("--draft", help="draft model: Hugging Face id or local checkpoint folder")
     src.add_argument("--dtype", default="float32", help="float32 | bfloat16 (default float32)")
+    src.add_argument("--draft-dtype", default=None, help=DRAFT_DTYPE_HELP)
     src.add_argument("--device", default="cpu", help="cpu | cuda (default cpu)")
     src.add_argument("--memory-budget-mb", type=float, default=None,
                      help="refuse a run whose KV caches would exceed this many MB, as an out-of-memory error")
@@ -102,6 +105,7 @@ def _add_app(sub) -> None:
     p.add_argument("--base", help="custom base model id or folder (needs --allow-custom-models)")
     p.add_argument("--draft", help="custom draft model id or folder (needs --allow-custom-models)")
     p.add_argument("--dtype", default="float32", help="float32 | bfloat16 (default float32)")
+    p.add_argument("--draft-dtype", default=None, help=DRAFT_DTYPE_HELP)
     p.add_argument("--device", default="cpu", help="cpu | cuda (default cpu)")
     p.add_argument("--allow-custom-models", action="store_true", help="allow --base/--draft instead of a named pair")
     p.add_argument("--on-low-acceptance", default="warn", help=ON_LOW_HELP + " (the Generate screen's default)")
@@ -141,11 +145,12 @@ def _add_bench(sub) -> None:
         b.add_argument("--base")
         b.add_argument("--draft")
         b.add_argument("--dtype", default="float32")
+        b.add_argument("--draft-dtype", default=None, help=DRAFT_DTYPE_HELP)
         b.add_argument("--device", default="cpu")
         b.add_argument("--devices", type=int, default=1)
-        b.add_argument("--prompts", default="code", help="a built-in set (code, chat, math, summarisation) "
-                                                          "or a JSONL/CSV file with a prompt column")
-        b.add_argument("--limit", type=int, default=4, help="use the first LIMIT prompts (default 4)")
+        b.add_argument("--prompts", default="code", help="a built-in set (code, chat, math, summarisation), several "
+                                                          "comma-separated, or a JSONL/CSV file with a prompt column")
+        b.add_argument("--limit", type=int, default=4, help="use the first LIMIT prompts of each set (default 4)")
         b.add_argument("--layer-parallel", default="1,2,3,4,5" if name == "acceptance" else "4")
         b.add_argument("--calibration", default="none,every-round,on-mismatch" if name == "acceptance"
                        else "every-round")
@@ -160,6 +165,9 @@ def _add_bench(sub) -> None:
             b.add_argument("--temperatures", default="0,0.8")
         else:
             b.add_argument("--repeats", type=int, default=3)
+            b.add_argument("--draft-dtypes", default="",
+                           help="comma-separated draft precisions: every drafting setting runs at each (rows per "
+                                "precision), and transformers' assistant in bfloat16 too when it is listed")
             b.add_argument("--no-transformers", action="store_true", help="skip transformers' assisted generation")
 
 
@@ -249,6 +257,10 @@ def _configs(args):
         raise ValueError("--check-lossless compares greedy outputs token for token: it needs --temperature 0")
     if args.base is None and args.draft is not None:
         raise ValueError("--draft needs --base")
+    if args.draft_dtype is not None:
+        from easyspec.core.quantize import check_draft_dtype
+
+        check_draft_dtype(args.draft_dtype)
     return spec
 
 
@@ -265,9 +277,10 @@ def cmd_generate(args) -> int:
     source = resolve_pair(args.base, args.draft, pair_name, with_draft=spec.mode != "vanilla")
     if launched_by_torchrun() and int(os.environ["RANK"]) != 0:  # torchrun: ranks > 0 follow rank 0
         run_follower(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), "env://", source, args.dtype,
-                     args.device, 60.0)
+                     args.device, 60.0, args.draft_dtype)
         return 0
-    with Session(source, args.dtype, args.device, args.devices, memory_budget_mb=args.memory_budget_mb) as session:
+    with Session(source, args.dtype, args.device, args.devices, memory_budget_mb=args.memory_budget_mb,
+                 draft_dtype=args.draft_dtype) as session:
         return _generate_in(session, spec, prompt, args)
 
 
@@ -314,7 +327,8 @@ def _generate_in(session, spec, prompt: str, args) -> int:
     info = session.info
     result = {"text": stream.text(), "token_ids": token_ids, "mode": spec.mode, "settings": spec.as_dict(),
               "base": info.base, "draft": info.draft, "dtype": info.dtype, "device": info.device,
-              "devices": info.devices, "prompt_tokens": len(prompt_ids), "stop": records[-1].stop,
+              "devices": info.devices, "draft_dtype": info.draft_dtype, "prompt_tokens": len(prompt_ids),
+              "stop": records[-1].stop,
               "metrics": m.as_dict()}
     if args.check_lossless:
         vanilla = SpecConfig(mode="vanilla", max_new_tokens=spec.max_new_tokens, stop_strings=spec.stop_strings)
@@ -325,7 +339,7 @@ def _generate_in(session, spec, prompt: str, args) -> int:
         header = RunHeader(settings=spec.as_dict(), base=info.base, draft=info.draft, prompt_ids=tuple(prompt_ids),
                            device=info.device, dtype=info.dtype,
                            created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                           extra={"devices": info.devices})
+                           extra={"devices": info.devices, "draft_dtype": info.draft_dtype})
         save_run(args.save_run, header, records)
     if args.trace:
         write_chrome_trace(args.trace, records, info.device)
@@ -350,7 +364,7 @@ def cmd_app(args) -> int:
     from easyspec.app.context import AppOptions, parse_auth
 
     options = AppOptions(host=args.host, port=args.port, devices=args.devices, pair=args.pair, base=args.base,
-                         draft=args.draft, dtype=args.dtype, device=args.device,
+                         draft=args.draft, dtype=args.dtype, draft_dtype=args.draft_dtype, device=args.device,
                          allow_custom_models=args.allow_custom_models, share=args.share == "true",
                          allow_remote=args.allow_remote, auth=parse_auth(args.auth, args.auth_file),
                          timeout_s=args.timeout, memory_budget_mb=args.memory_budget_mb,
@@ -413,18 +427,28 @@ def _bench_pair(args) -> int:
     from easyspec.core.prompt_sets import BUILTIN_SETS, builtin_prompts, read_prompt_file
     from easyspec.core.session import Session
 
-    prompts = builtin_prompts(args.prompts) if args.prompts in BUILTIN_SETS else read_prompt_file(args.prompts)
-    prompts = prompts[: max(1, args.limit)]
+    sets = [name.strip() for name in args.prompts.split(",") if name.strip()]
+    if len(sets) > 1 or sets[0] in BUILTIN_SETS:  # the first LIMIT prompts of each built-in set
+        unknown = [name for name in sets if name not in BUILTIN_SETS]
+        if unknown:
+            raise ValueError(f"--prompts: {unknown[0]!r} is not a built-in set ({', '.join(BUILTIN_SETS)}); a file "
+                             f"of prompts is given alone")
+        prompts = [p for name in sets for p in builtin_prompts(name)[: max(1, args.limit)]]
+    else:
+        prompts = read_prompt_file(args.prompts)[: max(1, args.limit)]
     sizes = _int_list(args.layer_parallel, "--layer-parallel")
     policies = [p.strip() for p in args.calibration.split(",") if p.strip()]
     for n in sizes:
         SpecConfig(layer_parallel=n)
     for p in policies:
         SpecConfig(calibration=p)
-    SpecConfig(tree_depth=args.tree_depth, tree_width=args.tree_width)
+    SpecConfig(tree_depth=args.tree_depth, tree_width=args.tree_width, draft_dtype=args.draft_dtype or "")
+    precisions = tuple(dict.fromkeys(p.strip() for p in getattr(args, "draft_dtypes", "").split(",") if p.strip()))
+    for p in precisions:
+        SpecConfig(draft_dtype=p)
     source = resolve_pair(args.base, args.draft, args.pair or (None if args.base else "qwen2.5-coder"))
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    with Session(source, args.dtype, args.device, args.devices) as session:
+    with Session(source, args.dtype, args.device, args.devices, draft_dtype=args.draft_dtype) as session:
         if args.bench_command == "acceptance":
             temps = [float(t) for t in args.temperatures.split(",") if t.strip()]
             kept: list = []
@@ -439,11 +463,12 @@ def _bench_pair(args) -> int:
         else:
             grid = PilotGrid(layer_parallel=tuple(sizes), calibration=tuple(policies), draft_len=(args.draft_len,),
                              max_new_tokens=args.max_new_tokens, tree_depth=args.tree_depth,
-                             tree_width=args.tree_width, adaptive=args.adaptive)
+                             tree_width=args.tree_width, adaptive=args.adaptive, draft_dtypes=precisions)
             settings = {s.label: s.config for s in grid.settings()}
             runs: list = []
             result = bench.speed(session, prompts, settings, args.repeats, args.max_new_tokens,
-                                 not args.no_transformers, args.draft_len, keep=runs)
+                                 not args.no_transformers, args.draft_len, keep=runs,
+                                 assistant_dtypes=("bfloat16",) if "bfloat16" in precisions else ())
             if args.report:
                 grid = PilotGrid(layer_parallel=sizes, calibration=tuple(policies), draft_len=(args.draft_len,),
                                  max_new_tokens=args.max_new_tokens, chat=True)
@@ -452,6 +477,8 @@ def _bench_pair(args) -> int:
                 _write_report(args, session, prompts, runs, grid, notes)
         info = session.info
     result["meta"] = bench.run_meta(" ".join(["easyspec", *sys.argv[1:]]), started, info, args)
+    if args.bench_command == "speed" and precisions:  # the criterion it states (issue 21's target, equal outputs)
+        result["passed"] = bench.precision_passed(result["rows"])
     bench.write_results(args.out, args.bench_command, result)
     if args.bench_command == "acceptance":  # one chart per temperature: speedup and AR against N
         from easyspec.core.files import write_text_atomic
@@ -464,7 +491,7 @@ def _bench_pair(args) -> int:
         print(json.dumps(result))
     else:
         print(bench.markdown(args.bench_command, result))
-    return 0
+    return 1 if result.get("passed") is False else 0
 
 
 def cmd_tune(args) -> int:

@@ -17,6 +17,7 @@ from easyspec.core.device_stats import DeviceMonitor
 from easyspec.core.exporter import Exporter
 from easyspec.core.monitor import ON_LOW_ACCEPTANCE
 from easyspec.core.pilot import Throughput, measure_throughput
+from easyspec.core.quantize import check_draft_dtype
 from easyspec.core.records import RoundRecord, RunHeader, load_run
 from easyspec.core.sampling import check_finite
 from easyspec.core.session import Session
@@ -40,6 +41,7 @@ class AppOptions:
     base: str | None = None
     draft: str | None = None
     dtype: str = "float32"
+    draft_dtype: str | None = None  # the draft's own precision (core/quantize.py); None: the base's dtype
     device: str = "cpu"
     allow_custom_models: bool = False
     share: bool = False
@@ -61,6 +63,8 @@ class AppOptions:
             raise ValueError("--share true publishes the app on a public gradio.live address: add --allow-remote "
                              "to confirm (and --auth USER:PASSWORD or --auth-file FILE to require a login)")
         check_finite(self.timeout_s, "--timeout")
+        if self.draft_dtype is not None:
+            check_draft_dtype(self.draft_dtype)
         if self.memory_budget_mb is not None:
             check_finite(self.memory_budget_mb, "--memory-budget-mb")
         if self.timeout_s <= 0:
@@ -146,6 +150,11 @@ def load_demo_runs() -> list[DemoRun]:
     return out
 
 
+def draft_precision(info) -> str:
+    """' (draft int8)' when the draft runs at another precision than the base (set with --draft-dtype)."""
+    return f" (draft {info.draft_dtype})" if info.draft_dtype and info.draft_dtype != info.dtype else ""
+
+
 class AppContext:
     """The session, its description, a device monitor, measured speed, demo runs and a files folder."""
 
@@ -161,6 +170,7 @@ class AppContext:
     @classmethod
     def start(cls, options: AppOptions) -> "AppContext":
         session = Session.open(pair=options.pair_name, base=options.base, draft=options.draft, dtype=options.dtype,
+                               draft_dtype=options.draft_dtype,
                                device=options.device, devices=options.devices, timeout_s=options.timeout_s,
                                memory_budget_mb=options.memory_budget_mb)
         try:
@@ -201,4 +211,5 @@ class AppContext:
         i = self.info
         where = f"{i.devices} × {i.device}" if i.devices > 1 else i.device
         return (f"**Base** `{i.base}` ({i.base_layers} layers) · **draft** `{i.draft}` ({i.draft_layers} layers) · "
-                f"{i.dtype} · **devices G = {i.devices}** ({where}; set at launch with `--devices`)")
+                f"{i.dtype}{draft_precision(i)} · **devices G = {i.devices}** ({where}; set at launch with "
+                f"`--devices`)")

@@ -66,6 +66,7 @@ def steps(quick: bool) -> list[Step]:
     spd = "--limit 1 --repeats 1 --max-new-tokens 4" if q else "--limit 3 --repeats 2 --max-new-tokens 48"
     tree = "--limit 1 --max-new-tokens 4" if q else "--limit 2 --max-new-tokens 40"
     acc = "--limit 1 --max-new-tokens 4" if q else "--limit 2 --max-new-tokens 32"
+    prec = "--limit 1 --repeats 1 --max-new-tokens 4" if q else "--limit 4 --repeats 1 --max-new-tokens 48"
     load_off = "--clients 2 --requests 4 --short-tokens 2 --long-tokens 2 --distinct 2 --deadline-s 600" if q \
         else LOAD_OFFLINE
     load_small = "--clients 3 --requests 10 --short-tokens 4 --long-tokens 4 --distinct 3" if q else LOAD_SMALL
@@ -81,6 +82,11 @@ def steps(quick: bool) -> list[Step]:
         Step("bench_tree", (*EASYSPEC, "bench", "speed", "--prompts", "code", *tree.split(), "--layer-parallel", "4",
                             "--calibration", "every-round", "--draft-len", "5", "--tree-depth", "5", "--tree-width",
                             "2", "--adaptive", "--repeats", "1", "--no-transformers", "--out", "{out}/bench_tree"), 13),
+        # Issue 21: the draft at each precision beside the fp32 base, 8 prompts of two sets (4 each).
+        Step("bench_draft_precision", (*EASYSPEC, "bench", "speed", "--prompts", "code,chat",
+                                       *(prec.split()), "--layer-parallel", "4", "--calibration", "every-round",
+                                       "--draft-dtypes", "float32,bfloat16,int8,int4",
+                                       "--out", "{out}/bench_draft_precision"), 30),
         *(Step(f"bench_acceptance_{p}", (*EASYSPEC, "bench", "acceptance", "--prompts", p, *acc.split(), "--out",
                                          f"{{out}}/bench_acceptance_{p}"), m) for p, m in (("code", 8), ("chat", 10))),
         Step("devices_cpu", (PY, "benchmarks/devices_cpu.py", *(("--max-new-tokens", "4", "--repeats", "1") if q else

@@ -146,16 +146,13 @@ def acceptance_rows(raw: Sequence[dict], draft_len: int) -> list[dict]:
     return rows
 
 
-def _hf_models(session, dtype: str):
-    """transformers' own models from the same folders and dtype as the session's pair."""
+def _hf_model(folder, dtype: str):
+    """transformers' own model from a checkpoint folder, in `dtype`."""
     from transformers import AutoModelForCausalLM
 
     from .loading import parse_dtype
 
-    torch_dtype = parse_dtype(dtype)
-    base = AutoModelForCausalLM.from_pretrained(session.source.base_dir, dtype=torch_dtype).eval()
-    draft = AutoModelForCausalLM.from_pretrained(session.source.draft_dir, dtype=torch_dtype).eval()
-    return base, draft
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=parse_dtype(dtype)).eval()
 
 
 ASSISTANT_KEYS = ("num_assistant_tokens", "num_assistant_tokens_schedule", "assistant_confidence_threshold")
@@ -178,10 +175,12 @@ def _hf_assisted(base, draft, ids: list[int], max_new_tokens: int, eos: list[int
 
 def speed(session, prompts: Sequence[str], settings: dict[str, SpecConfig], repeats: int, max_new_tokens: int,
           with_transformers: bool = True, draft_len: int = 5, progress: Progress = _stderr,
-          keep: list | None = None) -> dict:
+          keep: list | None = None, assistant_dtypes: Sequence[str] = ()) -> dict:
     """Per setting: median tokens/s and median speedup over vanilla (per prompt and repeat), equality;
     "runs" holds every measured run's raw data, from which `speed_rows` computes the rows.
-    `keep` receives a `PilotRun` per engine run (prompt index, repeat after repeat), for a report."""
+    `keep` receives a `PilotRun` per engine run (prompt index, repeat after repeat), for a report.
+    assistant_dtypes: float precisions transformers' assistant also runs in (its base stays at the
+    session's dtype); transformers has no int8/int4 weight-only assistant of its own."""
     if session.info.devices != 1 and with_transformers:
         raise ValueError("the comparison with transformers runs on one device: use --devices 1 or --no-transformers")
     prompt_ids = [session.encode(p, chat=True) for p in prompts]
@@ -193,15 +192,18 @@ def speed(session, prompts: Sequence[str], settings: dict[str, SpecConfig], repe
             return [t for r in records for t in r.token_ids], records[-1].end_ns / 1e9, records
         runners[label] = run
     if with_transformers:
-        hf_base, hf_draft = _hf_models(session, session.info.dtype)
+        hf_base = _hf_model(session.source.base_dir, session.info.dtype)
         eos = sorted(session.pair.eos_ids)
-        defaults = {key: getattr(hf_draft.generation_config, key) for key in ASSISTANT_KEYS}
         fixed = {"num_assistant_tokens": draft_len, "num_assistant_tokens_schedule": "constant",
                  "assistant_confidence_threshold": 0.0}
-        runners[f"transformers assisted k={draft_len} constant"] = (
-            lambda ids: (*_hf_assisted(hf_base, hf_draft, ids, max_new_tokens, eos, fixed), None))
-        runners["transformers assisted default"] = (
-            lambda ids: (*_hf_assisted(hf_base, hf_draft, ids, max_new_tokens, eos, defaults), None))
+        for dtype in dict.fromkeys((session.info.dtype, *assistant_dtypes)):
+            hf_draft = _hf_model(session.source.draft_dir, dtype)
+            defaults = {key: getattr(hf_draft.generation_config, key) for key in ASSISTANT_KEYS}
+            tag = "" if dtype == session.info.dtype else f" [{dtype} assistant]"
+            for name, assistant in ((f"k={draft_len} constant", fixed), ("default", defaults)):
+                runners[f"transformers assisted {name}{tag}"] = (
+                    lambda ids, d=hf_draft, a=assistant: (*_hf_assisted(hf_base, d, ids, max_new_tokens, eos, a),
+                                                          None))
     assert "vanilla" in runners, "the speed table needs vanilla as its reference"
     for run in runners.values():  # warm-up, not measured
         run(prompt_ids[0][:8])
@@ -250,7 +252,9 @@ def speed_rows(raw: Sequence[dict]) -> list[dict]:
         verdicts = count_verdicts(r["greedy_check"]["verdict"] for r in mine if r["repeat"] == 0)
         rounds = [d for r in mine for d in (r["rounds"] or ()) if d["drafted"]]
         traced = [compute(records_from_raw(r["rounds"])) for r in mine if r["rounds"] is not None]
-        rows.append({"setting": label, "tokens_per_s_median": round(statistics.median(rates), 4),
+        precision = (mine[0]["config"] or {}).get("draft_dtype")  # only runs at a chosen draft precision have one
+        rows.append({"setting": label, **({"draft_dtype": precision} if precision else {}),
+                     "tokens_per_s_median": round(statistics.median(rates), 4),
                      "speedup_median": round(statistics.median(ratios), 4),
                      "speedup_min": round(min(ratios), 4), "speedup_max": round(max(ratios), 4),
                      "equal_to_vanilla": same_column(verdicts), "greedy_checks": verdicts, **ar_al(rounds),
@@ -338,7 +342,8 @@ def run_meta(command: str, started: str, info, args) -> dict:
                          f"python {platform.python_version()}",
             "base": info.base, "draft": info.draft, "dtype": info.dtype, "device": info.device,
             "devices": info.devices, "draft_len": args.draft_len, "max_new_tokens": args.max_new_tokens,
-            "prompts": args.prompts, "limit": args.limit}
+            "prompts": args.prompts, "limit": args.limit,
+            **({"draft_dtype": info.draft_dtype} if info.draft_dtype not in (None, info.dtype) else {})}
 
 
 def _fmt(v) -> str:
@@ -359,7 +364,8 @@ def markdown(kind: str, result: dict) -> str:
     meta = result["meta"]
     out = [f"# easyspec bench {kind}", "", f"- command: `{meta['command']}`", f"- date: {meta['date']}",
            f"- machine: {meta['machine']}", f"- commit: {meta['commit']}", f"- libraries: {meta['libraries']}",
-           f"- pair: {meta['base']} / {meta['draft']}, {meta['dtype']} on {meta['device']} x {meta['devices']}; "
+           f"- pair: {meta['base']} / {meta['draft']}, {meta['dtype']}{_draft_note(meta)} on {meta['device']} x "
+           f"{meta['devices']}; "
            f"k = {meta['draft_len']}; {meta['max_new_tokens']} new tokens; prompts: {meta['prompts']} "
            f"(first {meta['limit']}); chat template on", ""]
     if kind == "acceptance":
@@ -387,7 +393,71 @@ def markdown(kind: str, result: dict) -> str:
                 f"{_fmt(r.get('mean_accepted_length'))} | {r['equal_to_vanilla']} | "
                 f"{_bytes(r.get('largest_run_peak_memory_bytes'), 30, 2)} | "
                 f"{_bytes(r.get('largest_run_memory_growth_bytes'), 20, 0)} |" for r in result["rows"]]
+        if any(r.get("draft_dtype") for r in result["rows"]):
+            out += ["", *precision_lines(result["rows"])]
     return "\n".join(out) + "\n"
+
+
+TARGET_OVER_TRANSFORMERS, TARGET_OVER_VANILLA = 1.3, 1.5  # issue 21's target for easyspec's best precision
+
+
+def precision_rows(rows: Sequence[dict]) -> list[dict]:
+    """Per draft precision, its fastest easyspec setting against vanilla and transformers' fastest
+    assisted configuration of the same run (ratio of median tokens/s), and its acceptance against the
+    same setting with the float32 draft (the drop quantization caused)."""
+    hf = [r for r in rows if r["setting"].startswith("transformers")]
+    best_hf = max(hf, key=lambda r: r["tokens_per_s_median"]) if hf else None
+    out = []
+    for precision in dict.fromkeys(r["draft_dtype"] for r in rows if r.get("draft_dtype")):
+        mine = [r for r in rows if r.get("draft_dtype") == precision and r["setting"].startswith("easyspec")]
+        if not mine:
+            continue
+        best = max(mine, key=lambda r: r["tokens_per_s_median"])
+        ref = next((r for r in rows if r["setting"] == best["setting"].replace(f"[{precision}]", "[float32]")), None)
+        ar, ref_ar = best["acceptance_rate"], ref["acceptance_rate"] if ref else None
+        over_hf = round(best["tokens_per_s_median"] / best_hf["tokens_per_s_median"], 4) if best_hf else None
+        equal = best["greedy_checks"]["different"] == 0
+        out.append({"draft_dtype": precision, "setting": best["setting"], "tokens_per_s": best["tokens_per_s_median"],
+                    "acceptance_rate": ar, "mean_accepted_length": best["mean_accepted_length"],
+                    "acceptance_drop_vs_float32": round(1 - ar / ref_ar, 4) if ar is not None and ref_ar else None,
+                    "speedup_over_vanilla": best["speedup_median"], "speedup_over_transformers": over_hf,
+                    "transformers_best": best_hf["setting"] if best_hf else None,
+                    "equal_to_vanilla": best["equal_to_vanilla"],
+                    "target_met": bool(equal and over_hf is not None and over_hf >= TARGET_OVER_TRANSFORMERS
+                                       and best["speedup_median"] >= TARGET_OVER_VANILLA)})
+    return out
+
+
+def precision_passed(rows: Sequence[dict]) -> bool:
+    """Issue 21's criterion: some draft precision meets the target and no greedy output differs."""
+    return any(r["target_met"] for r in precision_rows(rows)) and all(
+        r["greedy_checks"]["different"] == 0 for r in rows)
+
+
+def precision_lines(rows: Sequence[dict]) -> list[str]:
+    """The draft-precision table and the target's verdict, from the speed rows."""
+    per = precision_rows(rows)
+    best_hf = per[0]["transformers_best"] if per else None
+    lines = ["## Draft precision", "",
+             f"Fastest easyspec setting per draft precision (the base stays at the run's dtype). Over transformers = "
+             f"its median tok/s over that of transformers' fastest assisted configuration in this run "
+             f"({best_hf or 'not run'}); AR drop = 1 - AR / AR of the same setting with the float32 draft. Target "
+             f"(issue 21): at least {TARGET_OVER_TRANSFORMERS}x transformers' best assisted and at least "
+             f"{TARGET_OVER_VANILLA}x vanilla, with every greedy output equal to vanilla's.", "",
+             "| draft | setting | tok/s | over vanilla | over transformers | AR | AL | AR drop | same as vanilla | "
+             "target |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['draft_dtype']} | {r['setting']} | {r['tokens_per_s']:.2f} | {r['speedup_over_vanilla']:.2f}x | "
+              f"{_fmt(r['speedup_over_transformers'])}x | {_fmt(r['acceptance_rate'])} | "
+              f"{_fmt(r['mean_accepted_length'])} | {_fmt(r['acceptance_drop_vs_float32'])} | "
+              f"{r['equal_to_vanilla']} | {'met' if r['target_met'] else 'not met'} |" for r in per]
+    met = [r["draft_dtype"] for r in per if r["target_met"]]
+    lines += ["", f"Target {'met' if met else 'not met'}: " + (f"with the {', '.join(met)} draft." if met else
+              "no draft precision reaches both ratios with equal outputs in this run.")]
+    return lines
+
+
+def _draft_note(meta: dict) -> str:
+    return f" (draft {meta['draft_dtype']})" if meta.get("draft_dtype") else ""
 
 
 def _same(row: dict) -> str:

@@ -3,7 +3,8 @@
 What it is: the forward pass this project owns, so that it can run draft layers as fuzzy
 layer-parallel groups (docs/method.md#fuzzy-layer-parallel-groups) and crop its cache after each round.
 Weights of all layers are stacked along a leading layer axis, so a group of N consecutive layers
-is a view `w[l:l+N]` and its N attentions run as one batched computation (`bmm` over N).
+is a view `w[l:l+N]` and its N attentions run as one batched computation (`bmm` over N). A draft
+with weight-only quantized linears (quantize.py) runs them one packed-kernel call per layer.
 What it is not: a loader (see `loading.py`) or a tensor-parallel model (sharding is applied from
 outside). Batch size is 1 throughout, as in the paper; the batch axis is left out of all shapes.
 """
@@ -113,7 +114,8 @@ class KVCache:
 
 @dataclass
 class DecoderWeights:
-    """All layers' weights stacked on a leading layer axis (nn.Linear layout: [out, in])."""
+    """All layers' weights stacked on a leading layer axis (nn.Linear layout: [out, in]). In a quantized
+    draft (quantize.py) wqkv, wo, w_gate_up and w_down are QuantStacks and lm_head a QuantLinear."""
 
     embed: torch.Tensor  # [vocab, D]
     wqkv: torch.Tensor  # [L, (Hq + 2 Hkv) * hd, D]
@@ -234,10 +236,7 @@ class Decoder:
         n, T = r - l, h.shape[0]
         hq, hkv, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         xn = self._rms(h, w.norm_in[l:r, None, :])  # [N, T, D]
-        if w.bqkv is None:
-            qkv = torch.bmm(xn, w.wqkv[l:r].transpose(1, 2))  # [N, T, (Hq + 2 Hkv) hd]
-        else:
-            qkv = torch.baddbmm(w.bqkv[l:r, None, :], xn, w.wqkv[l:r].transpose(1, 2))
+        qkv = _group_linear(xn, w.wqkv, w.bqkv, l, r)  # [N, T, (Hq + 2 Hkv) hd]
         q, k, v = qkv.split((hq * hd, hkv * hd, hkv * hd), dim=-1)
         q = q.view(n, T, hq, hd).transpose(1, 2)  # [N, Hq, T, hd]
         k = k.view(n, T, hkv, hd).transpose(1, 2)  # [N, Hkv, T, hd]
@@ -250,18 +249,15 @@ class Decoder:
         o = F.scaled_dot_product_attention(
             q, cache.k[l:r, :, :end], cache.v[l:r, :, :end], attn_mask=mask, enable_gqa=hq != hkv)
         o = o.transpose(1, 2).reshape(n, T, hq * hd)  # [N, T, Hq hd]
-        if w.bo is None:
-            out = torch.bmm(o, w.wo[l:r].transpose(1, 2))  # [N, T, D]
-        else:
-            out = torch.baddbmm(w.bo[l:r, None, :], o, w.wo[l:r].transpose(1, 2))
+        out = _group_linear(o, w.wo, w.bo, l, r)  # [N, T, D]
         return out if self.reduce is None else self.reduce(out)
 
     def _mlp(self, x: torch.Tensor, i: int) -> torch.Tensor:  # x [T, D] -> [T, D]
         w = self.w
-        gu = F.linear(self._rms(x, w.norm_post[i]), w.w_gate_up[i],
-                      None if w.b_gate_up is None else w.b_gate_up[i])  # [T, 2F]
+        gu = _linear(self._rms(x, w.norm_post[i]), w.w_gate_up[i],
+                     None if w.b_gate_up is None else w.b_gate_up[i])  # [T, 2F]
         gate, up = gu.chunk(2, dim=-1)
-        out = F.linear(F.silu(gate) * up, w.w_down[i], None if w.b_down is None else w.b_down[i])
+        out = _linear(F.silu(gate) * up, w.w_down[i], None if w.b_down is None else w.b_down[i])
         return out if self.reduce is None else self.reduce(out)
 
     def forward(self, tokens: torch.Tensor, pos: int, cache: KVCache, groups: Sequence[Group] | None = None,
@@ -305,7 +301,27 @@ class Decoder:
         if not all_logits:
             x = x[-1:]
         with span("draft.mlp", "head") if span else _NULL:  # final norm + LM head: drafting work too
-            return F.linear(self._rms(x, self.w.norm), self.w.lm_head).float()
+            return _linear(self._rms(x, self.w.norm), self.w.lm_head).float()
+
+
+def _linear(x: torch.Tensor, w, b: torch.Tensor | None = None) -> torch.Tensor:
+    """x W^T + b for a float weight [out, in] or a weight-only quantized one (quantize.QuantLinear)."""
+    if isinstance(w, torch.Tensor):
+        return F.linear(x, w, b)
+    y = w(x)
+    return y if b is None else y + b
+
+
+def _group_linear(x: torch.Tensor, w, b: torch.Tensor | None, l: int, r: int) -> torch.Tensor:
+    """x [N, T, in] through layers l..r-1 of a stacked weight [L, out, in] -> [N, T, out]: one batched
+    matmul for float weights; one packed-kernel call per layer for quantized ones (quantize.QuantStack:
+    torch's int8/int4 kernels are 2-D only)."""
+    if isinstance(w, torch.Tensor):
+        if b is None:
+            return torch.bmm(x, w[l:r].transpose(1, 2))
+        return torch.baddbmm(b[l:r, None, :], x, w[l:r].transpose(1, 2))
+    out = torch.stack([w[i](x[j]) for j, i in enumerate(range(l, r))])
+    return out if b is None else out + b[l:r, None, :]
 
 
 class _Null:

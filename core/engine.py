@@ -17,6 +17,7 @@ import torch
 from .decoder import Decoder, Group, KVCache
 from .grouping import layer_groups, parse_plan
 from .monitor import ON_LOW_ACCEPTANCE, SEQUENTIAL, AcceptanceMonitor, FallbackGuard, expectation
+from .quantize import check_draft_dtype
 from .records import RoundRecord, Span
 from .sampling import SamplingConfig, check_finite, check_whole, pick, probs, verify_greedy, verify_sampling
 from .tracing import Tracer, exclusive_seconds
@@ -32,6 +33,8 @@ class SpecConfig:
 
     groups: an explicit layer plan ('0|1-4|...|23', grouping.py) that replaces N, head and tail;
     "" means equal groups of N. ("auto" is resolved to a plan by the session, from the tuning cache.)
+    draft_dtype: float32 | bfloat16 | int8 | int4 | int4-g128 picks the draft the session loaded at that
+    precision (Session.draft_for); greedy outputs stay the base's whatever it is.
     expected_acceptance: the acceptance rate this run should reach (from the tuner), 0 if unknown;
     the monitor flags rounds whose rolling acceptance falls far below it (monitor.py).
     on_low_acceptance: "warn" (flag the rounds only) or "fallback" (monitor.FallbackGuard: sequential
@@ -55,8 +58,11 @@ class SpecConfig:
     expected_acceptance: float = 0.0
     on_low_acceptance: str = "warn"
     base_token_s: float = 0.0
+    draft_dtype: str = ""  # the draft's precision for this run (quantize.DRAFT_DTYPES); "" is the session's
 
     def __post_init__(self) -> None:
+        if self.draft_dtype:
+            check_draft_dtype(self.draft_dtype)
         for flag, value in (("--draft-len", self.draft_len), ("--max-new-tokens", self.max_new_tokens),
                             ("--layer-parallel", self.layer_parallel), ("--sequential-head", self.sequential_head),
                             ("--sequential-tail", self.sequential_tail), ("--tree-depth", self.tree_depth),

@@ -279,6 +279,17 @@ def load_decoder(folder: Path, dtype: torch.dtype, device: torch.device, shard: 
     return Decoder(cfg if shard is None else shard.local(cfg), weights)
 
 
+def load_draft(folder: Path, draft_dtype: str, device: torch.device) -> Decoder:
+    """The draft at its own precision (quantize.DRAFT_DTYPES): float32/bfloat16 as loaded; int8/int4 loaded
+    in fp32 and weight-only quantized (from the quantized cache beside the checkpoint when it has it)."""
+    from .quantize import FLOAT_DTYPES, check_draft_dtype, quantize_decoder
+
+    check_draft_dtype(draft_dtype)
+    if draft_dtype in FLOAT_DTYPES:
+        return load_decoder(folder, DTYPES[draft_dtype], device)
+    return quantize_decoder(load_decoder(folder, torch.float32, device), draft_dtype, folder)
+
+
 def load_tokenizer(folder: Path):
     from transformers import AutoTokenizer
 
@@ -342,8 +353,9 @@ def resolve_pair(base: str | None = None, draft: str | None = None, pair: str | 
 
 
 def load_pair(source: PairSource, dtype: str = "float32", device: str = "cpu", shard: Shard | None = None,
-              torch_device: torch.device | None = None) -> ModelPair:
-    """Tokenizer (checked to be shared), draft (whole) and base (whole, or this rank's shard)."""
+              torch_device: torch.device | None = None, draft_dtype: str | None = None) -> ModelPair:
+    """Tokenizer (checked to be shared), draft (whole, at `draft_dtype`, default `dtype`) and base (whole,
+    or this rank's shard)."""
     torch_dtype = parse_dtype(dtype)
     torch_device = torch_device or parse_device(device)
     tokenizer = load_tokenizer(source.base_dir)
@@ -351,7 +363,7 @@ def load_pair(source: PairSource, dtype: str = "float32", device: str = "cpu", s
     if source.draft_dir is not None:
         check_same_tokenizer(tokenizer, load_tokenizer(source.draft_dir), source.base_name, source.draft_name)
         loaded_draft = LoadedModel(source.draft_name, source.draft_dir,
-                                   load_decoder(source.draft_dir, torch_dtype, torch_device))
+                                   load_draft(source.draft_dir, draft_dtype or dtype, torch_device))
     loaded_base = LoadedModel(source.base_name, source.base_dir,
                               load_decoder(source.base_dir, torch_dtype, torch_device, shard))
     return ModelPair(loaded_base, loaded_draft, tokenizer, eos_ids(source.base_dir, tokenizer))

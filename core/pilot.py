@@ -23,6 +23,7 @@ from typing import Callable, Iterator, Sequence
 from .engine import CALIBRATION_POLICIES, SpecConfig
 from .lossless import GreedyCheck, compare_greedy, count_verdicts
 from .metrics import compute
+from .quantize import check_draft_dtype
 from .records import PHASES, RoundRecord
 from .sampling import SamplingConfig
 
@@ -53,8 +54,12 @@ class PilotGrid:
     tree_depth: int = 0  # > 0: every drafting setting also runs with a token tree of this depth ...
     tree_width: int = 4  # ... and width
     adaptive: bool = False  # every drafting setting also runs with adaptive draft length / tree depth
+    draft_dtypes: tuple[str, ...] = ()  # every drafting setting runs at each draft precision ("": the session's)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "draft_dtypes", tuple(dict.fromkeys(self.draft_dtypes)))
+        for name in self.draft_dtypes:
+            check_draft_dtype(name, "draft precisions")
         for name in ("layer_parallel", "plans", "calibration", "draft_len"):
             values = tuple(dict.fromkeys(getattr(self, name)))  # drop repeats, keep order
             if not values and name != "plans" and (name != "layer_parallel" or not self.plans):
@@ -105,7 +110,10 @@ class PilotGrid:
                     out += [PilotSetting(f"easyspec {name} {policy} k={k}{suffix}", SpecConfig(
                         mode="easyspec", groups=plan, calibration=policy, draft_len=k, **kw, **common))
                         for suffix, kw in variants]
-        return out
+        if not self.draft_dtypes:
+            return out
+        return out[:1] + [PilotSetting(f"{s.label} [{d}]", replace(s.config, draft_dtype=d))
+                          for s in out[1:] for d in self.draft_dtypes]
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import sys
 import torch
 import torch.distributed as dist
 
-from .loading import PairSource, Shard, load_decoder, load_pair, parse_dtype
+from .loading import PairSource, Shard, load_decoder, load_draft, load_pair, parse_dtype
 from .parallel import DistInfo, DistributedError, Leader, cpu_threads_per_rank, follow, init_group, rank_device
 
 
@@ -39,15 +39,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _load_follower_models(source: PairSource, dtype: str, shard: Shard, device: torch.device):
-    torch_dtype = parse_dtype(dtype)
-    base = load_decoder(source.base_dir, torch_dtype, device, shard)
-    draft = load_decoder(source.draft_dir, torch_dtype, device) if source.draft_dir else None
+def _load_follower_models(source: PairSource, dtype: str, shard: Shard, device: torch.device,
+                          draft_dtype: str | None = None):
+    base = load_decoder(source.base_dir, parse_dtype(dtype), device, shard)
+    draft = load_draft(source.draft_dir, draft_dtype or dtype, device) if source.draft_dir else None
     return base, draft
 
 
 def run_follower(rank: int, world: int, init_method: str, source: PairSource, dtype: str, device_kind: str,
-                 timeout_s: float) -> None:
+                 timeout_s: float, draft_dtype: str | None = None) -> None:
     """Body of ranks 1..G-1: join, load this rank's shard and the draft, follow rank 0 until told to exit."""
     local_rank, local_world = local_placement(rank, world)
     if device_kind == "cpu":
@@ -55,7 +55,7 @@ def run_follower(rank: int, world: int, init_method: str, source: PairSource, dt
     device = rank_device(device_kind, local_rank, local_world)
     info = init_group(rank, world, device, init_method, timeout_s)
     try:
-        base, draft = _load_follower_models(source, dtype, Shard(rank, world), device)
+        base, draft = _load_follower_models(source, dtype, Shard(rank, world), device, draft_dtype)
         dist.barrier()
         follow(info, base, draft)
     finally:
@@ -78,7 +78,8 @@ class Ranks:
         self.info, self.pair, self.leader, self.procs, self._threads = info, pair, leader, procs, threads
 
     @classmethod
-    def start(cls, source: PairSource, dtype: str, device_kind: str, world: int, timeout_s: float) -> "Ranks":
+    def start(cls, source: PairSource, dtype: str, device_kind: str, world: int, timeout_s: float,
+              draft_dtype: str | None = None) -> "Ranks":
         if dist.is_initialized():
             raise ValueError("this process already runs a multi-device session (one process group per "
                              "process): close it before opening another")
@@ -97,14 +98,14 @@ class Ranks:
             ctx = mp.get_context("spawn")
             for rank in range(1, world):
                 p = ctx.Process(target=_spawned_follower, daemon=True, name=f"easyspec-rank{rank}",
-                                args=(rank, world, init_method, source, dtype, device_kind, timeout_s))
+                                args=(rank, world, init_method, source, dtype, device_kind, timeout_s, draft_dtype))
                 p.start()
                 procs.append(p)
         try:
             if device_kind == "cpu":
                 torch.set_num_threads(cpu_threads_per_rank(local_world))
             info = init_group(0, world, device, init_method, timeout_s)
-            pair = load_pair(source, dtype, shard=Shard(0, world), torch_device=device)
+            pair = load_pair(source, dtype, shard=Shard(0, world), torch_device=device, draft_dtype=draft_dtype)
             dist.barrier()
             leader = Leader(info, pair.base.decoder, pair.draft.decoder if pair.draft else None)
         except BaseException as exc:

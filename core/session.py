@@ -21,7 +21,8 @@ import torch
 from .decoder import DecoderConfig
 from .engine import SpecConfig, Stopping, check_prompt, generate
 from .grouping import largest_group
-from .loading import PairSource, load_pair, parse_device, parse_dtype, resolve_pair
+from .loading import PairSource, load_draft, load_pair, parse_device, parse_dtype, resolve_pair
+from .quantize import check_draft_dtype
 from .records import RoundRecord
 from .sampling import check_finite
 from .text import encode_prompt
@@ -62,14 +63,16 @@ class SessionInfo:
     draft_layers: int | None
     base_layers: int
     context_window: int
+    draft_dtype: str | None = None  # the draft's precision (quantize.DRAFT_DTYPES); None without a draft
 
 
 class Session:
     """Use as a context manager (or call close()) so that worker ranks are shut down."""
 
     def __init__(self, source: PairSource, dtype: str = "float32", device: str = "cpu", devices: int = 1,
-                 timeout_s: float = 60.0, memory_budget_mb: float | None = None):
+                 timeout_s: float = 60.0, memory_budget_mb: float | None = None, draft_dtype: str | None = None):
         parse_dtype(dtype)
+        self.draft_dtype = check_draft_dtype(draft_dtype or dtype)
         if devices < 1:
             raise ValueError(f"--devices must be >= 1; got {devices}")
         if devices == 1:
@@ -95,26 +98,41 @@ class Session:
     @classmethod
     def open(cls, pair: str | None = None, base: str | None = None, draft: str | None = None,
              dtype: str = "float32", device: str = "cpu", with_draft: bool = True, devices: int = 1,
-             timeout_s: float = 60.0, memory_budget_mb: float | None = None) -> "Session":
-        return cls(resolve_pair(base, draft, pair, with_draft), dtype, device, devices, timeout_s, memory_budget_mb)
+             timeout_s: float = 60.0, memory_budget_mb: float | None = None,
+             draft_dtype: str | None = None) -> "Session":
+        return cls(resolve_pair(base, draft, pair, with_draft), dtype, device, devices, timeout_s, memory_budget_mb,
+                   draft_dtype)
 
     def _start(self) -> None:
         if self.devices == 1:
-            self.pair = load_pair(self.source, self.dtype, self.device)
+            self.pair = load_pair(self.source, self.dtype, self.device, draft_dtype=self.draft_dtype)
             self.base = self.pair.base.decoder
             self.draft = self.pair.draft.decoder if self.pair.draft else None
             self.runtime = None
         else:
             from .ranks import Ranks
 
-            self.ranks = Ranks.start(self.source, self.dtype, self.device, self.devices, self.timeout_s)
+            self.ranks = Ranks.start(self.source, self.dtype, self.device, self.devices, self.timeout_s,
+                                     self.draft_dtype)
             self.pair, leader = self.ranks.pair, self.ranks.leader
             self.base, self.draft, self.runtime = leader.base, leader.draft, leader
         self.tokenizer = self.pair.tokenizer
+        self._drafts = {self.draft_dtype: self.draft} if self.draft is not None else {}
         self.info = SessionInfo(
             base=self.source.base_name, draft=self.source.draft_name, dtype=self.dtype, device=self.device,
             devices=self.devices, draft_layers=self.draft.cfg.n_layers if self.draft else None,
-            base_layers=self.base.cfg.n_layers, context_window=self.base.cfg.max_position)
+            base_layers=self.base.cfg.n_layers, context_window=self.base.cfg.max_position,
+            draft_dtype=self.draft_dtype if self.draft else None)
+
+    def draft_for(self, cfg: SpecConfig):
+        """The draft decoder at the run's precision (cfg.draft_dtype, "" = the session's): another precision
+        is loaded from the same checkpoint on first use and kept (one device only)."""
+        name = cfg.draft_dtype or self.draft_dtype
+        if cfg.mode == "vanilla" or self.draft is None or name in self._drafts:
+            return self._drafts.get(name, self.draft)
+        assert self.devices == 1, "checked in _check"
+        self._drafts[name] = load_draft(self.source.draft_dir, name, self.base.device)
+        return self._drafts[name]
 
     def fp32_base(self):
         """The base in fp32 from the same weights, for classifying greedy differences (lossless.py); built on
@@ -183,6 +201,10 @@ class Session:
     def _check(self, cfg: SpecConfig, prompt_ids: Sequence[int]) -> None:  # cfg already resolved
         if cfg.mode != "vanilla" and self.draft is None:
             raise ValueError(f"mode {cfg.mode} needs a draft model, and this session loaded none")
+        if cfg.mode != "vanilla" and cfg.draft_dtype not in ("", self.draft_dtype) and self.devices > 1:
+            raise ValueError(f"draft precision {cfg.draft_dtype} differs from the session's {self.draft_dtype}: across "
+                             f"devices every rank holds the draft, so start the session with --draft-dtype "
+                             f"{cfg.draft_dtype}")
         if cfg.mode == "easyspec":
             size = largest_group(cfg.plan(self.info.draft_layers))
             if size > self.devices > 1:
@@ -197,7 +219,8 @@ class Session:
         """The tuning cache's key of this pair (its files do not change while the session holds them)."""
         if self.source.draft_dir is None:
             return None
-        return pair_key(self.source.base_dir, self.source.draft_dir, self.dtype)
+        dtype = self.dtype if self.draft_dtype == self.dtype else f"{self.dtype} draft {self.draft_dtype}"
+        return pair_key(self.source.base_dir, self.source.draft_dir, dtype)
 
     def tuning(self) -> TuneResult | None:
         key = self.pair_key
@@ -256,10 +279,9 @@ class Session:
         torch's out-of-memory error, so that a breach takes the same path as a real one."""
         if self.memory_budget_mb is None:
             return
-        dtype = parse_dtype(self.dtype)
-        need = kv_cache_bytes(self.base.cfg, tokens, dtype)
+        need = kv_cache_bytes(self.base.cfg, tokens, parse_dtype(self.dtype))
         if cfg.mode != "vanilla" and self.draft is not None:
-            need += kv_cache_bytes(self.draft.cfg, tokens, dtype)
+            need += kv_cache_bytes(self.draft.cfg, tokens, self.draft.dtype)
         if need > self.memory_budget_mb * 1e6:
             raise torch.OutOfMemoryError(f"the KV caches for {tokens} tokens need {need / 1e6:.1f} MB, over the "
                                          f"memory budget of {self.memory_budget_mb:g} MB set at start")
@@ -278,7 +300,8 @@ class Session:
             try:
                 self._check_budget(len(prompt_ids) + cfg.max_new_tokens, cfg)
                 started = True
-                yield from generate(self.base, self.draft, prompt_ids, cfg, stopping, self.runtime)
+                draft = self.draft_for(cfg)
+                yield from generate(self.base, draft, prompt_ids, cfg, stopping, self.runtime)
             except Exception as exc:
                 if out_of_memory(exc):
                     if self.ranks is not None and started:  # the other ranks may wait in a collective
