@@ -13,6 +13,8 @@ import os
 import sys
 from pathlib import Path
 
+from .logs import configure as configure_logging
+
 EXIT_USAGE = 2
 ON_LOW_HELP = ("warn | fallback (default warn): when the rolling acceptance rate stays under the alert line for 4 "
                "rounds, fallback drafts sequentially (N = 1, every-round calibration) from then on, and stops "
@@ -396,14 +398,18 @@ def _int_list(text: str, flag: str) -> tuple[int, ...]:
 def cmd_bench(args) -> int:
     if args.bench_command != "gpu":
         return _bench_pair(args)
-    from easyspec.core.gpu_bench import BenchConfig, main as bench_gpu  # torch only, no transformers
+    from easyspec.core.gpu_bench import BenchConfig, format_table, run, save  # torch only, no transformers
 
     cfg = BenchConfig(presets=tuple(p.strip() for p in args.presets.split(",") if p.strip()), device=args.device,
                       dtype=args.dtype, repeats=args.repeats, warmup=args.warmup, draft_len=args.draft_len,
                       context=args.context, layer_parallel=_int_list(args.layer_parallel, "--layer-parallel"),
                       cuda_graphs=not args.no_cuda_graphs, time_budget_s=args.time_budget_s, seed=args.seed,
                       out=args.out)
-    return bench_gpu(cfg)
+    result = run(cfg)
+    path = save(result, cfg.out)
+    print(f"easyspec: wrote {path} ({result['elapsed_s']:.1f} s)", file=sys.stderr)
+    print(format_table(result))  # last, on stdout; the progress went to stderr
+    return 0
 
 
 def _write_report(args, session, prompts, runs, grid, notes) -> None:
@@ -541,6 +547,7 @@ def _check_finite(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    configure_logging()  # core's progress and warnings: bare lines on stderr, as the commands' own
     args = build_parser().parse_args(argv)
     handlers = {"generate": cmd_generate, "cache": cmd_cache, "app": cmd_app, "bench": cmd_bench, "tune": cmd_tune}
     try:

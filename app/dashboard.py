@@ -25,6 +25,7 @@ from easyspec.core.i18n import text
 from . import compare_tab, explainer_tab, generate_tab, i18n, pilot_tab
 from .context import AppContext, AppOptions
 from .fields import name_input_errors
+from .logs import configure as configure_logging
 from .state import UserState
 
 # Gradio's own upload limit: above every screen's limit (a saved run: 50 MB), so that a file over a
@@ -118,6 +119,7 @@ def launch_settings(options: AppOptions, files_dir, routes: list | None = None) 
 
 def serve(options: AppOptions) -> int:
     """Load the session once, build the app and serve it until interrupted."""
+    configure_logging()  # the engine's progress and warnings go to the server log (stderr)
     if options.exposed and not options.auth:
         print("easyspec app: WARNING: other machines can reach this app and no login is required "
               "(add --auth-file FILE or --auth USER:PASSWORD)", file=sys.stderr)

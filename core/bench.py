@@ -17,8 +17,8 @@ from a results JSON alone.
 """
 from __future__ import annotations
 
+import logging
 import statistics
-import sys
 import time
 from dataclasses import asdict
 from typing import Callable, Sequence
@@ -31,10 +31,7 @@ from .records import RoundRecord, record_from_dict, record_to_dict
 from .sampling import SamplingConfig
 
 Progress = Callable[[str], None]
-
-
-def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+logger = logging.getLogger(__name__)
 
 
 def raw_rounds(records: Sequence[RoundRecord], spans: bool = False) -> list[dict]:
@@ -80,7 +77,7 @@ def _verdicts(summary: dict) -> dict[str, int] | None:
 
 def acceptance(session, prompts: Sequence[str], layer_parallel: Sequence[int], calibration: Sequence[str],
                draft_len: int, max_new_tokens: int, temperatures: Sequence[float] = (0.0, 0.8), seed: int = 0,
-               progress: Progress = _stderr, keep: list | None = None, tree_depth: int = 0, tree_width: int = 4,
+               progress: Progress = logger.info, keep: list | None = None, tree_depth: int = 0, tree_width: int = 4,
                adaptive: bool = False) -> dict:
     """{"rows": one per (temperature, N, policy, drafting), "runs": the raw runs they come from}; N = 1
     is added as the reference when missing. `keep` receives (grid, runs) per temperature, for a report."""
@@ -174,7 +171,7 @@ def _hf_assisted(base, draft, ids: list[int], max_new_tokens: int, eos: list[int
 
 
 def speed(session, prompts: Sequence[str], settings: dict[str, SpecConfig], repeats: int, max_new_tokens: int,
-          with_transformers: bool = True, draft_len: int = 5, progress: Progress = _stderr,
+          with_transformers: bool = True, draft_len: int = 5, progress: Progress = logger.info,
           keep: list | None = None, assistant_dtypes: Sequence[str] = ()) -> dict:
     """Per setting: median tokens/s and median speedup over vanilla (per prompt and repeat), equality;
     "runs" holds every measured run's raw data, from which `speed_rows` computes the rows.

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import platform
 import statistics
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,6 +32,7 @@ from .grouping import describe, layer_groups
 from .sampling import check_finite
 
 SCHEMA = "easyspec.gpu_bench/1"
+logger = logging.getLogger(__name__)
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 NOTES = (
     "Timing: each repeat starts on an idle device (synchronize), then CUDA events (CPU: perf_counter_ns) "
@@ -226,7 +227,7 @@ def time_ms(fn: Callable[[], torch.Tensor], device: torch.device, warmup: int,
 
 
 class _Bench:
-    """One run: the clock against the time budget, the measurement list, progress on stderr."""
+    """One run: the clock against the time budget, the measurement list, progress through `log`."""
 
     def __init__(self, cfg: BenchConfig, device: torch.device, log: Callable[[str], None]):
         self.cfg, self.device, self.log = cfg, device, log
@@ -358,7 +359,7 @@ def _device_info(device: torch.device) -> dict:
     return {"type": "cpu", "name": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
 
 
-def run(cfg: BenchConfig, log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> dict:
+def run(cfg: BenchConfig, log: Callable[[str], None] = logger.info) -> dict:
     """Build each preset in turn (one on the device at a time), measure it, and derive the pair figures."""
     if cfg.device_type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is visible to torch on this machine (use --device cpu)")
@@ -447,11 +448,3 @@ def save(result: dict, out_dir: str | Path) -> Path:
     write_text_atomic(path, json.dumps(result, indent=1) + "\n")
     return path
 
-
-def main(cfg: BenchConfig) -> int:
-    """Run, save the JSON, print the table last on stdout (progress went to stderr)."""
-    result = run(cfg)
-    path = save(result, cfg.out)
-    print(f"easyspec: wrote {path} ({result['elapsed_s']:.1f} s)", file=sys.stderr)
-    print(format_table(result))
-    return 0

