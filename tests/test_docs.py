@@ -1,12 +1,15 @@
-"""Every reference to documentation can be followed from this repository alone.
+"""Every reference to documentation can be followed from this repository alone, and the README's map
+names every module.
 
 The method and the conventions live in `docs/`; code, tests, assets and results cite them as
 `docs/<page>.md#<section>`. These tests fail when a file points to notes outside the repository, when
 a cited page does not exist, or when a cited section is not a heading of that page (GitHub's
-anchor rule, as the links render on GitHub).
+anchor rule, as the links render on GitHub). The map in README.md ("What is here") names every
+module under its folder, one line each, and every module has a docstring.
 """
 from __future__ import annotations
 
+import ast
 import re
 import subprocess
 from pathlib import Path
@@ -20,6 +23,7 @@ OUTSIDE = (*(name + ".md" for name in ("EASYSPEC", "ANCHORS", "MODELS", "HOUSE_S
 DOC_REF = re.compile(r"docs/([\w.-]+\.md)(?:#([\w-]+))?")
 MD_LINK = re.compile(r"\]\(([\w.-]*\.md)?(?:#([\w-]+))?\)")  # [text](page.md#anchor) or [text](#anchor)
 HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
+MODULE_FOLDERS = ("core", "app", "visualizations", "benchmarks")
 
 
 def repo_files() -> list[Path]:
@@ -132,3 +136,62 @@ def test_method_covers(section):
                                      "offline-pair"])
 def test_conventions_cover(section):
     assert section in anchors(DOCS / "conventions.md")
+
+
+def map_of_readme() -> dict[str, list[list[str]]]:
+    """folder -> the names on each of its lines in README.md's "What is here" (`- `core/`:` then
+    `  - `decoder.py`: what it is`)."""
+    section = (ROOT / "README.md").read_text(encoding="utf-8").split("\n## What is here\n", 1)[1].split("\n## ", 1)[0]
+    folders: dict[str, list[list[str]]] = {}
+    folder = None
+    for line in section.splitlines():
+        if m := re.match(r"- `([\w/]+)/`", line):
+            folder = m.group(1)
+            folders[folder] = []
+        elif folder and (m := re.match(r"  - (.+?): ", line)):
+            folders[folder].append(re.findall(r"`([^`]+)`", m.group(1)))
+    return folders
+
+
+def files_under(folder: str) -> list[str]:
+    """The repository's files under `folder`, relative to it (caches and __init__.py left out)."""
+    paths = [p.relative_to(ROOT / folder).as_posix() for p in repo_files()
+             if p.is_relative_to(ROOT / folder) and "__pycache__" not in p.parts]
+    return sorted(p for p in paths if Path(p).name != "__init__.py")
+
+
+def mapped(folder: str) -> list[str]:
+    """What the map should name under `folder`: every module; in tests/ the helpers, not the test
+    files; in assets/ every file."""
+    files = files_under(folder)
+    if folder == "assets":
+        return files
+    return [f for f in files if f.endswith(".py") and not (folder == "tests" and Path(f).name.startswith("test_"))]
+
+
+@pytest.mark.parametrize("folder", [*MODULE_FOLDERS, "tests", "assets"])
+def test_readme_map_names_every_module_under_its_folder(folder):
+    lines = map_of_readme().get(folder)
+    assert lines is not None, f"README.md's map has no line for {folder}/"
+    named = [name for names in lines for name in names]
+    expected = mapped(folder)
+    assert len(expected) >= (2 if folder == "tests" else 4), expected
+    missing, stale = sorted(set(expected) - set(named)), sorted(set(named) - set(expected))
+    assert not missing and not stale, f"{folder}/: not in README.md's map: {missing}; named there but absent: {stale}"
+    if folder != "assets":
+        assert all(len(names) == 1 for names in lines), f"{folder}/: one module a line: {lines}"
+        assert len(named) == len(set(named)), f"{folder}/: named twice: {named}"
+
+
+def test_every_module_has_a_docstring():
+    modules = [f"{folder}/{name}" for folder in MODULE_FOLDERS for name in files_under(folder) if name.endswith(".py")]
+    modules += [f"{folder}/__init__.py" for folder in ("core", "app", "visualizations")]
+    modules += [f"tests/{name}" for name in mapped("tests")]
+    assert len(modules) > 60, modules
+    bare = [m for m in modules if not ast.get_docstring(ast.parse((ROOT / m).read_text(encoding="utf-8")))]
+    assert not bare, f"modules without a docstring (say what each is and is not): {bare}"
+
+
+def test_the_map_parser_reads_folders_and_modules():
+    folders = map_of_readme()
+    assert ["decoder.py"] in folders["core"] and ["cli.py"] in folders["app"], folders
