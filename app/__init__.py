@@ -1,1 +1,4 @@
-"""Entry points: the `easyspec` command line (`cli.py`) and the Gradio dashboard (`dashboard.py`)."""
+"""Entry points: the `easyspec` command line (`cli.py`) and the Gradio dashboard (`dashboard.py`).
+
+What it is not: part of the engine; nothing in `core/` imports from here.
+"""

@@ -6,6 +6,8 @@ column produced identical tokens (greedy decoding is lossless, so it should say 
 many columns differ by a rounding tie and how many by a real difference (a bug; `lossless.py`). API: `compare`.
 What the screen shows is written in the language of the switch (the handler's last input, `lang`);
 the JSON details stay English.
+What it is not: the decoding (each column is a session run) or a speed benchmark with repeats
+(`easyspec bench speed`).
 """
 from __future__ import annotations
 

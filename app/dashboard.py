@@ -6,6 +6,7 @@ at a time), so several browsers can share the app without loading models twice o
 rounds. Per-user data lives in `gr.State`. API endpoints for `gradio_client`: `generate`,
 `compare`, `pilot` (each takes a `prompt`), plus `replay`. `/metrics` serves the Prometheus
 metrics of the finished runs (core/exporter.py), behind the same login as the pages.
+What it is not: the screens' handlers (their own modules) or the engine; it holds no per-user data.
 """
 from __future__ import annotations
 

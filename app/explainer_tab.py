@@ -5,6 +5,7 @@ generate --save-run`) and switches to the user's own runs once they exist (refre
 tab is opened): sequential vs layer-parallel drafting as two real rounds on one time scale, what
 calibration fixes (acceptance with and without it), the greedy-equality evidence of the runs made
 so far, and what to measure in a pilot.
+What it is not: an animation drawn by hand: every figure comes from recorded rounds.
 """
 from __future__ import annotations
 

@@ -4,6 +4,7 @@ Handlers are generators that yield once per batch of rounds (at most once per ro
 work runs in a `DeviceJob` so that Stop ends the run within one round. API names: `generate`, `replay`.
 What the screen shows is written in the language of the switch (the handlers' last input, `lang`);
 the run files and the JSON details stay English.
+What it is not: the engine (`core.session`) or the drawing (`visualizations/`, through `live.py`).
 """
 from __future__ import annotations
 

@@ -3,6 +3,7 @@
 Generate, Compare and replay all feed records into a `LiveRun` as they arrive and draw from it;
 the drawing itself is done by the pure builders in `easyspec.visualizations`. What it draws is in
 the page's language (`lang`); `details()` stays English (it is data).
+What it is not: a handler (the screens own those) or a figure builder.
 """
 from __future__ import annotations
 

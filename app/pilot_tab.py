@@ -4,6 +4,7 @@ The evaluation itself is `core.pilot` (shared with `easyspec bench`); this scree
 prompts (a built-in set, an uploaded JSONL/CSV, or typed prompts), shows the estimated duration
 before the start, streams progress and results, draws the charts and offers CSV, JSON and Chrome
 trace downloads. API: `pilot` (its `prompt` parameter holds typed prompts, one per line).
+What it is not: the evaluation (`core.pilot`) or the report's content (`core.report`).
 """
 from __future__ import annotations
 

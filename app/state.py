@@ -3,6 +3,7 @@
 Nothing here is shared between users: the stop flags, the latest runs (for downloads, the round
 inspector and the How-it-works screen) and the log of greedy runs that serves as the evidence of
 output equality all live in one `UserState` per session.
+What it is not: the session or anything shared between users (`context.py` holds that).
 """
 from __future__ import annotations
 

@@ -6,6 +6,7 @@ tokens/s of vanilla vs speculative vs easyspec, all measured in this one process
 The JSON keeps every run's raw data ("runs": prompt, settings, token ids, every round, wall seconds)
 and its meta; the rows and the Markdown table are computed from those runs (`rows_from_runs`).
 Writes results/engine_baseline.md and .json. Run: python benchmarks/engine_baseline.py
+What it is not: part of the test suite, or a multi-device measurement (`devices_cpu.py`).
 """
 from __future__ import annotations
 

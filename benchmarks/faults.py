@@ -5,6 +5,7 @@ The same faults are asserted by tests/test_faults.py (app and command line); thi
 what happened, for the results file. Multi-device faults use a Session with G = 2 CPU ranks.
 Every row is one measured run; `CRITERIA` (fixed here, written to OUT.json before the first fault)
 says what each fault must end in, and each row's `passed` is computed from its measured fields.
+What it is not: the tests (tests/test_faults.py asserts; this records) or a load test (`load.py`).
 
     python benchmarks/faults.py --out results/reliability_faults
 """

@@ -14,6 +14,8 @@ Every result keeps its raw data under "runs" (each run's prompt, settings, emitt
 seconds and every round as saved by `records.record_to_dict`, spans left out) and its table rows are
 computed from those runs by `acceptance_rows` / `speed_rows`, so `rows_from_runs` rebuilds them
 from a results JSON alone.
+What it is not: the per-phase latency benchmark (`gpu_bench.py`) or the pilot (`pilot.py`); it prints
+nothing (progress goes to the caller's callback, else to this module's logger).
 """
 from __future__ import annotations
 

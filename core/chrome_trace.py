@@ -4,6 +4,7 @@ One process per rank, one thread per lane (phase family), complete events (`ph: 
 microseconds, names and colours by phase, a counter of tokens emitted per round, and a flow
 arrow from each round's last draft span to the verify that consumed it (docs/conventions.md#chrome-trace-format).
 Concurrent spans (a verify and the all-reduces inside it) sit on separate lanes.
+What it is not: a tracer (the spans come from `tracing.py` through the records) or a viewer.
 """
 from __future__ import annotations
 

@@ -6,6 +6,8 @@ each range is one draft step (a range of one layer runs exactly). Two ways to ge
   the middle layers are cut into groups of N from the first middle layer on, and a shorter leftover
   group at the end still runs in parallel. N = 1 is ordinary sequential drafting.
 - an explicit plan in the `--groups` notation, "0|1-4|5-8|...|23" (what the auto-tuner writes).
+What it is not: the drafting itself (`decoder.py`, `engine.py`) or the search for a good plan
+(`tuning.py`).
 """
 from __future__ import annotations
 

@@ -4,6 +4,7 @@ AR = accepted / drafted. AL (mean accepted length) = tokens emitted per drafting
 or bonus token included. Per-position acceptance = rounds that accepted position i / rounds that
 drafted position i. Speed figures use the records' end times on the run's clock. Memory figures
 are the run's own (tracing.RunMemory): its peak, its reading at the start and the growth between.
+What it is not: a measurement (it reads the records only) or the Prometheus export (`exporter.py`).
 """
 from __future__ import annotations
 

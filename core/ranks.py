@@ -5,6 +5,8 @@ Either this process spawns ranks 1..G-1 on this machine (`--devices G`) and beco
 Faults end in a `DistributedError` on rank 0 within the collective timeout: a rank that dies
 closes its connections (noticed at once), a rank that hangs trips the timeout; then every rank is
 stopped and nothing is left running.
+What it is not: the tensor-parallel protocol (`parallel.py`) or the session that uses the ranks
+(`session.py`).
 """
 from __future__ import annotations
 

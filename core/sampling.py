@@ -4,6 +4,8 @@ Greedy: accept the longest prefix where draft token == argmax p, then emit argma
 the first mismatch, bonus after the last draft). Sampling (Leviathan et al. 2023, Chen et al. 2023):
 accept draft x with probability min(1, p(x) / q(x)); on rejection sample from norm(max(p - q, 0));
 if all k are accepted sample the bonus from p. Temperature, top-k and top-p shape both p and q.
+What it is not: the round loop that drafts and calls these (`engine.py`) or tree verification
+(`tree.py`).
 """
 from __future__ import annotations
 

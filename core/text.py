@@ -3,6 +3,7 @@
 The user's text is always tokenized as plain text: a control token typed into a prompt (`<|im_end|>`,
 `<|im_start|>`, ...) becomes the ordinary tokens of its characters, so it cannot end the user's
 turn or open a new one. Only the chat template's own markup becomes special tokens.
+What it is not: a tokenizer (it wraps the model's own) or the stop-string rule (`engine.Stopping`).
 """
 from __future__ import annotations
 

@@ -4,6 +4,8 @@ and the rolling acceptance rate with its alert line.
 Per-position acceptance (vLLM's definition, docs/conventions.md#per-position-acceptance): rounds that accepted draft position i /
 rounds that drafted position i. The histogram counts rounds by how many drafts the base accepted.
 Prefill and vanilla rounds draft nothing and are left out.
+What it is not: the alert's rule (`core.monitor` decides when acceptance has collapsed); this
+only draws it.
 """
 from __future__ import annotations
 

@@ -4,6 +4,7 @@ Pure functions returning HTML strings with inline styles (they render the same a
 follow the metric definitions of `core.metrics` (AR, AL as docs/conventions.md#metrics defines them). A `lang`
 argument translates the words a person reads (labels, hints) through the translation table; the
 `data-*` attributes stay English for scripts and tests.
+What it is not: a Gradio component: plain strings, no gradio import.
 """
 from __future__ import annotations
 

@@ -3,6 +3,7 @@
 Okabe & Ito (2008) chose these eight colours to stay distinguishable under the common forms of
 colour blindness. Token origins and timeline phases each get one colour; where two meanings must
 also survive a greyscale print, the token colouring adds an underline style as a second cue.
+What it is not: the dashboard's theme (Gradio's, set in `app/dashboard.py`).
 """
 from __future__ import annotations
 

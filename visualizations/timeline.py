@@ -9,6 +9,8 @@ A long run holds tens of thousands of layer spans, far below one pixel each at f
 there are more than `max_bars`, neighbouring spans of the same phase, device and round that are
 closer than the display resolution are merged (the hover says how many); the Chrome trace keeps
 every span.
+What it is not: a tracer (the spans come from the records, `core.tracing`) or the trace file
+(`core.chrome_trace`).
 """
 from __future__ import annotations
 

@@ -2,6 +2,7 @@
 
 The figure builders write English; `translate_figure` swaps every string the translation table
 (`core.i18n`) knows, so the builders stay language-free. Hover texts stay English.
+What it is not: the translation table (`core.i18n` holds it) or a translator of free text.
 """
 from __future__ import annotations
 
