@@ -19,6 +19,7 @@ import statistics
 import sys
 from pathlib import Path
 
+from easyspec.app.logs import configure as configure_logging
 from easyspec.core import metrics
 from easyspec.core.bench import git_commit, machine, pair_text, raw_run, records_from_raw
 from easyspec.core.engine import SpecConfig
@@ -161,6 +162,7 @@ def markdown(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    configure_logging()  # core's progress (the offline pair's first preparation) on stderr
     import torch
     import transformers
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 import transformers
 
+from easyspec.app.logs import configure as configure_logging
 from easyspec.core import metrics
 from easyspec.core.bench import ar_al, git_commit, machine, pair_text, raw_run, records_from_raw
 from easyspec.core.engine import SpecConfig, Stopping, generate
@@ -153,6 +154,7 @@ def rebuild_markdown(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    configure_logging()  # core's progress (the offline pair's first preparation) on stderr
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--dtypes", default="float32,bfloat16")
     ap.add_argument("--max-new-tokens", type=int, default=48)

@@ -13,6 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from easyspec.app.logs import configure as configure_logging
 from easyspec.core.files import write_text_atomic
 from easyspec.core.loading import resolve_pair
 from easyspec.core.pilot import PilotGrid, PilotProgress, PilotRun, run_pilot
@@ -38,6 +39,7 @@ def screenshot(html: Path, png: Path) -> None:
 
 
 def main() -> int:
+    configure_logging()  # core's progress (the offline pair's first preparation) on stderr
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--prompts", default="code")
     ap.add_argument("--limit", type=int, default=3)

@@ -35,6 +35,7 @@ from typing import Iterator
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
+from easyspec.app.logs import configure as configure_logging  # noqa: E402
 from easyspec.core.files import write_text_atomic  # noqa: E402
 
 PY = sys.executable
@@ -215,6 +216,7 @@ def run_step(step: Step, out: Path, work: Path, lock: str | None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    configure_logging()  # core's progress (the offline pair's first preparation) on stderr
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny arguments, into a temporary folder (a smoke run)")
     p.add_argument("--out", help="output folder (default results/, or a temporary folder with --quick)")
