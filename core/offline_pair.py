@@ -247,10 +247,19 @@ def _bytes(path: Path) -> int:
     return sum(p.lstat().st_size for p in path.rglob("*") if p.is_file() or p.is_symlink())
 
 
+QUANTIZED = "quantized"  # quantize.cache_dir: drafts' packed int8/int4 weights, derived from the pairs
+
+
 def _groups(root: Path) -> list[Path]:
-    """The folders this module owns under `root`: one per offline pair, plus gguf/."""
-    return [root / n for n in [*OFFLINE_PAIRS, "gguf"]
+    """The folders easyspec's models own under `root`: one per offline pair, gguf/ and quantized/."""
+    return [root / n for n in [*OFFLINE_PAIRS, "gguf", QUANTIZED]
             if (root / n).is_dir() and not (root / n).is_symlink()]
+
+
+def _complete(entry: Path) -> bool:
+    if entry.parent.name == QUANTIZED:  # quantize.save_cache writes meta.json (with the checksum) last
+        return (entry / "meta.json").is_file()
+    return (entry / MARKER).is_file() if entry.is_dir() else entry.suffix == ".gguf"
 
 
 def cache_info() -> dict:
@@ -259,15 +268,14 @@ def cache_info() -> dict:
     Only this module's folders are listed and counted; anything else under the root is ignored.
     """
     root = cache_root()
-    entries = [{"name": str(p.relative_to(root)), "path": str(p), "bytes": _bytes(p),
-                "complete": (p / MARKER).is_file() if p.is_dir() else p.suffix == ".gguf"}
+    entries = [{"name": str(p.relative_to(root)), "path": str(p), "bytes": _bytes(p), "complete": _complete(p)}
                for g in _groups(root) for p in sorted(g.iterdir())]
     return {"root": str(root), "exists": root.is_dir(),
             "total_bytes": sum(_bytes(g) for g in _groups(root)), "entries": entries}
 
 
 def clear_cache() -> int:
-    """Delete what this module wrote under cache_root() (pair folders, gguf/); bytes freed.
+    """Delete easyspec's models under cache_root() (pair folders, gguf/, quantized/); bytes freed.
 
     Only those names are removed, so a root pointed at a shared folder loses nothing else.
     """

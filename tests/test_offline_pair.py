@@ -207,13 +207,19 @@ def test_cache_info_and_clear_cache(tmp_path, cache):
     (draft / op.MARKER).write_text("x" * 10)
     (base / "config.json").write_bytes(b"\0" * 50)  # interrupted: no marker
     (gguf / "m.gguf").write_bytes(b"\0" * 30)
+    quantized = cache / "quantized"
+    (quantized / "k1").mkdir(parents=True)  # a whole entry (quantize.save_cache) and one cut short
+    (quantized / "k1" / "weights.safetensors").write_bytes(b"\0" * 40)
+    (quantized / "k1" / "meta.json").write_text("{}")
+    (quantized / "k2").mkdir()
+    (quantized / "k2" / "weights.safetensors").write_bytes(b"\0" * 8)
     (cache / "other_tool").mkdir()  # not ours: must survive clear_cache
     (cache / "other_tool" / "notes.txt").write_text("1234567")
     outside = tmp_path / "outside.bin"
     outside.write_bytes(b"\0" * 9)
 
     info = op.cache_info()
-    assert info["root"] == str(cache) and info["exists"] and info["total_bytes"] == 190
+    assert info["root"] == str(cache) and info["exists"] and info["total_bytes"] == 240
     by_name = {e["name"]: e for e in info["entries"]}
     assert by_name == {
         "gguf/m.gguf": {"name": "gguf/m.gguf", "path": str(gguf / "m.gguf"), "bytes": 30,
@@ -222,9 +228,11 @@ def test_cache_info_and_clear_cache(tmp_path, cache):
                                "complete": False},
         "qwen2.5-coder/draft": {"name": "qwen2.5-coder/draft", "path": str(draft),
                                 "bytes": 110, "complete": True},
+        "quantized/k1": {"name": "quantized/k1", "path": str(quantized / "k1"), "bytes": 42, "complete": True},
+        "quantized/k2": {"name": "quantized/k2", "path": str(quantized / "k2"), "bytes": 8, "complete": False},
     }
 
-    assert op.clear_cache() == 190
+    assert op.clear_cache() == 240
     assert [p.name for p in cache.iterdir()] == ["other_tool"]
     assert outside.read_bytes() == b"\0" * 9
     assert op.clear_cache() == 0
