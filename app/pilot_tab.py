@@ -167,6 +167,7 @@ def make_handlers(ctx: AppContext):
                 elif isinstance(item, PilotRun):
                     rows.append(item.row)
                     kept.append(item)
+                    ctx.exporter.record_run(item.records, item.setting.config.as_dict(), item.row["greedy_check"])
                     i = item.prompt_index
                     if i not in prompt_ids:
                         prompt_ids[i] = session.encode(prompts[i], grid.chat)

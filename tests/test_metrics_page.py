@@ -185,3 +185,28 @@ def test_grafana_dashboard_reads_the_exported_names(decoders):
     assert {"Acceptance rate", "Mean accepted length", "Per-position acceptance", "Tokens/s", "Phase split"} <= titles
     assert all(p["datasource"]["uid"] == "${DS_PROMETHEUS}" for p in dash["panels"])
     assert [v["name"] for v in dash["templating"]["list"]] == ["mode", "plan"]
+
+
+def test_pilot_runs_are_counted_with_their_greedy_checks(launched):
+    """A Pilot screen run adds each of its runs (vanilla first on each prompt), with the greedy comparison."""
+    from easyspec.app.pilot_tab import make_handlers
+    from easyspec.app.state import UserState
+
+    ctx, url = launched
+    before = _samples(_get(f"{url}/metrics", _basic(*LOGIN))[1])
+    pilot = make_handlers(ctx)[1]
+    views = list(pilot("The quick brown fox", "typed prompts", "code", 1, [2], ["every-round"], [3], False, 8, True,
+                       0, state=UserState(), lang="en"))
+    assert views[-1][0].startswith("**Done**"), views[-1][0]
+    after = _samples(_get(f"{url}/metrics", _basic(*LOGIN))[1])
+
+    def added(name, **labels):
+        return _value(after, name, **labels) - _value(before, name, **labels)
+
+    easyspec = dict(mode="easyspec", plan=plan_label(SpecConfig(layer_parallel=2, calibration="every-round",
+                                                                draft_len=3).as_dict(), ctx.info.draft_layers))
+    assert added("easyspec:requests_total", mode="vanilla", plan="none") == 1
+    assert added("easyspec:requests_total", **easyspec) == 1
+    assert added("easyspec:generation_tokens_total", **easyspec) == 8
+    assert added("easyspec:greedy_checks_total", **easyspec, outcome="equal") == 1
+
