@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import math
 import sys
 
 import gradio as gr
@@ -98,9 +99,13 @@ def metrics_route(ctx: AppContext) -> Route:
 
 
 def queue_depth(demo: gr.Blocks) -> float:
-    """Events waiting for or holding the device (Gradio's queue for concurrency id "device")."""
+    """Events waiting for or holding the device (Gradio's queue for concurrency id "device", made at
+    launch); NaN, Prometheus's "unknown", where that queue is not found (another Gradio's internals)."""
     q = getattr(getattr(demo, "_queue", None), "event_queue_per_concurrency_id", {}).get("device")
-    return float(len(q.queue) + q.current_concurrency) if q is not None else 0.0
+    try:
+        return float(len(q.queue) + q.current_concurrency)
+    except (AttributeError, TypeError):
+        return math.nan
 
 
 def launch_settings(options: AppOptions, files_dir, routes: list | None = None) -> dict:
