@@ -132,3 +132,23 @@ def test_cli_names_the_fallback_in_its_summary(capsys, pair_dirs):
     assert ", fallback: sequential drafting (N = 1, every-round calibration) after round " in err.splitlines()[-1]
     assert main(common + ["--on-low-acceptance", "retry"]) == 2
     assert "--on-low-acceptance 'retry': choose one of warn, fallback" in capsys.readouterr().err
+
+
+def test_fallback_on_two_cpu_ranks_keeps_vanillas_tokens(pair_dirs):
+    """The multi-device form: the switch to sequential drafting (groups of one layer, announced to the other
+    rank) and then to none, on two gloo ranks, with the tokens of single-device vanilla."""
+    from easyspec.core.loading import resolve_pair
+    from easyspec.core.session import Session
+
+    base, draft = pair_dirs["qwen2"]
+    source = resolve_pair(str(base), str(draft))
+    settings = dict(mode="easyspec", groups="0-1|2-3|4-5|6-7", calibration="none", draft_len=5, max_new_tokens=120,
+                    expected_acceptance=0.9, on_low_acceptance="fallback", base_token_s=1e-9)
+    with Session(source) as one:
+        ref = tokens_of(one.generate(PROMPT, SpecConfig(mode="vanilla", max_new_tokens=120)))
+    with Session(source, devices=2) as two:
+        records = list(two.generate(PROMPT, SpecConfig(**settings)))
+    seq, off = _switch(records, SEQUENTIAL), _switch(records, OFF)
+    assert seq is not None and off is not None and seq < off, [r.flags for r in records]
+    assert all(not r.drafted for r in records[off + 1:]) and tokens_of(records) == ref
+    assert {sp.rank for r in records for sp in r.spans} == {0, 1}
