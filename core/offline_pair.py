@@ -110,7 +110,8 @@ def piece_paths(spec: GgufModelSpec) -> list[Path]:
     return paths
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """A file's sha256, read in 16 MiB chunks (the pieces, the joined GGUF, quantize's cache entries)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
@@ -143,7 +144,7 @@ def ensure_gguf(spec: GgufModelSpec, gguf_dir: Path, progress: Progress) -> Path
     out = gguf_dir / spec.gguf_file
     if out.is_file():
         progress(f"verifying {out.name} ({out.stat().st_size / _MB:.0f} MB)")
-        if _sha256(out) == spec.sha256:
+        if sha256_file(out) == spec.sha256:
             return out
         progress(f"verifying {out.name}: sha256 mismatch, deleting it and joining again")
         out.unlink()

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from .offline_pair import QUANTIZED, cache_root, sha256_file
+
 logger = logging.getLogger(__name__)
 
 FLOAT_DTYPES = ("float32", "bfloat16")
@@ -147,14 +149,7 @@ def cache_key(folder: Path, scheme: str, device: torch.device) -> str:
 
 
 def cache_dir(key: str) -> Path:
-    from .offline_pair import cache_root
-
-    return cache_root() / "quantized" / key
-
-
-def _file_sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+    return cache_root() / QUANTIZED / key
 
 
 def _flatten(layers: dict[str, QuantLinear]) -> tuple[dict[str, torch.Tensor], dict]:
@@ -176,7 +171,7 @@ def save_cache(folder: Path, layers: dict[str, QuantLinear], scheme: str) -> Non
     with atomic_writer(folder / "weights.safetensors", "wb") as f:
         f.write(save(tensors))
     write_text_atomic(folder / "meta.json", json.dumps(
-        {"scheme": scheme, "layers": meta, "sha256": _file_sha256(folder / "weights.safetensors")}))
+        {"scheme": scheme, "layers": meta, "sha256": sha256_file(folder / "weights.safetensors")}))
 
 
 def load_cache(folder: Path, scheme: str, device: torch.device) -> dict[str, QuantLinear] | None:
@@ -185,7 +180,7 @@ def load_cache(folder: Path, scheme: str, device: torch.device) -> dict[str, Qua
 
     try:
         meta = json.loads((folder / "meta.json").read_text())
-        if meta["scheme"] != scheme or _file_sha256(folder / "weights.safetensors") != meta["sha256"]:
+        if meta["scheme"] != scheme or sha256_file(folder / "weights.safetensors") != meta["sha256"]:
             return None
         tensors = load_file(folder / "weights.safetensors", device=str(device))
         return {name: QuantLinear(m["kind"], tensors[f"{name}.q"], tensors[f"{name}.scale"], m["out"], m["in"],

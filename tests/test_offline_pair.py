@@ -98,7 +98,7 @@ def test_join_verify_convert_then_fast_path(tmp_path, cache, monkeypatch):
 
     # Fast path: no joining or hashing, even with the pieces gone.
     monkeypatch.setattr(op, "convert_gguf", must_not_convert)
-    monkeypatch.setattr(op, "_sha256", must_not_convert)
+    monkeypatch.setattr(op, "sha256_file", must_not_convert)
     monkeypatch.setattr(op, "piece_paths", must_not_convert)
     assert op.ensure_model(spec, dest, messages.append) == dest
 
