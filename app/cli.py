@@ -354,8 +354,8 @@ def _generate_in(session, spec, prompt: str, args) -> int:
     if m.run_peak_memory_bytes:
         summary += (f", {metrics.memory_label(m.memory_source)} {m.run_peak_memory_bytes / 2**30:.2f} GiB "
                     f"({metrics.GROWTH_LABEL} +{m.run_memory_growth_bytes / 2**20:.0f} MiB)")
-    if fallback_summary(records):
-        summary += f", {fallback_summary(records)}"
+    if fallback := fallback_summary(records):
+        summary += f", {fallback}"
     if args.check_lossless:
         summary += f", lossless {result['lossless']} ({check.describe()})"
     print(summary, file=sys.stderr)
@@ -434,7 +434,7 @@ def _bench_pair(args) -> int:
     from easyspec.core.session import Session
 
     sets = [name.strip() for name in args.prompts.split(",") if name.strip()]
-    if len(sets) > 1 or sets[0] in BUILTIN_SETS:  # the first LIMIT prompts of each built-in set
+    if len(sets) > 1 or sets[:1] and sets[0] in BUILTIN_SETS:  # the first LIMIT prompts of each built-in set
         unknown = [name for name in sets if name not in BUILTIN_SETS]
         if unknown:
             raise ValueError(f"--prompts: {unknown[0]!r} is not a built-in set ({', '.join(BUILTIN_SETS)}); a file "

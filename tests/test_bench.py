@@ -100,6 +100,8 @@ def test_bench_rejects_bad_settings(pair_dirs, capsys):
     base, draft = pair_dirs["qwen2"]
     code = main(["bench", "acceptance", "--base", str(base), "--draft", str(draft), "--prompts", "nope.jsonl"])
     assert code == 2 and "nope.jsonl" in capsys.readouterr().err
+    code = main(["bench", "acceptance", "--base", str(base), "--draft", str(draft), "--prompts", ","])  # no set named
+    assert code == 2 and "no such file" in capsys.readouterr().err
     code = main(["bench", "speed", "--base", str(base), "--draft", str(draft), "--calibration", "sometimes"])
     assert code == 2 and "unknown calibration policy" in capsys.readouterr().err
 
