@@ -25,6 +25,8 @@ import time
 from dataclasses import asdict
 from typing import Callable, Sequence
 
+import torch
+
 from .engine import SpecConfig
 from .metrics import compute, memory_label
 from .lossless import VERDICTS, compare_greedy, count_verdicts, same_column
@@ -145,13 +147,66 @@ def acceptance_rows(raw: Sequence[dict], draft_len: int) -> list[dict]:
     return rows
 
 
-def _hf_model(folder, dtype: str):
-    """transformers' own model from a checkpoint folder, in `dtype`."""
-    from transformers import AutoModelForCausalLM
+def _hf_model(folder, dtype: str, share=None):
+    """transformers' own model from a checkpoint folder, in `dtype`. With `share` (our Decoder of the same
+    checkpoint, float, in `dtype`, unsharded) its parameters are views of our decoder's stacked weights
+    instead of a second copy: the offline pair's fp32 base is about 7 GB, and two of them with the drafts
+    at four precisions exceed this 24 GB machine (measured: 21.6 GB resident before the first run)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
     from .loading import parse_dtype
 
-    return AutoModelForCausalLM.from_pretrained(folder, dtype=parse_dtype(dtype)).eval()
+    if share is None:
+        return AutoModelForCausalLM.from_pretrained(folder, dtype=parse_dtype(dtype)).eval()
+    config = AutoConfig.from_pretrained(folder)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=parse_dtype(dtype))
+    _share_weights(model, share)
+    # RoPE's inverse frequencies are computed at construction, which ran on the meta device.
+    rotary = model.model.rotary_emb
+    model.model.rotary_emb = type(rotary)(config=config)
+    try:  # as from_pretrained does: the checkpoint's generation defaults, where it has them
+        model.generation_config = GenerationConfig.from_pretrained(folder)
+    except OSError:
+        pass
+    return model.eval()
+
+
+def _share_weights(model, dec) -> None:
+    """Point every parameter of transformers' Llama-family model at the matching slice of our stacked weights."""
+    cfg, w = dec.cfg, dec.w
+    q, kv, f = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim, cfg.intermediate_size
+
+    def put(module, name: str, t) -> None:
+        if t is not None:
+            setattr(module, name, torch.nn.Parameter(t, requires_grad=False))
+
+    put(model.model.embed_tokens, "weight", w.embed)
+    put(model.model.norm, "weight", w.norm)
+    put(model.lm_head, "weight", w.lm_head)
+    for i, layer in enumerate(model.model.layers):
+        attn, mlp = layer.self_attn, layer.mlp
+        for proj, (a, b) in zip((attn.q_proj, attn.k_proj, attn.v_proj), ((0, q), (q, q + kv), (q + kv, q + 2 * kv))):
+            put(proj, "weight", w.wqkv[i, a:b])
+            put(proj, "bias", None if w.bqkv is None else w.bqkv[i, a:b])
+        put(attn.o_proj, "weight", w.wo[i])
+        put(attn.o_proj, "bias", None if w.bo is None else w.bo[i])
+        put(layer.input_layernorm, "weight", w.norm_in[i])
+        put(layer.post_attention_layernorm, "weight", w.norm_post[i])
+        put(mlp.gate_proj, "weight", w.w_gate_up[i, :f])
+        put(mlp.up_proj, "weight", w.w_gate_up[i, f:])
+        put(mlp.down_proj, "weight", w.w_down[i])
+        for proj, b in ((mlp.gate_proj, None if w.b_gate_up is None else w.b_gate_up[i, :f]),
+                        (mlp.up_proj, None if w.b_gate_up is None else w.b_gate_up[i, f:]),
+                        (mlp.down_proj, None if w.b_down is None else w.b_down[i])):
+            put(proj, "bias", b)
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta and "rotary" not in n]
+    assert not left, f"weights not shared with our decoder: {left[:3]}"
+
+
+def _float_whole(dec):
+    """Our decoder when transformers' model can share its weights (float, all layers), else None."""
+    return dec if dec is not None and isinstance(dec.w.wqkv, torch.Tensor) and dec.reduce is None else None
 
 
 ASSISTANT_KEYS = ("num_assistant_tokens", "num_assistant_tokens_schedule", "assistant_confidence_threshold")
@@ -191,12 +246,13 @@ def speed(session, prompts: Sequence[str], settings: dict[str, SpecConfig], repe
             return [t for r in records for t in r.token_ids], records[-1].end_ns / 1e9, records
         runners[label] = run
     if with_transformers:
-        hf_base = _hf_model(session.source.base_dir, session.info.dtype)
+        hf_base = _hf_model(session.source.base_dir, session.info.dtype, share=_float_whole(session.base))
         eos = sorted(session.pair.eos_ids)
         fixed = {"num_assistant_tokens": draft_len, "num_assistant_tokens_schedule": "constant",
                  "assistant_confidence_threshold": 0.0}
         for dtype in dict.fromkeys((session.info.dtype, *assistant_dtypes)):
-            hf_draft = _hf_model(session.source.draft_dir, dtype)
+            hf_draft = _hf_model(session.source.draft_dir, dtype,
+                                 share=_float_whole(session.draft) if dtype == session.draft_dtype else None)
             defaults = {key: getattr(hf_draft.generation_config, key) for key in ASSISTANT_KEYS}
             tag = "" if dtype == session.info.dtype else f" [{dtype} assistant]"
             for name, assistant in ((f"k={draft_len} constant", fixed), ("default", defaults)):

@@ -158,3 +158,31 @@ def test_bench_tables_are_computed_from_the_raw_runs_they_keep(pair_dirs, tmp_pa
             sum(len(d["token_ids"]) for d in rounds) / len(rounds), abs=1e-4)
         vanilla = {r["prompt_index"]: r["token_ids"] for r in data["runs"] if r["config"]["mode"] == "vanilla"}
         assert row["equal_to_vanilla"] == all(r["token_ids"] == vanilla[r["prompt_index"]] for r in runs)
+
+
+@pytest.mark.parametrize("family", ["qwen2", "llama"])
+def test_transformers_model_sharing_our_weights_equals_its_own_load(pair_dirs, family):
+    """The speed bench's transformers base shares our decoder's weights (no second copy in memory): its
+    parameters are views of our stacked tensors, and its logits equal transformers' own from_pretrained."""
+    import torch
+
+    from easyspec.core.bench import _hf_model
+    from easyspec.core.loading import load_decoder
+
+    base, _ = pair_dirs[family]
+    ours = load_decoder(base, torch.float32, torch.device("cpu"))
+    shared, own = _hf_model(base, "float32", share=ours), _hf_model(base, "float32")
+    ptrs = {ours.w.wqkv.untyped_storage().data_ptr(), ours.w.w_gate_up.untyped_storage().data_ptr(),
+            ours.w.wo.untyped_storage().data_ptr(), ours.w.w_down.untyped_storage().data_ptr(),
+            ours.w.embed.untyped_storage().data_ptr(), ours.w.lm_head.untyped_storage().data_ptr(),
+            ours.w.norm_in.untyped_storage().data_ptr(), ours.w.norm_post.untyped_storage().data_ptr(),
+            ours.w.norm.untyped_storage().data_ptr()} | (
+        set() if ours.w.bqkv is None else {ours.w.bqkv.untyped_storage().data_ptr()})
+    assert {p.untyped_storage().data_ptr() for p in shared.parameters()} <= ptrs
+    assert shared.generation_config.to_dict() == own.generation_config.to_dict()
+    ids = torch.tensor([[3, 17, 5, 9, 21, 4, 11]])
+    with torch.inference_mode():
+        torch.testing.assert_close(shared(ids).logits, own(ids).logits, rtol=0, atol=1e-5)
+        a = shared.generate(ids, do_sample=False, max_new_tokens=8, attention_mask=torch.ones_like(ids))
+        b = own.generate(ids, do_sample=False, max_new_tokens=8, attention_mask=torch.ones_like(ids))
+    assert a.tolist() == b.tolist()
