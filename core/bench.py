@@ -173,33 +173,27 @@ def _hf_model(folder, dtype: str, share=None):
 
 
 def _share_weights(model, dec) -> None:
-    """Point every parameter of transformers' Llama-family model at the matching slice of our stacked weights."""
-    cfg, w = dec.cfg, dec.w
-    q, kv, f = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim, cfg.intermediate_size
+    """Point every parameter of transformers' Llama-family model at the matching slice of our stacked weights
+    (loading.LAYER_PARTS: which checkpoint tensors each stacked weight holds, in order)."""
+    from .loading import LAYER_PARTS
 
     def put(module, name: str, t) -> None:
-        if t is not None:
-            setattr(module, name, torch.nn.Parameter(t, requires_grad=False))
+        setattr(module, name, torch.nn.Parameter(t, requires_grad=False))
 
+    w = dec.w
     put(model.model.embed_tokens, "weight", w.embed)
     put(model.model.norm, "weight", w.norm)
     put(model.lm_head, "weight", w.lm_head)
-    for i, layer in enumerate(model.model.layers):
-        attn, mlp = layer.self_attn, layer.mlp
-        for proj, (a, b) in zip((attn.q_proj, attn.k_proj, attn.v_proj), ((0, q), (q, q + kv), (q + kv, q + 2 * kv))):
-            put(proj, "weight", w.wqkv[i, a:b])
-            put(proj, "bias", None if w.bqkv is None else w.bqkv[i, a:b])
-        put(attn.o_proj, "weight", w.wo[i])
-        put(attn.o_proj, "bias", None if w.bo is None else w.bo[i])
-        put(layer.input_layernorm, "weight", w.norm_in[i])
-        put(layer.post_attention_layernorm, "weight", w.norm_post[i])
-        put(mlp.gate_proj, "weight", w.w_gate_up[i, :f])
-        put(mlp.up_proj, "weight", w.w_gate_up[i, f:])
-        put(mlp.down_proj, "weight", w.w_down[i])
-        for proj, b in ((mlp.gate_proj, None if w.b_gate_up is None else w.b_gate_up[i, :f]),
-                        (mlp.up_proj, None if w.b_gate_up is None else w.b_gate_up[i, f:]),
-                        (mlp.down_proj, None if w.b_down is None else w.b_down[i])):
-            put(proj, "bias", b)
+    for field, parts in LAYER_PARTS.items():
+        stacked = getattr(w, field)
+        for i in range(dec.cfg.n_layers if stacked is not None else 0):
+            start = 0
+            for part in parts:
+                path, name = f"model.layers.{i}.{part}".rsplit(".", 1)
+                module = model.get_submodule(path)
+                size = getattr(module, name).shape[0]
+                put(module, name, stacked[i, start:start + size])
+                start += size
     left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta and "rotary" not in n]
     assert not left, f"weights not shared with our decoder: {left[:3]}"
 

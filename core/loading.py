@@ -216,6 +216,22 @@ COL_SPLIT = ("self_attn.o_proj.weight", "mlp.down_proj.weight")
 ROOT_BIAS = ("self_attn.o_proj.bias", "mlp.down_proj.bias")  # added once, after the all-reduce
 
 
+# Each stacked per-layer weight of DecoderWeights and the checkpoint tensors of one layer
+# (`model.layers.{i}.` + part) it holds, concatenated along dim 0 in this order.
+LAYER_PARTS = {
+    "wqkv": tuple(f"self_attn.{p}_proj.weight" for p in "qkv"),
+    "bqkv": tuple(f"self_attn.{p}_proj.bias" for p in "qkv"),
+    "wo": ("self_attn.o_proj.weight",),
+    "bo": ("self_attn.o_proj.bias",),
+    "norm_in": ("input_layernorm.weight",),
+    "norm_post": ("post_attention_layernorm.weight",),
+    "w_gate_up": ("mlp.gate_proj.weight", "mlp.up_proj.weight"),
+    "b_gate_up": ("mlp.gate_proj.bias", "mlp.up_proj.bias"),
+    "w_down": ("mlp.down_proj.weight",),
+    "b_down": ("mlp.down_proj.bias",),
+}
+
+
 def load_decoder(folder: Path, dtype: torch.dtype, device: torch.device, shard: Shard | None = None) -> Decoder:
     """Our decoder with the checkpoint's weights; with `shard`, only that rank's tensor-parallel part
     (the embedding, norms and LM head stay whole on every rank)."""
@@ -257,22 +273,13 @@ def load_decoder(folder: Path, dtype: torch.dtype, device: torch.device, shard: 
             out[i] = t
         return out
 
-    attn = [f"self_attn.{p}_proj" for p in "qkv"]
-    mlp = ["mlp.gate_proj", "mlp.up_proj"]
     embed = read("model.embed_tokens.weight").to(dtype=dtype, device=device)
     tied = cfg.tie_word_embeddings or get("lm_head.weight") is None
+    present = {"bqkv": cfg.qkv_bias, "bo": cfg.o_bias, "b_gate_up": cfg.mlp_bias, "b_down": cfg.mlp_bias}
     weights = DecoderWeights(
         embed=embed,
-        wqkv=stack([f"{p}.weight" for p in attn]),
-        bqkv=stack([f"{p}.bias" for p in attn], bias=True) if cfg.qkv_bias else None,
-        wo=stack(["self_attn.o_proj.weight"]),
-        bo=stack(["self_attn.o_proj.bias"], bias=True) if cfg.o_bias else None,
-        norm_in=stack(["input_layernorm.weight"]),
-        norm_post=stack(["post_attention_layernorm.weight"]),
-        w_gate_up=stack([f"{p}.weight" for p in mlp]),
-        b_gate_up=stack([f"{p}.bias" for p in mlp], bias=True) if cfg.mlp_bias else None,
-        w_down=stack(["mlp.down_proj.weight"]),
-        b_down=stack(["mlp.down_proj.bias"], bias=True) if cfg.mlp_bias else None,
+        **{name: stack(list(parts), bias=name in present) if present.get(name, True) else None
+           for name, parts in LAYER_PARTS.items()},
         norm=read("model.norm.weight").to(dtype=dtype, device=device),
         lm_head=embed if tied else read("lm_head.weight").to(dtype=dtype, device=device),
     )

@@ -172,12 +172,7 @@ def test_transformers_model_sharing_our_weights_equals_its_own_load(pair_dirs, f
     base, _ = pair_dirs[family]
     ours = load_decoder(base, torch.float32, torch.device("cpu"))
     shared, own = _hf_model(base, "float32", share=ours), _hf_model(base, "float32")
-    ptrs = {ours.w.wqkv.untyped_storage().data_ptr(), ours.w.w_gate_up.untyped_storage().data_ptr(),
-            ours.w.wo.untyped_storage().data_ptr(), ours.w.w_down.untyped_storage().data_ptr(),
-            ours.w.embed.untyped_storage().data_ptr(), ours.w.lm_head.untyped_storage().data_ptr(),
-            ours.w.norm_in.untyped_storage().data_ptr(), ours.w.norm_post.untyped_storage().data_ptr(),
-            ours.w.norm.untyped_storage().data_ptr()} | (
-        set() if ours.w.bqkv is None else {ours.w.bqkv.untyped_storage().data_ptr()})
+    ptrs = {t.untyped_storage().data_ptr() for t in vars(ours.w).values() if t is not None}
     assert {p.untyped_storage().data_ptr() for p in shared.parameters()} <= ptrs
     assert shared.generation_config.to_dict() == own.generation_config.to_dict()
     ids = torch.tensor([[3, 17, 5, 9, 21, 4, 11]])
