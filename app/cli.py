@@ -1,6 +1,6 @@
 """The `easyspec` command line: `generate`, `tune` (layer plan and calibration), `bench`, `app`, `cache`.
 
-Every command consumes the engine's one record stream (`core.engine.generate`). Bad input ends in
+Every command consumes the engine's one record stream (`core.engine.loop.generate`). Bad input ends in
 one readable line on stderr and exit status 2, never a traceback (EASYSPEC_DEBUG=1 shows one).
 """
 from __future__ import annotations
@@ -242,8 +242,8 @@ def _read_prompt(args) -> str:
 
 
 def _configs(args):
-    from easyspec.core.engine import SpecConfig
-    from easyspec.core.sampling import SamplingConfig
+    from easyspec.core.engine.loop import SpecConfig
+    from easyspec.core.engine.sampling import SamplingConfig
 
     if args.devices < 1:
         raise ValueError(f"--devices must be >= 1; got {args.devices}")
@@ -260,15 +260,15 @@ def _configs(args):
     if args.base is None and args.draft is not None:
         raise ValueError("--draft needs --base")
     if args.draft_dtype is not None:
-        from easyspec.core.quantize import check_draft_dtype
+        from easyspec.core.models.quantize import check_draft_dtype
 
         check_draft_dtype(args.draft_dtype)
     return spec
 
 
 def cmd_generate(args) -> int:
-    from easyspec.core.loading import resolve_pair
-    from easyspec.core.ranks import launched_by_torchrun, run_follower
+    from easyspec.core.models.loading import resolve_pair
+    from easyspec.core.runtime.ranks import launched_by_torchrun, run_follower
     from easyspec.core.session import Session
 
     if launched_by_torchrun() and args.devices == 1:
@@ -287,15 +287,15 @@ def cmd_generate(args) -> int:
 
 
 def _generate_in(session, spec, prompt: str, args) -> int:
-    from easyspec.core import metrics
-    from easyspec.core.chrome_trace import write_chrome_trace
-    from easyspec.core.engine import SpecConfig
-    from easyspec.core.grouping import describe, largest_group
-    from easyspec.core.lossless import compare_greedy
-    from easyspec.core.monitor import (ALERT, OFF, SEQUENTIAL, alert_text, expectation, fallback_summary, likely_cause,
+    from easyspec.core.engine import metrics
+    from easyspec.core.engine.chrome_trace import write_chrome_trace
+    from easyspec.core.engine.loop import SpecConfig
+    from easyspec.core.engine.grouping import describe, largest_group
+    from easyspec.core.engine.lossless import compare_greedy
+    from easyspec.core.engine.monitor import (ALERT, OFF, SEQUENTIAL, alert_text, expectation, fallback_summary, likely_cause,
                                        rolling_acceptance)
-    from easyspec.core.records import RunHeader, save_run
-    from easyspec.core.text import TextStream
+    from easyspec.core.engine.records import RunHeader, save_run
+    from easyspec.core.models.text import TextStream
 
     prompt_ids = session.encode(prompt, args.chat)
     records = []
@@ -377,7 +377,7 @@ def cmd_app(args) -> int:
 
 
 def cmd_cache(args) -> int:
-    from easyspec.core.offline_pair import cache_info, clear_cache
+    from easyspec.core.models.offline_pair import cache_info, clear_cache
 
     if args.action == "clear":
         freed = clear_cache()
@@ -398,7 +398,7 @@ def _int_list(text: str, flag: str) -> tuple[int, ...]:
 def cmd_bench(args) -> int:
     if args.bench_command != "gpu":
         return _bench_pair(args)
-    from easyspec.core.gpu_bench import BenchConfig, format_table, run, save  # torch only, no transformers
+    from easyspec.core.evaluation.gpu_bench import BenchConfig, format_table, run, save  # torch only, no transformers
 
     cfg = BenchConfig(presets=tuple(p.strip() for p in args.presets.split(",") if p.strip()), device=args.device,
                       dtype=args.dtype, repeats=args.repeats, warmup=args.warmup, draft_len=args.draft_len,
@@ -414,7 +414,7 @@ def cmd_bench(args) -> int:
 
 def _write_report(args, session, prompts, runs, grid, notes) -> None:
     from easyspec.core.files import write_text_atomic
-    from easyspec.core.report import context_for
+    from easyspec.core.evaluation.report import context_for
     from easyspec.visualizations.report import pilot_report_html
 
     ctx = context_for(session, prompts, " ".join(["easyspec", *sys.argv[1:]]), notes=notes)
@@ -426,11 +426,11 @@ def _write_report(args, session, prompts, runs, grid, notes) -> None:
 
 def _bench_pair(args) -> int:
     """`bench acceptance` and `bench speed` on a real pair; JSON + Markdown under --out."""
-    from easyspec.core import bench
-    from easyspec.core.engine import SpecConfig
-    from easyspec.core.loading import resolve_pair
-    from easyspec.core.pilot import PilotGrid
-    from easyspec.core.prompt_sets import BUILTIN_SETS, builtin_prompts, read_prompt_file
+    from easyspec.core.evaluation import bench
+    from easyspec.core.engine.loop import SpecConfig
+    from easyspec.core.models.loading import resolve_pair
+    from easyspec.core.evaluation.pilot import PilotGrid
+    from easyspec.core.evaluation.prompt_sets import BUILTIN_SETS, builtin_prompts, read_prompt_file
     from easyspec.core.session import Session
 
     sets = [name.strip() for name in args.prompts.split(",") if name.strip()]
@@ -501,11 +501,11 @@ def _bench_pair(args) -> int:
 
 
 def cmd_tune(args) -> int:
-    from easyspec.core.loading import resolve_pair
-    from easyspec.core.prompt_sets import BUILTIN_SETS, builtin_prompts, read_prompt_file
+    from easyspec.core.models.loading import resolve_pair
+    from easyspec.core.evaluation.prompt_sets import BUILTIN_SETS, builtin_prompts, read_prompt_file
     from easyspec.core.session import Session
     from easyspec.core.files import write_text_atomic
-    from easyspec.core.tuning import TuneConfig, markdown, tuning_path
+    from easyspec.core.tuner.tuning import TuneConfig, markdown, tuning_path
 
     cfg = TuneConfig(tolerance=args.tolerance, max_group=args.max_group, draft_len=args.draft_len,
                      max_new_tokens=args.max_new_tokens, policies=not args.no_policies, exhaustive=args.exhaustive,
@@ -532,7 +532,7 @@ def _fault_message(exc: Exception) -> str | None:
     out of memory); None for anything else. Looked up lazily: `cache info` never imports torch."""
     if isinstance(exc, OSError) and exc.filename:
         return f"{exc.filename}: {exc.strerror or exc}"
-    kinds = tuple(getattr(sys.modules[m], n) for m, n in (("easyspec.core.parallel", "DistributedError"),
+    kinds = tuple(getattr(sys.modules[m], n) for m, n in (("easyspec.core.runtime.parallel", "DistributedError"),
                                                           ("easyspec.core.session", "DeviceMemoryError"))
                   if m in sys.modules)
     return str(exc) if kinds and isinstance(exc, kinds) else None

@@ -15,10 +15,10 @@ from typing import Callable
 
 import gradio as gr
 
-from easyspec.core.chrome_trace import write_chrome_trace
+from easyspec.core.engine.chrome_trace import write_chrome_trace
 from easyspec.core.i18n import tr
-from easyspec.core.parallel import DistributedError
-from easyspec.core.records import RunHeader, save_run
+from easyspec.core.runtime.parallel import DistributedError
+from easyspec.core.engine.records import RunHeader, save_run
 from easyspec.core.session import DeviceMemoryError
 
 from .context import AppContext

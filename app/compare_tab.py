@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from easyspec.core.engine import CALIBRATION_POLICIES, MODES
+from easyspec.core.engine.loop import CALIBRATION_POLICIES, MODES
 from easyspec.core.i18n import tr
-from easyspec.core.lossless import GreedyCheck, compare_greedy, count_verdicts, counts_text
+from easyspec.core.engine.lossless import GreedyCheck, compare_greedy, count_verdicts, counts_text
 from easyspec.visualizations.cards import badge_html, metric_cards_html
 from easyspec.visualizations.timeline import timeline_figure
 from easyspec.visualizations.tokens import tokens_html

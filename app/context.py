@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from easyspec.core.device_stats import DeviceMonitor
+from easyspec.core.runtime.device_stats import DeviceMonitor
 from easyspec.core.exporter import Exporter
-from easyspec.core.monitor import ON_LOW_ACCEPTANCE
-from easyspec.core.pilot import Throughput, measure_throughput
-from easyspec.core.quantize import check_draft_dtype
-from easyspec.core.records import RoundRecord, RunHeader, load_run
-from easyspec.core.sampling import check_finite
+from easyspec.core.engine.monitor import ON_LOW_ACCEPTANCE
+from easyspec.core.evaluation.pilot import Throughput, measure_throughput
+from easyspec.core.models.quantize import check_draft_dtype
+from easyspec.core.engine.records import RoundRecord, RunHeader, load_run
+from easyspec.core.engine.sampling import check_finite
 from easyspec.core.session import Session
 
 from .worker import on_thread
@@ -41,7 +41,7 @@ class AppOptions:
     base: str | None = None
     draft: str | None = None
     dtype: str = "float32"
-    draft_dtype: str | None = None  # the draft's own precision (core/quantize.py); None: the base's dtype
+    draft_dtype: str | None = None  # the draft's own precision (core/models/quantize.py); None: the base's dtype
     device: str = "cpu"
     allow_custom_models: bool = False
     share: bool = False

@@ -16,9 +16,9 @@ from typing import Sequence
 import gradio as gr
 
 from easyspec.core.i18n import check_lang, text, tr
-from easyspec.core.lossless import GreedyCheck, compare_greedy, count_verdicts, first_difference
-from easyspec.core.metrics import compute
-from easyspec.core.records import RoundRecord
+from easyspec.core.engine.lossless import GreedyCheck, compare_greedy, count_verdicts, first_difference
+from easyspec.core.engine.metrics import compute
+from easyspec.core.engine.records import RoundRecord
 from easyspec.visualizations.acceptance import acceptance_summary_figure
 from easyspec.visualizations.timeline import round_range_ms, timeline_figure
 from easyspec.visualizations.translate import translate_figure

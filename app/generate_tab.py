@@ -15,10 +15,10 @@ from dataclasses import dataclass, fields, replace
 
 import gradio as gr
 
-from easyspec.core.engine import CALIBRATION_POLICIES, MODES, SpecConfig
-from easyspec.core.grouping import largest_group
-from easyspec.core.monitor import ON_LOW_ACCEPTANCE, fallback_summary
-from easyspec.core.records import load_run
+from easyspec.core.engine.loop import CALIBRATION_POLICIES, MODES, SpecConfig
+from easyspec.core.engine.grouping import largest_group
+from easyspec.core.engine.monitor import ON_LOW_ACCEPTANCE, fallback_summary
+from easyspec.core.engine.records import load_run
 from easyspec.visualizations.acceptance import accepted_histogram_figure, per_position_figure, rolling_acceptance_figure
 from easyspec.visualizations.cards import device_panel_html, metric_cards_html
 from easyspec.visualizations.timeline import round_range_ms, timeline_figure

@@ -12,10 +12,10 @@ from typing import Iterable
 import html
 
 from easyspec.core.i18n import check_lang, tr
-from easyspec.core.metrics import Metrics, compute
-from easyspec.core.monitor import ALERT, alert_text, expectation, likely_cause, rolling_acceptance
-from easyspec.core.records import RoundRecord
-from easyspec.core.text import TextStream
+from easyspec.core.engine.metrics import Metrics, compute
+from easyspec.core.engine.monitor import ALERT, alert_text, expectation, likely_cause, rolling_acceptance
+from easyspec.core.engine.records import RoundRecord
+from easyspec.core.models.text import TextStream
 from easyspec.visualizations.acceptance import (accepted_histogram_figure, per_position_figure,
                                                 rolling_acceptance_figure)
 from easyspec.visualizations.cards import metric_cards_html

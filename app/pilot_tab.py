@@ -1,10 +1,10 @@
 """The Pilot screen: a batch evaluation over prompts x a settings grid, for ROI decisions.
 
-The evaluation itself is `core.pilot` (shared with `easyspec bench`); this screen picks the
+The evaluation itself is `core.evaluation.pilot` (shared with `easyspec bench`); this screen picks the
 prompts (a built-in set, an uploaded JSONL/CSV, or typed prompts), shows the estimated duration
 before the start, streams progress and results, draws the charts and offers CSV, JSON and Chrome
 trace downloads. API: `pilot` (its `prompt` parameter holds typed prompts, one per line).
-What it is not: the evaluation (`core.pilot`) or the report's content (`core.report`).
+What it is not: the evaluation (`core.evaluation.pilot`) or the report's content (`core.evaluation.report`).
 """
 from __future__ import annotations
 
@@ -13,17 +13,17 @@ from datetime import datetime, timezone
 
 import gradio as gr
 
-from easyspec.core.engine import CALIBRATION_POLICIES
+from easyspec.core.engine.loop import CALIBRATION_POLICIES
 from easyspec.core.i18n import check_lang, text, tr
 from easyspec.core.files import write_text_atomic
-from easyspec.core.lossless import VERDICTS
-from easyspec.core.pilot import (DEFAULT_PROMPTS, PilotGrid, PilotProgress, PilotRun, check_pilot, describe_seconds,
+from easyspec.core.engine.lossless import VERDICTS
+from easyspec.core.evaluation.pilot import (DEFAULT_PROMPTS, PilotGrid, PilotProgress, PilotRun, check_pilot, describe_seconds,
                                  estimate_seconds, pilot_json, rows_to_csv, run_pilot, summarise)
-from easyspec.core.projection import COMM_MODELS, project_pilot, session_shapes
-from easyspec.core.report import context_for
-from easyspec.core.prompt_sets import BUILTIN_SETS, builtin_prompts, read_prompt_file
-from easyspec.core.tuning import TuneConfig, TuneResult
-from easyspec.core.tuning import markdown as tuning_markdown
+from easyspec.core.evaluation.projection import COMM_MODELS, project_pilot, session_shapes
+from easyspec.core.evaluation.report import context_for
+from easyspec.core.evaluation.prompt_sets import BUILTIN_SETS, builtin_prompts, read_prompt_file
+from easyspec.core.tuner.tuning import TuneConfig, TuneResult
+from easyspec.core.tuner.tuning import markdown as tuning_markdown
 from easyspec.visualizations.pilot_charts import pilot_figure
 from easyspec.visualizations.report import pilot_report_html
 from easyspec.visualizations.translate import translate_figure

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import math
 
-from easyspec.core.engine import CALIBRATION_POLICIES, MODES, SpecConfig
-from easyspec.core.sampling import SamplingConfig
+from easyspec.core.engine.loop import CALIBRATION_POLICIES, MODES, SpecConfig
+from easyspec.core.engine.sampling import SamplingConfig
 
 MAX_NEW_TOKENS_LIMIT = 2048
 MAX_DRAFT_LEN = 16

@@ -11,7 +11,7 @@ import hashlib
 import threading
 from dataclasses import dataclass, field
 
-from easyspec.core.records import RoundRecord
+from easyspec.core.engine.records import RoundRecord
 
 MAX_LOG = 50
 MAX_RUNS = 12  # finished runs kept per user (their records hold every span)

@@ -15,7 +15,7 @@ import threading
 import time
 from typing import Callable, Generic, Iterator, Sequence, TypeVar
 
-from easyspec.core.records import RoundRecord
+from easyspec.core.engine.records import RoundRecord
 
 T = TypeVar("T")
 _DONE = object()

@@ -4,7 +4,7 @@ CPU ranks share this machine's cores and a gloo collective costs hundreds of mic
 proves the multi-device path's correctness and shows its timeline, not a speed-up.
 The pass criterion (`CRITERION`) is fixed here and written into the JSON before any measurement;
 the JSON then keeps every run's raw data (tokens, rounds with their spans, wall seconds), the
-projection it compares against (core/projection.py from the G = 1 runs' latencies) and the verdict,
+projection it compares against (core/evaluation/projection.py from the G = 1 runs' latencies) and the verdict,
 and the rows, projection and Markdown are all computed from the raw runs (`rebuild`).
 Writes results/devices_cpu.md and .json. Run: python benchmarks/devices_cpu.py
 """
@@ -20,13 +20,13 @@ import sys
 from pathlib import Path
 
 from easyspec.app.logs import configure as configure_logging
-from easyspec.core import metrics
-from easyspec.core.bench import git_commit, machine, pair_text, raw_run, records_from_raw
-from easyspec.core.engine import SpecConfig
+from easyspec.core.engine import metrics
+from easyspec.core.evaluation.bench import git_commit, machine, pair_text, raw_run, records_from_raw
+from easyspec.core.engine.loop import SpecConfig
 from easyspec.core.files import write_text_atomic
-from easyspec.core.loading import resolve_pair
+from easyspec.core.models.loading import resolve_pair
 from easyspec.core.session import Session
-from easyspec.core.tracing import exclusive_seconds
+from easyspec.core.engine.tracing import exclusive_seconds
 
 PROMPT = "Write a Python function that checks whether a number is prime."
 SETTINGS = {"vanilla": dict(mode="vanilla"), "speculative": dict(mode="speculative"),
@@ -45,7 +45,7 @@ PHASE_COLUMNS = ("draft.attn", "draft.mlp", "draft.comm", "verify", "verify.comm
 
 def measure(source, devices: int, max_new: int, repeats: int) -> tuple[list[dict], tuple]:
     """Raw runs (with spans: the per-rank timeline) of every setting; and the pair's shapes."""
-    from easyspec.core.projection import session_shapes
+    from easyspec.core.evaluation.projection import session_shapes
 
     raw = []
     with Session(source, devices=devices) as s:
@@ -93,9 +93,9 @@ def rows_from_runs(raw: list[dict]) -> list[dict]:
 
 
 def projection(raw: list[dict], shapes: dict, draft_len: int) -> dict:
-    """core/projection.py for G = 1 and 2 from the latencies and acceptance of the G = 1 median runs."""
-    from easyspec.core.grouping import layer_groups
-    from easyspec.core.projection import COMM_MODELS, Shape, latencies_from_runs, project
+    """core/evaluation/projection.py for G = 1 and 2 from the latencies and acceptance of the G = 1 median runs."""
+    from easyspec.core.engine.grouping import layer_groups
+    from easyspec.core.evaluation.projection import COMM_MODELS, Shape, latencies_from_runs, project
 
     one = {label: records_from_raw(_median_run([r for r in raw if r["setting"] == label and r["devices"] == 1])
                                    ["rounds"]) for label in SETTINGS}
@@ -147,7 +147,7 @@ def markdown(result: dict) -> str:
                          f"{rank} | {cells} |")
     lines += ["", "Per-rank columns are seconds of exclusive time from each rank's timeline spans of the median run "
               "(nested communication is subtracted from the span around it).", "",
-              "## Projection check (core/projection.py against the measured runs)", "",
+              "## Projection check (core/evaluation/projection.py against the measured runs)", "",
               f"Latencies and acceptance from the G = 1 median runs above; communication model `{COMM_MODEL}` "
               "(stated assumption: 300 us and 2 GB/s per collective). A projection, not a measurement.", "",
               "| setting | G | projected tok/s | measured tok/s | projected / measured |", "|---|---|---|---|---|"]

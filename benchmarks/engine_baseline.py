@@ -23,13 +23,13 @@ import torch
 import transformers
 
 from easyspec.app.logs import configure as configure_logging
-from easyspec.core import metrics
-from easyspec.core.bench import ar_al, git_commit, machine, pair_text, raw_run, records_from_raw
-from easyspec.core.engine import SpecConfig, Stopping, generate
+from easyspec.core.engine import metrics
+from easyspec.core.evaluation.bench import ar_al, git_commit, machine, pair_text, raw_run, records_from_raw
+from easyspec.core.engine.loop import SpecConfig, Stopping, generate
 from easyspec.core.files import write_text_atomic
-from easyspec.core.loading import load_pair, resolve_pair
-from easyspec.core.lossless import Fp32Reference, compare_greedy, count_verdicts, same_column
-from easyspec.core.text import encode_prompt
+from easyspec.core.models.loading import load_pair, resolve_pair
+from easyspec.core.engine.lossless import Fp32Reference, compare_greedy, count_verdicts, same_column
+from easyspec.core.models.text import encode_prompt
 
 PROMPTS = {
     "code: prime": "Write a Python function that checks whether a number is prime.",
@@ -61,7 +61,7 @@ def measure(source, dtype: str, max_new: int, draft_len: int, prompts: dict[str,
                                prompt_text=prompts[name], prompt_ids=prompt_ids))
             print(f"{dtype} {label:28s} {name:22s} {m.tokens_per_s:6.2f} tok/s AR {m.acceptance_rate} "
                   f"AL {m.mean_accepted_length}", file=sys.stderr)
-    # Each run's greedy check against vanilla's run of the same prompt (core/lossless.py): needs the
+    # Each run's greedy check against vanilla's run of the same prompt (core/engine/lossless.py): needs the
     # base's weights, so it is made here and kept in the raw run; the table only counts the verdicts.
     vanilla = {r["prompt"]: r["token_ids"] for r in raw if r["setting"] == "vanilla"}
     for r in raw:
@@ -112,7 +112,7 @@ def markdown(rows: list[dict], meta: dict, runs: list[dict]) -> str:
            "of tok/s ratio to vanilla in the same run; 'same' = prompts whose tokens equal vanilla's, a rounding tie "
            "counted and named: at the first differing token the base's logits, recomputed in fp32 from the same "
            "weights, put both tokens within the stated margin of the best (1e-5 in fp32; 4 bf16 units in the last "
-           "place of the logit in bf16; core/lossless.py); any other difference is counted 'different' (a bug); "
+           "place of the logit in bf16; core/engine/lossless.py); any other difference is counted 'different' (a bug); "
            f"run peak = {metrics.memory_label(rows[0]['memory_source'])}, growth = its growth above the run's start "
            "(both the largest over the prompts' runs).", ""]
     for dtype in meta["dtypes"]:

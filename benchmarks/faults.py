@@ -30,10 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from helpers import make_pair  # noqa: E402
 
 from easyspec.app.cli import main as cli  # noqa: E402
-from easyspec.core.bench import git_commit, machine  # noqa: E402
-from easyspec.core.engine import SpecConfig  # noqa: E402
+from easyspec.core.evaluation.bench import git_commit, machine  # noqa: E402
+from easyspec.core.engine.loop import SpecConfig  # noqa: E402
 from easyspec.core.files import atomic_writer, write_text_atomic  # noqa: E402
-from easyspec.core.loading import resolve_pair  # noqa: E402
+from easyspec.core.models.loading import resolve_pair  # noqa: E402
 from easyspec.core.session import Session  # noqa: E402
 
 PROMPT = list(range(10, 30))

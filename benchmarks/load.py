@@ -39,7 +39,7 @@ import psutil
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
-from easyspec.core.bench import git_commit, machine
+from easyspec.core.evaluation.bench import git_commit, machine
 from easyspec.core.files import write_text_atomic
 
 # Fixed before any run; OUT.json holds them (with the run's deadline) before the first request.

@@ -15,10 +15,10 @@ from pathlib import Path
 
 from easyspec.app.logs import configure as configure_logging
 from easyspec.core.files import write_text_atomic
-from easyspec.core.loading import resolve_pair
-from easyspec.core.pilot import PilotGrid, PilotProgress, PilotRun, run_pilot
-from easyspec.core.prompt_sets import builtin_prompts
-from easyspec.core.report import context_for
+from easyspec.core.models.loading import resolve_pair
+from easyspec.core.evaluation.pilot import PilotGrid, PilotProgress, PilotRun, run_pilot
+from easyspec.core.evaluation.prompt_sets import builtin_prompts
+from easyspec.core.evaluation.report import context_for
 from easyspec.core.session import Session
 from easyspec.visualizations.report import pilot_report_html
 

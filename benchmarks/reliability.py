@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import load  # noqa: E402  (benchmarks/load.py: its table and its criteria)
 
-from easyspec.core.bench import git_commit  # noqa: E402
+from easyspec.core.evaluation.bench import git_commit  # noqa: E402
 from easyspec.core.files import write_text_atomic  # noqa: E402
 
 LOAD_RUNS = {  # key: (results file stem, title)
@@ -136,7 +136,7 @@ STATIC = """## No half-written files
 Every file written by `core/`, `app/` and `benchmarks/` goes through `core/files.py` (temporary name
 in the same folder, fsync, `os.replace`; the temporary file is removed on failure);
 `tests/test_faults.py` checks that no other writer exists. The offline pair is converted into a
-hidden folder renamed into place (`core/offline_pair.py`).
+hidden folder renamed into place (`core/models/offline_pair.py`).
 
 ## Security (`tests/test_security.py`)
 

@@ -192,7 +192,7 @@ def app(kind: str, work: Path) -> Iterator[tuple[str, int]]:
 
         base, draft = make_pair(work / "small-pair", "qwen2", noise=0.01)
     else:
-        from easyspec.core.loading import resolve_pair
+        from easyspec.core.models.loading import resolve_pair
 
         source = resolve_pair(pair="qwen2.5-coder")
         base, draft = source.base_dir, source.draft_dir

@@ -20,13 +20,13 @@ import json
 import sys
 from pathlib import Path
 
-from easyspec.core.bench import git_commit, machine
-from easyspec.core.engine import SpecConfig, Stopping
+from easyspec.core.evaluation.bench import git_commit, machine
+from easyspec.core.engine.loop import SpecConfig, Stopping
 from easyspec.core.files import write_text_atomic
-from easyspec.core.grouping import describe, parse_plan
-from easyspec.core.prompt_sets import builtin_prompts
+from easyspec.core.engine.grouping import describe, parse_plan
+from easyspec.core.evaluation.prompt_sets import builtin_prompts
 from easyspec.core.session import Session
-from easyspec.core.tuning import (Candidate, Probe, TuneConfig, TuneResult, cell, change_agreement, markdown,
+from easyspec.core.tuner.tuning import (Candidate, Probe, TuneConfig, TuneResult, cell, change_agreement, markdown,
                                   measure_plan, paired_interval, pooled_rate, reference, steps_of)
 
 

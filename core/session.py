@@ -17,15 +17,15 @@ from typing import Iterator, Sequence
 
 import torch
 
-from .decoder import DecoderConfig
-from .engine import SpecConfig, Stopping, check_prompt, generate
-from .grouping import largest_group
-from .loading import PairSource, load_draft, load_pair, parse_device, parse_dtype, resolve_pair
-from .quantize import check_draft_dtype
-from .records import RoundRecord
-from .sampling import check_finite
-from .text import encode_prompt
-from .tuning import TuneConfig, TuneResult, load_tuning, pair_key, save_tuning, tune_steps, with_expectation
+from .engine.decoder import DecoderConfig
+from .engine.loop import SpecConfig, Stopping, check_prompt, generate
+from .engine.grouping import largest_group
+from .models.loading import PairSource, load_draft, load_pair, parse_device, parse_dtype, resolve_pair
+from .models.quantize import check_draft_dtype
+from .engine.records import RoundRecord
+from .engine.sampling import check_finite
+from .models.text import encode_prompt
+from .tuner.tuning import TuneConfig, TuneResult, load_tuning, pair_key, save_tuning, tune_steps, with_expectation
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ class Session:
             self.draft = self.pair.draft.decoder if self.pair.draft else None
             self.runtime = None
         else:
-            from .ranks import Ranks
+            from .runtime.ranks import Ranks
 
             self.ranks = Ranks.start(self.source, self.dtype, self.device, self.devices, self.timeout_s,
                                      self.draft_dtype)
@@ -138,7 +138,7 @@ class Session:
         first use and kept. One device: the loaded base upcast (itself in an fp32 session). Several devices:
         rank 0 holds only its tensor-parallel shard, so a whole base is loaded here from the checkpoint
         folder (rounded to the session's dtype first); its forwards are local and need no other rank."""
-        from .lossless import fp32_copy, load_fp32_base
+        from .engine.lossless import fp32_copy, load_fp32_base
 
         with self._fp32_lock:
             if self._fp32 is None:

@@ -32,7 +32,7 @@ def pair_dirs(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
 @pytest.fixture(scope="session")
 def decoders(pair_dirs):
     """name -> (base Decoder, draft Decoder) in fp32 on CPU."""
-    from easyspec.core.loading import load_decoder
+    from easyspec.core.models.loading import load_decoder
 
     return {name: (load_decoder(b, torch.float32, CPU), load_decoder(d, torch.float32, CPU))
             for name, (b, d) in pair_dirs.items()}
@@ -162,8 +162,8 @@ def real_source():
     EASYSPEC_REQUIRE_REAL_PAIR=1 (CI) makes that a failure."""
     import os
 
-    from easyspec.core.loading import resolve_pair
-    from easyspec.core.offline_pair import OfflinePairError
+    from easyspec.core.models.loading import resolve_pair
+    from easyspec.core.models.offline_pair import OfflinePairError
 
     try:
         return resolve_pair(pair="qwen2.5-coder")

@@ -12,7 +12,7 @@ gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
-from easyspec.core.records import load_run  # noqa: E402
+from easyspec.core.engine.records import load_run  # noqa: E402
 
 PROMPT = "The quick brown fox"  # the random pair does not stop early on this prompt
 

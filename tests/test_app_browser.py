@@ -112,8 +112,8 @@ def _stop_at_round(page, start, at: int = 3) -> tuple[int, int, str]:
 
 
 def test_stop_ends_a_replay_within_one_round(page, tmp_path):
-    from easyspec.core.engine import SpecConfig
-    from easyspec.core.records import RoundRecord, RunHeader, Span, save_run
+    from easyspec.core.engine.loop import SpecConfig
+    from easyspec.core.engine.records import RoundRecord, RunHeader, Span, save_run
 
     second = 1_000_000_000
     records = [RoundRecord(i, (70 + i % 20,), ("prefill" if i == 0 else "bonus",), (), 0, {"verify": 0.4},

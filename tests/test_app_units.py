@@ -15,7 +15,7 @@ from easyspec.app.live import LiveRun  # noqa: E402
 from easyspec.app.settings import describe_config, spec_config, ui_message  # noqa: E402
 from easyspec.app.state import UserState  # noqa: E402
 from easyspec.app.worker import DeviceJob, on_thread, record_stream  # noqa: E402
-from easyspec.core.engine import SpecConfig  # noqa: E402
+from easyspec.core.engine.loop import SpecConfig  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +183,7 @@ def test_shipped_demo_runs_are_current_recordings():
 def test_device_monitor_reads_gpus_through_nvml_or_falls_back_to_cpu(monkeypatch):
     import types
 
-    from easyspec.core.device_stats import DeviceMonitor
+    from easyspec.core.runtime.device_stats import DeviceMonitor
     from easyspec.visualizations.cards import device_panel_html
 
     fake = types.SimpleNamespace(

@@ -222,7 +222,7 @@ def _specials(tokenizer, ids) -> list[int]:
 
 def _template_only(tokenizer) -> list[int]:
     """The reference: the template's own special tokens around a plain prompt."""
-    from easyspec.core.text import encode_prompt
+    from easyspec.core.models.text import encode_prompt
 
     return _specials(tokenizer, encode_prompt(tokenizer, "plain", True))
 
@@ -231,14 +231,14 @@ def _template_only(tokenizer) -> list[int]:
 def test_control_tokens_in_a_prompt_are_plain_text(which, request):
     """A typed `<|im_end|>` / `<|im_start|>` is the text it spells, never a turn boundary; a prompt
     without them gets exactly the ids of `apply_chat_template` (nothing else changed)."""
-    from easyspec.core.prompt_sets import BUILTIN_SETS, builtin_prompts
-    from easyspec.core.text import encode_prompt
+    from easyspec.core.evaluation.prompt_sets import BUILTIN_SETS, builtin_prompts
+    from easyspec.core.models.text import encode_prompt
     from helpers import byte_tokenizer
 
     if which == "byte":
         tok = byte_tokenizer()
     else:
-        from easyspec.core.loading import load_tokenizer
+        from easyspec.core.models.loading import load_tokenizer
 
         tok = load_tokenizer(request.getfixturevalue("real_source").base_dir)
     im_end = tok.convert_tokens_to_ids("<|im_end|>")
@@ -257,7 +257,7 @@ def test_control_tokens_in_a_prompt_are_plain_text(which, request):
 
 
 def test_control_tokens_through_the_app(client):
-    from easyspec.core.records import load_run
+    from easyspec.core.engine.records import load_run
     from helpers import byte_tokenizer
 
     tok = byte_tokenizer()
@@ -270,8 +270,8 @@ def test_control_tokens_through_the_app(client):
 
 
 def test_unicode_prompts_through_generate_compare_and_pilot(client):
-    from easyspec.core.records import load_run
-    from easyspec.core.text import encode_prompt
+    from easyspec.core.engine.records import load_run
+    from easyspec.core.models.text import encode_prompt
     from helpers import byte_tokenizer
 
     tok = byte_tokenizer()
@@ -316,8 +316,8 @@ def test_two_queued_runs_from_one_tab(client):
 
 def _slow_run(path, tokens=(), created: str = "", base: str = "synthetic", rounds: int = 40):
     """A saved vanilla run of `rounds` rounds, 0.5 s apart at the recorded pace; `tokens` as its tokens."""
-    from easyspec.core.engine import SpecConfig
-    from easyspec.core.records import RoundRecord, RunHeader, Span, save_run
+    from easyspec.core.engine.loop import SpecConfig
+    from easyspec.core.engine.records import RoundRecord, RunHeader, Span, save_run
 
     second = 1_000_000_000
     tokens = tuple(tokens) or tuple(70 + i % 20 for i in range(rounds))

@@ -115,7 +115,7 @@ def _md_cells(md: str, first: str) -> list[str]:
 def test_bench_tables_are_computed_from_the_raw_runs_they_keep(pair_dirs, tmp_path, capsys):
     """Each results JSON keeps every run's tokens and rounds; AR, AL, tok/s and equality recomputed
     here by hand from those raw runs equal the JSON rows and the Markdown table."""
-    from easyspec.core import bench
+    from easyspec.core.evaluation import bench
 
     base, draft = pair_dirs["qwen2"]
     prompts = tmp_path / "p.jsonl"
@@ -166,8 +166,8 @@ def test_transformers_model_sharing_our_weights_equals_its_own_load(pair_dirs, f
     parameters are views of our stacked tensors, and its logits equal transformers' own from_pretrained."""
     import torch
 
-    from easyspec.core.bench import _hf_model
-    from easyspec.core.loading import load_decoder
+    from easyspec.core.evaluation.bench import _hf_model
+    from easyspec.core.models.loading import load_decoder
 
     base, _ = pair_dirs[family]
     ours = load_decoder(base, torch.float32, torch.device("cpu"))

@@ -26,7 +26,7 @@ def run(capsys, *argv):
 
 def test_json_output_contract(capsys, pair_args, tmp_path):
     """The JSON line's values, each recomputed from the run file it saved (not only its keys)."""
-    from easyspec.core.records import load_run
+    from easyspec.core.engine.records import load_run
 
     saved = tmp_path / "run.jsonl"
     code, out, err = run(capsys, "generate", *pair_args, "--prompt", "def f(x):", "--max-new-tokens", "20",
@@ -96,7 +96,7 @@ def test_trees_and_adaptive_through_the_cli(capsys, pair_args, tmp_path):
         assert code == 0, err
         result = json.loads(out)
         assert result["lossless"] is True and result["settings"]["adaptive"] == ("--adaptive" in extra)
-    from easyspec.core.records import load_run
+    from easyspec.core.engine.records import load_run
 
     header, records = load_run(saved)
     assert header.settings["tree_depth"] == 3 and any(len(r.tree_tokens) == 6 for r in records)

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from easyspec.core.engine import SpecConfig, Stopping
-from easyspec.core.parallel import rank_device
-from easyspec.core.ranks import local_placement
-from easyspec.core.sampling import SamplingConfig
+from easyspec.core.engine.loop import SpecConfig, Stopping
+from easyspec.core.runtime.parallel import rank_device
+from easyspec.core.runtime.ranks import local_placement
+from easyspec.core.engine.sampling import SamplingConfig
 
 INF, NAN = float("inf"), float("nan")
 
@@ -161,10 +161,10 @@ def test_settings_built_in_python_refuse_non_finite_numbers(value, pair_dirs):
     """The same refusal for callers that skip the CLI: the tuner, the GPU bench, the app's launch
     options and a Session (checked before any model loads)."""
     from easyspec.app.context import AppOptions
-    from easyspec.core.gpu_bench import BenchConfig
-    from easyspec.core.loading import resolve_pair
+    from easyspec.core.evaluation.gpu_bench import BenchConfig
+    from easyspec.core.models.loading import resolve_pair
     from easyspec.core.session import Session
-    from easyspec.core.tuning import TuneConfig
+    from easyspec.core.tuner.tuning import TuneConfig
 
     with pytest.raises(ValueError, match="--tolerance must be a finite number"):
         TuneConfig(tolerance=value)

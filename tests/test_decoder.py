@@ -7,9 +7,9 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
 from conftest import CPU
-from easyspec.core.decoder import Decoder
-from easyspec.core.grouping import layer_groups
-from easyspec.core.loading import load_decoder
+from easyspec.core.engine.decoder import Decoder
+from easyspec.core.engine.grouping import layer_groups
+from easyspec.core.models.loading import load_decoder
 from helpers import hf_config, save_checkpoint
 
 LLAMA3 = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,

@@ -194,4 +194,4 @@ def test_every_module_has_a_docstring():
 
 def test_the_map_parser_reads_folders_and_modules():
     folders = map_of_readme()
-    assert ["decoder.py"] in folders["core"] and ["cli.py"] in folders["app"], folders
+    assert ["engine/decoder.py"] in folders["core"] and ["cli.py"] in folders["app"], folders

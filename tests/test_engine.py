@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from conftest import assert_greedy_equal, tokens_of
-from easyspec.core.engine import Generation, SpecConfig, Stopping, generate
-from easyspec.core.grouping import layer_groups
+from easyspec.core.engine.loop import Generation, SpecConfig, Stopping, generate
+from easyspec.core.engine.grouping import layer_groups
 
 PROMPTS = [list(range(10, 30)), [65, 66, 67, 10, 200, 201], [7] * 12]
 POLICIES = ("none", "every-round", "on-mismatch")

@@ -1,4 +1,4 @@
-"""--on-low-acceptance fallback (core.monitor.FallbackGuard) on a small random pair: a plan that collapses
+"""--on-low-acceptance fallback (core.engine.monitor.FallbackGuard) on a small random pair: a plan that collapses
 acceptance switches the run to sequential drafting and then, when that does not pay, to no drafting;
 every switch is a round-record flag, and the greedy output stays vanilla's before and after each switch."""
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from conftest import tokens_of
-from easyspec.core.engine import SpecConfig, generate
-from easyspec.core.monitor import ALERT, BASE_TIMING, OFF, SEQUENTIAL, FallbackGuard, fallback_summary
+from easyspec.core.engine.loop import SpecConfig, generate
+from easyspec.core.engine.monitor import ALERT, BASE_TIMING, OFF, SEQUENTIAL, FallbackGuard, fallback_summary
 
 PROMPT = list(range(10, 30))
 # one fuzzy group of all 8 draft layers, never calibrated, judged against a measured 90%: acceptance collapses
@@ -137,7 +137,7 @@ def test_cli_names_the_fallback_in_its_summary(capsys, pair_dirs):
 def test_fallback_on_two_cpu_ranks_keeps_vanillas_tokens(pair_dirs):
     """The multi-device form: the switch to sequential drafting (groups of one layer, announced to the other
     rank) and then to none, on two gloo ranks, with the tokens of single-device vanilla."""
-    from easyspec.core.loading import resolve_pair
+    from easyspec.core.models.loading import resolve_pair
     from easyspec.core.session import Session
 
     base, draft = pair_dirs["qwen2"]

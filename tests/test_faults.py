@@ -188,7 +188,7 @@ def test_partial_weight_file_is_named_with_what_to_do(pair_dirs, tmp_path, capsy
 
 def test_partial_file_in_the_offline_cache_points_at_cache_clear(pair_dirs, tmp_path, monkeypatch, capsys):
     """A converted offline pair (marked complete) whose weights were cut short afterwards."""
-    from easyspec.core import offline_pair as op
+    from easyspec.core.models import offline_pair as op
 
     base, draft = pair_dirs["qwen2"]
     spec = op.OFFLINE_PAIRS["qwen2.5-coder"]
@@ -225,7 +225,7 @@ def test_output_file_that_cannot_be_written(pair_dirs, tmp_path, capsys):
 
 def test_a_failed_write_leaves_the_old_file_and_no_temporary_file(tmp_path):
     from easyspec.core.files import atomic_writer, write_text_atomic
-    from easyspec.core.records import RunHeader, save_run
+    from easyspec.core.engine.records import RunHeader, save_run
 
     target = tmp_path / "run.jsonl"
     write_text_atomic(target, "old\n")
@@ -254,9 +254,9 @@ WRITING_FUNCTIONS = {("json", "dump"), ("pickle", "dump"), ("torch", "save"), ("
 OPENERS = {"open": 1, "fdopen": 1, "os.open": 1}  # name -> index of the mode among positional arguments (Path.open: 0)
 # (file, function): why it may write directly. Each must still write (a stale entry fails the check).
 DIRECT_WRITERS = {
-    ("core/offline_pair.py", "join_pieces"): "joins into a partial file, then os.replace",
-    ("core/offline_pair.py", "convert_gguf"): "writes into a hidden folder that is renamed into place",
-    ("core/offline_pair.py", "ensure_model"): "marks the hidden folder complete before the rename",
+    ("core/models/offline_pair.py", "join_pieces"): "joins into a partial file, then os.replace",
+    ("core/models/offline_pair.py", "convert_gguf"): "writes into a hidden folder that is renamed into place",
+    ("core/models/offline_pair.py", "ensure_model"): "marks the hidden folder complete before the rename",
     ("benchmarks/faults.py", "truncated_copy"): "damages a weight file on purpose",
     ("benchmarks/faults.py", "main"): "writes a file where a folder should be, on purpose",
     ("benchmarks/rerun_results.py", "heavy_lock"): "creates an empty lock file for flock; no data is written",

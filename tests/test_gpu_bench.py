@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from easyspec.app.cli import main
-from easyspec.core import gpu_bench
-from easyspec.core.gpu_bench import PRESETS, build_model, derive, draft_plan, forward_fn
-from easyspec.core.grouping import describe, layer_groups
+from easyspec.core.evaluation import gpu_bench
+from easyspec.core.evaluation.gpu_bench import PRESETS, build_model, derive, draft_plan, forward_fn
+from easyspec.core.engine.grouping import describe, layer_groups
 
 CPU = torch.device("cpu")
 FORBIDDEN = ("transformers", "gradio", "plotly")
@@ -52,7 +52,7 @@ def test_import_path_needs_torch_only():
     """Importing the bench, `bench gpu --help` and a whole tiny run load no transformers/gradio/plotly."""
     code = f"""
 import sys, tempfile
-import easyspec.core.gpu_bench
+import easyspec.core.evaluation.gpu_bench
 from easyspec.app.cli import main
 try:
     main(["bench", "gpu", "--help"])

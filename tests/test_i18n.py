@@ -41,7 +41,7 @@ def test_the_alert_is_translated_part_by_part():
     each part is translated on its own and filled into the Japanese sentence; English is unchanged."""
     from helpers import untranslated
 
-    from easyspec.core.monitor import alert_text, expectation, likely_cause
+    from easyspec.core.engine.monitor import alert_text, expectation, likely_cause
 
     causes = {likely_cause(settings, groups) for settings in (
         {"mode": "easyspec", "calibration": "none"}, {"mode": "easyspec", "calibration": "on-mismatch"},

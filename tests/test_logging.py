@@ -43,7 +43,7 @@ def test_core_messages_reach_stderr_once_as_bare_lines(capsys, tmp_path, monkeyp
     handlers = [h for h in logging.getLogger("easyspec").handlers if isinstance(h, logs.StderrHandler)]
     assert len(handlers) == 1
     capsys.readouterr()
-    logging.getLogger("easyspec.core.bench").info("speed: prompt 1/2 repeat 1/3: vanilla")
+    logging.getLogger("easyspec.core.evaluation.bench").info("speed: prompt 1/2 repeat 1/3: vanilla")
     logging.getLogger("easyspec.core.session").warning("easyspec: %s", "rank 1 exited")
     out, err = capsys.readouterr()  # pytest swapped sys.stderr after configure: still seen
     assert out == "" and err == "speed: prompt 1/2 repeat 1/3: vanilla\neasyspec: rank 1 exited\n"

@@ -1,4 +1,4 @@
-"""The greedy check (core/lossless.py): equal, rounding tie, or a real difference, and its margin."""
+"""The greedy check (core/engine/lossless.py): equal, rounding tie, or a real difference, and its margin."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -6,11 +6,11 @@ from dataclasses import replace
 import pytest
 import torch
 
-from easyspec.core.decoder import Decoder
-from easyspec.core.engine import SpecConfig, Stopping, generate
-from easyspec.core.lossless import (FP32_TIE_MARGIN, GreedyCheck, compare_greedy, count_verdicts, counts_text,
+from easyspec.core.engine.decoder import Decoder
+from easyspec.core.engine.loop import SpecConfig, Stopping, generate
+from easyspec.core.engine.lossless import (FP32_TIE_MARGIN, GreedyCheck, compare_greedy, count_verdicts, counts_text,
                                     fp32_copy, fp32_logits, same_column, stated_margin)
-from easyspec.core.loading import load_decoder
+from easyspec.core.models.loading import load_decoder
 
 from conftest import CPU, tokens_of
 
@@ -167,8 +167,8 @@ def test_the_compare_badge_counts_ties_and_real_differences(tied_runs):
 def test_pilot_rows_summary_and_report_count_ties_and_real_differences(tied_runs):
     from dataclasses import asdict
 
-    from easyspec.core.pilot import PilotGrid, PilotRun, PilotSetting, result_row, summarise
-    from easyspec.core.report import conclusion, setting_rows
+    from easyspec.core.evaluation.pilot import PilotGrid, PilotRun, PilotSetting, result_row, summarise
+    from easyspec.core.evaluation.report import conclusion, setting_rows
 
     tied, prompt, ref, tie, wrong = tied_runs
     vanilla_setting = PilotSetting("vanilla", SpecConfig(mode="vanilla", max_new_tokens=6))

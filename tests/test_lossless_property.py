@@ -16,9 +16,9 @@ from hypothesis import HealthCheck, event, given, reject, settings
 from hypothesis import strategies as st
 
 from conftest import CPU, TIE_MARGIN, tokens_of
-from easyspec.core.engine import CALIBRATION_POLICIES, SpecConfig, Stopping, generate
-from easyspec.core.loading import load_decoder, resolve_pair
-from easyspec.core.sampling import SamplingConfig
+from easyspec.core.engine.loop import CALIBRATION_POLICIES, SpecConfig, Stopping, generate
+from easyspec.core.models.loading import load_decoder, resolve_pair
+from easyspec.core.engine.sampling import SamplingConfig
 from helpers import VOCAB, make_pair
 
 PAIRS = st.tuples(st.sampled_from(["qwen2", "llama"]), st.integers(3, 6), st.sampled_from([0.01, 0.1, 0.5]),

@@ -16,9 +16,9 @@ pytest.importorskip("gradio")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from conftest import tokens_of  # noqa: E402
-from easyspec.core.engine import SpecConfig, generate  # noqa: E402
+from easyspec.core.engine.loop import SpecConfig, generate  # noqa: E402
 from easyspec.core.exporter import Exporter, plan_label  # noqa: E402
-from easyspec.core.monitor import ALERT  # noqa: E402
+from easyspec.core.engine.monitor import ALERT  # noqa: E402
 
 PROMPT = list(range(10, 30))
 COLLAPSE = dict(mode="easyspec", groups="0-7", calibration="none", draft_len=5, max_new_tokens=80,

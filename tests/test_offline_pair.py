@@ -1,4 +1,4 @@
-"""Tests for easyspec.core.offline_pair with fake piece packages and a fake converter (no models)."""
+"""Tests for easyspec.core.models.offline_pair with fake piece packages and a fake converter (no models)."""
 import hashlib
 import itertools
 import os
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from easyspec.core import offline_pair as op
+from easyspec.core.models import offline_pair as op
 
 _ids = itertools.count()
 
@@ -75,7 +75,7 @@ def test_cache_root_precedence(tmp_path, monkeypatch):
 
 def test_import_has_no_side_effects(tmp_path):
     env = {**os.environ, "EASYSPEC_CACHE": str(tmp_path / "never")}
-    code = "import os, easyspec.core.offline_pair as m; print(sorted(os.environ) == sorted(E))"
+    code = "import os, easyspec.core.models.offline_pair as m; print(sorted(os.environ) == sorted(E))"
     out = subprocess.run([sys.executable, "-c", f"import os; E = dict(os.environ); {code}"],
                          env=env, capture_output=True, text=True, check=True)
     assert out.stdout == "True\n" and out.stderr == ""

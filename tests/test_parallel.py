@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from conftest import assert_greedy_equal, tokens_of
-from easyspec.core.engine import SpecConfig
-from easyspec.core.grouping import layer_groups
-from easyspec.core.loading import resolve_pair
+from easyspec.core.engine.loop import SpecConfig
+from easyspec.core.engine.grouping import layer_groups
+from easyspec.core.models.loading import resolve_pair
 from easyspec.core.session import Session
 
 PROMPT = list(range(10, 30))
@@ -107,7 +107,7 @@ def test_round_one_follows_the_policy_on_every_rank(single, multi):
 def test_the_greedy_check_of_a_multi_device_session_uses_a_whole_base(single, multi):
     """Rank 0 holds a shard: the greedy check loads a whole fp32 base, which recomputes the single-device
     logits, with no collective (the followers are not involved)."""
-    from easyspec.core.lossless import compare_greedy, fp32_logits
+    from easyspec.core.engine.lossless import compare_greedy, fp32_logits
 
     ref = multi.fp32_base()
     assert ref is multi.fp32_base() and ref.reduce is None and ref.cfg == single.base.cfg

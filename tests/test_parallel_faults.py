@@ -10,9 +10,9 @@ import time
 import pytest
 
 from conftest import tokens_of
-from easyspec.core.engine import SpecConfig
-from easyspec.core.loading import resolve_pair
-from easyspec.core.parallel import DistributedError
+from easyspec.core.engine.loop import SpecConfig
+from easyspec.core.models.loading import resolve_pair
+from easyspec.core.runtime.parallel import DistributedError
 from easyspec.core.session import Session
 
 PROMPT = list(range(10, 30))

@@ -7,11 +7,11 @@ import json
 
 import pytest
 
-from easyspec.core.engine import SpecConfig
-from easyspec.core.pilot import (PilotGrid, PilotProgress, PilotRun, Throughput, describe_seconds,
+from easyspec.core.engine.loop import SpecConfig
+from easyspec.core.evaluation.pilot import (PilotGrid, PilotProgress, PilotRun, Throughput, describe_seconds,
                                  estimate_seconds, measure_throughput, pilot_json, rows_to_csv, run_pilot,
                                  summarise)
-from easyspec.core.prompt_sets import (BUILTIN_SETS, MAX_FILE_BYTES, builtin_prompts, parse_prompts,
+from easyspec.core.evaluation.prompt_sets import (BUILTIN_SETS, MAX_FILE_BYTES, builtin_prompts, parse_prompts,
                                        read_prompt_file)
 
 
@@ -177,9 +177,9 @@ def test_measure_throughput_keeps_n_within_g_devices(pair_dirs):
 
 def test_pilot_runs_layer_plans_next_to_n_and_resolves_auto(session, tmp_path, monkeypatch):
     """A typed plan and the tuned one ("auto") run as settings of their own; untuned "auto" is refused first."""
-    from easyspec.core.report import context_for
+    from easyspec.core.evaluation.report import context_for
     from easyspec.visualizations.report import pilot_report_html
-    from easyspec.core.tuning import TuneConfig
+    from easyspec.core.tuner.tuning import TuneConfig
     from easyspec.visualizations.pilot_charts import pilot_figure
 
     monkeypatch.setenv("EASYSPEC_CACHE", str(tmp_path / "cache"))
@@ -209,7 +209,7 @@ def test_pilot_runs_layer_plans_next_to_n_and_resolves_auto(session, tmp_path, m
 
 def test_measure_throughput_measures_every_mode_it_names_in_its_own_run(session, monkeypatch):
     """Each rate is the decode rate of that mode's own probe run (speculative once showed easyspec's)."""
-    from easyspec.core.pilot import _decode_rate
+    from easyspec.core.evaluation.pilot import _decode_rate
 
     runs, generate = [], session.generate
 

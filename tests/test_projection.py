@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from easyspec.core.engine import SpecConfig, generate
-from easyspec.core.grouping import layer_groups
-from easyspec.core.projection import COMM_MODELS, Latencies, Shape, latencies_from_runs, project
+from easyspec.core.engine.loop import SpecConfig, generate
+from easyspec.core.engine.grouping import layer_groups
+from easyspec.core.evaluation.projection import COMM_MODELS, Latencies, Shape, latencies_from_runs, project
 
 LAT = Latencies(draft_attn_layer=1e-4, draft_mlp_layer=1e-4, draft_head=2e-4, calibrate=5e-3, verify=20e-3,
                 vanilla_step=18e-3, round_rest=1e-3)

@@ -1,4 +1,4 @@
-"""The draft at its own precision (core/quantize.py): quantized layers against float ones, greedy
+"""The draft at its own precision (core/models/quantize.py): quantized layers against float ones, greedy
 equality with vanilla in every mode with int8 and int4 drafts, sampling stays the base's, the
 on-disk cache is reused and rebuilt when corrupt, and bad precisions get a clear message."""
 from __future__ import annotations
@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from conftest import CPU, assert_greedy_equal, tokens_of
-from easyspec.core import quantize
-from easyspec.core.engine import SpecConfig, generate
-from easyspec.core.loading import load_decoder, load_draft
-from easyspec.core.sampling import SamplingConfig
+from easyspec.core.models import quantize
+from easyspec.core.engine.loop import SpecConfig, generate
+from easyspec.core.models.loading import load_decoder, load_draft
+from easyspec.core.engine.sampling import SamplingConfig
 
 # Relative Frobenius error of a quantized linear's output against the float layer's, on Gaussian
 # weights and inputs: int8 per-channel rounding is ~0.8% (step max|w| / 127), int4 with groups of 32
@@ -170,7 +170,7 @@ def test_cli_refuses_an_unknown_draft_precision(capsys):
 
 
 def test_pilot_grid_runs_every_drafting_setting_at_each_draft_precision():
-    from easyspec.core.pilot import PilotGrid
+    from easyspec.core.evaluation.pilot import PilotGrid
 
     grid = PilotGrid(layer_parallel=(4,), calibration=("every-round",), draft_dtypes=("float32", "int8"))
     labels = [(s.label, s.config.draft_dtype) for s in grid.settings()]
@@ -188,7 +188,7 @@ def test_bench_speed_rows_per_draft_precision_with_a_bf16_assistant(pair_dirs, t
     import json
 
     from easyspec.app.cli import main
-    from easyspec.core import bench
+    from easyspec.core.evaluation import bench
 
     monkeypatch.setenv("EASYSPEC_CACHE", str(tmp_path / "cache"))
     base, draft = pair_dirs["qwen2"]

@@ -27,21 +27,21 @@ NEW_TOKENS = 24
 
 @pytest.fixture(scope="module")
 def real_pair(real_source):
-    from easyspec.core.loading import load_pair
+    from easyspec.core.models.loading import load_pair
 
     return load_pair(real_source, dtype="float32")
 
 
 @pytest.fixture(scope="module")
 def prompt_ids(real_pair):
-    from easyspec.core.text import encode_prompt
+    from easyspec.core.models.text import encode_prompt
 
     return {name: encode_prompt(real_pair.tokenizer, text, chat=True) for name, text in PROMPTS.items()}
 
 
 @pytest.fixture(scope="module")
 def vanilla_outputs(real_pair, prompt_ids):
-    from easyspec.core.engine import SpecConfig, Stopping, generate
+    from easyspec.core.engine.loop import SpecConfig, Stopping, generate
 
     cfg = SpecConfig(mode="vanilla", max_new_tokens=NEW_TOKENS)
     outputs = {name: tokens_of(generate(real_pair.base.decoder, None, ids, cfg, Stopping(real_pair.eos_ids)))
@@ -89,7 +89,7 @@ SETTINGS = [dict(mode="speculative")] + [
 
 @pytest.mark.parametrize("name", sorted(PROMPTS))
 def test_every_mode_equals_vanilla_on_real_pair(real_pair, prompt_ids, vanilla_outputs, name):
-    from easyspec.core.engine import SpecConfig, Stopping, generate
+    from easyspec.core.engine.loop import SpecConfig, Stopping, generate
 
     base, draft = real_pair.base.decoder, real_pair.draft.decoder
     for s in SETTINGS:

@@ -1,6 +1,6 @@
 """The real offline pair in bf16: the prompts of `benchmarks/engine_baseline.py`, where bf16 runs part from
 vanilla on some prompts (results/engine_baseline.md). Every such difference must be a rounding tie
-(core/lossless.py); a real difference is a bug. Run under the heavy lock (README, tests)."""
+(core/engine/lossless.py); a real difference is a bug. Run under the heavy lock (README, tests)."""
 from __future__ import annotations
 
 import logging
@@ -19,17 +19,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 def test_bf16_differences_from_vanilla_are_rounding_ties(real_source, setting, caplog):
     from engine_baseline import PROMPTS, SETTINGS
 
-    from easyspec.core.engine import SpecConfig, Stopping, generate
-    from easyspec.core.loading import load_pair
-    from easyspec.core.lossless import Fp32Reference, compare_greedy
-    from easyspec.core.text import encode_prompt
+    from easyspec.core.engine.loop import SpecConfig, Stopping, generate
+    from easyspec.core.models.loading import load_pair
+    from easyspec.core.engine.lossless import Fp32Reference, compare_greedy
+    from easyspec.core.models.text import encode_prompt
 
     pair = load_pair(real_source, dtype="bfloat16")
     base, draft, stopping = pair.base.decoder, pair.draft.decoder, Stopping(pair.eos_ids)
     reference = Fp32Reference(base)
     options = dict(SETTINGS)[setting]
     checks = {}
-    with caplog.at_level(logging.INFO, logger="easyspec.core.lossless"):
+    with caplog.at_level(logging.INFO, logger="easyspec.core.engine.lossless"):
         for name, text in PROMPTS.items():
             ids = encode_prompt(pair.tokenizer, text, chat=True)
             got, vanilla = (tokens_of(generate(base, draft, ids, SpecConfig(max_new_tokens=48, draft_len=5, **s),

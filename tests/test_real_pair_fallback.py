@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from easyspec.core.monitor import ALERT, OFF, SEQUENTIAL
+from easyspec.core.engine.monitor import ALERT, OFF, SEQUENTIAL
 
 pytestmark = pytest.mark.real_pair
 
@@ -35,7 +35,7 @@ def test_bad_plan_falls_back_on_the_timeline_and_output_stays_vanillas(real_app,
     from gradio_client import Client
     from prometheus_client.parser import text_string_to_metric_families
 
-    from easyspec.core.records import load_run
+    from easyspec.core.engine.records import load_run
 
     page = chromium.new_page(viewport={"width": 1500, "height": 1000})
     page.set_default_timeout(TIMEOUT_MS)

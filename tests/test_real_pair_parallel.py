@@ -17,8 +17,8 @@ NAME = "code-fib"
 def reference(real_source):
     """Single-device vanilla tokens (from the single-device module when it ran first)."""
     if NAME not in REAL_VANILLA:
-        from easyspec.core.engine import SpecConfig
-        from easyspec.core.loading import resolve_pair
+        from easyspec.core.engine.loop import SpecConfig
+        from easyspec.core.models.loading import resolve_pair
         from easyspec.core.session import Session
 
         with Session(resolve_pair(pair="qwen2.5-coder", with_draft=False)) as single:
@@ -30,7 +30,7 @@ def reference(real_source):
 
 
 def test_two_ranks_equal_single_device_on_real_pair(real_source, reference):
-    from easyspec.core.engine import SpecConfig
+    from easyspec.core.engine.loop import SpecConfig
     from easyspec.core.session import Session
 
     with Session(real_source, devices=2) as s:

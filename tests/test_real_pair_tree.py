@@ -24,7 +24,7 @@ TWO_RANKS = [dict(layer_parallel=2, calibration="every-round", tree_depth=4, tre
 @pytest.fixture(scope="module")
 def references(real_source):
     """Vanilla tokens per prompt, and one single-device session's check of every SINGLE setting."""
-    from easyspec.core.engine import SpecConfig
+    from easyspec.core.engine.loop import SpecConfig
     from easyspec.core.session import Session
 
     out = {}
@@ -48,7 +48,7 @@ def test_trees_equal_vanilla_on_one_device(references):
 
 
 def test_trees_equal_vanilla_on_two_ranks(real_source, references):
-    from easyspec.core.engine import SpecConfig
+    from easyspec.core.engine.loop import SpecConfig
     from easyspec.core.session import Session
 
     with Session(real_source, devices=2) as s:

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from conftest import tokens_of
-from easyspec.core import metrics
-from easyspec.core.engine import SpecConfig, generate
-from easyspec.core.records import RECORD_VERSION, RoundRecord, RunHeader, load_run, save_run
+from easyspec.core.engine import metrics
+from easyspec.core.engine.loop import SpecConfig, generate
+from easyspec.core.engine.records import RECORD_VERSION, RoundRecord, RunHeader, load_run, save_run
 
 
 def _round(index, tokens, origins, drafted, accepted, end_ms, phase_s=None):

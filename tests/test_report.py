@@ -20,9 +20,9 @@ import pytest
 from browser_fonts import assert_cjk_drawn
 
 from easyspec.core.i18n import LANGS, table, text, tr, ui_translation
-from easyspec.core.metrics import compute
-from easyspec.core.pilot import PilotGrid, PilotRun, run_pilot, summarise
-from easyspec.core.report import context_for, report_data
+from easyspec.core.engine.metrics import compute
+from easyspec.core.evaluation.pilot import PilotGrid, PilotRun, run_pilot, summarise
+from easyspec.core.evaluation.report import context_for, report_data
 from easyspec.visualizations.report import report_html
 
 SHOTS = Path(__file__).resolve().parents[1] / "results" / "screenshots" / "browser_test"
@@ -265,7 +265,7 @@ def test_memory_in_the_pilot_rows_and_the_report_is_each_runs_own(pilot, reports
 def test_what_was_not_measured_and_the_timelines_run_follow_the_numbers(pilot, reports):
     """The 'not measured' sentence names the devices that ran (several devices did run on G > 1); the
     timeline note gives the setting's median next to the drawn run's speedup (the run nearest it)."""
-    from easyspec.core.report import conclusion
+    from easyspec.core.evaluation.report import conclusion
 
     runs, grid, ctx = pilot
     data = reports["en"][0]

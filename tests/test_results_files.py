@@ -62,10 +62,10 @@ def test_engine_baseline_table_comes_from_its_raw_runs(pair_dirs, tmp_path):
 
 def test_devices_cpu_states_its_criterion_and_computes_table_projection_and_verdict_from_raw_runs(pair_dirs,
                                                                                                     tmp_path):
-    from easyspec.core.projection import COMM_MODELS, Shape, latencies_from_runs, project
-    from easyspec.core.grouping import layer_groups
-    from easyspec.core import metrics
-    from easyspec.core.bench import records_from_raw
+    from easyspec.core.evaluation.projection import COMM_MODELS, Shape, latencies_from_runs, project
+    from easyspec.core.engine.grouping import layer_groups
+    from easyspec.core.engine import metrics
+    from easyspec.core.evaluation.bench import records_from_raw
 
     base, draft = pair_dirs["qwen2"]
     mod = _script("devices_cpu")

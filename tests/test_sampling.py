@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from conftest import CPU
-from easyspec.core.engine import SpecConfig, generate
-from easyspec.core.loading import load_decoder
-from easyspec.core.sampling import SamplingConfig, probs, verify_greedy, verify_sampling
+from easyspec.core.engine.loop import SpecConfig, generate
+from easyspec.core.models.loading import load_decoder
+from easyspec.core.engine.sampling import SamplingConfig, probs, verify_greedy, verify_sampling
 from helpers import make_pair
 
 ALPHA_Z = 3.09  # one-sided z for a significance level of 1e-3

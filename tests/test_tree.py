@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from conftest import assert_greedy_equal, tokens_of
-from easyspec.core.decoder import TreeAttention
-from easyspec.core.engine import Adaptive, Generation, SpecConfig, Stopping, generate
-from easyspec.core.grouping import layer_groups
-from easyspec.core.records import RoundRecord, record_from_dict, record_to_dict
-from easyspec.core.tree import DraftTree, accept_greedy, expand_greedy
+from easyspec.core.engine.decoder import TreeAttention
+from easyspec.core.engine.loop import Adaptive, Generation, SpecConfig, Stopping, generate
+from easyspec.core.engine.grouping import layer_groups
+from easyspec.core.engine.records import RoundRecord, record_from_dict, record_to_dict
+from easyspec.core.engine.tree import DraftTree, accept_greedy, expand_greedy
 
 PROMPTS = [list(range(10, 30)), [65, 66, 67, 10, 200, 201]]
 SHAPES = [(1, 3), (2, 2), (3, 4), (5, 3), (4, 1)]  # (depth, width)
@@ -208,7 +208,7 @@ def test_tree_attention_rejects_bad_shapes():
 def test_trees_refuse_sliding_window_models_past_the_window(decoders):
     from dataclasses import replace
 
-    from easyspec.core.decoder import Decoder
+    from easyspec.core.engine.decoder import Decoder
 
     base, draft = decoders["qwen2"]
     windowed = Decoder(replace(draft.cfg, sliding_window=16), draft.w)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from conftest import assert_greedy_equal, tokens_of
-from easyspec.core.engine import SpecConfig
-from easyspec.core.loading import resolve_pair
+from easyspec.core.engine.loop import SpecConfig
+from easyspec.core.models.loading import resolve_pair
 from easyspec.core.session import Session
 
 PROMPT = list(range(10, 30))

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from conftest import CPU
-from easyspec.core.engine import SpecConfig, generate
-from easyspec.core.loading import load_decoder
-from easyspec.core.sampling import SamplingConfig
-from easyspec.core.tree import DraftTree, accept_sampling
+from easyspec.core.engine.loop import SpecConfig, generate
+from easyspec.core.models.loading import load_decoder
+from easyspec.core.engine.sampling import SamplingConfig
+from easyspec.core.engine.tree import DraftTree, accept_sampling
 from helpers import make_pair
 from test_sampling import _exact_marginals, chi2, chi2_critical
 

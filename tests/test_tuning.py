@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from conftest import CPU, assert_greedy_equal, tokens_of
-from easyspec.core.engine import SpecConfig, Stopping, generate
-from easyspec.core.grouping import describe, layer_groups, parse_plan
-from easyspec.core.monitor import ALERT, AcceptanceMonitor, expectation, likely_cause, rolling_acceptance
-from easyspec.core.tuning import (Probe, TuneConfig, balanced, climb, markdown, measure_plan, neighbours, paired_interval,
+from easyspec.core.engine.loop import SpecConfig, Stopping, generate
+from easyspec.core.engine.grouping import describe, layer_groups, parse_plan
+from easyspec.core.engine.monitor import ALERT, AcceptanceMonitor, expectation, likely_cause, rolling_acceptance
+from easyspec.core.tuner.tuning import (Probe, TuneConfig, balanced, climb, markdown, measure_plan, neighbours, paired_interval,
                                   similarity, split, tune)
 from helpers import hf_config, save_checkpoint
 
@@ -84,7 +84,7 @@ def planted_dirs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def planted(planted_dirs):
-    from easyspec.core.loading import load_decoder
+    from easyspec.core.models.loading import load_decoder
 
     return tuple(load_decoder(d, torch.float32, CPU) for d in planted_dirs)
 
@@ -244,7 +244,7 @@ def test_paired_interval_resamples_prompts_in_pairs():
 
 
 def test_cached_tuning_is_read_once_and_again_after_a_new_save(tmp_path, monkeypatch):
-    from easyspec.core.tuning import Candidate, TuneResult, load_tuning, save_tuning, tuning_path
+    from easyspec.core.tuner.tuning import Candidate, TuneResult, load_tuning, save_tuning, tuning_path
 
     monkeypatch.setenv("EASYSPEC_CACHE", str(tmp_path))
     first = TuneResult(plan="0|1-2|3", acceptance_rate=0.5, baseline_rate=0.6, steps=3, sequential_steps=4,
@@ -285,7 +285,7 @@ def test_monitor_waits_for_enough_tokens_and_uses_a_floor_without_a_figure():
 
 
 def test_saved_runs_keep_the_flags(decoders, tmp_path):
-    from easyspec.core.records import RunHeader, load_run, save_run
+    from easyspec.core.engine.records import RunHeader, load_run, save_run
 
     base, draft = decoders["qwen2"]
     cfg = SpecConfig(layer_parallel=6, calibration="none", max_new_tokens=60, expected_acceptance=1.0)
@@ -300,7 +300,7 @@ def test_saved_runs_keep_the_flags(decoders, tmp_path):
 # -- the report's sentences follow its numbers ------------------------------------------------------
 def _result(chosen_per_prompt, chosen_probe, policies=()) -> "TuneResult":
     """A held-out tuning by hand: N = 1 and one chosen 2-step plan, (accepted, drafted) per held-out prompt."""
-    from easyspec.core.tuning import Candidate, PolicyResult, TuneResult
+    from easyspec.core.tuner.tuning import Candidate, PolicyResult, TuneResult
 
     def cand(plan, steps, origin, pairs, probe):
         return Candidate(plan, steps, origin, sum(d for _, d in pairs), sum(a for a, _ in pairs), 1.0, probe,

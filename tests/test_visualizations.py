@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from easyspec.core.metrics import compute
-from easyspec.core.records import RoundRecord, Span
+from easyspec.core.engine.metrics import compute
+from easyspec.core.engine.records import RoundRecord, Span
 from easyspec.visualizations.acceptance import (accepted_histogram_figure, per_position_counts,
                                                per_position_figure)
 from easyspec.visualizations.cards import badge_html, metric_cards_html
@@ -105,7 +105,7 @@ def test_per_position_acceptance_and_histogram():
     assert per_position_counts(records) == [(2, 2), (2, 2), (1, 2)]
     fig = per_position_figure(records)
     assert list(fig.data[0].y) == [1.0, 1.0, 0.5] and list(fig.data[0].text) == ["2/2", "2/2", "1/2"]
-    assert compute(records).per_position_acceptance == tuple(fig.data[0].y)  # same definition as core.metrics
+    assert compute(records).per_position_acceptance == tuple(fig.data[0].y)  # same definition as core.engine.metrics
     hist = accepted_histogram_figure(records)
     assert list(hist.data[0].y) == [0, 0, 1, 1]
     assert not per_position_figure(records[:1]).data  # prefill only: nothing drafted
@@ -202,7 +202,7 @@ def test_rolling_acceptance_figure_marks_alerts():
 def test_memory_cards_say_what_they_measured():
     from helpers import untranslated
 
-    from easyspec.core.metrics import memory_label
+    from easyspec.core.engine.metrics import memory_label
 
     rounds = [RoundRecord(index=i, token_ids=(1,), origins=("prefill" if i == 0 else "bonus",), drafted=(),
                           accepted=0, phase_s={}, spans=(), end_ns=(i + 1) * 10**6, memory_source="rss",

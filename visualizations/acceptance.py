@@ -4,7 +4,7 @@ and the rolling acceptance rate with its alert line.
 Per-position acceptance (vLLM's definition, docs/conventions.md#per-position-acceptance): rounds that accepted draft position i /
 rounds that drafted position i. The histogram counts rounds by how many drafts the base accepted.
 Prefill and vanilla rounds draft nothing and are left out.
-What it is not: the alert's rule (`core.monitor` decides when acceptance has collapsed); this
+What it is not: the alert's rule (`core.engine.monitor` decides when acceptance has collapsed); this
 only draws it.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Sequence
 
 import plotly.graph_objects as go
 
-from easyspec.core.records import RoundRecord
+from easyspec.core.engine.records import RoundRecord
 
 from .palette import OKABE_ITO
 
@@ -93,7 +93,7 @@ def acceptance_summary_figure(items: Sequence[tuple[str, float | None, float | N
 
 def rolling_acceptance_figure(points: Sequence[tuple[int, float]], flagged: Sequence[int], expected: float | None,
                               threshold: float, height: int = 260) -> go.Figure:
-    """The rolling acceptance rate per round (core.monitor), the run's expectation and its alert line.
+    """The rolling acceptance rate per round (core.engine.monitor), the run's expectation and its alert line.
 
     points: (round index, rolling AR); flagged: round indices whose record carries the alert flag;
     expected: the measured expectation (None when only the fixed floor applies).

@@ -1,7 +1,7 @@
 """Small HTML panels from plain data: metric cards, the time split, the device panel, badges.
 
 Pure functions returning HTML strings with inline styles (they render the same anywhere). Values
-follow the metric definitions of `core.metrics` (AR, AL as docs/conventions.md#metrics defines them). A `lang`
+follow the metric definitions of `core.engine.metrics` (AR, AL as docs/conventions.md#metrics defines them). A `lang`
 argument translates the words a person reads (labels, hints) through the translation table; the
 `data-*` attributes stay English for scripts and tests.
 What it is not: a Gradio component: plain strings, no gradio import.
@@ -11,9 +11,9 @@ from __future__ import annotations
 import html
 from typing import Sequence
 
-from easyspec.core.device_stats import DeviceReading
+from easyspec.core.runtime.device_stats import DeviceReading
 from easyspec.core.i18n import tr
-from easyspec.core.metrics import GROWTH_LABEL, Metrics, memory_label
+from easyspec.core.engine.metrics import GROWTH_LABEL, Metrics, memory_label
 
 from .palette import OKABE_ITO, PHASE_COLOURS, PHASE_LABELS
 

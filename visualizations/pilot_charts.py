@@ -1,10 +1,10 @@
 """Pilot charts: speedup over vanilla and acceptance rate against the layer-parallel size N.
 
-Input: the pilot's per-setting summary rows (plain dicts, `core.pilot.summarise`). One line per
+Input: the pilot's per-setting summary rows (plain dicts, `core.evaluation.pilot.summarise`). One line per
 calibration policy and draft length, so "with and without calibration" reads off directly; a
 layer plan (tuned or typed) is a star at its largest group;
 vanilla (1.0x) and sequential speculative decoding are drawn as reference lines.
-What it is not: the pilot or its summary (`core.pilot`): only figures from its rows.
+What it is not: the pilot or its summary (`core.evaluation.pilot`): only figures from its rows.
 """
 from __future__ import annotations
 

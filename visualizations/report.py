@@ -1,11 +1,11 @@
 """The pilot report as ONE self-contained HTML file: opens offline, plotly.js inlined, figures interactive.
 
-Input: `core.report.report_data(...)` (every number, already computed from the pilot's runs) and
+Input: `core.evaluation.report.report_data(...)` (every number, already computed from the pilot's runs) and
 the round records of the representative run (for its per-device timeline). Output: an HTML string
 in English or Japanese. The data dict is embedded as JSON (`<script id="report-data">`), so a
 reader or a test can check every shown figure against it. Japanese pages name CJK fonts first in
 the font stack (Noto Sans CJK JP, as Debian's fonts-noto-cjk installs it, then common OS fonts).
-What it is not: a computation of any figure (that is `core/report.py`).
+What it is not: a computation of any figure (that is `core/evaluation/report.py`).
 """
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
 from easyspec.core.i18n import text, tr
-from easyspec.core.metrics import memory_label
-from easyspec.core.pilot import PilotGrid, PilotRun
-from easyspec.core.records import RoundRecord
-from easyspec.core.report import ReportContext, report_data
+from easyspec.core.engine.metrics import memory_label
+from easyspec.core.evaluation.pilot import PilotGrid, PilotRun
+from easyspec.core.engine.records import RoundRecord
+from easyspec.core.evaluation.report import ReportContext, report_data
 
 from .pilot_charts import pilot_figure
 from .timeline import timeline_figure
@@ -181,7 +181,7 @@ def report_html(data: Mapping, records: Sequence[RoundRecord] = ()) -> str:
 
 
 def pilot_report_html(runs: Sequence[PilotRun], grid: PilotGrid, ctx: ReportContext, lang: str = "en") -> str:
-    """A finished pilot's report: its data (`core.report.report_data`) and its representative run's timeline."""
+    """A finished pilot's report: its data (`core.evaluation.report.report_data`) and its representative run's timeline."""
     data = report_data(runs, grid, ctx, lang)
     rep = data["representative"]
     chosen = next((r for r in runs if rep and r.setting.label == rep["setting"]

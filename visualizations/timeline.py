@@ -2,15 +2,15 @@
 
 Spans are drawn as horizontal bars with `base = start` and `x = duration` on a numeric millisecond
 axis (docs/conventions.md#dashboard-timeline); nested spans (a verify and its all-reduces, a draft attention and
-its all-gather) sit on separate lanes, as in the Chrome trace (`core.chrome_trace.LANES`). A
+its all-gather) sit on separate lanes, as in the Chrome trace (`core.engine.chrome_trace.LANES`). A
 `tokens` lane on top marks when each round's tokens were emitted, tying the timeline to the text.
 
 A long run holds tens of thousands of layer spans, far below one pixel each at full-run zoom: when
 there are more than `max_bars`, neighbouring spans of the same phase, device and round that are
 closer than the display resolution are merged (the hover says how many); the Chrome trace keeps
 every span.
-What it is not: a tracer (the spans come from the records, `core.tracing`) or the trace file
-(`core.chrome_trace`).
+What it is not: a tracer (the spans come from the records, `core.engine.tracing`) or the trace file
+(`core.engine.chrome_trace`).
 """
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ from typing import Sequence
 
 import plotly.graph_objects as go
 
-from easyspec.core.chrome_trace import LANES
-from easyspec.core.monitor import OFF, SEQUENTIAL
-from easyspec.core.records import PHASES, RoundRecord
+from easyspec.core.engine.chrome_trace import LANES
+from easyspec.core.engine.monitor import OFF, SEQUENTIAL
+from easyspec.core.engine.records import PHASES, RoundRecord
 
 from .palette import ORIGIN_COLOURS, PHASE_COLOURS, PHASE_LABELS
 

@@ -5,7 +5,7 @@ Colours come from the Okabe-Ito palette (`palette.py`) with an underline style a
 so accepted / recovered / bonus stay apart without colour vision. All styles are inline, so the
 HTML renders the same in the dashboard, a notebook or a saved report. `lang` translates the
 legend, the tooltips and the placeholder; `data-origin` stays English.
-What it is not: detokenization (`core.text`): it colours pieces already decoded.
+What it is not: detokenization (`core.models.text`): it colours pieces already decoded.
 """
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ import torch
 from .decoder import Decoder, Group, KVCache
 from .grouping import layer_groups, parse_plan
 from .monitor import ON_LOW_ACCEPTANCE, SEQUENTIAL, AcceptanceMonitor, FallbackGuard, expectation
-from .quantize import check_draft_dtype
+from ..models.quantize import check_draft_dtype
 from .records import RoundRecord, Span
 from .sampling import SamplingConfig, check_finite, check_whole, pick, probs, verify_greedy, verify_sampling
 from .tracing import Tracer, exclusive_seconds

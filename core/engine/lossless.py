@@ -117,7 +117,7 @@ def fp32_copy(base: Decoder, device: torch.device | None = None) -> Decoder:
 def load_fp32_base(folder, dtype: torch.dtype, device: torch.device) -> Decoder:
     """A whole base from its checkpoint folder, rounded to the session's dtype first (the same weights the
     session runs), then upcast. For a multi-device session, whose rank 0 holds only its shard."""
-    from .loading import load_decoder
+    from ..models.loading import load_decoder
 
     return fp32_copy(load_decoder(folder, dtype, device))
 

@@ -20,12 +20,12 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Iterator, Sequence
 
-from .engine import CALIBRATION_POLICIES, SpecConfig
-from .lossless import GreedyCheck, compare_greedy, count_verdicts
-from .metrics import compute
-from .quantize import check_draft_dtype
-from .records import PHASES, RoundRecord
-from .sampling import SamplingConfig
+from ..engine.loop import CALIBRATION_POLICIES, SpecConfig
+from ..engine.lossless import GreedyCheck, compare_greedy, count_verdicts
+from ..engine.metrics import compute
+from ..models.quantize import check_draft_dtype
+from ..engine.records import PHASES, RoundRecord
+from ..engine.sampling import SamplingConfig
 
 DEFAULT_PROMPTS = 3  # with the default grid: a few minutes on a 2-core CPU with the offline pair
 MAX_GRID_RUNS = 400

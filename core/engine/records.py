@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from .files import atomic_writer
+from ..files import atomic_writer
 
 RECORD_VERSION = 2
 READABLE_VERSIONS = (1, 2)

@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from .decoder import Decoder, DecoderConfig, DecoderWeights, RopeConfig
+from ..engine.decoder import Decoder, DecoderConfig, DecoderWeights, RopeConfig
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}

@@ -27,12 +27,12 @@ from typing import Callable, Sequence
 
 import torch
 
-from .engine import SpecConfig
-from .metrics import compute, memory_label
-from .lossless import VERDICTS, compare_greedy, count_verdicts, same_column
+from ..engine.loop import SpecConfig
+from ..engine.metrics import compute, memory_label
+from ..engine.lossless import VERDICTS, compare_greedy, count_verdicts, same_column
 from .pilot import PilotGrid, PilotRun, PilotSetting, result_row, run_pilot, summarise
-from .records import RoundRecord, record_from_dict, record_to_dict
-from .sampling import SamplingConfig
+from ..engine.records import RoundRecord, record_from_dict, record_to_dict
+from ..engine.sampling import SamplingConfig
 
 Progress = Callable[[str], None]
 logger = logging.getLogger(__name__)
@@ -154,7 +154,7 @@ def _hf_model(folder, dtype: str, share=None):
     at four precisions exceed this 24 GB machine (measured: 21.6 GB resident before the first run)."""
     from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
-    from .loading import parse_dtype
+    from ..models.loading import parse_dtype
 
     if share is None:
         return AutoModelForCausalLM.from_pretrained(folder, dtype=parse_dtype(dtype)).eval()
@@ -175,7 +175,7 @@ def _hf_model(folder, dtype: str, share=None):
 def _share_weights(model, dec) -> None:
     """Point every parameter of transformers' Llama-family model at the matching slice of our stacked weights
     (loading.LAYER_PARTS: which checkpoint tensors each stacked weight holds, in order)."""
-    from .loading import LAYER_PARTS
+    from ..models.loading import LAYER_PARTS
 
     def put(module, name: str, t) -> None:
         setattr(module, name, torch.nn.Parameter(t, requires_grad=False))
@@ -373,7 +373,7 @@ def git_commit() -> str:
 
 
 def pair_text(source, name: str | None) -> str:
-    """A results file's pair: its folders, and what the named offline pair is (core/offline_pair.py)."""
+    """A results file's pair: its folders, and what the named offline pair is (core/models/offline_pair.py)."""
     text = f"{source.base_name} (base) / {source.draft_name} (draft)"
     if name == "qwen2.5-coder":
         text += ": Qwen2.5-Coder-1.5B / 0.5B-Instruct, GGUF Q4_K_M dequantized to a bf16 safetensors cache"
@@ -431,7 +431,7 @@ def markdown(kind: str, result: dict) -> str:
         out += [f"Medians over {result['repeats']} repeats per prompt after a warm-up; speedup = tokens/s over "
                 "vanilla's in the same repeat on the same prompt (min..max across prompts and repeats); "
                 "equality = prompts whose greedy tokens equal vanilla's, a rounding tie counted as equal and "
-                "named (a difference that fp32 recomputation explains, core/lossless.py); AR and AL (see "
+                "named (a difference that fp32 recomputation explains, core/engine/lossless.py); AR and AL (see "
                 "`bench acceptance`) over every measured run of the setting (a tree's AR is per depth: accepted "
                 f"path / tree depth); memory = {memory_label(source)}, and its growth above the run's start: the "
                 "largest over the setting's measured runs (- for transformers' runs, not traced).", "",
@@ -519,7 +519,7 @@ def write_results(out: str, kind: str, result: dict) -> None:
     import json
     from pathlib import Path
 
-    from .files import write_text_atomic
+    from ..files import write_text_atomic
 
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)

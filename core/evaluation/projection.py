@@ -22,8 +22,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
-from .decoder import Group
-from .records import RoundRecord
+from ..engine.decoder import Group
+from ..engine.records import RoundRecord
 
 
 @dataclass(frozen=True)
@@ -151,7 +151,7 @@ def project_pilot(runs: Sequence, base_shape: Shape, draft_shape: Shape, devices
                   comm: CommModel = COMM_MODELS["nvlink"]) -> list[dict]:
     """Projected rows for a finished single-device pilot (`pilot.PilotRun`s): latencies from its
     vanilla, speculative and easyspec runs, acceptance per setting from the same runs."""
-    from .grouping import layer_groups
+    from ..engine.grouping import layer_groups
 
     by_mode: dict[str, list] = {}
     for run in runs:

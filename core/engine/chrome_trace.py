@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from .files import write_text_atomic
+from ..files import write_text_atomic
 from .records import RoundRecord
 
 LANES = {  # phase -> (lane id, lane name)

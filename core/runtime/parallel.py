@@ -26,9 +26,9 @@ from typing import Sequence
 import torch
 import torch.distributed as dist
 
-from .decoder import Decoder, Group, KVCache, TreeAttention
-from .records import Span
-from .tracing import Tracer
+from ..engine.decoder import Decoder, Group, KVCache, TreeAttention
+from ..engine.records import Span
+from ..engine.tracing import Tracer
 
 OP_EXIT, OP_CLOCK, OP_CACHE, OP_FORWARD, OP_GATHER, OP_PING, OP_COMPACT = range(7)  # OP_PING: nothing to do
 BASE, DRAFT = 0, 1

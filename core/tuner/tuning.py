@@ -43,12 +43,12 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
-from .decoder import Decoder, Group, TreeAttention
-from .files import write_text_atomic
-from .engine import CALIBRATION_POLICIES, SpecConfig, Stopping, generate
-from .grouping import describe, layer_groups, parse_plan
-from .metrics import compute
-from .sampling import check_finite
+from ..engine.decoder import Decoder, Group, TreeAttention
+from ..files import write_text_atomic
+from ..engine.loop import CALIBRATION_POLICIES, SpecConfig, Stopping, generate
+from ..engine.grouping import describe, layer_groups, parse_plan
+from ..engine.metrics import compute
+from ..engine.sampling import check_finite
 
 EQUAL_SIZES = (2, 3, 4, 5, 6)
 MEASURED_PER_STEPS = 1  # plans drafted per step count: the probe ranks them on the search half, the
@@ -544,7 +544,7 @@ def pair_key(base_dir: Path, draft_dir: Path, dtype: str) -> str:
 
 
 def tuning_path(key: str) -> Path:
-    from .offline_pair import cache_root
+    from ..models.offline_pair import cache_root
 
     return cache_root() / "tuning" / f"{key}.json"
 

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Sequence
 
-from .i18n import check_lang, text
+from ..i18n import check_lang, text
 from .pilot import PilotGrid, PilotRun, summarise
 from .projection import COMM_MODELS, Shape, latencies_from_runs, project_pilot, session_shapes
 

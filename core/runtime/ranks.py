@@ -19,7 +19,7 @@ import socket
 import torch
 import torch.distributed as dist
 
-from .loading import PairSource, Shard, load_decoder, load_draft, load_pair, parse_dtype
+from ..models.loading import PairSource, Shard, load_decoder, load_draft, load_pair, parse_dtype
 from .parallel import DistInfo, DistributedError, Leader, cpu_threads_per_rank, follow, init_group, rank_device
 
 logger = logging.getLogger(__name__)

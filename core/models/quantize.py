@@ -164,7 +164,7 @@ def _flatten(layers: dict[str, QuantLinear]) -> tuple[dict[str, torch.Tensor], d
 def save_cache(folder: Path, layers: dict[str, QuantLinear], scheme: str) -> None:
     from safetensors.torch import save
 
-    from .files import atomic_writer, write_text_atomic
+    from ..files import atomic_writer, write_text_atomic
 
     folder.mkdir(parents=True, exist_ok=True)
     tensors, meta = _flatten(layers)
@@ -202,7 +202,7 @@ def quantize_decoder(decoder, scheme: str, folder: Path | None = None):
     """A Decoder like `decoder` (float weights, any float dtype) whose linears are `scheme`-quantized;
     from the cache beside the checkpoint `folder` when it holds a valid entry, else computed (and saved
     there). Norms, embedding and biases stay float in the activation dtype."""
-    from .decoder import Decoder
+    from ..engine.decoder import Decoder
 
     device = decoder.device
     if SCHEMES[scheme]:

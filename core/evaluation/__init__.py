@@ -1,0 +1,1 @@
+"""Evaluation: pilots, benchmarks, report data and projections built on the engine."""

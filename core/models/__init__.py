@@ -1,0 +1,1 @@
+"""Model loading: checkpoints into our decoder, the offline pair, quantized drafts, prompt text."""

@@ -1,0 +1,1 @@
+"""The multi-device runtime: ranks on torch.distributed and live device readings."""

@@ -1,0 +1,1 @@
+"""The auto-tuner of the layer plan and calibration policy."""
