@@ -53,7 +53,9 @@ def _add_generate(sub) -> None:
     gen.add_argument("--sequential-tail", type=int, default=1, help="last draft layers kept sequential")
     gen.add_argument("--groups", default="", help="explicit draft layer plan, e.g. '0|1-4|5-8|...|23' (replaces N, "
                                                   "head and tail), or 'auto' for the plan `easyspec tune` chose")
-    gen.add_argument("--calibration", default="every-round", help="none | every-round | on-mismatch")
+    gen.add_argument("--calibration", default="auto",
+                     help="none | every-round | on-mismatch | auto (default: the tuned policy with --groups auto, "
+                          "else every-round)")
     gen.add_argument("--on-low-acceptance", default="warn", help=ON_LOW_HELP)
     _add_drafting(gen)
     gen.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
@@ -242,15 +244,12 @@ def _read_prompt(args) -> str:
 
 
 def _configs(args):
-    from easyspec.core.engine.loop import SpecConfig
-    from easyspec.core.engine.sampling import SamplingConfig
+    from easyspec.core.settings import SamplingConfig, SpecConfig, check_draft_dtype
 
     if args.devices < 1:
         raise ValueError(f"--devices must be >= 1; got {args.devices}")
     sampling = SamplingConfig(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed)
-    if args.layer_parallel is None:
-        args.layer_parallel = 4 if args.devices == 1 else min(4, args.devices)
-    spec = SpecConfig(mode=args.mode, draft_len=args.draft_len, layer_parallel=args.layer_parallel,
+    spec = SpecConfig(mode=args.mode, draft_len=args.draft_len, layer_parallel=args.layer_parallel or 0,
                       sequential_head=args.sequential_head, sequential_tail=args.sequential_tail,
                       calibration=args.calibration, max_new_tokens=args.max_new_tokens, sampling=sampling,
                       stop_strings=tuple(args.stop), groups=args.groups.strip(), tree_depth=args.tree_depth,
@@ -260,8 +259,6 @@ def _configs(args):
     if args.base is None and args.draft is not None:
         raise ValueError("--draft needs --base")
     if args.draft_dtype is not None:
-        from easyspec.core.models.quantize import check_draft_dtype
-
         check_draft_dtype(args.draft_dtype)
     return spec
 
@@ -289,22 +286,23 @@ def cmd_generate(args) -> int:
 def _generate_in(session, spec, prompt: str, args) -> int:
     from easyspec.core.engine import metrics
     from easyspec.core.engine.chrome_trace import write_chrome_trace
-    from easyspec.core.engine.loop import SpecConfig
     from easyspec.core.engine.grouping import describe, largest_group
     from easyspec.core.engine.lossless import compare_greedy
-    from easyspec.core.engine.monitor import (ALERT, OFF, SEQUENTIAL, alert_text, expectation, fallback_summary, likely_cause,
-                                       rolling_acceptance)
+    from easyspec.core.engine.monitor import (ALERT, OFF, SEQUENTIAL, alert_text, expectation, fallback_summary,
+                                              likely_cause, rolling_acceptance)
     from easyspec.core.engine.records import RunHeader, save_run
     from easyspec.core.models.text import TextStream
+    from easyspec.core.settings import SpecConfig
 
     prompt_ids = session.encode(prompt, args.chat)
     records = []
     stream = TextStream(session.tokenizer)
-    spec = session.resolve(spec)  # --groups auto -> the tuned plan; expected acceptance from the tuning
-    run = session.generate(prompt_ids, spec)  # validates the plan and the context window first
-    plan = spec.plan(session.info.draft_layers) if spec.mode == "easyspec" else None
+    run_plan = session.plan(spec, prompt_ids)  # the one resolution: auto, N, the policy, every limit
+    spec, plan = run_plan.settings, run_plan.layers
+    run = session.generate(run_plan)
     if plan:
-        print(f"easyspec: draft layer plan {describe(plan)}", file=sys.stderr)
+        applied = f" ({', '.join(run_plan.applied)})" if run_plan.applied else ""
+        print(f"easyspec: draft layer plan {describe(plan)}, calibration {spec.calibration}{applied}", file=sys.stderr)
     alerted = False
     for rec in run:
         records.append(rec)
@@ -327,18 +325,18 @@ def _generate_in(session, spec, prompt: str, args) -> int:
     m = metrics.compute(records)
     token_ids = list(stream.ids)
     info = session.info
-    result = {"text": stream.text(), "token_ids": token_ids, "mode": spec.mode, "settings": spec.as_dict(),
+    result = {"text": stream.text(), "token_ids": token_ids, "mode": spec.mode, "settings": run_plan.as_dict(),
               "base": info.base, "draft": info.draft, "dtype": info.dtype, "device": info.device,
               "devices": info.devices, "draft_dtype": info.draft_dtype, "prompt_tokens": len(prompt_ids),
               "stop": records[-1].stop,
               "metrics": m.as_dict()}
     if args.check_lossless:
         vanilla = SpecConfig(mode="vanilla", max_new_tokens=spec.max_new_tokens, stop_strings=spec.stop_strings)
-        ref = [t for r in session.generate(prompt_ids, vanilla) for t in r.token_ids]
+        ref = [t for r in session.generate(session.plan(vanilla, prompt_ids)) for t in r.token_ids]
         check = compare_greedy(session, prompt_ids, token_ids, ref)
         result.update(lossless=check.verdict == "equal", first_difference=check.index, greedy_check=check.as_dict())
     if args.save_run:
-        header = RunHeader(settings=spec.as_dict(), base=info.base, draft=info.draft, prompt_ids=tuple(prompt_ids),
+        header = RunHeader(settings=run_plan.as_dict(), base=info.base, draft=info.draft, prompt_ids=tuple(prompt_ids),
                            device=info.device, dtype=info.dtype,
                            created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                            extra={"devices": info.devices, "draft_dtype": info.draft_dtype})
@@ -427,7 +425,7 @@ def _write_report(args, session, prompts, runs, grid, notes) -> None:
 def _bench_pair(args) -> int:
     """`bench acceptance` and `bench speed` on a real pair; JSON + Markdown under --out."""
     from easyspec.core.evaluation import bench
-    from easyspec.core.engine.loop import SpecConfig
+    from easyspec.core.settings import SpecConfig
     from easyspec.core.models.loading import resolve_pair
     from easyspec.core.evaluation.pilot import PilotGrid
     from easyspec.core.evaluation.prompt_sets import BUILTIN_SETS, builtin_prompts, read_prompt_file

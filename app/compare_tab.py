@@ -15,9 +15,10 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from easyspec.core.engine.loop import CALIBRATION_POLICIES, MODES
+from easyspec.core.settings import CALIBRATION_CHOICES, MODES
 from easyspec.core.i18n import tr
-from easyspec.core.engine.lossless import GreedyCheck, compare_greedy, count_verdicts, counts_text
+from easyspec.core.engine.lossless import compare_greedy
+from easyspec.core.engine.verdicts import GreedyCheck, count_verdicts, counts_text
 from easyspec.visualizations.cards import badge_html, metric_cards_html
 from easyspec.visualizations.timeline import timeline_figure
 from easyspec.visualizations.tokens import tokens_html
@@ -157,27 +158,23 @@ def make_compare(ctx: AppContext):
                     (mode_4, layer_parallel_4, calibration_4, draft_len_4, grouping_4)]
         prompt = check_prompt_text(prompt)
         n_cols = as_int(columns, "columns", 2, MAX_COLUMNS)
-        configs = []
+        ids = session.encode(prompt, bool(chat))
+        plans = []
         for c in range(n_cols):
             mode, n, calibration, k, grouping = settings[c]
             try:
                 check_choice(grouping, "layer grouping", GROUPINGS[:2])
-                configs.append(session.resolve(spec_config(mode, n, calibration, k, temperature, 1.0, 0, seed,
-                                                           max_new_tokens, grouping=grouping)))
+                plans.append(session.plan(spec_config(mode, n, calibration, k, temperature, 1.0, 0, seed,
+                                                      max_new_tokens, grouping=grouping), ids))
             except ValueError as exc:
                 raise ValueError(f"column {c + 1}: {exc}") from None
-        ids = session.encode(prompt, bool(chat))
-        for c, cfg in enumerate(configs):
-            try:
-                session.validate(cfg, ids)
-            except ValueError as exc:
-                raise ValueError(f"column {c + 1}: {exc}") from None
+        configs = [plan.settings for plan in plans]
         lives = [LiveRun(session.tokenizer, cfg.mode, ctx.info.device, ctx.info.devices, describe_config(cfg),
                          greedy=cfg.sampling.greedy, lang=lang) for cfg in configs]
 
         def produce(stop_event):
-            for c, cfg in enumerate(configs):
-                stream = session.generate(ids, cfg)
+            for c, plan in enumerate(plans):
+                stream = session.generate(plan)
                 try:
                     for rec in stream:
                         yield c, rec
@@ -199,8 +196,8 @@ def make_compare(ctx: AppContext):
                         live.timeline(x_range=x_range, legend="bottom")]
             if final:
                 checks = greedy_checks(session, ids, lives)
-                for live, cfg, check in zip(lives, configs, checks):  # the final view: each column counted once
-                    ctx.exporter.record_run(live.records, cfg.as_dict(), check.verdict if check else None)
+                for live, plan, check in zip(lives, plans, checks):  # the final view: each column counted once
+                    ctx.exporter.record_run(live.records, plan.as_dict(), check.verdict if check else None)
                 rows, equal, parts = summary_rows(lives, checks)
                 badge = badge_html(equal, equality_note(parts, lang), lang)
                 return [tr(status, lang), summary_table(rows, lang), badge,
@@ -232,7 +229,7 @@ def make_compare(ctx: AppContext):
         x_range = (0.0, max(lv.end_ms() for lv in lives) * 1.02 or 1.0)
         for c, live in enumerate(lives):
             if live.records:
-                keep_run(state, f"compare:{c + 1}", "compare", live, ids, prompt, configs[c].as_dict(),
+                keep_run(state, f"compare:{c + 1}", "compare", live, ids, prompt, plans[c].as_dict(),
                          configs[c].sampling.greedy)
         stopped = any(lv.stopped_early or not lv.records for lv in lives)
         yield view(every, None, "**Stopped** early." if stopped else "**Done**: all columns ran on the same "
@@ -277,7 +274,7 @@ def build(ctx: AppContext, state: gr.State, switch: gr.Radio):
                     with gr.Row():
                         nn = gr.Slider(1, n_max, value=min(n, n_max), step=1, label="N")
                         kk = gr.Slider(1, 12, value=k, step=1, label="k")
-                    cal = gr.Dropdown(list(CALIBRATION_POLICIES), value=calibration, label="calibration")
+                    cal = gr.Dropdown(list(CALIBRATION_CHOICES), value=calibration, label="calibration")
                     grouping = gr.Dropdown(list(GROUPINGS[:2]), value=GROUPINGS[0], label="layer grouping",
                                            elem_id=f"cmp-grouping-{c + 1}")
                 header, text, cards, plot = first[3 + 4 * c: 7 + 4 * c]

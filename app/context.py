@@ -15,11 +15,10 @@ from pathlib import Path
 
 from easyspec.core.runtime.device_stats import DeviceMonitor
 from easyspec.core.exporter import Exporter
-from easyspec.core.engine.monitor import ON_LOW_ACCEPTANCE
+from easyspec.core.settings import (ON_LOW_ACCEPTANCE, check_draft_dtype, check_finite, default_layer_parallel,
+                                    max_layer_parallel)
 from easyspec.core.evaluation.pilot import Throughput, measure_throughput
-from easyspec.core.models.quantize import check_draft_dtype
 from easyspec.core.engine.records import RoundRecord, RunHeader, load_run
-from easyspec.core.engine.sampling import check_finite
 from easyspec.core.session import Session
 
 from .worker import on_thread
@@ -190,13 +189,13 @@ class AppContext:
         return 1.0 / rate if rate else 0.0
 
     @property
-    def middle_layers(self) -> int:
-        return max(1, (self.info.draft_layers or 3) - 2)
-
-    @property
     def max_layer_parallel(self) -> int:
         """The largest N the settings offer: the middle layers (one device) or G (across G devices)."""
-        return self.middle_layers if self.info.devices == 1 else min(self.info.devices, self.middle_layers)
+        return max_layer_parallel(self.info.draft_layers or 3, self.info.devices)
+
+    @property
+    def default_layer_parallel(self) -> int:
+        return default_layer_parallel(self.info.devices, self.max_layer_parallel)
 
     @property
     def max_new_tokens(self) -> int:

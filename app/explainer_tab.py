@@ -16,7 +16,8 @@ from typing import Sequence
 import gradio as gr
 
 from easyspec.core.i18n import check_lang, text, tr
-from easyspec.core.engine.lossless import GreedyCheck, compare_greedy, count_verdicts, first_difference
+from easyspec.core.engine.lossless import compare_greedy
+from easyspec.core.engine.verdicts import GreedyCheck, count_verdicts, first_difference
 from easyspec.core.engine.metrics import compute
 from easyspec.core.engine.records import RoundRecord
 from easyspec.visualizations.acceptance import acceptance_summary_figure

@@ -15,9 +15,9 @@ from dataclasses import dataclass, fields, replace
 
 import gradio as gr
 
-from easyspec.core.engine.loop import CALIBRATION_POLICIES, MODES, SpecConfig
-from easyspec.core.engine.grouping import largest_group
-from easyspec.core.engine.monitor import ON_LOW_ACCEPTANCE, fallback_summary
+from easyspec.core.settings import CALIBRATION_CHOICES, MODES, ON_LOW_ACCEPTANCE, SpecConfig
+from easyspec.core.engine.grouping import largest_group, plan_of
+from easyspec.core.engine.monitor import fallback_summary
 from easyspec.core.engine.records import load_run
 from easyspec.visualizations.acceptance import accepted_histogram_figure, per_position_figure, rolling_acceptance_figure
 from easyspec.visualizations.cards import device_panel_html, metric_cards_html
@@ -72,14 +72,15 @@ def settings_panel(ctx: AppContext, prefix: str, max_new_tokens: int = 64) -> Se
     grouping = gr.Radio(list(GROUPINGS), value=GROUPINGS[0], label="layer grouping",
                         info="auto: the plan the tuner chose for this pair (Pilot screen, \"Tune the layer plan\")",
                         elem_id=f"{prefix}-grouping")
-    n = gr.Slider(1, n_max, value=min(4, n_max), step=1, label="layer-parallel size N", info=n_info,
+    n = gr.Slider(1, n_max, value=ctx.default_layer_parallel, step=1, label="layer-parallel size N", info=n_info,
                   elem_id=f"{prefix}-n")
     plan = gr.Textbox("", label="custom plan", placeholder=f"e.g. 0|1-4|5-8|...|{ctx.info.draft_layers - 1}"
                       if ctx.info.draft_layers else "", info="draft layers in order; a group 'a-b' runs in parallel",
                       visible=False, elem_id=f"{prefix}-plan")
     grouping.change(lambda g: (gr.update(visible=g == GROUPINGS[0]), gr.update(visible=g == GROUPINGS[2])),
                     grouping, [n, plan], queue=False, api_visibility="private", show_progress="hidden")
-    calibration = gr.Radio(list(CALIBRATION_POLICIES), value="every-round", label="calibration policy",
+    calibration = gr.Radio(list(CALIBRATION_CHOICES), value="auto", label="calibration policy",
+                           info="auto: the tuner's recommended policy with the auto plan, else every-round",
                            elem_id=f"{prefix}-calibration")
     k = gr.Slider(1, 12, value=5, step=1, label="draft length k", elem_id=f"{prefix}-k")
     with gr.Row():
@@ -159,7 +160,7 @@ def _final_status(live: LiveRun, what: str = "Done") -> str:
 def _largest_group(settings: dict, n_layers: int) -> int:
     """The run's largest layer group, for the alert's likely cause (1 when the settings do not say)."""
     try:
-        return largest_group(SpecConfig.from_dict(settings).plan(n_layers or 1)) \
+        return largest_group(plan_of(SpecConfig.from_dict(settings), n_layers or 1)) \
             if settings.get("mode", "easyspec") == "easyspec" else 1
     except Exception:  # settings from another version or another draft: the alert just names fewer causes
         return 1
@@ -184,20 +185,20 @@ def make_handlers(ctx: AppContext):
             raise ValueError(f"on low acceptance: choose one of {', '.join(ON_LOW_ACCEPTANCE)}; got {on_low!r}")
         cfg = replace(cfg, on_low_acceptance=on_low, base_token_s=ctx.base_token_s)  # the probe's base speed
         ids = session.encode(prompt, bool(chat))
-        cfg = session.resolve(cfg)  # auto -> the tuned plan; the expected acceptance for the monitor
-        session.validate(cfg, ids)
-        groups = largest_group(cfg.plan(ctx.info.draft_layers)) if cfg.mode == "easyspec" else 1
+        plan = session.plan(cfg, ids)  # the one resolution: auto, N, the policy, the expected acceptance, limits
+        cfg = plan.settings
+        groups = largest_group(plan.layers) if plan.layers else 1
         live = LiveRun(session.tokenizer, cfg.mode, ctx.info.device, ctx.info.devices, describe_config(cfg),
-                       settings=cfg.as_dict(), largest_group=groups, lang=lang)
+                       settings=plan.as_dict(), largest_group=groups, lang=lang)
         empty = _view(live, "")
         yield (_running_status(live),) + empty[1:6] + (None, None, None, gr.skip()) + empty[-2:]
-        for batch in DeviceJob(record_stream(session, ids, cfg), stop).batches():
+        for batch in DeviceJob(record_stream(session, plan), stop).batches():
             live.add(batch)
             yield _view(live, _running_status(live))
         live.finish()
-        ctx.exporter.record_run(live.records, cfg.as_dict())
-        files = write_run_files(ctx, live, cfg.as_dict(), ids, "run")
-        keep_run(state, "generate", "generate", live, ids, prompt, cfg.as_dict(), cfg.sampling.greedy, files)
+        ctx.exporter.record_run(live.records, plan.as_dict())
+        files = write_run_files(ctx, live, plan.as_dict(), ids, "run")
+        keep_run(state, "generate", "generate", live, ids, prompt, plan.as_dict(), cfg.sampling.greedy, files)
         yield _view(live, _final_status(live), final=True, files=files)
 
     @friendly_stream

@@ -13,17 +13,17 @@ from datetime import datetime, timezone
 
 import gradio as gr
 
-from easyspec.core.engine.loop import CALIBRATION_POLICIES
+from easyspec.core.settings import CALIBRATION_POLICIES
 from easyspec.core.i18n import check_lang, text, tr
 from easyspec.core.files import write_text_atomic
-from easyspec.core.engine.lossless import VERDICTS
-from easyspec.core.evaluation.pilot import (DEFAULT_PROMPTS, PilotGrid, PilotProgress, PilotRun, check_pilot, describe_seconds,
-                                 estimate_seconds, pilot_json, rows_to_csv, run_pilot, summarise)
+from easyspec.core.engine.verdicts import VERDICTS
+from easyspec.core.evaluation.pilot import (DEFAULT_PROMPTS, PilotGrid, PilotProgress, PilotRun, check_pilot,
+                                            describe_seconds, estimate_seconds, pilot_json, rows_to_csv, run_pilot,
+                                            summarise)
 from easyspec.core.evaluation.projection import COMM_MODELS, project_pilot, session_shapes
 from easyspec.core.evaluation.report import context_for
 from easyspec.core.evaluation.prompt_sets import BUILTIN_SETS, builtin_prompts, read_prompt_file
-from easyspec.core.tuner.tuning import TuneConfig, TuneResult
-from easyspec.core.tuner.tuning import markdown as tuning_markdown
+from easyspec.core.tuner.tuning import TuneConfig, TuneResult, markdown as tuning_markdown
 from easyspec.visualizations.pilot_charts import pilot_figure
 from easyspec.visualizations.report import pilot_report_html
 from easyspec.visualizations.translate import translate_figure
@@ -143,7 +143,7 @@ def make_handlers(ctx: AppContext):
         comm = check_choice(comm, "communication model", tuple(COMM_MODELS))
         # Every check (the grid's run limit, each setting on each prompt) before the screen is cleared:
         # a refused pilot leaves the previous pilot's results and report in place.
-        check_pilot(session, [session.encode(p, grid.chat) for p in prompts], grid)
+        planned = check_pilot(session, [session.encode(p, grid.chat) for p in prompts], grid)  # one plan a run
         started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         state.pilot_runs = {}
         state.pilot_report = None
@@ -152,7 +152,7 @@ def make_handlers(ctx: AppContext):
         yield (text("pilot.starting", lang), _table([], SUMMARY_COLUMNS, lang), _table([], RUN_COLUMNS, lang),
                translate_figure(pilot_figure([]), lang), None, None, gr.Dropdown(choices=[], value=None), None,
                _table([], PROJECTION_COLUMNS, lang), "", None)
-        job = DeviceJob(lambda ev: run_pilot(session, prompts, grid, should_stop=ev.is_set), stop)
+        job = DeviceJob(lambda ev: run_pilot(session, prompts, grid, should_stop=ev.is_set, planned=planned), stop)
         status, last, prompt_ids = "", None, {}
         for batch in job.batches(min_interval_s=0.3):
             for item in batch:

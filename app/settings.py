@@ -8,28 +8,25 @@ from __future__ import annotations
 
 import math
 
-from easyspec.core.engine.loop import CALIBRATION_POLICIES, MODES, SpecConfig
-from easyspec.core.engine.sampling import SamplingConfig
+from easyspec.core.settings import CALIBRATION_CHOICES, MODES, SamplingConfig, SettingsError, SpecConfig
 
 MAX_NEW_TOKENS_LIMIT = 2048
 MAX_DRAFT_LEN = 16
 MAX_TREE_DEPTH = 8
 MAX_TREE_WIDTH = 8
 MAX_PROMPT_CHARS = 20_000
-# Flag names in engine messages -> the dashboard's field names.
-_FIELD_NAMES = {"--layer-parallel": "layer-parallel size N", "--draft-len": "draft length k",
-                "--max-new-tokens": "max new tokens", "--temperature": "temperature", "--top-p": "top-p",
-                "--top-k": "top-k", "--seed": "seed", "--sequential-head": "sequential head layers",
-                "--sequential-tail": "sequential tail layers", "--groups": "layer plan", "--tree-depth": "tree depth",
-                "--tree-width": "tree width"}
+# The dashboard's name of each run setting (SettingsError.field), as its labels say it.
+LABELS = {"mode": "mode", "layer_parallel": "layer-parallel size N", "draft_len": "draft length k",
+          "max_new_tokens": "max new tokens", "temperature": "temperature", "top_p": "top-p", "top_k": "top-k",
+          "seed": "seed", "sequential_head": "sequential head layers", "sequential_tail": "sequential tail layers",
+          "groups": "layer plan", "tree_depth": "tree depth", "tree_width": "tree width",
+          "calibration": "calibration policy", "adaptive": "adaptive draft length", "stop_strings": "stop strings",
+          "on_low_acceptance": "on low acceptance", "draft_dtype": "draft precision", "prompt": "the prompt"}
 
 
 def ui_message(exc: Exception) -> str:
-    """An engine ValueError's message with command-line flag names replaced by field names."""
-    msg = str(exc)
-    for flag, name in _FIELD_NAMES.items():
-        msg = msg.replace(flag, name)
-    return msg
+    """An error's message in the dashboard's words: a SettingsError names its fields by their labels."""
+    return exc.render(LABELS) if isinstance(exc, SettingsError) else str(exc)
 
 
 def as_int(value, name: str, lo: int | None = None, hi: int | None = None) -> int:
@@ -101,7 +98,7 @@ def spec_config(mode, layer_parallel, calibration, draft_len, temperature, top_p
                                   top_k=as_int(top_k, "top-k", 0, 10**6), seed=as_int(seed, "seed", 0, 2**63 - 1))
         return SpecConfig(mode=check_choice(mode, "mode", MODES),
                           layer_parallel=as_int(layer_parallel, "layer-parallel size N", 1, 64),
-                          calibration=check_choice(calibration, "calibration policy", CALIBRATION_POLICIES),
+                          calibration=check_choice(calibration, "calibration policy", CALIBRATION_CHOICES),
                           draft_len=as_int(draft_len, "draft length k", 1, MAX_DRAFT_LEN),
                           max_new_tokens=as_int(max_new_tokens, "max new tokens", 1, MAX_NEW_TOKENS_LIMIT),
                           sampling=sampling, groups=groups_text(grouping, plan),

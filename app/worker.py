@@ -13,7 +13,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from typing import Callable, Generic, Iterator, Sequence, TypeVar
+from typing import Callable, Generic, Iterator, TypeVar
 
 from easyspec.core.engine.records import RoundRecord
 
@@ -106,11 +106,12 @@ def on_thread(fn: Callable[[], T], name: str = "easyspec-device-call") -> T:
     return box["value"]
 
 
-def record_stream(session, prompt_ids: Sequence[int], cfg) -> Callable[[threading.Event], Iterator[RoundRecord]]:
-    """A producer of one generation's records that ends after the current round once `stop` is set."""
+def record_stream(session, plan) -> Callable[[threading.Event], Iterator[RoundRecord]]:
+    """A producer of the records of one generation of `plan` (Session.plan) that ends after the current
+    round once `stop` is set."""
 
     def produce(stop: threading.Event) -> Iterator[RoundRecord]:
-        stream = session.generate(prompt_ids, cfg)
+        stream = session.generate(plan)
         try:
             for rec in stream:
                 yield rec

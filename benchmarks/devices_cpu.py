@@ -22,7 +22,7 @@ from pathlib import Path
 from easyspec.app.logs import configure as configure_logging
 from easyspec.core.engine import metrics
 from easyspec.core.evaluation.bench import git_commit, machine, pair_text, raw_run, records_from_raw
-from easyspec.core.engine.loop import SpecConfig
+from easyspec.core.settings import SpecConfig
 from easyspec.core.files import write_text_atomic
 from easyspec.core.models.loading import resolve_pair
 from easyspec.core.session import Session
@@ -51,10 +51,10 @@ def measure(source, devices: int, max_new: int, repeats: int) -> tuple[list[dict
     with Session(source, devices=devices) as s:
         shapes = session_shapes(s) if devices == 1 else None
         ids = s.encode(PROMPT, chat=True)
-        list(s.generate(ids, SpecConfig(mode="speculative", max_new_tokens=8)))  # warm-up
+        list(s.generate(s.plan(SpecConfig(mode="speculative", max_new_tokens=8), ids)))  # warm-up
         for label, setting in SETTINGS.items():
             for repeat in range(repeats):
-                records = list(s.generate(ids, SpecConfig(max_new_tokens=max_new, **setting)))
+                records = list(s.generate(s.plan(SpecConfig(max_new_tokens=max_new, **setting), ids)))
                 raw.append(raw_run(records, spans=True, devices=devices, setting=label, settings=setting,
                                    repeat=repeat, prompt=PROMPT, prompt_ids=ids))
             rates = [metrics.compute(records_from_raw(r["rounds"])).tokens_per_s for r in raw[-repeats:]]

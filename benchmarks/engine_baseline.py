@@ -25,10 +25,13 @@ import transformers
 from easyspec.app.logs import configure as configure_logging
 from easyspec.core.engine import metrics
 from easyspec.core.evaluation.bench import ar_al, git_commit, machine, pair_text, raw_run, records_from_raw
-from easyspec.core.engine.loop import SpecConfig, Stopping, generate
+from easyspec.core.planning import plan_run
+from easyspec.core.engine.loop import Stopping, generate
+from easyspec.core.settings import SpecConfig
 from easyspec.core.files import write_text_atomic
 from easyspec.core.models.loading import load_pair, resolve_pair
-from easyspec.core.engine.lossless import Fp32Reference, compare_greedy, count_verdicts, same_column
+from easyspec.core.engine.lossless import Fp32Reference, compare_greedy
+from easyspec.core.engine.verdicts import count_verdicts, same_column
 from easyspec.core.models.text import encode_prompt
 
 PROMPTS = {
@@ -50,12 +53,13 @@ def measure(source, dtype: str, max_new: int, draft_len: int, prompts: dict[str,
     stopping = Stopping(pair.eos_ids)
     reference = Fp32Reference(base)  # classifies a difference from vanilla (fp32 copy built on first use)
     ids = {name: encode_prompt(pair.tokenizer, text, chat=True) for name, text in prompts.items()}
-    list(generate(base, draft, next(iter(ids.values())), SpecConfig(max_new_tokens=8), stopping))  # warm-up
+    list(generate(base, draft, plan_run(SpecConfig(max_new_tokens=8), next(iter(ids.values())), base, draft),
+                  stopping))  # warm-up
     raw = []
     for label, s in SETTINGS:
         cfg = SpecConfig(max_new_tokens=max_new, draft_len=draft_len, **s)
         for name, prompt_ids in ids.items():
-            records = list(generate(base, draft, prompt_ids, cfg, stopping))
+            records = list(generate(base, draft, plan_run(cfg, prompt_ids, base, draft), stopping))
             m = metrics.compute(records)
             raw.append(raw_run(records, dtype=dtype, setting=label, settings=s, prompt=name,
                                prompt_text=prompts[name], prompt_ids=prompt_ids))

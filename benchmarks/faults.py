@@ -31,7 +31,7 @@ from helpers import make_pair  # noqa: E402
 
 from easyspec.app.cli import main as cli  # noqa: E402
 from easyspec.core.evaluation.bench import git_commit, machine  # noqa: E402
-from easyspec.core.engine.loop import SpecConfig  # noqa: E402
+from easyspec.core.settings import SpecConfig  # noqa: E402
 from easyspec.core.files import atomic_writer, write_text_atomic  # noqa: E402
 from easyspec.core.models.loading import resolve_pair  # noqa: E402
 from easyspec.core.session import Session  # noqa: E402
@@ -56,9 +56,9 @@ def rank_fault(source, sig: int, timeout_s: float) -> dict:
     """Send `sig` to rank 1 after the first round of a long run; time until the error."""
     with Session(source, devices=2, timeout_s=timeout_s) as s:
         cfg = SpecConfig(layer_parallel=2, max_new_tokens=400)
-        before = tokens(s.generate(PROMPT, SpecConfig(layer_parallel=2, max_new_tokens=12)))
+        before = tokens(s.generate(s.plan(SpecConfig(layer_parallel=2, max_new_tokens=12), PROMPT)))
         proc = s.ranks.procs[0]
-        stream = s.generate(PROMPT, cfg)
+        stream = s.generate(s.plan(cfg, PROMPT))
         next(stream)
         os.kill(proc.pid, sig)
         start = time.monotonic()
@@ -69,7 +69,7 @@ def rank_fault(source, sig: int, timeout_s: float) -> dict:
             message = f"{type(exc).__name__}: {exc}"
         seconds = time.monotonic() - start
         left = proc.is_alive()
-        after = tokens(s.generate(PROMPT, SpecConfig(layer_parallel=2, max_new_tokens=12)))
+        after = tokens(s.generate(s.plan(SpecConfig(layer_parallel=2, max_new_tokens=12), PROMPT)))
     return {"seconds_to_error": round(seconds, 2), "message": message, "next_request_ok": after == before,
             "left_running": left}
 
@@ -78,10 +78,10 @@ def idle_past_timeout(source) -> dict:
     """No request for IDLE_S with a collective timeout of IDLE_TIMEOUT_S; then a request."""
     cfg = SpecConfig(layer_parallel=2, max_new_tokens=12)
     with Session(source, devices=2, timeout_s=IDLE_TIMEOUT_S) as s:
-        before = tokens(s.generate(PROMPT, cfg))
+        before = tokens(s.generate(s.plan(cfg, PROMPT)))
         pids = [p.pid for p in s.ranks.procs]
         time.sleep(IDLE_S)
-        message, after = _try(lambda: tokens(s.generate(PROMPT, cfg)))
+        message, after = _try(lambda: tokens(s.generate(s.plan(cfg, PROMPT))))
         same_ranks = s.ranks is not None and [p.pid for p in s.ranks.procs] == pids
     return {"message": message, "next_request_ok": after == before, "same_ranks": same_ranks}
 
@@ -90,11 +90,11 @@ def rank_killed_idle(source) -> dict:
     """SIGKILL to rank 1 between two requests; then a request."""
     cfg = SpecConfig(layer_parallel=2, max_new_tokens=12)
     with Session(source, devices=2, timeout_s=20.0) as s:
-        before = tokens(s.generate(PROMPT, cfg))
+        before = tokens(s.generate(s.plan(cfg, PROMPT)))
         proc = s.ranks.procs[0]
         os.kill(proc.pid, signal.SIGKILL)
         proc.join(10)
-        message, after = _try(lambda: tokens(s.generate(PROMPT, cfg)))
+        message, after = _try(lambda: tokens(s.generate(s.plan(cfg, PROMPT))))
         restarted = s.ranks is not None and proc.pid not in [p.pid for p in s.ranks.procs]
     return {"message": message, "next_request_ok": after == before, "ranks_restarted": restarted,
             "left_running": proc.is_alive()}

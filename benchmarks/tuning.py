@@ -21,9 +21,9 @@ import sys
 from pathlib import Path
 
 from easyspec.core.evaluation.bench import git_commit, machine
-from easyspec.core.engine.loop import SpecConfig, Stopping
+from easyspec.core.engine.loop import Stopping
 from easyspec.core.files import write_text_atomic
-from easyspec.core.engine.grouping import describe, parse_plan
+from easyspec.core.engine.grouping import describe, layer_groups, parse_plan
 from easyspec.core.evaluation.prompt_sets import builtin_prompts
 from easyspec.core.session import Session
 from easyspec.core.tuner.tuning import (Candidate, Probe, TuneConfig, TuneResult, cell, change_agreement, markdown,
@@ -98,7 +98,7 @@ def main() -> None:
                                                        tolerance=args.tolerance),
                                   progress=log, save=names == ["code", "chat"])  # the pair's cached tuning
         n_layers = session.info.draft_layers
-        plans = {f"N={n}": describe(SpecConfig(layer_parallel=n).plan(n_layers)) for n in range(1, 7)}
+        plans = {f"N={n}": describe(layer_groups(n_layers, n)) for n in range(1, 7)}
         plans["tuned"] = result.plan
         # the tuner's best measured plan at each step count below N = 4's (not chosen: outside tolerance there)
         n4_steps = steps_of(plans["N=4"])

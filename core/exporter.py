@@ -15,9 +15,10 @@ from typing import Callable, Sequence
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from .engine.grouping import describe
+from .engine.grouping import describe, plan_of
 from .engine.monitor import ALERT, OFF, SEQUENTIAL
 from .engine.records import PHASES, RoundRecord
+from .settings import SpecConfig
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 OUTCOMES = ("equal", "tie", "different")  # lossless.GreedyCheck.verdict
@@ -28,15 +29,13 @@ SECONDS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60, 120, 300)
 def plan_label(settings: dict, draft_layers: int | None) -> str:
     """The layer plan a run drafted with, in `--groups` notation: "sequential" for speculative decoding,
     "none" for vanilla; an equal-groups plan as its groups (a bounded set of values: one per N)."""
-    from .engine.loop import SpecConfig
-
     mode = settings.get("mode")
     if mode == "vanilla":
         return "none"
     if mode != "easyspec":
         return "sequential"
     try:
-        return describe(SpecConfig.from_dict(settings).plan(draft_layers or 1))
+        return describe(plan_of(SpecConfig.from_dict(settings), draft_layers or 1))
     except (KeyError, TypeError, ValueError):  # settings from another version or another draft
         return str(settings.get("groups") or f"N={settings.get('layer_parallel')}")
 

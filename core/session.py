@@ -1,10 +1,11 @@
 """An engine session: models loaded once per process, generations run one at a time.
 
 What it is: the object front ends (CLI, dashboard, benchmarks) hold. It owns the tokenizer and the
-loaded models, on one device or as rank 0 of G ranks (`ranks.py` starts the others), serialises
-generations on the devices, and turns a prompt into the engine's record stream. Stopping early is
+loaded models, on one device or as rank 0 of G ranks (`runtime/ranks.py` starts the others), serialises
+generations on the devices, resolves a run's settings into its plan once (`plan`, planning.py) and
+turns that plan into the engine's record stream (`generate`). Stopping early is
 closing the stream: the run ends after the current round and the session is ready for the next.
-What it is not: the decoding loop (`engine.py`) or the multi-device protocol (`parallel.py`).
+What it is not: the decoding loop (`engine/loop.py`) or the multi-device protocol (`runtime/parallel.py`).
 """
 from __future__ import annotations
 
@@ -18,14 +19,13 @@ from typing import Iterator, Sequence
 import torch
 
 from .engine.decoder import DecoderConfig
-from .engine.loop import SpecConfig, Stopping, check_prompt, generate
-from .engine.grouping import largest_group
-from .models.loading import PairSource, load_draft, load_pair, parse_device, parse_dtype, resolve_pair
-from .models.quantize import check_draft_dtype
+from .engine.loop import Stopping, generate
 from .engine.records import RoundRecord
-from .engine.sampling import check_finite
+from .models.loading import PairSource, load_draft, load_pair, parse_device, parse_dtype, resolve_pair
 from .models.text import encode_prompt
-from .tuner.tuning import TuneConfig, TuneResult, load_tuning, pair_key, save_tuning, tune_steps, with_expectation
+from .planning import check_prompt, plan_run
+from .settings import RunPlan, SettingsError, SpecConfig, check_draft_dtype, check_finite, name
+from .tuner.tuning import TuneConfig, TuneResult, load_tuning, pair_key, save_tuning, tune_steps
 
 logger = logging.getLogger(__name__)
 
@@ -126,12 +126,12 @@ class Session:
     def draft_for(self, cfg: SpecConfig):
         """The draft decoder at the run's precision (cfg.draft_dtype, "" = the session's): another precision
         is loaded from the same checkpoint on first use and kept (one device only)."""
-        name = cfg.draft_dtype or self.draft_dtype
-        if cfg.mode == "vanilla" or self.draft is None or name in self._drafts:
-            return self._drafts.get(name, self.draft)
-        assert self.devices == 1, "checked in _check"
-        self._drafts[name] = load_draft(self.source.draft_dir, name, self.base.device)
-        return self._drafts[name]
+        precision = cfg.draft_dtype or self.draft_dtype
+        if cfg.mode == "vanilla" or self.draft is None or precision in self._drafts:
+            return self._drafts.get(precision, self.draft)
+        assert self.devices == 1, "checked by Session.plan"
+        self._drafts[precision] = load_draft(self.source.draft_dir, precision, self.base.device)
+        return self._drafts[precision]
 
     def fp32_base(self):
         """The base in fp32 from the same weights, for classifying greedy differences (lossless.py); built on
@@ -193,24 +193,16 @@ class Session:
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
-    def validate(self, cfg: SpecConfig, prompt_ids: Sequence[int]) -> None:
-        """Raise ValueError for settings this session cannot run, before any device work."""
-        self._check(self.resolve(cfg), prompt_ids)
-
-    def _check(self, cfg: SpecConfig, prompt_ids: Sequence[int]) -> None:  # cfg already resolved
-        if cfg.mode != "vanilla" and self.draft is None:
-            raise ValueError(f"mode {cfg.mode} needs a draft model, and this session loaded none")
-        if cfg.mode != "vanilla" and cfg.draft_dtype not in ("", self.draft_dtype) and self.devices > 1:
-            raise ValueError(f"draft precision {cfg.draft_dtype} differs from the session's {self.draft_dtype}: across "
-                             f"devices every rank holds the draft, so start the session with --draft-dtype "
-                             f"{cfg.draft_dtype}")
-        if cfg.mode == "easyspec":
-            size = largest_group(cfg.plan(self.info.draft_layers))
-            if size > self.devices > 1:
-                what = f"--layer-parallel {cfg.layer_parallel}" if not cfg.groups else f"a group of {size} layers"
-                raise ValueError(f"{what} is more than the {self.devices} devices: across devices each layer of "
-                                 f"a group runs on its own device, so N <= G (groups of at most G layers)")
-        check_prompt(prompt_ids, cfg, self.base, self.draft)
+    def plan(self, settings: SpecConfig, prompt_ids: Sequence[int]) -> RunPlan:
+        """The run plan of `settings` for this prompt on this session's models, devices and tuning, resolved
+        once per run (planning.py): SettingsError naming the field for settings it cannot run."""
+        if settings.mode != "vanilla" and settings.draft_dtype not in ("", self.draft_dtype) and self.devices > 1:
+            raise SettingsError("draft_dtype", f"draft precision {settings.draft_dtype} differs from the session's "
+                                               f"{self.draft_dtype}: across devices every rank holds the draft, so "
+                                               f"start the session with {name('draft_dtype')} {settings.draft_dtype}")
+        needs_tuning = settings.mode != "vanilla" and self.draft is not None
+        return plan_run(settings, prompt_ids, self.base.cfg, self.draft.cfg if self.draft else None, self.devices,
+                        self.tuning() if needs_tuning else None)
 
     # -- tuning (tuning.py) ----------------------------------------------------------------------
     @functools.cached_property
@@ -224,14 +216,6 @@ class Session:
     def tuning(self) -> TuneResult | None:
         key = self.pair_key
         return load_tuning(key) if key else None
-
-    def resolve(self, cfg: SpecConfig) -> SpecConfig:
-        """`--groups auto` -> the tuned plan, and the expected acceptance from the tuning (if any)."""
-        if cfg.mode == "vanilla" or self.draft is None:
-            if cfg.groups == "auto" and cfg.mode == "easyspec":
-                raise ValueError("--groups auto needs a draft model")
-            return cfg
-        return with_expectation(cfg, self.tuning(), self.info.draft_layers)
 
     def tune(self, prompt_ids: Sequence[Sequence[int]], cfg: TuneConfig = TuneConfig(), progress=lambda _: None,
              save: bool = True) -> TuneResult:
@@ -253,7 +237,7 @@ class Session:
         if not prompt_ids:
             raise ValueError("the tuner needs at least one calibration prompt")
         for ids in prompt_ids:
-            check_prompt(ids, SpecConfig(max_new_tokens=cfg.max_new_tokens), self.base)
+            check_prompt(ids, SpecConfig(max_new_tokens=cfg.max_new_tokens), self.base.cfg)
         return self._tune_stream(prompt_ids, cfg, save)
 
     def _tune_stream(self, prompt_ids, cfg: TuneConfig, save: bool) -> Iterator[str | TuneResult]:
@@ -265,13 +249,11 @@ class Session:
                         save_tuning(step, self.pair_key)
                 yield step
 
-    def generate(self, prompt_ids: Sequence[int], cfg: SpecConfig) -> Iterator[RoundRecord]:
-        """Validate now (ValueError), then return the record stream of one generation. The stream holds
-        the device lock until it ends or is closed; closing it stops the run after the current round.
-        Front ends that save the settings call `resolve` first, so that they save the plan that ran."""
-        cfg = self.resolve(cfg)
-        self._check(cfg, prompt_ids)
-        return self._stream(list(prompt_ids), cfg)
+    def generate(self, plan: RunPlan) -> Iterator[RoundRecord]:
+        """The record stream of one generation of a plan from `Session.plan`. The stream holds the device
+        lock until it ends or is closed; closing it stops the run after the current round."""
+        assert isinstance(plan, RunPlan), f"Session.generate runs a RunPlan from Session.plan, not {type(plan).__name__}"
+        return self._stream(plan)
 
     def _check_budget(self, tokens: int, cfg: SpecConfig) -> None:
         """The operator's memory budget, enforced the way a device enforces its memory: by raising
@@ -285,7 +267,8 @@ class Session:
             raise torch.OutOfMemoryError(f"the KV caches for {tokens} tokens need {need / 1e6:.1f} MB, over the "
                                          f"memory budget of {self.memory_budget_mb:g} MB set at start")
 
-    def _stream(self, prompt_ids: list[int], cfg: SpecConfig) -> Iterator[RoundRecord]:
+    def _stream(self, plan: RunPlan) -> Iterator[RoundRecord]:
+        cfg, prompt_ids = plan.settings, plan.prompt_ids
         stopping = Stopping(self.pair.eos_ids, cfg.stop_strings, self.decode)
         with self._lock:
             if self.ranks is not None and not self.ranks.alive():  # a rank died while idle
@@ -300,7 +283,7 @@ class Session:
                 self._check_budget(len(prompt_ids) + cfg.max_new_tokens, cfg)
                 started = True
                 draft = self.draft_for(cfg)
-                yield from generate(self.base, draft, prompt_ids, cfg, stopping, self.runtime)
+                yield from generate(self.base, draft, plan, stopping, self.runtime)
             except Exception as exc:
                 if out_of_memory(exc):
                     if self.ranks is not None and started:  # the other ranks may wait in a collective

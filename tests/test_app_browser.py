@@ -112,7 +112,7 @@ def _stop_at_round(page, start, at: int = 3) -> tuple[int, int, str]:
 
 
 def test_stop_ends_a_replay_within_one_round(page, tmp_path):
-    from easyspec.core.engine.loop import SpecConfig
+    from easyspec.core.settings import SpecConfig
     from easyspec.core.engine.records import RoundRecord, RunHeader, Span, save_run
 
     second = 1_000_000_000

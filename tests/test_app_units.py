@@ -15,7 +15,7 @@ from easyspec.app.live import LiveRun  # noqa: E402
 from easyspec.app.settings import describe_config, spec_config, ui_message  # noqa: E402
 from easyspec.app.state import UserState  # noqa: E402
 from easyspec.app.worker import DeviceJob, on_thread, record_stream  # noqa: E402
-from easyspec.core.engine.loop import SpecConfig  # noqa: E402
+from easyspec.core.settings import SettingsError, SpecConfig, name  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,10 @@ def test_settings_from_raw_inputs():
                         (("easyspec", 4, "none", 5, 0, 1, 0, 0, 0), "max new tokens must be between")]:
         with pytest.raises(ValueError, match=match):
             spec_config(*args)
-    assert ui_message(ValueError("--layer-parallel must be >= 1")) == "layer-parallel size N must be >= 1"
+    # an engine error names its field: the command line reads its flag, the dashboard its label
+    err = SettingsError("layer_parallel", f"{name('layer_parallel')} must be >= 1")
+    assert str(err) == "--layer-parallel must be >= 1" and ui_message(err) == "layer-parallel size N must be >= 1"
+    assert ui_message(ValueError("--tolerance must be a number")) == "--tolerance must be a number"  # not a setting
 
 
 def test_tree_and_adaptive_settings_from_raw_inputs():
@@ -90,7 +93,7 @@ def test_stop_ends_a_run_within_one_round_and_frees_the_session(session):
     ids = session.encode("The quick brown fox", False)
     cfg = SpecConfig(max_new_tokens=300)
     stop = threading.Event()
-    job = DeviceJob(record_stream(session, ids, cfg), stop)
+    job = DeviceJob(record_stream(session, session.plan(cfg, ids)), stop)
     got = []
     for batch in job.batches(min_interval_s=0.0):
         got.extend(batch)
@@ -102,19 +105,19 @@ def test_stop_ends_a_run_within_one_round_and_frees_the_session(session):
     assert seen_at_stop <= len(got) <= seen_at_stop + 1
     assert got[-1].stop is None  # cut short, not finished
     # the device lock is free: a new run starts and finishes at once
-    done = on_thread(lambda: list(session.generate(ids, SpecConfig(max_new_tokens=5))))
+    done = on_thread(lambda: list(session.generate(session.plan(SpecConfig(max_new_tokens=5), ids))))
     assert sum(len(r.token_ids) for r in done) == 5
 
 
 def test_an_abandoned_handler_does_not_hold_the_device(session):
     ids = session.encode("The quick brown fox", False)
-    job = DeviceJob(record_stream(session, ids, SpecConfig(max_new_tokens=300)), threading.Event())
+    job = DeviceJob(record_stream(session, session.plan(SpecConfig(max_new_tokens=300), ids)), threading.Event())
     batches = job.batches(min_interval_s=0.0)
     next(batches)
     batches.close()  # the browser went away: Gradio drops the handler's generator
     job.join(timeout=30)
     t0 = time.monotonic()
-    on_thread(lambda: list(session.generate(ids, SpecConfig(max_new_tokens=3))))
+    on_thread(lambda: list(session.generate(session.plan(SpecConfig(max_new_tokens=3), ids))))
     assert time.monotonic() - t0 < 30
 
 
@@ -134,7 +137,7 @@ def test_device_job_hands_over_errors():
 def test_live_run_text_matches_the_tokenizer(session):
     ids = session.encode("0123456789", True)
     live = LiveRun(session.tokenizer, "easyspec")
-    live.add(session.generate(ids, SpecConfig(max_new_tokens=40)))
+    live.add(session.generate(session.plan(SpecConfig(max_new_tokens=40), ids)))
     live.finish()
     assert live.text == session.decode(live.token_ids)
     assert len(live.pieces) == len(live.token_ids) == 40

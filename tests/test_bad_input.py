@@ -316,7 +316,7 @@ def test_two_queued_runs_from_one_tab(client):
 
 def _slow_run(path, tokens=(), created: str = "", base: str = "synthetic", rounds: int = 40):
     """A saved vanilla run of `rounds` rounds, 0.5 s apart at the recorded pace; `tokens` as its tokens."""
-    from easyspec.core.engine.loop import SpecConfig
+    from easyspec.core.settings import SpecConfig
     from easyspec.core.engine.records import RoundRecord, RunHeader, Span, save_run
 
     second = 1_000_000_000

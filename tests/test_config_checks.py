@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from easyspec.core.engine.loop import SpecConfig, Stopping
+from easyspec.core.engine.loop import Stopping
+from easyspec.core.settings import SamplingConfig, SpecConfig
 from easyspec.core.runtime.parallel import rank_device
 from easyspec.core.runtime.ranks import local_placement
-from easyspec.core.engine.sampling import SamplingConfig
 
 INF, NAN = float("inf"), float("nan")
 

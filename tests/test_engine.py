@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from conftest import assert_greedy_equal, tokens_of
-from easyspec.core.engine.loop import Generation, SpecConfig, Stopping, generate
+from easyspec.core.planning import plan_run
+from easyspec.core.engine.loop import Generation, Stopping, generate
+from easyspec.core.settings import SpecConfig
 from easyspec.core.engine.grouping import layer_groups
 
 PROMPTS = [list(range(10, 30)), [65, 66, 67, 10, 200, 201], [7] * 12]
@@ -16,7 +18,8 @@ POLICIES = ("none", "every-round", "on-mismatch")
 
 
 def _vanilla(base, prompt, max_new=40, stopping=Stopping()):
-    return tokens_of(generate(base, None, prompt, SpecConfig(mode="vanilla", max_new_tokens=max_new), stopping))
+    return tokens_of(generate(base, None, plan_run(SpecConfig(mode="vanilla", max_new_tokens=max_new), prompt, base,
+                                                   None), stopping))
 
 
 @pytest.mark.parametrize("family", ["qwen2", "llama"])
@@ -30,7 +33,7 @@ def test_greedy_equals_vanilla_in_every_mode(decoders, family, prompt):
                  for n, c, k in itertools.product(range(1, 6), POLICIES, (2, 5))]
     accepted = 0
     for s in settings:
-        records = list(generate(base, draft, prompt, SpecConfig(max_new_tokens=40, **s)))
+        records = list(generate(base, draft, plan_run(SpecConfig(max_new_tokens=40, **s), prompt, base, draft)))
         if not assert_greedy_equal(tokens_of(records), ref, base, prompt, case=s):
             continue
         accepted += sum(r.accepted for r in records)
@@ -42,10 +45,11 @@ def test_greedy_equals_vanilla_in_every_mode(decoders, family, prompt):
 def test_easyspec_n1_drafts_like_speculative_and_caches_agree(decoders):
     base, draft = decoders["qwen2"]
     prompt = PROMPTS[0]
-    spec = Generation(base, draft, prompt, SpecConfig(mode="speculative", max_new_tokens=30), Stopping(), None)
-    plan = layer_groups(draft.cfg.n_layers, 1)
-    easy = Generation(base, draft, prompt, SpecConfig(mode="easyspec", layer_parallel=1, max_new_tokens=30),
-                      Stopping(), plan)
+    spec = Generation(base, draft, plan_run(SpecConfig(mode="speculative", max_new_tokens=30), prompt, base, draft),
+                      Stopping())
+    easy = Generation(base, draft, plan_run(SpecConfig(mode="easyspec", layer_parallel=1, max_new_tokens=30), prompt,
+                                            base, draft), Stopping())
+    assert spec.plan is None and easy.plan == layer_groups(draft.cfg.n_layers, 1)
     for rs, re_ in zip(spec.rounds(), easy.rounds()):
         assert rs.drafted == re_.drafted and rs.token_ids == re_.token_ids
         # both caches hold every committed token but the last; speculative's were never recomputed
@@ -59,7 +63,7 @@ def test_calibrated_draft_cache_equals_fresh_prefill(decoders, n):
     base, draft = decoders["qwen2"]
     prompt = PROMPTS[1]
     cfg = SpecConfig(mode="easyspec", layer_parallel=n, calibration="every-round", max_new_tokens=40)
-    run = Generation(base, draft, prompt, cfg, Stopping(), layer_groups(draft.cfg.n_layers, n))
+    run = Generation(base, draft, plan_run(cfg, prompt, base, draft), Stopping())
     checked = 0
     for rec in run.rounds():
         if not rec.calibrated:
@@ -80,7 +84,7 @@ def test_fuzzy_entries_differ_without_calibration(decoders):
     calibration fixes), so the test above is not vacuous."""
     base, draft = decoders["qwen2"]
     cfg = SpecConfig(mode="easyspec", layer_parallel=4, calibration="none", max_new_tokens=30)
-    run = Generation(base, draft, PROMPTS[1], cfg, Stopping(), layer_groups(draft.cfg.n_layers, 4))
+    run = Generation(base, draft, plan_run(cfg, PROMPTS[1], base, draft), Stopping())
     for _ in run.rounds():
         pass
     m = run.dcache.length
@@ -94,7 +98,8 @@ def test_calibration_policies_calibrate_when_they_should(decoders):
     base, draft = decoders["qwen2"]
     counts = {}
     for policy in POLICIES:
-        records = list(generate(base, draft, PROMPTS[0], SpecConfig(calibration=policy, max_new_tokens=40)))
+        records = list(generate(base, draft, plan_run(SpecConfig(calibration=policy, max_new_tokens=40), PROMPTS[0],
+                                                      base, draft)))
         steps = [r for r in records if r.drafted]
         counts[policy] = sum(r.calibrated for r in records)
         if policy == "every-round":
@@ -115,7 +120,7 @@ def test_round_one_reads_the_prefill_token_as_the_policy_says(decoders, policy, 
     base, draft = decoders["qwen2"]
     prompt = PROMPTS[1]
     cfg = SpecConfig(layer_parallel=4, calibration=policy, max_new_tokens=30, tree_depth=tree_depth)
-    run = Generation(base, draft, prompt, cfg, Stopping(), layer_groups(draft.cfg.n_layers, 4))
+    run = Generation(base, draft, plan_run(cfg, prompt, base, draft), Stopping())
     rounds = run.rounds()
     records = [next(rounds), next(rounds)]  # the prefill and round 1
     first = records[1]
@@ -145,11 +150,12 @@ def test_stops_at_eos_mid_round_and_at_token_limit(decoders, mode):
     ref = _vanilla(base, prompt, 40)
     eos = ref[17]
     cut = ref.index(eos) + 1
-    records = list(generate(base, draft, prompt, SpecConfig(mode=mode, max_new_tokens=40),
+    records = list(generate(base, draft, plan_run(SpecConfig(mode=mode, max_new_tokens=40), prompt, base, draft),
                             Stopping(eos_ids=frozenset({eos}))))
     assert tokens_of(records) == ref[:cut] and records[-1].stop == "eos"
     for limit in (1, 2, 7):
-        records = list(generate(base, draft, prompt, SpecConfig(mode=mode, max_new_tokens=limit)))
+        records = list(generate(base, draft, plan_run(SpecConfig(mode=mode, max_new_tokens=limit), prompt, base,
+                                                      draft)))
         assert tokens_of(records) == ref[:limit] and records[-1].stop == "max_new_tokens"
 
 
@@ -167,7 +173,7 @@ def test_stop_strings_cut_generation(decoders):
     text = decode(ref)
     stop = next(text[i: i + 2] for i in range(10, len(text) - 2) if "\ufffd" not in text[i: i + 2])
     stopping = Stopping(stop_strings=(stop,), decode=decode)
-    records = list(generate(base, draft, prompt, SpecConfig(max_new_tokens=40), stopping))
+    records = list(generate(base, draft, plan_run(SpecConfig(max_new_tokens=40), prompt, base, draft), stopping))
     out = tokens_of(records)
     assert records[-1].stop == "stop_string" and stop in decode(out) and stop not in decode(out[:-1])
     assert out == ref[: len(out)]
@@ -176,13 +182,13 @@ def test_stop_strings_cut_generation(decoders):
 def test_bad_settings_raise_clear_errors(decoders):
     base, draft = decoders["qwen2"]
     with pytest.raises(ValueError, match="prompt is empty"):
-        list(generate(base, draft, [], SpecConfig()))
+        list(generate(base, draft, plan_run(SpecConfig(), [], base, draft)))
     with pytest.raises(ValueError, match="context window"):
-        list(generate(base, draft, [1] * 500, SpecConfig(max_new_tokens=100)))
+        list(generate(base, draft, plan_run(SpecConfig(max_new_tokens=100), [1] * 500, base, draft)))
     with pytest.raises(ValueError, match="middle layers"):
-        list(generate(base, draft, [1, 2], SpecConfig(layer_parallel=7)))
+        list(generate(base, draft, plan_run(SpecConfig(layer_parallel=7), [1, 2], base, draft)))
     with pytest.raises(ValueError, match="leave no middle layers"):
-        list(generate(base, draft, [1, 2], SpecConfig(sequential_head=4, sequential_tail=4)))
+        list(generate(base, draft, plan_run(SpecConfig(sequential_head=4, sequential_tail=4), [1, 2], base, draft)))
     for bad in (dict(mode="turbo"), dict(calibration="sometimes"), dict(draft_len=0), dict(layer_parallel=0),
                 dict(max_new_tokens=0)):
         with pytest.raises(ValueError):

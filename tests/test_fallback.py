@@ -6,7 +6,9 @@ from __future__ import annotations
 import pytest
 
 from conftest import tokens_of
-from easyspec.core.engine.loop import SpecConfig, generate
+from easyspec.core.planning import plan_run
+from easyspec.core.engine.loop import generate
+from easyspec.core.settings import SpecConfig
 from easyspec.core.engine.monitor import ALERT, BASE_TIMING, OFF, SEQUENTIAL, FallbackGuard, fallback_summary
 
 PROMPT = list(range(10, 30))
@@ -16,7 +18,7 @@ COLLAPSE = dict(mode="easyspec", groups="0-7", calibration="none", draft_len=5, 
 
 
 def _vanilla(base):
-    return tokens_of(generate(base, None, PROMPT, SpecConfig(mode="vanilla", max_new_tokens=120)))
+    return tokens_of(generate(base, None, plan_run(SpecConfig(mode="vanilla", max_new_tokens=120), PROMPT, base, None)))
 
 
 def _switch(records, flag):
@@ -49,13 +51,13 @@ def test_guard_switches_after_the_stated_rounds_and_only_when_drafting_does_not_
 def test_collapsing_plan_falls_back_and_output_stays_vanillas(decoders, family):
     base, draft = decoders[family]
     ref = _vanilla(base)
-    warned = list(generate(base, draft, PROMPT, SpecConfig(**COLLAPSE)))
+    warned = list(generate(base, draft, plan_run(SpecConfig(**COLLAPSE), PROMPT, base, draft)))
     assert any(ALERT in r.flags for r in warned), "the plan did not collapse acceptance: the test exercises nothing"
     assert _switch(warned, SEQUENTIAL) is None and tokens_of(warned) == ref
     # base_token_s: an impossible 1 ns per token (drafting never pays) or 1000 s (it always does)
     for base_s, off in ((1e-9, True), (1e3, False)):
-        records = list(generate(base, draft, PROMPT, SpecConfig(**COLLAPSE, on_low_acceptance="fallback",
-                                                                   base_token_s=base_s)))
+        records = list(generate(base, draft, plan_run(SpecConfig(**COLLAPSE, on_low_acceptance="fallback",
+                                                                   base_token_s=base_s), PROMPT, base, draft)))
         seq = _switch(records, SEQUENTIAL)
         assert seq is not None, [r.flags for r in records]
         tokens, upto = tokens_of(records), sum(len(r.token_ids) for r in records[: seq + 1])
@@ -78,7 +80,8 @@ def test_collapsing_plan_falls_back_and_output_stays_vanillas(decoders, family):
 
 def test_without_a_probe_the_run_times_the_base_itself(decoders):
     base, draft = decoders["qwen2"]
-    records = list(generate(base, draft, PROMPT, SpecConfig(**COLLAPSE, on_low_acceptance="fallback")))
+    records = list(generate(base, draft, plan_run(SpecConfig(**COLLAPSE, on_low_acceptance="fallback"), PROMPT, base,
+                                                  draft)))
     seq = _switch(records, SEQUENTIAL)
     timing = records[seq + 1]
     assert BASE_TIMING in timing.flags and not timing.drafted and timing.origins == ("bonus",)
@@ -89,8 +92,9 @@ def test_speculative_mode_with_fallback_keeps_the_output_and_bad_settings_are_re
     base, draft = decoders["qwen2"]
     cfg = SpecConfig(mode="speculative", draft_len=5, max_new_tokens=60, expected_acceptance=1.0,
                      on_low_acceptance="fallback", base_token_s=1e-9)
-    records = list(generate(base, draft, PROMPT, cfg))
-    assert tokens_of(records) == tokens_of(generate(base, None, PROMPT, SpecConfig(mode="vanilla", max_new_tokens=60)))
+    records = list(generate(base, draft, plan_run(cfg, PROMPT, base, draft)))
+    assert tokens_of(records) == tokens_of(generate(base, None, plan_run(SpecConfig(mode="vanilla", max_new_tokens=60),
+                                                                         PROMPT, base, None)))
     with pytest.raises(ValueError, match="--on-low-acceptance 'stop': choose one of warn, fallback"):
         SpecConfig(on_low_acceptance="stop")
     with pytest.raises(ValueError, match="base seconds per token must be >= 0"):
@@ -101,8 +105,8 @@ def test_timeline_marks_each_switch(decoders):
     from easyspec.visualizations.timeline import timeline_figure
 
     base, draft = decoders["qwen2"]
-    records = list(generate(base, draft, PROMPT, SpecConfig(**COLLAPSE, on_low_acceptance="fallback",
-                                                               base_token_s=1e-9)))
+    records = list(generate(base, draft, plan_run(SpecConfig(**COLLAPSE, on_low_acceptance="fallback",
+                                                               base_token_s=1e-9), PROMPT, base, draft)))
     fig = timeline_figure(records)
     texts = [a.text for a in fig.layout.annotations]
     seq, off = _switch(records, SEQUENTIAL), _switch(records, OFF)

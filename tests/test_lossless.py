@@ -7,9 +7,11 @@ import pytest
 import torch
 
 from easyspec.core.engine.decoder import Decoder
-from easyspec.core.engine.loop import SpecConfig, Stopping, generate
-from easyspec.core.engine.lossless import (FP32_TIE_MARGIN, GreedyCheck, compare_greedy, count_verdicts, counts_text,
-                                    fp32_copy, fp32_logits, same_column, stated_margin)
+from easyspec.core.planning import plan_run
+from easyspec.core.engine.loop import Stopping, generate
+from easyspec.core.settings import SpecConfig
+from easyspec.core.engine.lossless import FP32_TIE_MARGIN, compare_greedy, fp32_copy, fp32_logits, stated_margin
+from easyspec.core.engine.verdicts import GreedyCheck, count_verdicts, counts_text, same_column
 from easyspec.core.models.loading import load_decoder
 
 from conftest import CPU, tokens_of
@@ -94,10 +96,11 @@ def test_bf16_runs_of_the_small_pair_differ_from_vanilla_only_by_ties(pair_dirs)
         checks = {}
         for text in ("def f(x):", "The quick brown fox"):
             ids = session.encode(text, chat=False)
-            ref = tokens_of(session.generate(ids, SpecConfig(mode="vanilla", max_new_tokens=32)))
+            ref = tokens_of(session.generate(session.plan(SpecConfig(mode="vanilla", max_new_tokens=32), ids)))
             for mode, n in (("speculative", 1), ("easyspec", 2), ("easyspec", 4)):
                 cfg = SpecConfig(mode=mode, layer_parallel=n, max_new_tokens=32)
-                checks[text, mode, n] = compare_greedy(session, ids, tokens_of(session.generate(ids, cfg)), ref)
+                checks[text, mode, n] = compare_greedy(session, ids, tokens_of(session.generate(session.plan(cfg,
+                                                                                                             ids))), ref)
         assert all(c.verdict in ("equal", "tie") for c in checks.values()), {k: c.describe() for k, c in checks.items()}
         assert session.fp32_base() is session.fp32_base()  # upcast once per session
 
@@ -109,7 +112,8 @@ def test_an_fp32_session_checks_with_its_own_base(pair_dirs):
     with Session.open(base=str(base_dir), draft=str(draft_dir)) as session:
         assert session.fp32_base() is session.base
         ids = session.encode("hello", chat=False)
-        ref = tokens_of(generate(session.base, None, ids, SpecConfig(mode="vanilla", max_new_tokens=8), Stopping()))
+        ref = tokens_of(generate(session.base, None, plan_run(SpecConfig(mode="vanilla", max_new_tokens=8), ids,
+                                                              session.base, None), Stopping()))
         bad = ref[:3] + [int(fp32_logits(session.base, ids + ref[:3]).argmin())] + ref[4:]
         assert compare_greedy(session, ids, bad, ref).verdict == "different"
 
@@ -123,7 +127,8 @@ def tied_runs(decoders):
     base, _ = decoders["qwen2"]
     a, b, logits = top_two(base, PROMPT)
     tied = with_head_row(base, b, base.w.lm_head[a])
-    ref = list(generate(tied, None, PROMPT, SpecConfig(mode="vanilla", max_new_tokens=6), Stopping()))
+    ref = list(generate(tied, None, plan_run(SpecConfig(mode="vanilla", max_new_tokens=6), PROMPT, tied, None),
+                        Stopping()))
     first = ref[0].token_ids[0]
     other = b if first == a else a  # the tied token greedy did not pick
     worst = int(fp32_logits(tied, PROMPT).argmin())

@@ -12,13 +12,13 @@ import functools
 
 import pytest
 import torch
-from hypothesis import HealthCheck, event, given, reject, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, event, given, reject, settings, strategies as st
 
 from conftest import CPU, TIE_MARGIN, tokens_of
-from easyspec.core.engine.loop import CALIBRATION_POLICIES, SpecConfig, Stopping, generate
+from easyspec.core.planning import plan_run
+from easyspec.core.engine.loop import Stopping, generate
+from easyspec.core.settings import CALIBRATION_POLICIES, SamplingConfig, SpecConfig
 from easyspec.core.models.loading import load_decoder, resolve_pair
-from easyspec.core.engine.sampling import SamplingConfig
 from helpers import VOCAB, make_pair
 
 PAIRS = st.tuples(st.sampled_from(["qwen2", "llama"]), st.integers(3, 6), st.sampled_from([0.01, 0.1, 0.5]),
@@ -72,8 +72,9 @@ def configs(draw, draft_layers: int, max_n: int | None = None):
 def test_one_device_greedy_equals_vanilla(pairs_root, pair, prompt, data):
     base, draft = _pair(pairs_root, *pair)
     cfg = data.draw(configs(draft.cfg.n_layers), label="config")
-    reference = tokens_of(generate(base, None, prompt, SpecConfig(mode="vanilla", max_new_tokens=cfg.max_new_tokens)))
-    tokens = tokens_of(generate(base, draft, prompt, cfg, Stopping()))
+    reference = tokens_of(generate(base, None, plan_run(SpecConfig(mode="vanilla", max_new_tokens=cfg.max_new_tokens),
+                                                        prompt, base, None)))
+    tokens = tokens_of(generate(base, draft, plan_run(cfg, prompt, base, draft), Stopping()))
     assert len(reference) == cfg.max_new_tokens
     check_lossless(tokens, reference, base, prompt)
 
@@ -99,5 +100,5 @@ def test_two_ranks_greedy_equals_one_device_vanilla(two_ranks, prompt, data):
     session, base = two_ranks
     cfg = data.draw(configs(session.info.draft_layers, max_n=2), label="config")
     vanilla = SpecConfig(mode="vanilla", max_new_tokens=cfg.max_new_tokens)
-    reference = tokens_of(generate(base, None, prompt, vanilla, Stopping(session.pair.eos_ids)))
-    check_lossless(tokens_of(session.generate(prompt, cfg)), reference, base, prompt)
+    reference = tokens_of(generate(base, None, plan_run(vanilla, prompt, base, None), Stopping(session.pair.eos_ids)))
+    check_lossless(tokens_of(session.generate(session.plan(cfg, prompt))), reference, base, prompt)

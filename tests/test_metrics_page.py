@@ -16,7 +16,9 @@ pytest.importorskip("gradio")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from conftest import tokens_of  # noqa: E402
-from easyspec.core.engine.loop import SpecConfig, generate  # noqa: E402
+from easyspec.core.engine.loop import generate  # noqa: E402
+from easyspec.core.planning import plan_run  # noqa: E402
+from easyspec.core.settings import SpecConfig  # noqa: E402
 from easyspec.core.exporter import Exporter, plan_label  # noqa: E402
 from easyspec.core.engine.monitor import ALERT  # noqa: E402
 
@@ -46,7 +48,7 @@ def test_counters_are_the_sums_of_the_runs_records(decoders):
             (SpecConfig(mode="speculative", max_new_tokens=30), None)]
     recorded = []
     for cfg, check in runs:
-        records = list(generate(base, draft, PROMPT, cfg))
+        records = list(generate(base, draft, plan_run(cfg, PROMPT, base, draft)))
         exporter.record_run(records, cfg.as_dict(), check)
         recorded.append(records)
     s = _samples(exporter.page())
@@ -89,7 +91,7 @@ def test_each_app_has_its_own_registry(decoders):
     base, draft = decoders["qwen2"]
     one, two = Exporter(8), Exporter(8)
     cfg = SpecConfig(mode="speculative", max_new_tokens=10)
-    one.record_run(list(generate(base, draft, PROMPT, cfg)), cfg.as_dict())
+    one.record_run(list(generate(base, draft, plan_run(cfg, PROMPT, base, draft))), cfg.as_dict())
     assert _value(_samples(one.page()), "easyspec:generation_tokens_total", mode="speculative", plan="sequential") == 10
     assert _value(_samples(two.page()), "easyspec:generation_tokens_total", mode="speculative", plan="sequential") == 0
 
@@ -175,7 +177,7 @@ def test_grafana_dashboard_reads_the_exported_names(decoders):
     base, draft = decoders["qwen2"]
     exporter = Exporter(8)
     cfg = SpecConfig(**COLLAPSE)
-    exporter.record_run(list(generate(base, draft, PROMPT, cfg)), cfg.as_dict(), "equal")
+    exporter.record_run(list(generate(base, draft, plan_run(cfg, PROMPT, base, draft))), cfg.as_dict(), "equal")
     names = {name for name, _ in _samples(exporter.page())}
     dash = json.loads(resources.files("easyspec.assets").joinpath("grafana_dashboard.json").read_text())
     exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import assert_greedy_equal, tokens_of
-from easyspec.core.engine.loop import SpecConfig
+from easyspec.core.settings import SpecConfig
 from easyspec.core.engine.grouping import layer_groups
 from easyspec.core.models.loading import resolve_pair
 from easyspec.core.session import Session

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from conftest import tokens_of
-from easyspec.core.engine.loop import SpecConfig
+from easyspec.core.settings import SpecConfig
 from easyspec.core.models.loading import resolve_pair
 from easyspec.core.runtime.parallel import DistributedError
 from easyspec.core.session import Session
@@ -26,7 +26,7 @@ def source(pair_dirs):
 
 def test_spare_ranks_idle_when_n_is_below_g(source):
     with Session(source, devices=4) as s:
-        records = list(s.generate(PROMPT, SpecConfig(layer_parallel=2, max_new_tokens=12)))
+        records = list(s.generate(s.plan(SpecConfig(layer_parallel=2, max_new_tokens=12), PROMPT)))
     idle = {sp.rank for r in records for sp in r.spans if sp.phase == "idle"}
     comm = {sp.rank for r in records for sp in r.spans if sp.phase == "draft.comm"}
     assert idle == {2, 3} and comm == {0, 1}
@@ -42,7 +42,7 @@ def test_bad_device_settings_are_refused(source):
 def test_killed_worker_ends_in_a_clear_error_and_a_clean_restart(source):
     with Session(source, devices=2, timeout_s=20) as s:
         procs = s.ranks.procs
-        stream = s.generate(PROMPT, SpecConfig(layer_parallel=2, max_new_tokens=60))
+        stream = s.generate(s.plan(SpecConfig(layer_parallel=2, max_new_tokens=60), PROMPT))
         next(stream)
         os.kill(procs[0].pid, signal.SIGKILL)
         start = time.monotonic()
@@ -51,13 +51,13 @@ def test_killed_worker_ends_in_a_clear_error_and_a_clean_restart(source):
         assert time.monotonic() - start < 30
         assert all(not p.is_alive() for p in procs)  # nothing left running
         # the next request starts the ranks again and works
-        assert len(tokens_of(s.generate(PROMPT, SpecConfig(layer_parallel=2, max_new_tokens=8)))) == 8
+        assert len(tokens_of(s.generate(s.plan(SpecConfig(layer_parallel=2, max_new_tokens=8), PROMPT)))) == 8
 
 
 def test_hung_worker_times_out(source):
     with Session(source, devices=2, timeout_s=5) as s:
         proc = s.ranks.procs[0]
-        stream = s.generate(PROMPT, SpecConfig(layer_parallel=2, max_new_tokens=60))
+        stream = s.generate(s.plan(SpecConfig(layer_parallel=2, max_new_tokens=60), PROMPT))
         next(stream)
         os.kill(proc.pid, signal.SIGSTOP)  # still alive, never answers
         start = time.monotonic()

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from easyspec.core.engine.loop import SpecConfig
+from easyspec.core.settings import SpecConfig
 from easyspec.core.evaluation.pilot import (PilotGrid, PilotProgress, PilotRun, Throughput, describe_seconds,
                                  estimate_seconds, measure_throughput, pilot_json, rows_to_csv, run_pilot,
                                  summarise)
@@ -155,7 +155,7 @@ def test_pilot_stops_within_one_round(session):
     assert not any(isinstance(e, PilotRun) for e in events)
     assert events[-1].label == "stopped"
     # the session is free again: the next generation runs at once
-    records = list(session.generate(session.encode("abc", False), SpecConfig(max_new_tokens=4)))
+    records = list(session.generate(session.plan(SpecConfig(max_new_tokens=4), session.encode("abc", False))))
     assert sum(len(r.token_ids) for r in records) == 4
 
 

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from easyspec.core.engine.loop import SpecConfig, generate
+from easyspec.core.planning import plan_run
+from easyspec.core.engine.loop import generate
+from easyspec.core.settings import SpecConfig
 from easyspec.core.engine.grouping import layer_groups
 from easyspec.core.evaluation.projection import COMM_MODELS, Latencies, Shape, latencies_from_runs, project
 
@@ -43,9 +45,9 @@ def test_more_devices_help_easyspec_more_than_speculative():
 def test_latencies_from_measured_runs(decoders):
     base, draft = decoders["qwen2"]
     prompt = list(range(10, 30))
-    spec = list(generate(base, draft, prompt, SpecConfig(mode="speculative", max_new_tokens=30)))
-    van = list(generate(base, draft, prompt, SpecConfig(mode="vanilla", max_new_tokens=10)))
-    easy = list(generate(base, draft, prompt, SpecConfig(max_new_tokens=30)))
+    spec = list(generate(base, draft, plan_run(SpecConfig(mode="speculative", max_new_tokens=30), prompt, base, draft)))
+    van = list(generate(base, draft, plan_run(SpecConfig(mode="vanilla", max_new_tokens=10), prompt, base, draft)))
+    easy = list(generate(base, draft, plan_run(SpecConfig(max_new_tokens=30), prompt, base, draft)))
     lat = latencies_from_runs(spec, van, easy)
     assert all(v > 0 for v in (lat.draft_attn_layer, lat.draft_mlp_layer, lat.draft_head, lat.calibrate,
                                 lat.verify, lat.vanilla_step))

@@ -8,9 +8,10 @@ import torch
 
 from conftest import CPU, assert_greedy_equal, tokens_of
 from easyspec.core.models import quantize
-from easyspec.core.engine.loop import SpecConfig, generate
+from easyspec.core.planning import plan_run
+from easyspec.core.engine.loop import generate
+from easyspec.core.settings import SamplingConfig, SpecConfig
 from easyspec.core.models.loading import load_decoder, load_draft
-from easyspec.core.engine.sampling import SamplingConfig
 
 # Relative Frobenius error of a quantized linear's output against the float layer's, on Gaussian
 # weights and inputs: int8 per-channel rounding is ~0.8% (step max|w| / 127), int4 with groups of 32
@@ -71,9 +72,11 @@ def test_greedy_output_equals_vanilla_with_a_quantized_draft(quantized, scheme):
     draft = drafts[scheme]
     assert isinstance(draft.w.wqkv, quantize.QuantStack) and isinstance(draft.w.lm_head, quantize.QuantLinear)
     for prompt in ([11, 40, 99, 7], [5, 6, 7, 8, 9, 10, 200, 3]):
-        ref = tokens_of(generate(base, None, prompt, SpecConfig(mode="vanilla", max_new_tokens=24)))
+        ref = tokens_of(generate(base, None, plan_run(SpecConfig(mode="vanilla", max_new_tokens=24), prompt, base,
+                                                      None)))
         for mode, kw in CASES:
-            records = list(generate(base, draft, prompt, SpecConfig(mode=mode, max_new_tokens=24, **kw)))
+            records = list(generate(base, draft, plan_run(SpecConfig(mode=mode, max_new_tokens=24, **kw), prompt, base,
+                                                          draft)))
             assert sum(r.accepted for r in records) > 0, (scheme, mode, kw)  # the draft is still useful
             assert_greedy_equal(tokens_of(records), ref, base, prompt, (scheme, mode, kw))
 
@@ -92,7 +95,7 @@ def test_sampled_tokens_follow_the_base_distribution_with_an_int4_draft(tmp_path
     for seed in range(runs):
         cfg = SpecConfig(mode="easyspec", layer_parallel=4, draft_len=2, max_new_tokens=3,
                          sampling=SamplingConfig(temperature=1.0, top_k=5, seed=seed))
-        for pos, t in enumerate(tokens_of(generate(base, draft, prompt, cfg))):
+        for pos, t in enumerate(tokens_of(generate(base, draft, plan_run(cfg, prompt, base, draft)))):
             counts[pos][t] = counts[pos].get(t, 0) + 1
     for pos in (1, 2):
         stat, df = chi2(counts[pos], expected[pos], runs)
@@ -141,10 +144,10 @@ def test_session_runs_each_draft_precision_and_checks_them(pair_dirs, tmp_path, 
     with Session.open(base=str(base_dir), draft=str(draft_dir), draft_dtype="int8") as s:
         assert s.info.draft_dtype == "int8" and s.info.dtype == "float32"
         prompt = [11, 40, 99, 7]
-        ref = tokens_of(s.generate(prompt, SpecConfig(mode="vanilla", max_new_tokens=16)))
+        ref = tokens_of(s.generate(s.plan(SpecConfig(mode="vanilla", max_new_tokens=16), prompt)))
         for precision in ("", "bfloat16", "int4", "float32"):
             cfg = SpecConfig(mode="easyspec", max_new_tokens=16, draft_dtype=precision)
-            assert_greedy_equal(tokens_of(s.generate(prompt, cfg)), ref, s.base, prompt, precision)
+            assert_greedy_equal(tokens_of(s.generate(s.plan(cfg, prompt))), ref, s.base, prompt, precision)
         assert s.draft_for(SpecConfig(draft_dtype="bfloat16")).dtype == torch.bfloat16
         assert set(s._drafts) == {"int8", "bfloat16", "int4", "float32"}
 
@@ -221,11 +224,11 @@ def test_multi_device_session_with_a_quantized_draft_equals_vanilla(pair_dirs, t
     base_dir, draft_dir = pair_dirs["qwen2"]
     prompt = [11, 40, 99, 7]
     with Session.open(base=str(base_dir), draft=str(draft_dir), devices=2, draft_dtype="int4") as s:
-        ref = tokens_of(s.generate(prompt, SpecConfig(mode="vanilla", max_new_tokens=12)))
-        got = tokens_of(s.generate(prompt, SpecConfig(mode="easyspec", layer_parallel=2, max_new_tokens=12)))
+        ref = tokens_of(s.generate(s.plan(SpecConfig(mode="vanilla", max_new_tokens=12), prompt)))
+        got = tokens_of(s.generate(s.plan(SpecConfig(mode="easyspec", layer_parallel=2, max_new_tokens=12), prompt)))
         assert_greedy_equal(got, ref, s.base, prompt, "G=2 int4")
         with pytest.raises(ValueError, match="start the session with --draft-dtype int8"):
-            s.validate(SpecConfig(draft_dtype="int8", layer_parallel=2), prompt)
+            s.plan(SpecConfig(draft_dtype="int8", layer_parallel=2), prompt)
 
 
 def test_generate_and_app_take_a_draft_precision(pair_dirs, tmp_path, monkeypatch, capsys):

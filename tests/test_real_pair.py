@@ -41,10 +41,13 @@ def prompt_ids(real_pair):
 
 @pytest.fixture(scope="module")
 def vanilla_outputs(real_pair, prompt_ids):
-    from easyspec.core.engine.loop import SpecConfig, Stopping, generate
+    from easyspec.core.planning import plan_run
+    from easyspec.core.engine.loop import Stopping, generate
+    from easyspec.core.settings import SpecConfig
 
     cfg = SpecConfig(mode="vanilla", max_new_tokens=NEW_TOKENS)
-    outputs = {name: tokens_of(generate(real_pair.base.decoder, None, ids, cfg, Stopping(real_pair.eos_ids)))
+    outputs = {name: tokens_of(generate(real_pair.base.decoder, None, plan_run(cfg, ids, real_pair.base.decoder, None),
+                                        Stopping(real_pair.eos_ids)))
                for name, ids in prompt_ids.items()}
     REAL_VANILLA.update(outputs)  # reused by the multi-device real-pair tests
     return outputs
@@ -89,10 +92,12 @@ SETTINGS = [dict(mode="speculative")] + [
 
 @pytest.mark.parametrize("name", sorted(PROMPTS))
 def test_every_mode_equals_vanilla_on_real_pair(real_pair, prompt_ids, vanilla_outputs, name):
-    from easyspec.core.engine.loop import SpecConfig, Stopping, generate
+    from easyspec.core.engine.loop import Stopping, generate
+    from easyspec.core.planning import plan_run
+    from easyspec.core.settings import SpecConfig
 
     base, draft = real_pair.base.decoder, real_pair.draft.decoder
     for s in SETTINGS:
-        records = list(generate(base, draft, prompt_ids[name], SpecConfig(max_new_tokens=NEW_TOKENS, **s),
-                                Stopping(real_pair.eos_ids)))
+        records = list(generate(base, draft, plan_run(SpecConfig(max_new_tokens=NEW_TOKENS, **s), prompt_ids[name],
+                                                      base, draft), Stopping(real_pair.eos_ids)))
         assert_greedy_equal(tokens_of(records), vanilla_outputs[name], base, prompt_ids[name], case=s)

@@ -17,7 +17,7 @@ NAME = "code-fib"
 def reference(real_source):
     """Single-device vanilla tokens (from the single-device module when it ran first)."""
     if NAME not in REAL_VANILLA:
-        from easyspec.core.engine.loop import SpecConfig
+        from easyspec.core.settings import SpecConfig
         from easyspec.core.models.loading import resolve_pair
         from easyspec.core.session import Session
 
@@ -30,7 +30,7 @@ def reference(real_source):
 
 
 def test_two_ranks_equal_single_device_on_real_pair(real_source, reference):
-    from easyspec.core.engine.loop import SpecConfig
+    from easyspec.core.settings import SpecConfig
     from easyspec.core.session import Session
 
     with Session(real_source, devices=2) as s:
@@ -39,6 +39,6 @@ def test_two_ranks_equal_single_device_on_real_pair(real_source, reference):
             dict(mode="easyspec", layer_parallel=n, calibration=c)
             for n in (1, 2) for c in ("none", "every-round", "on-mismatch")]
         for setting in settings:
-            records = list(s.generate(ids, SpecConfig(max_new_tokens=NEW_TOKENS, **setting)))
+            records = list(s.generate(s.plan(SpecConfig(max_new_tokens=NEW_TOKENS, **setting), ids)))
             assert {sp.rank for r in records for sp in r.spans} == {0, 1}
             assert_greedy_equal(tokens_of(records), reference, s.base, ids, case=setting)

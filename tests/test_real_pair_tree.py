@@ -24,17 +24,17 @@ TWO_RANKS = [dict(layer_parallel=2, calibration="every-round", tree_depth=4, tre
 @pytest.fixture(scope="module")
 def references(real_source):
     """Vanilla tokens per prompt, and one single-device session's check of every SINGLE setting."""
-    from easyspec.core.engine.loop import SpecConfig
+    from easyspec.core.settings import SpecConfig
     from easyspec.core.session import Session
 
     out = {}
     with Session(real_source) as s:
         for name in NAMES:
             ids = s.encode(PROMPTS[name], chat=True)
-            ref = tokens_of(s.generate(ids, SpecConfig(mode="vanilla", max_new_tokens=NEW_TOKENS)))
+            ref = tokens_of(s.generate(s.plan(SpecConfig(mode="vanilla", max_new_tokens=NEW_TOKENS), ids)))
             accepted = 0
             for setting in SINGLE:
-                records = list(s.generate(ids, SpecConfig(max_new_tokens=NEW_TOKENS, **setting)))
+                records = list(s.generate(s.plan(SpecConfig(max_new_tokens=NEW_TOKENS, **setting), ids)))
                 if assert_greedy_equal(tokens_of(records), ref, s.base, ids, case=(name, setting)):
                     accepted += sum(r.accepted for r in records)
             assert accepted > NEW_TOKENS  # the real draft agrees with the base often
@@ -48,14 +48,14 @@ def test_trees_equal_vanilla_on_one_device(references):
 
 
 def test_trees_equal_vanilla_on_two_ranks(real_source, references):
-    from easyspec.core.engine.loop import SpecConfig
+    from easyspec.core.settings import SpecConfig
     from easyspec.core.session import Session
 
     with Session(real_source, devices=2) as s:
         for name in NAMES:
             ids, ref = references[name]
             for setting in TWO_RANKS:
-                records = list(s.generate(ids, SpecConfig(max_new_tokens=NEW_TOKENS, **setting)))
+                records = list(s.generate(s.plan(SpecConfig(max_new_tokens=NEW_TOKENS, **setting), ids)))
                 assert {sp.rank for r in records for sp in r.spans} == {0, 1}
                 assert any(r.tree_tokens for r in records)
                 assert_greedy_equal(tokens_of(records), ref, s.base, ids, case=(name, setting))

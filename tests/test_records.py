@@ -9,7 +9,9 @@ import torch
 
 from conftest import tokens_of
 from easyspec.core.engine import metrics
-from easyspec.core.engine.loop import SpecConfig, generate
+from easyspec.core.planning import plan_run
+from easyspec.core.engine.loop import generate
+from easyspec.core.settings import SpecConfig
 from easyspec.core.engine.records import RECORD_VERSION, RoundRecord, RunHeader, load_run, save_run
 
 
@@ -39,13 +41,14 @@ def test_metric_definitions():
 
 def test_vanilla_metrics_have_no_acceptance(decoders):
     base, _ = decoders["qwen2"]
-    m = metrics.compute(list(generate(base, None, [3, 4, 5], SpecConfig(mode="vanilla", max_new_tokens=6))))
+    m = metrics.compute(list(generate(base, None, plan_run(SpecConfig(mode="vanilla", max_new_tokens=6), [3, 4, 5],
+                                                           base, None))))
     assert m.acceptance_rate is None and m.mean_accepted_length is None and m.rounds == 5 and m.new_tokens == 6
 
 
 def test_records_carry_spans_on_one_clock(decoders):
     base, draft = decoders["qwen2"]
-    records = list(generate(base, draft, [3, 4, 5, 6], SpecConfig(max_new_tokens=20)))
+    records = list(generate(base, draft, plan_run(SpecConfig(max_new_tokens=20), [3, 4, 5, 6], base, draft)))
     phases = {s.phase for r in records for s in r.spans}
     assert {"verify", "calibrate", "draft.attn", "draft.mlp", "sample"} <= phases
     ends = [r.end_ns for r in records]
@@ -61,7 +64,7 @@ def test_records_carry_spans_on_one_clock(decoders):
 def test_phases_add_up_to_the_wall_clock_also_when_the_consumer_is_slow(decoders):
     base, draft = decoders["qwen2"]
     records = []
-    for r in generate(base, draft, [3, 4, 5, 6], SpecConfig(max_new_tokens=12)):
+    for r in generate(base, draft, plan_run(SpecConfig(max_new_tokens=12), [3, 4, 5, 6], base, draft)):
         records.append(r)
         time.sleep(0.01)  # a dashboard drawing between rounds: that time is the next round's overhead
     m = metrics.compute(records)
@@ -72,7 +75,7 @@ def test_phases_add_up_to_the_wall_clock_also_when_the_consumer_is_slow(decoders
 def test_save_and_replay_a_run(decoders, tmp_path):
     base, draft = decoders["qwen2"]
     cfg = SpecConfig(max_new_tokens=12)
-    records = list(generate(base, draft, [3, 4, 5], cfg))
+    records = list(generate(base, draft, plan_run(cfg, [3, 4, 5], base, draft)))
     header = RunHeader(settings=cfg.as_dict(), base="b", draft="d", prompt_ids=(3, 4, 5), device="cpu",
                        dtype="float32")
     path = tmp_path / "run.jsonl"
@@ -102,12 +105,12 @@ def test_each_run_reports_its_own_peak_memory(decoders):
     base, draft = decoders["qwen2"]
     cfg = SpecConfig(max_new_tokens=8)
     first, held = [], []
-    for rec in generate(base, draft, [3, 4, 5], cfg):
+    for rec in generate(base, draft, plan_run(cfg, [3, 4, 5], base, draft)):
         first.append(rec)
         if not held:  # allocated (and touched) between rounds: the next round's samples see it
             held.append(torch.ones(2**27))  # 512 MiB of float32
     held.clear()  # a large block goes back to the OS on free (glibc maps it on its own)
-    second = list(generate(base, draft, [3, 4, 5], cfg))
+    second = list(generate(base, draft, plan_run(cfg, [3, 4, 5], base, draft)))
     one, two = metrics.compute(first), metrics.compute(second)
     assert one.memory_source == two.memory_source == "rss"
     assert one.run_peak_memory_bytes - two.run_peak_memory_bytes > 400 * 2**20, (one, two)

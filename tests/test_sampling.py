@@ -8,9 +8,11 @@ import pytest
 import torch
 
 from conftest import CPU
-from easyspec.core.engine.loop import SpecConfig, generate
+from easyspec.core.planning import plan_run
+from easyspec.core.engine.loop import generate
+from easyspec.core.settings import SamplingConfig, SpecConfig
 from easyspec.core.models.loading import load_decoder
-from easyspec.core.engine.sampling import SamplingConfig, probs, verify_greedy, verify_sampling
+from easyspec.core.engine.sampling import probs, verify_greedy, verify_sampling
 from helpers import make_pair
 
 ALPHA_Z = 3.09  # one-sided z for a significance level of 1e-3
@@ -114,7 +116,7 @@ def test_sampled_tokens_follow_the_base_distribution(noisy_pair, mode, n):
     for seed in range(runs):
         cfg = SpecConfig(mode=mode, layer_parallel=n, draft_len=2, max_new_tokens=3,
                          sampling=SamplingConfig(temperature=1.0, top_k=5, seed=seed))
-        records = list(generate(base, draft, prompt, cfg))
+        records = list(generate(base, draft, plan_run(cfg, prompt, base, draft)))
         out = [t for r in records for t in r.token_ids]
         origins.update(o for r in records for o in r.origins)
         for pos, t in enumerate(out):

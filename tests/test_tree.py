@@ -10,7 +10,9 @@ import torch
 
 from conftest import assert_greedy_equal, tokens_of
 from easyspec.core.engine.decoder import TreeAttention
-from easyspec.core.engine.loop import Adaptive, Generation, SpecConfig, Stopping, generate
+from easyspec.core.planning import plan_run
+from easyspec.core.engine.loop import Adaptive, Generation, Stopping, generate
+from easyspec.core.settings import SpecConfig
 from easyspec.core.engine.grouping import layer_groups
 from easyspec.core.engine.records import RoundRecord, record_from_dict, record_to_dict
 from easyspec.core.engine.tree import DraftTree, accept_greedy, expand_greedy
@@ -20,7 +22,8 @@ SHAPES = [(1, 3), (2, 2), (3, 4), (5, 3), (4, 1)]  # (depth, width)
 
 
 def _vanilla(base, prompt, max_new=40):
-    return tokens_of(generate(base, None, prompt, SpecConfig(mode="vanilla", max_new_tokens=max_new)))
+    return tokens_of(generate(base, None, plan_run(SpecConfig(mode="vanilla", max_new_tokens=max_new), prompt, base,
+                                                   None)))
 
 
 def test_compact_keeps_the_chosen_slots_in_order(decoders):
@@ -93,8 +96,8 @@ def test_tree_greedy_equals_vanilla(decoders, family, prompt):
     accepted = 0
     for i, s in enumerate(settings):  # every setting with two shapes, every shape with several settings
         for depth, width in (SHAPES[i % len(SHAPES)], SHAPES[(i + 2) % len(SHAPES)]):
-            records = list(generate(base, draft, prompt, SpecConfig(max_new_tokens=40, tree_depth=depth,
-                                                                    tree_width=width, **s)))
+            records = list(generate(base, draft, plan_run(SpecConfig(max_new_tokens=40, tree_depth=depth,
+                                                                    tree_width=width, **s), prompt, base, draft)))
             if not assert_greedy_equal(tokens_of(records), ref, base, prompt, case=(s, depth, width)):
                 continue
             rounds = [r for r in records if r.tree_tokens]
@@ -114,7 +117,8 @@ def test_tree_caches_keep_only_the_accepted_path(decoders, mode, n, policy):
     cfg = SpecConfig(mode=mode, layer_parallel=n, calibration=policy, tree_depth=3, tree_width=3,
                      max_new_tokens=40)
     plan = layer_groups(draft.cfg.n_layers, n) if mode == "easyspec" else None
-    run = Generation(base, draft, prompt, cfg, Stopping(), plan)
+    run = Generation(base, draft, plan_run(cfg, prompt, base, draft), Stopping())
+    assert run.plan == plan
     checked = 0
     for rec in run.rounds():
         m = run.bcache.length
@@ -157,7 +161,7 @@ def test_adaptive_greedy_equals_vanilla_and_varies_the_length(decoders, tree_dep
         for mode in ("speculative", "easyspec"):
             cfg = SpecConfig(mode=mode, draft_len=3, tree_depth=tree_depth, tree_width=2, adaptive=True,
                              max_new_tokens=60)
-            records = list(generate(base, draft, prompt, cfg))
+            records = list(generate(base, draft, plan_run(cfg, prompt, base, draft)))
             if not assert_greedy_equal(tokens_of(records), ref, base, prompt, case=(mode, threshold)):
                 continue
             depths = {_depth(r) for r in records if r.drafted}
@@ -176,7 +180,8 @@ def _depth(rec: RoundRecord) -> int:
 
 def test_tree_records_round_trip_and_old_records_load(decoders):
     base, draft = decoders["qwen2"]
-    records = list(generate(base, draft, PROMPTS[1], SpecConfig(tree_depth=2, tree_width=2, max_new_tokens=12)))
+    records = list(generate(base, draft, plan_run(SpecConfig(tree_depth=2, tree_width=2, max_new_tokens=12),
+                                                  PROMPTS[1], base, draft)))
     rec = next(r for r in records if r.tree_tokens)
     assert record_from_dict(record_to_dict(rec)) == rec
     old = record_to_dict(records[0])
@@ -213,6 +218,7 @@ def test_trees_refuse_sliding_window_models_past_the_window(decoders):
     base, draft = decoders["qwen2"]
     windowed = Decoder(replace(draft.cfg, sliding_window=16), draft.w)
     with pytest.raises(ValueError, match="sliding-window"):
-        list(generate(base, windowed, PROMPTS[0], SpecConfig(tree_depth=2, max_new_tokens=8)))
-    short = list(generate(base, windowed, PROMPTS[1], SpecConfig(tree_depth=2, max_new_tokens=8)))
+        list(generate(base, windowed, plan_run(SpecConfig(tree_depth=2, max_new_tokens=8), PROMPTS[0], base, windowed)))
+    short = list(generate(base, windowed, plan_run(SpecConfig(tree_depth=2, max_new_tokens=8), PROMPTS[1], base,
+                                                   windowed)))
     assert tokens_of(short) == _vanilla(base, PROMPTS[1], 8)

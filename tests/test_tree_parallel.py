@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import assert_greedy_equal, tokens_of
-from easyspec.core.engine.loop import SpecConfig
+from easyspec.core.settings import SpecConfig
 from easyspec.core.models.loading import resolve_pair
 from easyspec.core.session import Session
 

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from conftest import CPU
-from easyspec.core.engine.loop import SpecConfig, generate
+from easyspec.core.planning import plan_run
+from easyspec.core.engine.loop import generate
+from easyspec.core.settings import SamplingConfig, SpecConfig
 from easyspec.core.models.loading import load_decoder
-from easyspec.core.engine.sampling import SamplingConfig
 from easyspec.core.engine.tree import DraftTree, accept_sampling
 from helpers import make_pair
 from test_sampling import _exact_marginals, chi2, chi2_critical
@@ -73,7 +74,7 @@ def test_tree_sampled_tokens_follow_the_base_distribution(noisy_pair):
         # fewer (token 4, if any, belongs to a later round and is not counted).
         cfg = SpecConfig(mode="easyspec", layer_parallel=4, tree_depth=2, tree_width=3, max_new_tokens=4,
                          sampling=SamplingConfig(temperature=1.0, top_k=5, seed=seed))
-        records = list(generate(base, draft, prompt, cfg))
+        records = list(generate(base, draft, plan_run(cfg, prompt, base, draft)))
         out = [t for r in records for t in r.token_ids]
         origins.update(o for r in records for o in r.origins)
         for pos, t in enumerate(out[:3]):

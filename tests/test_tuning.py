@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from conftest import CPU, assert_greedy_equal, tokens_of
-from easyspec.core.engine.loop import SpecConfig, Stopping, generate
+from easyspec.core.planning import plan_run
+from easyspec.core.engine.loop import Stopping, generate
+from easyspec.core.settings import SpecConfig
 from easyspec.core.engine.grouping import describe, layer_groups, parse_plan
 from easyspec.core.engine.monitor import ALERT, AcceptanceMonitor, expectation, likely_cause, rolling_acceptance
 from easyspec.core.tuner.tuning import (Probe, TuneConfig, balanced, climb, markdown, measure_plan, neighbours, paired_interval,
@@ -52,15 +54,18 @@ def test_bad_plans_say_what_is_wrong(text, message):
 def test_explicit_plans_are_lossless(decoders, plan, policy):
     base, draft = decoders["qwen2"]
     prompt = list(range(40, 52))
-    ref = tokens_of(generate(base, None, prompt, SpecConfig(mode="vanilla", max_new_tokens=40)))
-    got = tokens_of(generate(base, draft, prompt, SpecConfig(groups=plan, calibration=policy, max_new_tokens=40)))
+    ref = tokens_of(generate(base, None, plan_run(SpecConfig(mode="vanilla", max_new_tokens=40), prompt, base, None)))
+    got = tokens_of(generate(base, draft, plan_run(SpecConfig(groups=plan, calibration=policy, max_new_tokens=40),
+                                                   prompt, base, draft)))
     assert_greedy_equal(got, ref, base, prompt, case=(plan, policy))
 
 
 def test_auto_must_be_resolved_first(decoders):
     base, draft = decoders["qwen2"]
-    with pytest.raises(ValueError, match="resolved"):
-        list(generate(base, draft, [1, 2, 3], SpecConfig(groups="auto")))
+    with pytest.raises(ValueError, match="not been tuned yet"):  # no tuning: "auto" has no plan to resolve to
+        plan_run(SpecConfig(groups="auto"), [1, 2, 3], base, draft)
+    with pytest.raises(AssertionError, match="resolved RunPlan"):  # and the engine runs nothing unresolved
+        list(generate(base, draft, SpecConfig(groups="auto")))
 
 
 # -- the tuner --------------------------------------------------------------------------------------
@@ -105,8 +110,10 @@ def test_playback_acceptance_equals_a_real_run(planted):
     base, draft = planted
     stopping = Stopping()
     for prompt in prompts(2, seed=3):
-        out = tokens_of(generate(base, None, prompt, SpecConfig(mode="vanilla", max_new_tokens=30)))
-        real = list(generate(base, draft, prompt, SpecConfig(groups="0|1-4|5-8|9-10|11", max_new_tokens=30)))
+        out = tokens_of(generate(base, None, plan_run(SpecConfig(mode="vanilla", max_new_tokens=30), prompt, base,
+                                                      None)))
+        real = list(generate(base, draft, plan_run(SpecConfig(groups="0|1-4|5-8|9-10|11", max_new_tokens=30), prompt,
+                                                   base, draft)))
         played = measure_plan(base, draft, [(prompt, out)], "0|1-4|5-8|9-10|11", TuneConfig(max_new_tokens=30),
                               "test", stopping)
         assert (played.drafted, played.accepted) == (sum(len(r.drafted) for r in real), sum(r.accepted for r in real))
@@ -114,7 +121,8 @@ def test_playback_acceptance_equals_a_real_run(planted):
         eos = next(t for i, t in enumerate(out) if i >= 10 and t not in out[:i])
         stop = Stopping(eos_ids=frozenset({eos}))
         cut = out[: out.index(eos) + 1]
-        real = list(generate(base, draft, prompt, SpecConfig(groups="0|1-4|5-8|9-10|11", max_new_tokens=30), stop))
+        real = list(generate(base, draft, plan_run(SpecConfig(groups="0|1-4|5-8|9-10|11", max_new_tokens=30), prompt,
+                                                   base, draft), stop))
         assert tokens_of(real) == cut
         played = measure_plan(base, draft, [(prompt, cut)], "0|1-4|5-8|9-10|11", TuneConfig(max_new_tokens=30),
                               "test", stop)
@@ -126,7 +134,7 @@ def test_probe_rounds_are_the_engines_own_draft_steps(planted):
     """Each simulated round equals drafting: exact cache up to p, then tokens p, p+1, .. through the plan."""
     base, draft = planted
     prompt = prompts(1, seed=4)[0]
-    out = tokens_of(generate(base, None, prompt, SpecConfig(mode="vanilla", max_new_tokens=10)))
+    out = tokens_of(generate(base, None, plan_run(SpecConfig(mode="vanilla", max_new_tokens=10), prompt, base, None)))
     seq = torch.tensor(prompt + out)
     probe = Probe(draft, [(prompt, out)], draft_len=3)
     starts = range(len(prompt), len(seq) - 3 + 1)
@@ -264,8 +272,8 @@ def test_alert_fires_on_uncalibrated_large_groups_only(planted):
     base, draft = planted
     prompt = prompts(6, seed=5)[1]
     expected = tune(base, draft, prompts(3), TuneConfig(max_new_tokens=32, policies=False)).baseline_rate
-    runs = {policy: list(generate(base, draft, prompt, SpecConfig(layer_parallel=6, calibration=policy,
-                                                                  max_new_tokens=96, expected_acceptance=expected)))
+    runs = {policy: list(generate(base, draft, plan_run(SpecConfig(layer_parallel=6, calibration=policy,
+                                                                  max_new_tokens=96, expected_acceptance=expected), prompt, base, draft)))
             for policy in ("none", "every-round")}
     flagged = {policy: [r.index for r in recs if ALERT in r.flags] for policy, recs in runs.items()}
     assert flagged["none"] and not flagged["every-round"]
@@ -289,7 +297,7 @@ def test_saved_runs_keep_the_flags(decoders, tmp_path):
 
     base, draft = decoders["qwen2"]
     cfg = SpecConfig(layer_parallel=6, calibration="none", max_new_tokens=60, expected_acceptance=1.0)
-    records = list(generate(base, draft, list(range(30, 40)), cfg))
+    records = list(generate(base, draft, plan_run(cfg, list(range(30, 40)), base, draft)))
     save_run(tmp_path / "r.jsonl", RunHeader(cfg.as_dict(), "b", "d", (1,), "cpu", "float32"), records)
     _, loaded = load_run(tmp_path / "r.jsonl")
     assert any(r.flags for r in records) and [r.flags for r in loaded] == [r.flags for r in records]

@@ -17,8 +17,7 @@ from typing import Callable, ContextManager, Sequence
 import torch
 import torch.nn.functional as F
 
-# A layer group is the half-open range [start, end) of layer indices that run as one step.
-Group = tuple[int, int]
+from ..settings import Group  # [start, end): the draft layers that run as one step
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 `generate` yields one `RoundRecord` per round (vanilla: one per token). Every consumer (CLI,
 dashboard, benchmarks) reads that one stream; there is no second generation path.
+It runs a `RunPlan` (settings.py), resolved once per run by planning.py (`Session.plan`).
 Modes: `vanilla` (base only), `speculative` (chain of k draft tokens, sequential draft layers),
 `easyspec` (fuzzy layer-parallel drafting plus a bonus-calibration policy; docs/method.md).
 Either drafting mode can draft a token tree instead of a chain (`tree_depth` > 0; tree.py) and can
@@ -9,122 +10,18 @@ adapt its draft length or tree depth from round to round (`adaptive`; `Adaptive`
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 import torch
 
-from .decoder import Decoder, Group, KVCache
-from .grouping import layer_groups, parse_plan
-from .monitor import ON_LOW_ACCEPTANCE, SEQUENTIAL, AcceptanceMonitor, FallbackGuard, expectation
-from ..models.quantize import check_draft_dtype
+from ..settings import RunPlan, check_stop_strings
+from .decoder import Decoder, KVCache
+from .monitor import SEQUENTIAL, AcceptanceMonitor, FallbackGuard, expectation
 from .records import RoundRecord, Span
-from .sampling import SamplingConfig, check_finite, check_whole, pick, probs, verify_greedy, verify_sampling
+from .sampling import pick, probs, verify_greedy, verify_sampling
 from .tracing import Tracer, exclusive_seconds
 from .tree import DraftTree, accept_greedy, accept_sampling, expand_greedy, expand_sampled
-
-MODES = ("vanilla", "speculative", "easyspec")
-CALIBRATION_POLICIES = ("none", "every-round", "on-mismatch")
-
-
-@dataclass(frozen=True)
-class SpecConfig:
-    """How to generate. Defaults are the product's: easyspec, N = 4, every-round, k = 5, greedy.
-
-    groups: an explicit layer plan ('0|1-4|...|23', grouping.py) that replaces N, head and tail;
-    "" means equal groups of N. ("auto" is resolved to a plan by the session, from the tuning cache.)
-    draft_dtype: float32 | bfloat16 | int8 | int4 | int4-g128 picks the draft the session loaded at that
-    precision (Session.draft_for); greedy outputs stay the base's whatever it is.
-    expected_acceptance: the acceptance rate this run should reach (from the tuner), 0 if unknown;
-    the monitor flags rounds whose rolling acceptance falls far below it (monitor.py).
-    on_low_acceptance: "warn" (flag the rounds only) or "fallback" (monitor.FallbackGuard: sequential
-    drafting, then none); base_token_s: the base's own seconds per token (the launch probe's), 0 if
-    unknown, for the guard's "does drafting still pay" test.
-    """
-
-    mode: str = "easyspec"
-    draft_len: int = 5
-    layer_parallel: int = 4
-    sequential_head: int = 1
-    sequential_tail: int = 1
-    calibration: str = "every-round"
-    max_new_tokens: int = 128
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    stop_strings: tuple[str, ...] = ()
-    tree_depth: int = 0  # 0 drafts a chain of draft_len tokens; d > 0 drafts a token tree of depth d
-    tree_width: int = 4  # tree leaves kept per level (and children per leaf); used when tree_depth > 0
-    adaptive: bool = False  # adapt the draft length (chain) or depth (tree) per round; see `Adaptive`
-    groups: str = ""
-    expected_acceptance: float = 0.0
-    on_low_acceptance: str = "warn"
-    base_token_s: float = 0.0
-    draft_dtype: str = ""  # the draft's precision for this run (quantize.DRAFT_DTYPES); "" is the session's
-
-    def __post_init__(self) -> None:
-        if self.draft_dtype:
-            check_draft_dtype(self.draft_dtype)
-        for flag, value in (("--draft-len", self.draft_len), ("--max-new-tokens", self.max_new_tokens),
-                            ("--layer-parallel", self.layer_parallel), ("--sequential-head", self.sequential_head),
-                            ("--sequential-tail", self.sequential_tail), ("--tree-depth", self.tree_depth),
-                            ("--tree-width", self.tree_width)):
-            check_whole(value, flag)
-        check_finite(self.expected_acceptance, "expected acceptance")
-        if not 0.0 <= self.expected_acceptance <= 1.0:
-            raise ValueError(f"expected acceptance must be between 0 and 1; got {self.expected_acceptance}")
-        check_stop_strings(self.stop_strings)
-        check_finite(self.base_token_s, "base seconds per token")
-        if self.base_token_s < 0:
-            raise ValueError(f"base seconds per token must be >= 0; got {self.base_token_s}")
-        if self.on_low_acceptance not in ON_LOW_ACCEPTANCE:
-            raise ValueError(f"--on-low-acceptance {self.on_low_acceptance!r}: choose one of "
-                             f"{', '.join(ON_LOW_ACCEPTANCE)}")
-        if self.mode not in MODES:
-            raise ValueError(f"unknown mode {self.mode!r}: choose one of {', '.join(MODES)}")
-        if self.calibration not in CALIBRATION_POLICIES:
-            raise ValueError(f"unknown calibration policy {self.calibration!r}: choose one of "
-                             f"{', '.join(CALIBRATION_POLICIES)}")
-        if self.draft_len < 1:
-            raise ValueError(f"--draft-len must be >= 1; got {self.draft_len}")
-        if self.max_new_tokens < 1:
-            raise ValueError(f"--max-new-tokens must be >= 1; got {self.max_new_tokens}")
-        if self.layer_parallel < 1:
-            raise ValueError(f"--layer-parallel must be >= 1; got {self.layer_parallel}")
-        if self.tree_depth < 0:
-            raise ValueError(f"--tree-depth must be >= 0 (0 drafts a chain); got {self.tree_depth}")
-        if self.tree_width < 1:
-            raise ValueError(f"--tree-width must be >= 1; got {self.tree_width}")
-
-    @property
-    def tree(self) -> bool:
-        return self.tree_depth > 0 and self.mode != "vanilla"
-
-    def plan(self, n_layers: int) -> tuple[Group, ...]:
-        """The draft's layer plan for this config (ValueError if it does not fit the draft)."""
-        if self.groups == "auto":
-            raise ValueError("--groups auto must be resolved to a tuned plan first (Session.resolve)")
-        if self.groups:
-            return parse_plan(self.groups, n_layers)
-        return layer_groups(n_layers, self.layer_parallel, self.sequential_head, self.sequential_tail)
-
-    def as_dict(self) -> dict:
-        """Plain JSON values (tuples become lists), as a saved run stores them."""
-        d = asdict(self)
-        d["stop_strings"] = list(self.stop_strings)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "SpecConfig":
-        return cls(**{**d, "sampling": SamplingConfig(**d["sampling"]), "stop_strings": tuple(d["stop_strings"])})
-
-
-def check_stop_strings(stop_strings: Sequence[str]) -> None:
-    """Every stop string must be non-empty text: "" occurs in any text, so it would end every run
-    after its first token."""
-    for s in stop_strings:
-        if not isinstance(s, str):
-            raise ValueError(f"--stop: a stop string must be text; got {s!r}")
-        if not s:
-            raise ValueError("--stop: a stop string must not be empty (it would end every run after its first token)")
 
 
 @dataclass(frozen=True)
@@ -161,19 +58,6 @@ class Stopping:
         return any(s in tail for s in self.stop_strings)
 
 
-def check_prompt(prompt_ids: Sequence[int], cfg: SpecConfig, base: Decoder, draft: Decoder | None = None) -> None:
-    if len(prompt_ids) == 0:
-        raise ValueError("the prompt is empty: give some text to continue")
-    window = base.cfg.max_position
-    if len(prompt_ids) + cfg.max_new_tokens > window:
-        raise ValueError(f"the prompt ({len(prompt_ids)} tokens) plus --max-new-tokens {cfg.max_new_tokens} "
-                         f"exceeds the base model's context window of {window} tokens")
-    windows = [m.cfg.sliding_window for m in (base, draft) if m is not None and m.cfg.sliding_window]
-    if cfg.tree and windows and len(prompt_ids) + cfg.max_new_tokens > min(windows):
-        raise ValueError(f"token trees do not support sliding-window attention: the prompt plus --max-new-tokens "
-                         f"must stay within the {min(windows)}-token window")
-
-
 class Adaptive:
     """Adaptive draft length (chain) or tree depth, as transformers' assisted generation adapts
     `num_assistant_tokens`: +2 after a round that accepted every draft, -1 after one that rejected
@@ -206,26 +90,23 @@ class LocalRuntime:
         return spans
 
 
-def generate(base: Decoder, draft: Decoder | None, prompt_ids: Sequence[int], cfg: SpecConfig,
-             stopping: Stopping = Stopping(), runtime=None) -> Iterator[RoundRecord]:
-    """Yield one record per round until EOS, a stop string or the token limit."""
-    check_prompt(prompt_ids, cfg, base, draft)
-    plan = None
-    if cfg.mode != "vanilla":
-        if draft is None:
-            raise ValueError(f"mode {cfg.mode} needs a draft model")
-        if cfg.mode == "easyspec":
-            plan = cfg.plan(draft.cfg.n_layers)
-    run = Generation(base, draft, prompt_ids, cfg, stopping, plan, runtime)
+def generate(base: Decoder, draft: Decoder | None, plan: RunPlan, stopping: Stopping = Stopping(),
+             runtime=None) -> Iterator[RoundRecord]:
+    """Yield one record per round of a resolved run plan (planning.py) until EOS, a stop string or the
+    token limit."""
+    assert isinstance(plan, RunPlan), f"the engine runs a resolved RunPlan (Session.plan), not {type(plan).__name__}"
+    assert plan.settings.mode == "vanilla" or draft is not None, "checked by the plan"
+    run = Generation(base, draft, plan, stopping, runtime)
     yield from run.rounds()
 
 
 class Generation:
     """State of one generation: token buffer, both KV caches, the tracer and the random generator."""
 
-    def __init__(self, base: Decoder, draft: Decoder | None, prompt_ids: Sequence[int], cfg: SpecConfig,
-                 stopping: Stopping, plan, runtime=None):
-        self.base, self.draft, self.cfg, self.stopping, self.plan = base, draft, cfg, stopping, plan
+    def __init__(self, base: Decoder, draft: Decoder | None, run: RunPlan, stopping: Stopping, runtime=None):
+        cfg, prompt_ids = run.settings, run.prompt_ids
+        self.base, self.draft, self.cfg, self.stopping = base, draft, cfg, stopping
+        self.plan = run.layers  # the draft's layer plan (easyspec); None drafts through every layer in order
         self.drafting = cfg.mode != "vanilla"
         self.s = cfg.sampling
         device = base.device

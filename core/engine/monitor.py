@@ -22,7 +22,6 @@ ALERT = "low-acceptance"
 SEQUENTIAL = "fallback-sequential"  # after this round the run drafts sequentially (N = 1), calibrating every round
 OFF = "fallback-off"  # after this round the run stops drafting (the base decodes alone)
 BASE_TIMING = "base-timing"  # a base-only round that measured the base's own time per token for the guard
-ON_LOW_ACCEPTANCE = ("warn", "fallback")
 FLOOR = 0.2  # used when no figure was measured for this pair: below this, speculation rarely pays
 DROP = 0.5  # "far below" the expectation: under half of it
 

@@ -9,53 +9,9 @@ What it is not: the round loop that drafts and calls these (`engine.py`) or tree
 """
 from __future__ import annotations
 
-import math
-import numbers
-from dataclasses import dataclass
-
 import torch
 
-SEED_LIMIT = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit seed
-
-
-def check_finite(value, flag: str) -> None:
-    """Refuse NaN, infinities and non-numbers: NaN slips past range checks written as comparisons
-    and an infinite temperature samples uniformly."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"{flag} must be a finite number; got {value!r}")
-
-
-def check_whole(value, flag: str) -> None:
-    """Refuse anything but an integer (a float, even 5.0 or inf, is not a count or a seed)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{flag} must be a whole number; got {value!r}")
-
-
-@dataclass(frozen=True)
-class SamplingConfig:
-    temperature: float = 0.0  # 0 means greedy
-    top_p: float = 1.0
-    top_k: int = 0  # 0 means no top-k filter
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        check_finite(self.temperature, "--temperature")
-        check_finite(self.top_p, "--top-p")
-        check_whole(self.top_k, "--top-k")
-        check_whole(self.seed, "--seed")
-        if self.temperature < 0:
-            raise ValueError(f"--temperature must be >= 0 (0 is greedy); got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"--top-p must be in (0, 1]; got {self.top_p}")
-        if self.top_k < 0:
-            raise ValueError(f"--top-k must be >= 0 (0 turns it off); got {self.top_k}")
-        if not 0 <= self.seed <= SEED_LIMIT:
-            raise ValueError(f"--seed must be between 0 and {SEED_LIMIT}; got {self.seed}")
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0
-
+from ..settings import SamplingConfig
 
 def probs(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
     """logits [T, V] -> probabilities [T, V] (fp32) after temperature, top-k, then top-p."""

@@ -26,7 +26,8 @@ from __future__ import annotations
 import torch
 
 from .decoder import TreeAttention
-from .sampling import SamplingConfig, probs
+from .sampling import probs
+from ..settings import SamplingConfig
 
 
 class DraftTree:

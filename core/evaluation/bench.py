@@ -27,12 +27,12 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..engine.loop import SpecConfig
+from ..settings import SpecConfig
 from ..engine.metrics import compute, memory_label
-from ..engine.lossless import VERDICTS, compare_greedy, count_verdicts, same_column
+from ..engine.lossless import compare_greedy
+from ..engine.verdicts import VERDICTS, count_verdicts, same_column
 from .pilot import PilotGrid, PilotRun, PilotSetting, result_row, run_pilot, summarise
 from ..engine.records import RoundRecord, record_from_dict, record_to_dict
-from ..engine.sampling import SamplingConfig
 
 Progress = Callable[[str], None]
 logger = logging.getLogger(__name__)
@@ -52,11 +52,6 @@ def raw_run(records: Sequence[RoundRecord], spans: bool = False, **fields) -> di
     """One run's raw data: the given fields (prompt, setting, ...), emitted tokens, wall seconds, rounds."""
     return {**fields, "token_ids": [t for r in records for t in r.token_ids], "wall_s": records[-1].end_ns / 1e9,
             "rounds": raw_rounds(records, spans)}
-
-
-def config_from_dict(d: dict) -> SpecConfig:
-    """The inverse of `dataclasses.asdict(SpecConfig)` (JSON turns the tuples into lists)."""
-    return SpecConfig(**{**d, "sampling": SamplingConfig(**d["sampling"]), "stop_strings": tuple(d["stop_strings"])})
 
 
 def per_position(runs: Sequence[PilotRun]) -> tuple[float, ...]:
@@ -110,7 +105,7 @@ def _pilot_runs(raw: Sequence[dict]) -> list[PilotRun]:
     """PilotRuns rebuilt from raw runs of one pilot pass, each row against its prompt's vanilla run."""
     out, vanilla = [], {}
     for r in raw:
-        setting, records = PilotSetting(r["setting"], config_from_dict(r["config"])), records_from_raw(r["rounds"])
+        setting, records = PilotSetting(r["setting"], SpecConfig.from_dict(r["config"])), records_from_raw(r["rounds"])
         row = result_row(r["prompt_index"], setting, r["prompt_tokens"], records, vanilla.get(r["prompt_index"]))
         row.update(greedy_check=r.get("greedy_check"), fp32_gap=r.get("fp32_gap"))  # made when it ran
         run = PilotRun(r["prompt_index"], setting, tuple(records), tuple(r["token_ids"]), row)
@@ -236,7 +231,7 @@ def speed(session, prompts: Sequence[str], settings: dict[str, SpecConfig], repe
     runners: dict[str, Callable[[list[int]], tuple[list[int], float, list | None]]] = {}
     for label, cfg in settings.items():
         def run(ids, cfg=cfg):
-            records = list(session.generate(ids, cfg))
+            records = list(session.generate(session.plan(cfg, ids)))
             return [t for r in records for t in r.token_ids], records[-1].end_ns / 1e9, records
         runners[label] = run
     if with_transformers:

@@ -26,10 +26,10 @@ from typing import Callable
 
 import torch
 
-from ..engine.decoder import Decoder, DecoderConfig, DecoderWeights, Group, KVCache, RopeConfig
+from ..settings import Group, check_finite
+from ..engine.decoder import Decoder, DecoderConfig, DecoderWeights, KVCache, RopeConfig
 from ..files import write_text_atomic
 from ..engine.grouping import describe, layer_groups
-from ..engine.sampling import check_finite
 
 SCHEMA = "easyspec.gpu_bench/1"
 logger = logging.getLogger(__name__)

@@ -20,21 +20,21 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Iterator, Sequence
 
-from ..engine.loop import CALIBRATION_POLICIES, SpecConfig
-from ..engine.lossless import GreedyCheck, compare_greedy, count_verdicts
+from ..settings import CALIBRATION_POLICIES, SamplingConfig, SpecConfig, check_draft_dtype
+from ..engine.verdicts import GreedyCheck, count_verdicts
 from ..engine.metrics import compute
-from ..models.quantize import check_draft_dtype
 from ..engine.records import PHASES, RoundRecord
-from ..engine.sampling import SamplingConfig
 
 DEFAULT_PROMPTS = 3  # with the default grid: a few minutes on a 2-core CPU with the offline pair
 MAX_GRID_RUNS = 400
+PROMPT_FIELDS = ("prompt", "max_new_tokens", "tree_depth")  # a setting's errors that depend on the prompt
 
 
 @dataclass(frozen=True)
 class PilotSetting:
     label: str
     config: SpecConfig
+    applied: tuple[str, ...] = ()  # what the run plan decided beyond the setting's words (RunPlan.applied)
 
 
 @dataclass(frozen=True)
@@ -144,18 +144,6 @@ def _decode_rate(records: Sequence[RoundRecord]) -> float:
     return (m.new_tokens - 1) / after_first if m.new_tokens > 1 and after_first > 0 else m.tokens_per_s
 
 
-def _probe_config(session, mode: str, new_tokens: int) -> tuple[SpecConfig, str]:
-    """The probe run of one mode and its description: the default k, and for easyspec the default N
-    within the middle layers (and N <= G across G devices)."""
-    cfg = SpecConfig(mode=mode, max_new_tokens=new_tokens)
-    if mode != "easyspec":
-        return replace(cfg, layer_parallel=1), "" if mode == "vanilla" else f"k={cfg.draft_len}"
-    n = min(cfg.layer_parallel, max(1, (session.info.draft_layers or 3) - 2))
-    if session.info.devices > 1:
-        n = min(n, session.info.devices)
-    return replace(cfg, layer_parallel=n), f"N={n} {cfg.calibration} k={cfg.draft_len}"
-
-
 def measure_throughput(session, prompt: str = "def fibonacci(n):", new_tokens: int = 8,
                        modes: Sequence[str] = ("vanilla", "speculative", "easyspec")) -> Throughput:
     """A short run per mode (it also warms the models up), each mode's rate from its own run; the
@@ -163,14 +151,19 @@ def measure_throughput(session, prompt: str = "def fibonacci(n):", new_tokens: i
     if "vanilla" not in modes:
         raise ValueError("the throughput probe needs vanilla: it is the estimate for unmeasured modes")
     ids = session.encode(prompt, False)
-    for _ in session.generate(ids, SpecConfig(mode="vanilla", max_new_tokens=2)):  # warm-up, not measured
+    for _ in session.generate(session.plan(SpecConfig(mode="vanilla", max_new_tokens=2), ids)):  # warm-up
         pass
     rates, settings, prefill = {}, {}, []
     for mode in modes:
         if mode != "vanilla" and session.draft is None:
             continue
-        cfg, settings[mode] = _probe_config(session, mode, new_tokens)
-        records = list(session.generate(ids, cfg))
+        # The default k, and for easyspec the default N (within the middle layers, N <= G across devices).
+        plan = session.plan(SpecConfig(mode=mode, max_new_tokens=new_tokens,
+                                       layer_parallel=0 if mode == "easyspec" else 1), ids)
+        c = plan.settings
+        settings[mode] = {"vanilla": "", "speculative": f"k={c.draft_len}"}.get(
+            mode, f"N={c.layer_parallel} {c.calibration} k={c.draft_len}")
+        records = list(session.generate(plan))
         rates[mode] = _decode_rate(records)
         prefill.append(len(ids) / max(records[0].end_ns / 1e9, 1e-9))
     return Throughput(prefill_tokens_per_s=max(prefill), tokens_per_s=rates, settings=settings)
@@ -193,26 +186,26 @@ def describe_seconds(seconds: float) -> str:
     return f"{minutes} min {sec:02d} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
 
 
-def check_pilot(session, prompt_ids: Sequence[Sequence[int]], grid: PilotGrid) -> list[PilotSetting]:
-    """Every setting validated against every prompt before any device work (ValueError says which);
-    "auto" becomes the tuned plan here, so that the rows and the report name the plan that ran."""
-    settings = []
-    for setting in grid.settings():
-        try:
-            settings.append(PilotSetting(setting.label, session.resolve(setting.config)))
-        except ValueError as exc:
-            raise ValueError(f"setting '{setting.label}': {exc}") from None
+def check_pilot(session, prompt_ids: Sequence[Sequence[int]], grid: PilotGrid) -> list[tuple[PilotSetting, list]]:
+    """Every setting resolved against every prompt before any device work (ValueError says which): one
+    `Session.plan` per run, kept for the run. Each setting's config is its resolved settings ("auto"
+    becomes the tuned plan), so that the rows and the report name the plan that ran."""
+    settings = list(grid.settings())
     runs = len(settings) * len(prompt_ids)
     if runs > MAX_GRID_RUNS:
         raise ValueError(f"the pilot would make {runs} runs ({len(settings)} settings x {len(prompt_ids)} prompts); "
                          f"the limit is {MAX_GRID_RUNS}: pick fewer prompts or grid values")
+    planned = []
     for setting in settings:
+        plans = []
         for i, ids in enumerate(prompt_ids):
             try:
-                session.validate(setting.config, ids)
+                plans.append(session.plan(setting.config, ids))
             except ValueError as exc:
-                raise ValueError(f"setting '{setting.label}', prompt {i + 1}: {exc}") from None
-    return settings
+                where = f", prompt {i + 1}" if getattr(exc, "field", "") in PROMPT_FIELDS else ""
+                raise ValueError(f"setting '{setting.label}'{where}: {exc}") from None
+        planned.append((PilotSetting(setting.label, plans[0].settings, plans[0].applied), plans))
+    return planned
 
 
 @dataclass(frozen=True)
@@ -283,25 +276,28 @@ def result_row(prompt_index: int, setting: PilotSetting, prompt_tokens: int, rec
     return row
 
 
-def run_pilot(session, prompts: Sequence[str], grid: PilotGrid,
-              should_stop: Callable[[], bool] = lambda: False) -> Iterator[PilotProgress | PilotRun]:
-    """Yield a PilotProgress before each run and a PilotRun after it; stop within one round on request."""
+def run_pilot(session, prompts: Sequence[str], grid: PilotGrid, should_stop: Callable[[], bool] = lambda: False,
+              planned: list | None = None) -> Iterator[PilotProgress | PilotRun]:
+    """Yield a PilotProgress before each run and a PilotRun after it; stop within one round on request.
+    `planned`: what `check_pilot` returned for these prompts and grid, when the caller checked first."""
+    from ..engine.lossless import compare_greedy  # torch: the pilot's summaries and report read without it
+
     if not prompts:
         raise ValueError("the pilot has no prompts")
     prompt_ids = [session.encode(p, grid.chat) for p in prompts]
-    settings = check_pilot(session, prompt_ids, grid)
-    total, done, t0 = len(settings) * len(prompt_ids), 0, time.perf_counter()
+    planned = planned if planned is not None else check_pilot(session, prompt_ids, grid)
+    total, done, t0 = len(planned) * len(prompt_ids), 0, time.perf_counter()
     # Warm-up: the first forward of a process is slow (allocations, kernel selection); keep it out
     # of the vanilla yardstick.
-    for _ in session.generate(prompt_ids[0], SpecConfig(mode="vanilla", max_new_tokens=2)):
+    for _ in session.generate(session.plan(SpecConfig(mode="vanilla", max_new_tokens=2), prompt_ids[0])):
         pass
     for i, ids in enumerate(prompt_ids):
         vanilla: PilotRun | None = None
-        for setting in settings:
+        for setting, plans in planned:
             yield PilotProgress(done, total, f"prompt {i + 1}/{len(prompt_ids)}: {setting.label}",
                                 time.perf_counter() - t0)
             records: list[RoundRecord] = []
-            stream = session.generate(ids, setting.config)
+            stream = session.generate(plans[i])
             try:
                 for rec in stream:
                     records.append(rec)

@@ -22,7 +22,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
-from ..engine.decoder import Group
+from ..settings import Group
 from ..engine.records import RoundRecord
 
 

@@ -289,7 +289,8 @@ def load_decoder(folder: Path, dtype: torch.dtype, device: torch.device, shard: 
 def load_draft(folder: Path, draft_dtype: str, device: torch.device) -> Decoder:
     """The draft at its own precision (quantize.DRAFT_DTYPES): float32/bfloat16 as loaded; int8/int4 loaded
     in fp32 and weight-only quantized (from the quantized cache beside the checkpoint when it has it)."""
-    from .quantize import FLOAT_DTYPES, check_draft_dtype, quantize_decoder
+    from .quantize import quantize_decoder
+    from ..settings import FLOAT_DTYPES, check_draft_dtype
 
     check_draft_dtype(draft_dtype)
     if draft_dtype in FLOAT_DTYPES:

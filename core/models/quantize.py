@@ -24,21 +24,14 @@ from pathlib import Path
 
 import torch
 
+from ..settings import QUANTIZED_DTYPES
 from .offline_pair import QUANTIZED, cache_root, sha256_file
 
 logger = logging.getLogger(__name__)
 
-FLOAT_DTYPES = ("float32", "bfloat16")
 SCHEMES = {"int8": 0, "int4": 32, "int4-g128": 128}  # name -> int4 group size (0: int8 per channel)
-DRAFT_DTYPES = (*FLOAT_DTYPES, *SCHEMES)
+assert tuple(SCHEMES) == QUANTIZED_DTYPES
 LINEARS = ("wqkv", "wo", "w_gate_up", "w_down")  # stacked [L, out, in]; plus the LM head [vocab, D]
-
-
-def check_draft_dtype(name: str, flag: str = "--draft-dtype") -> str:
-    if name not in DRAFT_DTYPES:
-        raise ValueError(f"{flag}: unknown draft precision {name!r}: choose one of {', '.join(DRAFT_DTYPES)} "
-                         f"(int4 uses groups of 32 input channels, int4-g128 groups of 128)")
-    return name
 
 
 def activation_dtype(device: torch.device) -> torch.dtype:

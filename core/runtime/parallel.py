@@ -26,7 +26,8 @@ from typing import Sequence
 import torch
 import torch.distributed as dist
 
-from ..engine.decoder import Decoder, Group, KVCache, TreeAttention
+from ..settings import Group
+from ..engine.decoder import Decoder, KVCache, TreeAttention
 from ..engine.records import Span
 from ..engine.tracing import Tracer
 

@@ -43,12 +43,13 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
-from ..engine.decoder import Decoder, Group, TreeAttention
+from ..settings import CALIBRATION_POLICIES, Group, SpecConfig, check_finite
+from ..engine.decoder import Decoder, TreeAttention
 from ..files import write_text_atomic
-from ..engine.loop import CALIBRATION_POLICIES, SpecConfig, Stopping, generate
+from ..engine.loop import Stopping, generate
+from ..planning import plan_run
 from ..engine.grouping import describe, layer_groups, parse_plan
 from ..engine.metrics import compute
-from ..engine.sampling import check_finite
 
 EQUAL_SIZES = (2, 3, 4, 5, 6)
 MEASURED_PER_STEPS = 1  # plans drafted per step count: the probe ranks them on the search half, the
@@ -360,7 +361,8 @@ class ReplayBase:
 def reference(base: Decoder, prompt: Sequence[int], max_new_tokens: int, stopping: Stopping) -> tuple[list[int], list[int]]:
     """(prompt, the base's own greedy output): what playback and the probe replay."""
     vanilla = SpecConfig(mode="vanilla", max_new_tokens=max_new_tokens)
-    return list(prompt), [t for r in generate(base, None, prompt, vanilla, stopping) for t in r.token_ids]
+    return list(prompt), [t for r in generate(base, None, plan_run(vanilla, prompt, base.cfg, None), stopping)
+                         for t in r.token_ids]
 
 
 def _draft_seconds(records) -> float:
@@ -373,7 +375,8 @@ def measure_plan(base: Decoder, draft: Decoder, references: Sequence[tuple[list[
     per_prompt, draft_s = [], 0.0
     for prompt, out in references:
         spec = SpecConfig(mode="easyspec", groups=plan, draft_len=cfg.draft_len, max_new_tokens=cfg.max_new_tokens)
-        records = list(generate(ReplayBase(base, prompt + out), draft, prompt, spec, stopping))
+        records = list(generate(ReplayBase(base, prompt + out), draft, plan_run(spec, prompt, base.cfg, draft.cfg),
+                                stopping))
         got = [t for r in records for t in r.token_ids]
         assert got == out, "playback diverged from the recorded base output"
         per_prompt.append((sum(r.accepted for r in records), sum(len(r.drafted) for r in records)))
@@ -413,7 +416,7 @@ def _policy(base, draft, prompts, plan, policy, cfg: TuneConfig, stopping) -> Po
     for prompt in prompts:
         spec = SpecConfig(mode="easyspec", groups=plan, calibration=policy, draft_len=cfg.draft_len,
                           max_new_tokens=cfg.max_new_tokens)
-        runs.append(compute(list(generate(base, draft, prompt, spec, stopping))))
+        runs.append(compute(list(generate(base, draft, plan_run(spec, prompt, base.cfg, draft.cfg), stopping))))
     drafted = sum(m.drafted for m in runs)
     speeds = sorted(m.tokens_per_s for m in runs)
     return PolicyResult(policy, sum(m.accepted for m in runs) / drafted if drafted else 0.0,
@@ -580,20 +583,6 @@ def load_tuning(key: str) -> TuneResult | None:
         result = None  # an unreadable cache entry counts as no tuning; the next tune overwrites it
     _loaded[path] = (stamp, result)
     return result
-
-
-def with_expectation(cfg: SpecConfig, result: TuneResult | None, n_layers: int) -> SpecConfig:
-    """`--groups auto` becomes the tuned plan; the run's expected acceptance comes from the tuning."""
-    if cfg.groups == "auto":
-        if result is None:
-            raise ValueError("auto grouping: this model pair has not been tuned yet; run the tuner first "
-                             "(`easyspec tune`, or \"Tune the layer plan\" in the Pilot screen), or choose N or a plan")
-        cfg = replace(cfg, groups=result.plan)
-    if result is None or cfg.expected_acceptance > 0 or cfg.mode == "vanilla" or not cfg.sampling.greedy:
-        return cfg  # the tuner measures greedy acceptance only
-    if cfg.mode == "speculative":
-        return replace(cfg, expected_acceptance=result.baseline_rate)
-    return replace(cfg, expected_acceptance=result.expected_rate(describe(cfg.plan(n_layers)), cfg.calibration))
 
 
 def cell(plan: str) -> str:
