@@ -25,7 +25,9 @@ from .models.quantize import check_draft_dtype
 from .engine.records import RoundRecord
 from .engine.sampling import check_finite
 from .models.text import encode_prompt
-from .tuner.tuning import TuneConfig, TuneResult, load_tuning, pair_key, save_tuning, tune_steps, with_expectation
+from .tuner.cache import load_tuning, pair_key, save_tuning
+from .tuner.tune import tune_steps, with_expectation
+from .tuner.types import TuneConfig, TuneResult
 
 logger = logging.getLogger(__name__)
 
@@ -212,7 +214,7 @@ class Session:
                                  f"a group runs on its own device, so N <= G (groups of at most G layers)")
         check_prompt(prompt_ids, cfg, self.base, self.draft)
 
-    # -- tuning (tuning.py) ----------------------------------------------------------------------
+    # -- tuning (tuner/) --------------------------------------------------------------------------
     @functools.cached_property
     def pair_key(self) -> str | None:
         """The tuning cache's key of this pair (its files do not change while the session holds them)."""
