@@ -503,7 +503,9 @@ def cmd_tune(args) -> int:
     from easyspec.core.evaluation.prompt_sets import BUILTIN_SETS, builtin_prompts, read_prompt_file
     from easyspec.core.session import Session
     from easyspec.core.files import write_text_atomic
-    from easyspec.core.tuner.tuning import TuneConfig, markdown, tuning_path
+    from easyspec.core.tuner.cache import tuning_path
+    from easyspec.core.tuner.report import markdown
+    from easyspec.core.tuner.types import TuneConfig
 
     cfg = TuneConfig(tolerance=args.tolerance, max_group=args.max_group, draft_len=args.draft_len,
                      max_new_tokens=args.max_new_tokens, policies=not args.no_policies, exhaustive=args.exhaustive,

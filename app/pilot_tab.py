@@ -23,7 +23,8 @@ from easyspec.core.evaluation.pilot import (DEFAULT_PROMPTS, PilotGrid, PilotPro
 from easyspec.core.evaluation.projection import COMM_MODELS, project_pilot, session_shapes
 from easyspec.core.evaluation.report import context_for
 from easyspec.core.evaluation.prompt_sets import BUILTIN_SETS, builtin_prompts, read_prompt_file
-from easyspec.core.tuner.tuning import TuneConfig, TuneResult, markdown as tuning_markdown
+from easyspec.core.tuner.report import markdown as tuning_markdown
+from easyspec.core.tuner.types import TuneConfig, TuneResult
 from easyspec.visualizations.pilot_charts import pilot_figure
 from easyspec.visualizations.report import pilot_report_html
 from easyspec.visualizations.translate import translate_figure

@@ -26,8 +26,12 @@ from easyspec.core.files import write_text_atomic
 from easyspec.core.engine.grouping import describe, layer_groups, parse_plan
 from easyspec.core.evaluation.prompt_sets import builtin_prompts
 from easyspec.core.session import Session
-from easyspec.core.tuner.tuning import (Candidate, Probe, TuneConfig, TuneResult, cell, change_agreement, markdown,
-                                  measure_plan, paired_interval, pooled_rate, reference, steps_of)
+from easyspec.core.tuner.measure import measure_plan, reference
+from easyspec.core.tuner.probe import Probe
+from easyspec.core.tuner.report import cell, markdown
+from easyspec.core.tuner.search import steps_of
+from easyspec.core.tuner.stats import change_agreement, paired_interval, pooled_rate
+from easyspec.core.tuner.types import Candidate, TuneConfig, TuneResult
 
 
 def evaluate(session: Session, prompts: list[list[int]], plans: dict[str, str], tokens: int, draft_len: int,

@@ -25,7 +25,9 @@ from .models.loading import PairSource, load_draft, load_pair, parse_device, par
 from .models.text import encode_prompt
 from .planning import check_prompt, plan_run
 from .settings import RunPlan, SettingsError, SpecConfig, check_draft_dtype, check_finite, name
-from .tuner.tuning import TuneConfig, TuneResult, load_tuning, pair_key, save_tuning, tune_steps
+from .tuner.cache import load_tuning, pair_key, save_tuning
+from .tuner.tune import tune_steps
+from .tuner.types import TuneConfig, TuneResult
 
 logger = logging.getLogger(__name__)
 
@@ -204,7 +206,7 @@ class Session:
         return plan_run(settings, prompt_ids, self.base.cfg, self.draft.cfg if self.draft else None, self.devices,
                         self.tuning() if needs_tuning else None)
 
-    # -- tuning (tuning.py) ----------------------------------------------------------------------
+    # -- tuning (tuner/) --------------------------------------------------------------------------
     @functools.cached_property
     def pair_key(self) -> str | None:
         """The tuning cache's key of this pair (its files do not change while the session holds them)."""

@@ -164,7 +164,7 @@ def test_settings_built_in_python_refuse_non_finite_numbers(value, pair_dirs):
     from easyspec.core.evaluation.gpu_bench import BenchConfig
     from easyspec.core.models.loading import resolve_pair
     from easyspec.core.session import Session
-    from easyspec.core.tuner.tuning import TuneConfig
+    from easyspec.core.tuner.types import TuneConfig
 
     with pytest.raises(ValueError, match="--tolerance must be a finite number"):
         TuneConfig(tolerance=value)

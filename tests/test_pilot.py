@@ -179,7 +179,7 @@ def test_pilot_runs_layer_plans_next_to_n_and_resolves_auto(session, tmp_path, m
     """A typed plan and the tuned one ("auto") run as settings of their own; untuned "auto" is refused first."""
     from easyspec.core.evaluation.report import context_for
     from easyspec.visualizations.report import pilot_report_html
-    from easyspec.core.tuner.tuning import TuneConfig
+    from easyspec.core.tuner.types import TuneConfig
     from easyspec.visualizations.pilot_charts import pilot_figure
 
     monkeypatch.setenv("EASYSPEC_CACHE", str(tmp_path / "cache"))

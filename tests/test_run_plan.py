@@ -15,7 +15,8 @@ from easyspec.core.engine.loop import generate
 from easyspec.core.planning import plan_run
 from easyspec.core.settings import (DEFAULT_LAYER_PARALLEL, SettingsError, SpecConfig, default_layer_parallel,
                                     max_layer_parallel)
-from easyspec.core.tuner.tuning import Candidate, PolicyResult, TuneResult, pair_key, save_tuning
+from easyspec.core.tuner.cache import pair_key, save_tuning
+from easyspec.core.tuner.types import Candidate, PolicyResult, TuneResult
 
 ROOT = Path(__file__).resolve().parents[1]
 

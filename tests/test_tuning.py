@@ -15,8 +15,13 @@ from easyspec.core.engine.loop import Stopping, generate
 from easyspec.core.settings import SpecConfig
 from easyspec.core.engine.grouping import describe, layer_groups, parse_plan
 from easyspec.core.engine.monitor import ALERT, AcceptanceMonitor, expectation, likely_cause, rolling_acceptance
-from easyspec.core.tuner.tuning import (Probe, TuneConfig, balanced, climb, markdown, measure_plan, neighbours, paired_interval,
-                                  similarity, split, tune)
+from easyspec.core.tuner.measure import measure_plan
+from easyspec.core.tuner.probe import Probe
+from easyspec.core.tuner.report import markdown
+from easyspec.core.tuner.search import balanced, climb, neighbours, similarity
+from easyspec.core.tuner.stats import paired_interval, split
+from easyspec.core.tuner.tune import tune
+from easyspec.core.tuner.types import TuneConfig
 from helpers import hf_config, save_checkpoint
 
 PLANTED = range(3, 9)  # layers whose residual contributions are scaled down: their inputs are nearly equal
@@ -252,7 +257,8 @@ def test_paired_interval_resamples_prompts_in_pairs():
 
 
 def test_cached_tuning_is_read_once_and_again_after_a_new_save(tmp_path, monkeypatch):
-    from easyspec.core.tuner.tuning import Candidate, TuneResult, load_tuning, save_tuning, tuning_path
+    from easyspec.core.tuner.cache import load_tuning, save_tuning, tuning_path
+    from easyspec.core.tuner.types import Candidate, TuneResult
 
     monkeypatch.setenv("EASYSPEC_CACHE", str(tmp_path))
     first = TuneResult(plan="0|1-2|3", acceptance_rate=0.5, baseline_rate=0.6, steps=3, sequential_steps=4,
@@ -308,7 +314,7 @@ def test_saved_runs_keep_the_flags(decoders, tmp_path):
 # -- the report's sentences follow its numbers ------------------------------------------------------
 def _result(chosen_per_prompt, chosen_probe, policies=()) -> "TuneResult":
     """A held-out tuning by hand: N = 1 and one chosen 2-step plan, (accepted, drafted) per held-out prompt."""
-    from easyspec.core.tuner.tuning import Candidate, PolicyResult, TuneResult
+    from easyspec.core.tuner.types import Candidate, PolicyResult, TuneResult
 
     def cand(plan, steps, origin, pairs, probe):
         return Candidate(plan, steps, origin, sum(d for _, d in pairs), sum(a for a, _ in pairs), 1.0, probe,

@@ -7,7 +7,7 @@ each range is one draft step (a range of one layer runs exactly). Two ways to ge
   group at the end still runs in parallel. N = 1 is ordinary sequential drafting.
 - an explicit plan in the `--groups` notation, "0|1-4|5-8|...|23" (what the auto-tuner writes).
 What it is not: the drafting itself (`decoder.py`, `engine.py`) or the search for a good plan
-(`tuner/`).
+(`tuner/search.py`, `tuner/tune.py`).
 """
 from __future__ import annotations
 

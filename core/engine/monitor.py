@@ -4,7 +4,7 @@ What it is: the check that tells someone watching a run that drafting has gone w
 feeds it every drafting round; when the acceptance rate over the last `window` rounds falls below
 `drop` times the run's expectation, the round's record carries the flag `low-acceptance`.
 The expectation is the tuned figure for the plan in use, else the sequential-drafting (N = 1)
-figure measured for the pair (both from the tuning cache, `tuning.py`), else a fixed floor.
+figure measured for the pair (both from the tuning cache, `tuner/cache.py`), else a fixed floor.
 `likely_cause` explains an alert from the run's settings, for the dashboard and the CLI.
 `FallbackGuard` acts on the alert when a run asks for it (`--on-low-acceptance fallback`): first
 sequential drafting with every-round calibration, then no drafting at all if even that is slower
