@@ -89,6 +89,9 @@ def steps(quick: bool) -> list[Step]:
                                        *(prec.split()), "--layer-parallel", "4", "--calibration", "every-round",
                                        "--draft-dtypes", "float32,bfloat16,int8,int4",
                                        "--out", "{out}/bench_draft_precision"), 40),
+        Step("draft_kernels", (PY, "benchmarks/draft_kernels.py", *(("--repeats", "1", "--precisions",
+                                                                    "float32,int8") if q else ()),
+                               "--out", "{out}/draft_kernels"), 3),
         *(Step(f"bench_acceptance_{p}", (*EASYSPEC, "bench", "acceptance", "--prompts", p, *acc.split(), "--out",
                                          f"{{out}}/bench_acceptance_{p}"), m) for p, m in (("code", 8), ("chat", 10))),
         Step("devices_cpu", (PY, "benchmarks/devices_cpu.py", *(("--max-new-tokens", "4", "--repeats", "1") if q else
