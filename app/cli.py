@@ -249,7 +249,7 @@ def _configs(args):
     if args.devices < 1:
         raise ValueError(f"--devices must be >= 1; got {args.devices}")
     sampling = SamplingConfig(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed)
-    spec = SpecConfig(mode=args.mode, draft_len=args.draft_len, layer_parallel=args.layer_parallel or 0,
+    spec = SpecConfig(mode=args.mode, draft_len=args.draft_len, layer_parallel=args.layer_parallel,
                       sequential_head=args.sequential_head, sequential_tail=args.sequential_tail,
                       calibration=args.calibration, max_new_tokens=args.max_new_tokens, sampling=sampling,
                       stop_strings=tuple(args.stop), groups=args.groups.strip(), tree_depth=args.tree_depth,

@@ -170,7 +170,7 @@ class SpecConfig:
     """A run's settings as given. Defaults are the product's: easyspec, N = 4, calibration auto (every
     round unless a tuned plan recommends another policy), k = 5, greedy.
 
-    layer_parallel: 0 means the default for the devices (`default_layer_parallel`).
+    layer_parallel: None means the default for the devices and the draft (`default_layer_parallel`).
     groups: an explicit layer plan ('0|1-4|...|23', engine/grouping.py) that replaces N, head and tail;
     "auto" is the plan the tuner chose for this pair; "" means equal groups of N.
     draft_dtype: float32 | bfloat16 | int8 | int4 | int4-g128 picks the draft the session loaded at that
@@ -183,7 +183,7 @@ class SpecConfig:
 
     mode: str = "easyspec"
     draft_len: int = 5
-    layer_parallel: int = 0
+    layer_parallel: int | None = None
     sequential_head: int = 1
     sequential_tail: int = 1
     calibration: str = AUTO
@@ -204,7 +204,8 @@ class SpecConfig:
             check_draft_dtype(self.draft_dtype)
         for key in ("draft_len", "max_new_tokens", "layer_parallel", "sequential_head", "sequential_tail",
                     "tree_depth", "tree_width"):
-            check_whole(getattr(self, key), key)
+            if getattr(self, key) is not None or key != "layer_parallel":
+                check_whole(getattr(self, key), key)
         check_finite(self.expected_acceptance, "expected_acceptance")
         if not 0.0 <= self.expected_acceptance <= 1.0:
             raise SettingsError("expected_acceptance", f"{name('expected_acceptance')} must be between 0 and 1; "
@@ -221,10 +222,9 @@ class SpecConfig:
         if self.calibration not in CALIBRATION_CHOICES:
             raise SettingsError("calibration", f"unknown calibration policy {self.calibration!r}: choose one of "
                                                f"{', '.join(CALIBRATION_CHOICES)}")
-        for key, least, why in (("draft_len", 1, ""), ("max_new_tokens", 1, ""),
-                                ("layer_parallel", 0, " (0 picks the default)"),
+        for key, least, why in (("draft_len", 1, ""), ("max_new_tokens", 1, ""), ("layer_parallel", 1, ""),
                                 ("tree_depth", 0, " (0 drafts a chain)"), ("tree_width", 1, "")):
-            if getattr(self, key) < least:
+            if getattr(self, key) is not None and getattr(self, key) < least:
                 raise SettingsError(key, f"{name(key)} must be >= {least}{why}; got {getattr(self, key)}")
 
     @property

@@ -136,7 +136,7 @@ def test_the_layer_parallel_default_and_limit(decoders):
 
 # Ways a module could write N's default (4, or min(4, G)) or its limit (the draft's layers less head and tail).
 HARD_CODED = [re.compile(p) for p in (r"\bmin\(\s*4\s*,", r"\blayer_parallel\s*(?::\s*int\s*)?=\s*4\b",
-                                      r"\b4 if [\w.]*devices", r"(draft_layers|n_layers)[^\n]*\)?\s*-\s*2\b")]
+                                      r"\b4 if [\w.]*devices", r"(draft_layers|n_layers)(\s+or\s+\d+)?\)?\s*-\s*2\b")]
 
 
 def test_no_module_but_settings_hard_codes_the_layer_parallel_default_or_limit():
@@ -148,7 +148,8 @@ def test_no_module_but_settings_hard_codes_the_layer_parallel_default_or_limit()
             if any(p.search(line) for p in HARD_CODED):
                 offenders.append(f"{path.relative_to(ROOT)}:{i}: {line.strip()}")
     assert not offenders, "N's default or limit written outside core/settings.py:\n" + "\n".join(offenders)
-    assert any(p.search("n = min(4, devices)") for p in HARD_CODED)  # the scan itself finds such a line
+    for line in ("n = min(4, devices)", "middle = (self.info.draft_layers or 3) - 2", "if n <= n_layers - 2:"):
+        assert any(p.search(line) for p in HARD_CODED), line  # the scan itself finds such lines
 
 
 def test_settings_and_figures_import_without_torch():

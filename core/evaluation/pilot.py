@@ -159,7 +159,7 @@ def measure_throughput(session, prompt: str = "def fibonacci(n):", new_tokens: i
             continue
         # The default k, and for easyspec the default N (within the middle layers, N <= G across devices).
         plan = session.plan(SpecConfig(mode=mode, max_new_tokens=new_tokens,
-                                       layer_parallel=0 if mode == "easyspec" else 1), ids)
+                                       layer_parallel=None if mode == "easyspec" else 1), ids)
         c = plan.settings
         settings[mode] = {"vanilla": "", "speculative": f"k={c.draft_len}"}.get(
             mode, f"N={c.layer_parallel} {c.calibration} k={c.draft_len}")
