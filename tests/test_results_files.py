@@ -285,3 +285,29 @@ def test_readme_tuning_table_comes_from_the_tuning_files():
     readme = (BENCHMARKS.parent / "README.md").read_text()
     for k, name in ((3, "tuning_code_k3"), (5, "tuning_code")):
         assert readme_tuning_row(k, name) in readme, readme_tuning_row(k, name)
+
+
+def test_readme_draft_precision_figures_come_from_the_results_files():
+    """The README's draft-precision paragraph: every figure read from results/bench_draft_precision.json and
+    results/draft_kernels.json, and the default it states follows them (nothing beats float32 at equal output)."""
+    results = BENCHMARKS.parent / "results"
+    speed = json.loads((results / "bench_draft_precision.json").read_text())["rows"]
+    kernels = {r["precision"]: r for r in json.loads((results / "draft_kernels.json").read_text())["rows"]}
+    readme = " ".join((BENCHMARKS.parent / "README.md").read_text(encoding="utf-8").split())
+    easyspec = {r["draft_dtype"]: r["tokens_per_s_median"] for r in speed if r["setting"].startswith("easyspec")}
+    vanilla = next(r["tokens_per_s_median"] for r in speed if r["setting"] == "vanilla")
+    best_hf = max(r["tokens_per_s_median"] for r in speed if r["setting"].startswith("transformers"))
+    assert all(r["equal_to_vanilla"] == "8/8" for r in speed) and "every greedy output equal to vanilla's" in readme
+    assert (f"easyspec N = 4 at {easyspec['float32']:.2f} tok/s with the float32 draft, {easyspec['bfloat16']:.2f} "
+            f"with bfloat16, {easyspec['int8']:.2f} with int8 and {easyspec['int4']:.2f} with int4 (vanilla "
+            f"{vanilla:.2f}; transformers' best assisted configuration {best_hf:.2f})") in readme
+    ratio = {p: {s: r[s] / kernels["float32"][s] for s in r if s != "precision"} for p, r in kernels.items()}
+    step, calibration = "draft step (1 token)", "calibration (6 tokens)"
+    assert (f"an int8 draft step takes {ratio['int8'][step]:.1f}x as long as a float32 one, int4 "
+            f"{ratio['int4'][step]:.1f}x") in readme
+    assert (f"a bfloat16 draft step takes {ratio['bfloat16'][step]:.2f}x and its calibration "
+            f"{ratio['bfloat16'][calibration]:.2f}x") in readme
+    several = [ratio[p][s] for p in ("int8", "int4") for s in ratio[p] if s != step]
+    assert "5x to 50x" in readme and 5 <= min(several) and max(several) <= 50 * 1.05
+    # the stated default: no precision ran faster than float32 by more than this run's own noise
+    assert max(easyspec.values()) < 1.05 * easyspec["float32"] and "the CPU default stays the base's dtype" in readme
