@@ -202,10 +202,9 @@ class SpecConfig:
     def __post_init__(self) -> None:
         if self.draft_dtype:
             check_draft_dtype(self.draft_dtype)
-        for key in ("draft_len", "max_new_tokens", "layer_parallel", "sequential_head", "sequential_tail",
-                    "tree_depth", "tree_width"):
-            if getattr(self, key) is not None or key != "layer_parallel":
-                check_whole(getattr(self, key), key)
+        counts = ("draft_len", "max_new_tokens", "sequential_head", "sequential_tail", "tree_depth", "tree_width")
+        for key in counts + (("layer_parallel",) if self.layer_parallel is not None else ()):
+            check_whole(getattr(self, key), key)
         check_finite(self.expected_acceptance, "expected_acceptance")
         if not 0.0 <= self.expected_acceptance <= 1.0:
             raise SettingsError("expected_acceptance", f"{name('expected_acceptance')} must be between 0 and 1; "

@@ -96,7 +96,7 @@ CASES = [
     Case("unknown mode", "/generate", dict(prompt=PROMPT, mode="turbo"),
          "mode must be one of vanilla, speculative, easyspec; got 'turbo'"),
     Case("unknown calibration", "/generate", dict(prompt=PROMPT, calibration="sometimes"),
-         "calibration policy must be one of none, every-round, on-mismatch"),
+         "calibration policy must be one of auto, none, every-round, on-mismatch"),
     Case("context window", "/generate", dict(prompt="x" * 300, max_new_tokens=256),
          "exceeds the base model's context window"),
     Case("compare 9 columns", "/compare", dict(prompt=PROMPT, columns=9), "columns must be one of 2, 3, 4; got 9"),

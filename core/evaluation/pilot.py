@@ -250,6 +250,7 @@ def result_row(prompt_index: int, setting: PilotSetting, prompt_tokens: int, rec
         "prompt": prompt_index + 1, "setting": setting.label, "mode": cfg.mode,
         "layer_parallel": cfg.layer_parallel if easy and not cfg.groups else None,
         "groups": cfg.groups if easy and cfg.groups else None, "calibration": cfg.calibration if easy else None,
+        "applied": "; ".join(setting.applied) or None,  # what the run plan chose (RunPlan.applied): tuned plan, policy
         "draft_len": cfg.draft_len if cfg.mode != "vanilla" else None,
         "prompt_tokens": prompt_tokens, "new_tokens": m.new_tokens, "rounds": m.rounds,
         "drafting_rounds": len(drafting), "drafted": m.drafted, "accepted": m.accepted,
@@ -342,7 +343,7 @@ def summarise(rows: Sequence[dict]) -> list[dict]:
         out.append({
             "setting": label, "mode": first["mode"], "layer_parallel": first["layer_parallel"],
             "groups": first.get("groups"),
-            "calibration": first["calibration"], "draft_len": first["draft_len"], "prompts": len(prompts),
+            "calibration": first["calibration"], "applied": first.get("applied"), "draft_len": first["draft_len"], "prompts": len(prompts),
             "new_tokens": tokens, "total_s": round(seconds, 4), "tokens_per_s": round(rate, 4),
             "speedup": round(rate / ref_rate, 4) if ref_rate else None,
             "acceptance_rate": round(accepted / drafted, 4) if drafted else None,
