@@ -14,7 +14,7 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
-from .decoder import Decoder, Group, KVCache
+from .decoder import Decoder, ForwardOptions, Group, KVCache
 from .grouping import layer_groups, parse_plan
 from .monitor import ON_LOW_ACCEPTANCE, SEQUENTIAL, AcceptanceMonitor, FallbackGuard, expectation
 from ..models.quantize import check_draft_dtype
@@ -277,8 +277,9 @@ class Generation:
     def _remaining(self) -> int:
         return self.cfg.max_new_tokens - len(self.generated)
 
-    def _logits(self, model: Decoder, tokens: torch.Tensor, pos: int, cache: KVCache, **kw) -> torch.Tensor:
-        return model.forward(tokens, pos, cache, **kw)[:, : self.vocab]
+    def _logits(self, model: Decoder, tokens: torch.Tensor, pos: int, cache: KVCache,
+                opts: ForwardOptions = ForwardOptions()) -> torch.Tensor:  # [T or 1, vocab]
+        return model.forward(tokens, pos, cache, opts)[:, : self.vocab]
 
     # -- round kinds ---------------------------------------------------------------------------
     def _prefill(self):
@@ -321,6 +322,7 @@ class Generation:
         cfg, tr, draft, dcache = self.cfg, self.tracer, self.draft, self.dcache
         k = self._draft_length()
         n = self.n
+        step = ForwardOptions(groups=self.plan, span=tr.span)  # draft steps run the layer plan, groups timed
         # 1. Feed the draft every committed token it has not read (the last round's accepted tokens
         #    and its recovered/bonus token). When calibrating, the cache was cropped back to the last
         #    exact position, so this one sequential forward rewrites the fuzzy entries exactly and
@@ -331,7 +333,7 @@ class Generation:
             with tr.span("calibrate", f"{pending.numel()} tokens"):
                 logits = self._logits(draft, pending, dcache.length, dcache)
         else:
-            logits = self._logits(draft, pending, dcache.length, dcache, groups=self.plan, span=tr.span)
+            logits = self._logits(draft, pending, dcache.length, dcache, step)
         if calibrated or self.plan is None:
             self.exact_len = n
         if cfg.tree:
@@ -341,7 +343,7 @@ class Generation:
         drafted, qs = [], []
         for j in range(k):
             if j > 0:
-                logits = self._logits(draft, drafted[-1], dcache.length, dcache, groups=self.plan, span=tr.span)
+                logits = self._logits(draft, drafted[-1], dcache.length, dcache, step)
             with tr.span("sample", "draft"):
                 token, q = pick(logits, self.s, self.gen)  # token [1], q [1, V] or None
             drafted.append(token)
@@ -355,7 +357,7 @@ class Generation:
         # 3. Verify: the base reads the last committed token and the k drafts in one forward.
         with tr.span("verify"):
             blogits = self._logits(self.base, torch.cat([self.ids[n - 1: n], drafted_t]), n - 1, self.bcache,
-                                   all_logits=True)  # [k + 1, V]
+                                   ForwardOptions(all_logits=True))  # [k + 1, V]
         # 4. Accept the longest agreeing prefix (greedy) or rejection-sample (lossless either way).
         with tr.span("sample", "verify"):
             if self.s.greedy:
@@ -383,8 +385,9 @@ class Generation:
             if d > 1:
                 tokens, att = tree.draft_inputs(n)
                 label = f"tree step {d} ({tokens.numel()} nodes)"
-                logits = self._logits(draft, tokens, dcache.length, dcache, groups=self.plan, all_logits=True,
-                                       tree=att, span=lambda phase, text: tr.span(phase, f"{label} {text}"))
+                step = ForwardOptions(groups=self.plan, span=lambda phase, text: tr.span(phase, f"{label} {text}"),
+                                      all_logits=True, tree=att)
+                logits = self._logits(draft, tokens, dcache.length, dcache, step)
             with tr.span("sample", f"tree step {d}"):
                 if self.s.greedy:
                     own = expand_greedy(tree, logits, cfg.tree_width)
@@ -396,7 +399,8 @@ class Generation:
         # 3. Verify: the base reads the last committed token and every node in one forward.
         tokens, att = tree.verify_inputs(self.ids[n - 1: n], n)
         with tr.span("verify", f"tree of {tree.size} nodes"):
-            blogits = self._logits(self.base, tokens, n - 1, self.bcache, all_logits=True, tree=att)  # [M + 1, V]
+            blogits = self._logits(self.base, tokens, n - 1, self.bcache,
+                                   ForwardOptions(all_logits=True, tree=att))  # [M + 1, V]
         # 4. Accept the longest path the base agrees with (greedy) or multi-step speculative sampling.
         with tr.span("sample", "verify"):
             if self.s.greedy:

@@ -43,7 +43,7 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
-from ..engine.decoder import Decoder, Group, TreeAttention
+from ..engine.decoder import Decoder, ForwardOptions, Group, TreeAttention
 from ..files import write_text_atomic
 from ..engine.loop import CALIBRATION_POLICIES, SpecConfig, Stopping, generate
 from ..engine.grouping import describe, layer_groups, parse_plan
@@ -168,7 +168,7 @@ def layer_inputs(draft: Decoder, prompt_ids: Sequence[int]) -> torch.Tensor:
     taps: list[torch.Tensor] = []
     tokens = torch.tensor(list(prompt_ids), dtype=torch.long, device=draft.device)
     with torch.inference_mode():
-        draft.forward(tokens, 0, draft.new_cache(len(prompt_ids)), logits=False, taps=taps)
+        draft.forward(tokens, 0, draft.new_cache(len(prompt_ids)), ForwardOptions(logits=False, taps=taps))
     return torch.stack(taps).float()
 
 
@@ -248,7 +248,7 @@ class Probe:
             offsets = starts[:, None] + torch.arange(chain, device=draft.device)[None, :]  # [S, chain] positions
             cache = draft.new_cache(len(seq) + starts.numel() * chain)
             with torch.inference_mode():
-                exact = draft.forward(seq, 0, cache, all_logits=True)
+                exact = draft.forward(seq, 0, cache, ForwardOptions(all_logits=True))
             first = exact[starts - 1].argmax(-1) == seq[starts]  # [S] the round's exact first proposal
             self.items.append((cache, seq, starts, offsets, first))
 
@@ -267,8 +267,8 @@ class Probe:
             visible = (node[:, None] // chain == node[None, :] // chain) & (node[None, :] <= node[:, None])
             tree = TreeAttention(offsets.reshape(-1).cpu(), visible, starts.repeat_interleave(chain).cpu())
             with torch.inference_mode():
-                logits = self.draft.forward(seq[offsets.reshape(-1)], length, cache, groups=groups,
-                                            all_logits=True, tree=tree)
+                logits = self.draft.forward(seq[offsets.reshape(-1)], length, cache,
+                                            ForwardOptions(groups=groups, all_logits=True, tree=tree))
             cache.crop(length)
             yield logits.view(n, chain, -1)
 
@@ -346,10 +346,11 @@ class ReplayBase:
     def new_cache(self, max_len: int) -> _Cursor:
         return _Cursor(max_len)
 
-    def forward(self, tokens: torch.Tensor, pos: int, cache: _Cursor, all_logits: bool = False, **_) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, pos: int, cache: _Cursor,
+                opts: ForwardOptions = ForwardOptions()) -> torch.Tensor:  # [T or 1, vocab]
         n = tokens.numel()
         cache.length = pos + n
-        rows = range(pos, pos + n) if all_logits else range(pos + n - 1, pos + n)
+        rows = range(pos, pos + n) if opts.all_logits else range(pos + n - 1, pos + n)
         out = torch.zeros(len(rows), self.cfg.vocab_size, device=self.device)
         for i, p in enumerate(rows):
             if p + 1 < len(self.seq):
