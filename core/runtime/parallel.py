@@ -178,7 +178,8 @@ class Announced:
     def forward(self, tokens: torch.Tensor, pos: int, cache: KVCache,
                 opts: ForwardOptions = ForwardOptions()) -> torch.Tensor | None:
         """Announce the call (its plan, tree and whether it is a timed draft step), then run it here
-        with the same options; the followers rebuild theirs from the announcement."""
+        with the same options. The followers rebuild theirs from the announcement, without logits or
+        taps: those are rank 0's alone."""
         if self.which == BASE:
             phase = PH_VERIFY
         else:
