@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
 from conftest import CPU
-from easyspec.core.engine.decoder import Decoder
+from easyspec.core.engine.decoder import Decoder, ForwardOptions
 from easyspec.core.engine.grouping import layer_groups
 from easyspec.core.models.loading import load_decoder
 from helpers import hf_config, save_checkpoint
@@ -46,7 +46,7 @@ def test_logits_match_transformers(checkpoint):
     with torch.inference_mode():
         ref = hf(ids[None]).logits[0]  # [40, V]
         cache = dec.new_cache(40)
-        ours = [dec.forward(ids[:25], 0, cache, all_logits=True)]  # prefill, then one token at a time
+        ours = [dec.forward(ids[:25], 0, cache, ForwardOptions(all_logits=True))]  # prefill, then one token at a time
         ours += [dec.forward(ids[t: t + 1], t, cache) for t in range(25, 40)]
     diff = (torch.cat(ours) - ref).abs().max().item()
     assert diff < 1e-4, f"{name}: max abs logit difference {diff:.2e}"
@@ -57,11 +57,11 @@ def test_crop_then_rewrite_is_exact(decoders):
     ids = torch.arange(3, 33)
     with torch.inference_mode():
         cache = dec.new_cache(40)
-        first = dec.forward(ids, 0, cache, all_logits=True)
+        first = dec.forward(ids, 0, cache, ForwardOptions(all_logits=True))
         k_before = cache.k[:, :, :30].clone()
         cache.crop(12)
         assert cache.length == 12
-        again = dec.forward(ids[12:], 12, cache, all_logits=True)
+        again = dec.forward(ids[12:], 12, cache, ForwardOptions(all_logits=True))
     torch.testing.assert_close(again, first[12:], rtol=0, atol=1e-5)
     torch.testing.assert_close(cache.k[:, :, :30], k_before, rtol=0, atol=1e-5)
 
@@ -112,15 +112,15 @@ def test_fuzzy_groups_match_plain_reference(decoders, n):
     ids = torch.arange(5, 22)
     with torch.inference_mode():
         ref = _reference_forward(dec, ids, groups)
-        ours = dec.forward(ids, 0, dec.new_cache(32), groups=groups, all_logits=True)
+        ours = dec.forward(ids, 0, dec.new_cache(32), ForwardOptions(groups=groups, all_logits=True))
         # one token at a time through the fuzzy plan gives the same as the whole sequence at once
-        cache = dec.new_cache(32)
-        steps = torch.cat([dec.forward(ids[t: t + 1], t, cache, groups=groups) for t in range(ids.numel())])
+        cache, fuzzy = dec.new_cache(32), ForwardOptions(groups=groups)
+        steps = torch.cat([dec.forward(ids[t: t + 1], t, cache, fuzzy) for t in range(ids.numel())])
     torch.testing.assert_close(ours, ref, rtol=0, atol=1e-4)
     torch.testing.assert_close(steps, ref, rtol=0, atol=1e-4)
     if n > 1:  # a fuzzy plan really computes something else than the exact layers
         with torch.inference_mode():
-            exact = dec.forward(ids, 0, dec.new_cache(32), all_logits=True)
+            exact = dec.forward(ids, 0, dec.new_cache(32), ForwardOptions(all_logits=True))
         assert (exact - ours).abs().max() > 1e-3
 
 

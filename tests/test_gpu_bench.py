@@ -11,6 +11,7 @@ import torch
 
 from easyspec.app.cli import main
 from easyspec.core.evaluation import gpu_bench
+from easyspec.core.engine.decoder import ForwardOptions
 from easyspec.core.evaluation.gpu_bench import PRESETS, build_model, derive, draft_plan, forward_fn
 from easyspec.core.engine.grouping import describe, layer_groups
 
@@ -73,7 +74,7 @@ def test_timed_draft_step_is_the_fuzzy_plan():
     """N=1 equals the exact forward bit for bit; N=2 and N=4 (batched fuzzy groups) differ from it."""
     model = build_model(PRESETS["tiny"], CPU, torch.float32, seed=0)
     cache = model.new_cache(20)
-    model.forward(torch.arange(16) * 7 % 256, 0, cache, logits=False)
+    model.forward(torch.arange(16) * 7 % 256, 0, cache, ForwardOptions(logits=False))
     token = torch.tensor([3])
     exact = forward_fn(model, cache, token, 16, None)()
     assert cache.length == 17
@@ -149,7 +150,7 @@ def test_cuda_graph_replay_equals_eager():
     model = build_model(PRESETS["tiny"], dev, torch.float32, seed=0)
     cache = model.new_cache(20)
     with torch.inference_mode():
-        model.forward(torch.arange(16, device=dev), 0, cache, logits=False)
+        model.forward(torch.arange(16, device=dev), 0, cache, ForwardOptions(logits=False))
         for plan in (None, draft_plan(6, 3)):
             fn = forward_fn(model, cache, torch.tensor([3], device=dev), 16, plan)
             eager = fn().clone()

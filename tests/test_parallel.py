@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from conftest import assert_greedy_equal, tokens_of
+from easyspec.core.engine.decoder import ForwardOptions
 from easyspec.core.settings import SpecConfig
 from easyspec.core.engine.grouping import layer_groups
 from easyspec.core.models.loading import resolve_pair
@@ -38,9 +39,9 @@ def multi(request, source):
 def test_tensor_parallel_base_logits_match_single_device(single, multi):
     ids = torch.arange(3, 40)
     with torch.inference_mode():
-        ref = single.base.forward(ids, 0, single.base.new_cache(64), all_logits=True)
+        ref = single.base.forward(ids, 0, single.base.new_cache(64), ForwardOptions(all_logits=True))
         cache = multi.base.new_cache(64)
-        ours = multi.base.forward(ids[:30], 0, cache, all_logits=True)
+        ours = multi.base.forward(ids[:30], 0, cache, ForwardOptions(all_logits=True))
         ours = torch.cat([ours] + [multi.base.forward(ids[t: t + 1], t, cache) for t in range(30, 37)])
     assert multi.base.cfg.n_heads == single.base.cfg.n_heads // multi.devices  # really sharded
     diff = (ours - ref).abs().max().item()
@@ -56,9 +57,10 @@ def test_layer_parallel_draft_matches_single_device_batched(single, multi):
         groups = layer_groups(n_layers, n)
         with torch.inference_mode():
             ref_cache = single.draft.new_cache(32)
-            ref = torch.cat([single.draft.forward(ids[t: t + 1], t, ref_cache, groups=groups) for t in range(20)])
+            fuzzy = ForwardOptions(groups=groups)
+            ref = torch.cat([single.draft.forward(ids[t: t + 1], t, ref_cache, fuzzy) for t in range(20)])
             cache = multi.draft.new_cache(32)
-            ours = torch.cat([multi.draft.forward(ids[t: t + 1], t, cache, groups=groups) for t in range(20)])
+            ours = torch.cat([multi.draft.forward(ids[t: t + 1], t, cache, fuzzy) for t in range(20)])
         torch.testing.assert_close(ours, ref, rtol=0, atol=1e-5)
         own = [a for a, b in groups if b - a == 1] + [a for a, b in groups if b - a > 1]  # rank 0's layers
         torch.testing.assert_close(cache.k[own, :, :20], ref_cache.k[own, :, :20], rtol=0, atol=1e-5)

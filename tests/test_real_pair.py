@@ -13,6 +13,8 @@ import itertools
 import pytest
 import torch
 
+from easyspec.core.engine.decoder import ForwardOptions
+
 from conftest import REAL_VANILLA, assert_greedy_equal, tokens_of
 
 pytestmark = pytest.mark.real_pair
@@ -62,7 +64,7 @@ def test_decoder_logits_match_transformers_on_real_draft(real_pair, prompt_ids):
     with torch.inference_mode():
         ref = hf(ids[None]).logits[0]
         cache = dec.new_cache(len(ids))
-        ours = [dec.forward(ids[:-4], 0, cache, all_logits=True)]
+        ours = [dec.forward(ids[:-4], 0, cache, ForwardOptions(all_logits=True))]
         ours += [dec.forward(ids[t: t + 1], t, cache) for t in range(len(ids) - 4, len(ids))]
     diff = (torch.cat(ours) - ref).abs().max().item()
     assert diff < 1e-4, f"max abs logit difference {diff:.2e}"

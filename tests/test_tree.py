@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import assert_greedy_equal, tokens_of
-from easyspec.core.engine.decoder import TreeAttention
+from easyspec.core.engine.decoder import ForwardOptions, TreeAttention
 from easyspec.core.planning import plan_run
 from easyspec.core.engine.loop import Adaptive, Generation, Stopping, generate
 from easyspec.core.settings import SpecConfig
@@ -49,12 +49,13 @@ def test_tree_forward_equals_each_path_run_sequentially(decoders, groups_n):
     tree = DraftTree(torch.device("cpu"))
     with torch.inference_mode():
         cache = draft.new_cache(64)
-        logits = draft.forward(prefix, 0, cache, groups=groups)
+        logits = draft.forward(prefix, 0, cache, ForwardOptions(groups=groups))
         node_logits = []
         for _ in range(3):
             expand_greedy(tree, logits, 3)
             tokens, att = tree.draft_inputs(len(prefix))
-            logits = draft.forward(tokens, cache.length, cache, groups=groups, all_logits=True, tree=att)
+            step = ForwardOptions(groups=groups, all_logits=True, tree=att)
+            logits = draft.forward(tokens, cache.length, cache, step)
             node_logits.append(logits)
         node_logits = torch.cat(node_logits)  # [M, V]
         parents = tree.parents.tolist()
@@ -65,7 +66,7 @@ def test_tree_forward_equals_each_path_run_sequentially(decoders, groups_n):
                 cur = parents[cur]
             ref_cache = draft.new_cache(64)
             ids = torch.cat([prefix, torch.tensor(path)])
-            ref = draft.forward(ids, 0, ref_cache, groups=groups)
+            ref = draft.forward(ids, 0, ref_cache, ForwardOptions(groups=groups))
             torch.testing.assert_close(node_logits[i], ref[0], rtol=0, atol=1e-4)
             slot = len(prefix) + i
             torch.testing.assert_close(cache.k[:, :, slot], ref_cache.k[:, :, len(ids) - 1], rtol=0, atol=1e-5)

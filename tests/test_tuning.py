@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from conftest import CPU, assert_greedy_equal, tokens_of
+from easyspec.core.engine.decoder import ForwardOptions
 from easyspec.core.planning import plan_run
 from easyspec.core.engine.loop import Stopping, generate
 from easyspec.core.settings import SpecConfig
@@ -151,10 +152,10 @@ def test_probe_rounds_are_the_engines_own_draft_steps(planted):
             cache = draft.new_cache(len(seq))
             draft.forward(seq[:p], 0, cache)
             for j in range(2):
-                step = draft.forward(seq[p + j: p + j + 1], p + j, cache, groups=groups)
+                step = draft.forward(seq[p + j: p + j + 1], p + j, cache, ForwardOptions(groups=groups))
                 torch.testing.assert_close(rounds[i, j], step[0], rtol=1e-4, atol=1e-4)
     # the predicted rate: each round accepts its leading run of matching proposals
-    exact = draft.forward(seq, 0, draft.new_cache(len(seq)), all_logits=True).argmax(-1)
+    exact = draft.forward(seq, 0, draft.new_cache(len(seq)), ForwardOptions(all_logits=True)).argmax(-1)
     accepted = 0
     for p in starts:
         for j in range(3):

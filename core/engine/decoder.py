@@ -155,6 +155,28 @@ class TreeAttention:
 SpanFn = Callable[[str, str], ContextManager]
 
 
+@dataclass(frozen=True)
+class ForwardOptions:
+    """How one forward runs and what it returns, beyond its tokens, position and cache. Each field
+    serves one kind of caller, so a wrapper (parallel.Announced) forwards the value as it is.
+
+    groups: the layer plan; None means exact sequential layers (calibration, the base).
+    span: a timer for drafting; each group's attention and MLPs are timed as draft.attn / draft.mlp.
+    all_logits: logits of every token [T, vocab] (verification, trees) instead of the last one's [1, vocab].
+    logits: False skips the final norm and LM head (a follower rank or a prefill that only fills the cache).
+    taps: when a list, each group's input hidden state [T, D] is appended to it (the auto-tuner compares
+    the inputs of exact layers); the list is the caller's, so frozen options still fill it.
+    tree: where the new tokens sit in a token tree (tree.py); None is a plain causal run.
+    """
+
+    groups: Sequence[Group] | None = None
+    span: SpanFn | None = None
+    all_logits: bool = False
+    logits: bool = True
+    taps: list[torch.Tensor] | None = None
+    tree: TreeAttention | None = None
+
+
 def sequential_groups(n_layers: int) -> tuple[Group, ...]:
     return tuple((i, i + 1) for i in range(n_layers))
 
@@ -259,25 +281,22 @@ class Decoder:
         out = _linear(F.silu(gate) * up, w.w_down[i], None if w.b_down is None else w.b_down[i])
         return out if self.reduce is None else self.reduce(out)
 
-    def forward(self, tokens: torch.Tensor, pos: int, cache: KVCache, groups: Sequence[Group] | None = None,
-                span: SpanFn | None = None, all_logits: bool = False, logits: bool = True,
-                taps: list | None = None, tree: TreeAttention | None = None) -> torch.Tensor | None:
+    def forward(self, tokens: torch.Tensor, pos: int, cache: KVCache,
+                opts: ForwardOptions = ForwardOptions()) -> torch.Tensor | None:
         """Run tokens [T] at positions pos..pos+T-1, writing their K/V; returns logits [T or 1, vocab] fp32
-        (None with logits=False: a follower rank that only keeps its cache in step).
-        pos is always the first cache slot written; with `tree`, the RoPE positions and the attention
-        mask come from it instead (token-tree drafting and verification; see tree.py).
+        (None with opts.logits False). pos is always the first cache slot written; with opts.tree, the
+        RoPE positions and the attention mask come from it instead (token-tree drafting and
+        verification; see tree.py).
 
-        groups: the layer plan; None means exact sequential layers. A group of N > 1 runs fuzzy:
-        the N attentions read the group input h, then the N MLPs run in order (docs/method.md#fuzzy-layer-parallel-groups):
+        A group of N > 1 in opts.groups runs fuzzy: the N attentions read the group input h, then the N
+        MLPs run in order (docs/method.md#fuzzy-layer-parallel-groups):
             a_j = Attn_{l+j}(RMSNorm_in(h));  x = h;  x += a_j;  x += MLP_{l+j}(RMSNorm_post(x))
-        span: optional timer; each group's attention and MLPs are timed as draft.attn / draft.mlp.
-        taps: when a list, each group's input hidden state [T, D] is appended to it (the auto-tuner
-        compares the inputs of exact layers).
         """
         assert tokens.dim() == 1 and tokens.numel() > 0, tokens.shape
         T = tokens.numel()
         assert pos == cache.length and pos + T <= cache.max_len, (pos, cache.length, T, cache.max_len)
-        groups = self.exact if groups is None else groups
+        groups = self.exact if opts.groups is None else opts.groups
+        span, taps, tree = opts.span, opts.taps, opts.tree
         if tree is None:
             rope, mask = self._rope(pos, T), self._mask(pos, T)
         else:
@@ -295,9 +314,9 @@ class Decoder:
                     x = x + a[j]
                     x = x + self._mlp(x, i)
         cache.length = pos + T
-        if not logits:
+        if not opts.logits:
             return None
-        if not all_logits:
+        if not opts.all_logits:
             x = x[-1:]
         with span("draft.mlp", "head") if span else _NULL:  # final norm + LM head: drafting work too
             return _linear(self._rms(x, self.w.norm), self.w.lm_head).float()

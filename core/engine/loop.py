@@ -7,16 +7,18 @@ Modes: `vanilla` (base only), `speculative` (chain of k draft tokens, sequential
 `easyspec` (fuzzy layer-parallel drafting plus a bonus-calibration policy; docs/method.md).
 Either drafting mode can draft a token tree instead of a chain (`tree_depth` > 0; tree.py) and can
 adapt its draft length or tree depth from round to round (`adaptive`; `Adaptive` below).
+Each round kind of `Generation` returns a `RoundOutcome`; the loop cuts it at a stop and turns it
+into the record. The record (records.py), not the outcome, is what leaves this module.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterator, Sequence
 
 import torch
 
 from ..settings import RunPlan, check_stop_strings
-from .decoder import Decoder, KVCache
+from .decoder import Decoder, ForwardOptions, KVCache
 from .monitor import SEQUENTIAL, AcceptanceMonitor, FallbackGuard, expectation
 from .records import RoundRecord, Span
 from .sampling import pick, probs, verify_greedy, verify_sampling
@@ -76,6 +78,39 @@ class Adaptive:
         self.length = min(self.length + 2, self.most) if accepted == drafted else max(1, self.length - 1)
 
 
+@dataclass(frozen=True)
+class RoundTree:
+    """The token tree of a tree round, as its record keeps it: node tokens and parent node indices
+    (-1 is the root, the last committed token) in creation order, and the accepted path as node indices."""
+
+    tokens: tuple[int, ...] = ()
+    parents: tuple[int, ...] = ()
+    path: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class RoundOutcome:
+    """What one round kind produced, before the stopping rule cuts it.
+
+    emitted/origins: the round's new tokens, each tagged prefill | accepted | recovered | bonus.
+    drafted: the draft's proposals (empty for prefill and base steps; for a tree, the line of
+    `Generation._tree_line`); accepted: how many of them the base accepted.
+    calibrated: whether the round began with a bonus calibration; tree: the tree of a tree round.
+    """
+
+    emitted: tuple[int, ...]
+    origins: tuple[str, ...]
+    drafted: tuple[int, ...] = ()
+    accepted: int = 0
+    calibrated: bool = False
+    tree: RoundTree | None = None
+
+    def cut(self, keep: int) -> "RoundOutcome":
+        """The first `keep` emitted tokens only: drafts past a stop are not output, so not counted as accepted."""
+        return replace(self, emitted=self.emitted[:keep], origins=self.origins[:keep],
+                       accepted=min(self.accepted, keep))
+
+
 class LocalRuntime:
     """How a generation meets its devices: one device, so the clock starts here and no spans travel.
     The multi-device runtime (parallel.py) agrees t0 at a barrier and gathers every rank's spans."""
@@ -131,26 +166,22 @@ class Generation:
         self.guard = FallbackGuard(cfg.base_token_s) if self.drafting and cfg.on_low_acceptance == "fallback" else None
         self.calibration = cfg.calibration  # the guard's sequential fallback turns it to every-round
         self.adaptive = Adaptive(cfg.tree_depth if cfg.tree else cfg.draft_len) if cfg.adaptive else None
-        self.tree_info: tuple[tuple[int, ...], ...] = ((), (), ())  # this round's tree: tokens, parents, path
 
     # -- main loop ---------------------------------------------------------------------------
     def rounds(self) -> Iterator[RoundRecord]:
         with torch.inference_mode():
             index, stop, start_ns = 0, None, 0  # a round starts where the last ended (the first at t0), so
             while stop is None:  # the phases, overhead included, add up to the run's wall clock
-                self.tree_info = ((), (), ())
                 if index == 0:
                     out = self._prefill()
                 elif self.drafting and self._remaining() > 1 and (self.guard is None or self.guard.drafts()):
                     out = self._speculate()
                 else:
                     out = self._base_step()
-                emitted, origins, drafted, accepted, calibrated = out
-                keep, stop = self.stopping.cut(self.generated, emitted, self.cfg.max_new_tokens)
-                accepted = min(accepted, keep)  # drafts past a stop are not output: not counted as accepted
-                self._commit(emitted[:keep], accepted)
-                record = self._record(index, start_ns, emitted[:keep], origins[:keep], drafted, accepted,
-                                      calibrated, stop)
+                keep, stop = self.stopping.cut(self.generated, out.emitted, self.cfg.max_new_tokens)
+                out = out.cut(keep)
+                self._commit(out.emitted)
+                record = self._record(index, start_ns, out, stop)
                 start_ns = record.end_ns  # time the consumer spends between rounds is the next one's overhead
                 yield record
                 index += 1
@@ -158,11 +189,12 @@ class Generation:
     def _remaining(self) -> int:
         return self.cfg.max_new_tokens - len(self.generated)
 
-    def _logits(self, model: Decoder, tokens: torch.Tensor, pos: int, cache: KVCache, **kw) -> torch.Tensor:
-        return model.forward(tokens, pos, cache, **kw)[:, : self.vocab]
+    def _logits(self, model: Decoder, tokens: torch.Tensor, pos: int, cache: KVCache,
+                opts: ForwardOptions = ForwardOptions()) -> torch.Tensor:  # [T or 1, vocab]
+        return model.forward(tokens, pos, cache, opts)[:, : self.vocab]
 
     # -- round kinds ---------------------------------------------------------------------------
-    def _prefill(self):
+    def _prefill(self) -> RoundOutcome:
         """Round 0: the base reads the prompt and emits the first token; the draft reads the prompt."""
         tr = self.tracer
         with tr.span("verify", "prefill"):
@@ -176,16 +208,16 @@ class Generation:
             # Round 1 reads the prefill token as a calibrating round reads its pending tokens: exactly
             # under every-round and on-mismatch (as the paper's authors do), through the plan under none.
             self.calibrate_next = self.cfg.mode == "easyspec" and self.calibration != "none"
-        return [token], ["prefill"], (), 0, False
+        return RoundOutcome((token,), ("prefill",))
 
-    def _base_step(self):
+    def _base_step(self) -> RoundOutcome:
         """Vanilla decoding: one base forward, one token (a bonus after zero drafts)."""
         tr = self.tracer
         with tr.span("verify"):
             logits = self._logits(self.base, self.ids[self.n - 1: self.n], self.n - 1, self.bcache)
         with tr.span("sample"):
             token = int(pick(logits, self.s, self.gen)[0])
-        return [token], ["bonus"], (), 0, False
+        return RoundOutcome((token,), ("bonus",))
 
     def _draft_length(self) -> int:
         """Draft tokens (chain) or tree depth this round, never past the token limit."""
@@ -197,11 +229,12 @@ class Generation:
         """Adaptive early stop: does the draft still believe in its newest token(s)? own [m] probs."""
         return self.adaptive is None or float(own.max()) >= Adaptive.CONFIDENCE
 
-    def _speculate(self):
+    def _speculate(self) -> RoundOutcome:
         """One round of draft-then-verify (steps 1-5 below; steps 2-5 for a tree in `_tree_round`)."""
         cfg, tr, draft, dcache = self.cfg, self.tracer, self.draft, self.dcache
         k = self._draft_length()
         n = self.n
+        step = ForwardOptions(groups=self.plan, span=tr.span)  # draft steps run the layer plan, groups timed
         # 1. Feed the draft every committed token it has not read (the last round's accepted tokens
         #    and its recovered/bonus token). When calibrating, the cache was cropped back to the last
         #    exact position, so this one sequential forward rewrites the fuzzy entries exactly and
@@ -212,7 +245,7 @@ class Generation:
             with tr.span("calibrate", f"{pending.numel()} tokens"):
                 logits = self._logits(draft, pending, dcache.length, dcache)
         else:
-            logits = self._logits(draft, pending, dcache.length, dcache, groups=self.plan, span=tr.span)
+            logits = self._logits(draft, pending, dcache.length, dcache, step)
         if calibrated or self.plan is None:
             self.exact_len = n
         if cfg.tree:
@@ -222,7 +255,7 @@ class Generation:
         drafted, qs = [], []
         for j in range(k):
             if j > 0:
-                logits = self._logits(draft, drafted[-1], dcache.length, dcache, groups=self.plan, span=tr.span)
+                logits = self._logits(draft, drafted[-1], dcache.length, dcache, step)
             with tr.span("sample", "draft"):
                 token, q = pick(logits, self.s, self.gen)  # token [1], q [1, V] or None
             drafted.append(token)
@@ -236,7 +269,7 @@ class Generation:
         # 3. Verify: the base reads the last committed token and the k drafts in one forward.
         with tr.span("verify"):
             blogits = self._logits(self.base, torch.cat([self.ids[n - 1: n], drafted_t]), n - 1, self.bcache,
-                                   all_logits=True)  # [k + 1, V]
+                                   ForwardOptions(all_logits=True))  # [k + 1, V]
         # 4. Accept the longest agreeing prefix (greedy) or rejection-sample (lossless either way).
         with tr.span("sample", "verify"):
             if self.s.greedy:
@@ -244,15 +277,15 @@ class Generation:
             else:
                 accepted, nxt = verify_sampling(drafted_t, torch.cat(qs), probs(blogits, self.s), self.gen)
             drafted_ids = drafted_t.tolist()
-        emitted = drafted_ids[:accepted] + [nxt]
-        origins = ["accepted"] * accepted + ["bonus" if accepted == k else "recovered"]
+        emitted = (*drafted_ids[:accepted], nxt)
+        origins = ("accepted",) * accepted + ("bonus" if accepted == k else "recovered",)
         # 5. Keep the draft entries of accepted tokens (d_k was never fed to the draft); decide
         #    whether the next round calibrates, and if so drop every fuzzy entry now.
         dcache.crop(n + min(accepted, k - 1))
         self._after_round(k, accepted)
-        return emitted, origins, tuple(drafted_ids), accepted, calibrated
+        return RoundOutcome(emitted, origins, tuple(drafted_ids), accepted, calibrated)
 
-    def _tree_round(self, logits: torch.Tensor, depth: int, calibrated: bool):
+    def _tree_round(self, logits: torch.Tensor, depth: int, calibrated: bool) -> RoundOutcome:
         """Steps 2-5 for a token tree (tree.py): draft `depth` levels, verify every node in one base
         forward with a tree attention mask, keep only the accepted path in both caches."""
         cfg, tr, draft, dcache, n = self.cfg, self.tracer, self.draft, self.dcache, self.n
@@ -264,8 +297,9 @@ class Generation:
             if d > 1:
                 tokens, att = tree.draft_inputs(n)
                 label = f"tree step {d} ({tokens.numel()} nodes)"
-                logits = self._logits(draft, tokens, dcache.length, dcache, groups=self.plan, all_logits=True,
-                                       tree=att, span=lambda phase, text: tr.span(phase, f"{label} {text}"))
+                step = ForwardOptions(groups=self.plan, span=lambda phase, text: tr.span(phase, f"{label} {text}"),
+                                      all_logits=True, tree=att)
+                logits = self._logits(draft, tokens, dcache.length, dcache, step)
             with tr.span("sample", f"tree step {d}"):
                 if self.s.greedy:
                     own = expand_greedy(tree, logits, cfg.tree_width)
@@ -277,7 +311,8 @@ class Generation:
         # 3. Verify: the base reads the last committed token and every node in one forward.
         tokens, att = tree.verify_inputs(self.ids[n - 1: n], n)
         with tr.span("verify", f"tree of {tree.size} nodes"):
-            blogits = self._logits(self.base, tokens, n - 1, self.bcache, all_logits=True, tree=att)  # [M + 1, V]
+            blogits = self._logits(self.base, tokens, n - 1, self.bcache,
+                                   ForwardOptions(all_logits=True, tree=att))  # [M + 1, V]
         # 4. Accept the longest path the base agrees with (greedy) or multi-step speculative sampling.
         with tr.span("sample", "verify"):
             if self.s.greedy:
@@ -286,17 +321,16 @@ class Generation:
                 path, nxt = accept_sampling(tree, probs(blogits, self.s), self.gen)
             node_tokens, parents = tree.tokens.tolist(), tree.parents.tolist()
         leaf = not any(par == (path[-1] if path else -1) for par in parents)
-        emitted = [node_tokens[i] for i in path] + [nxt]
-        origins = ["accepted"] * len(path) + ["bonus" if leaf else "recovered"]
+        emitted = (*(node_tokens[i] for i in path), nxt)
+        origins = ("accepted",) * len(path) + ("bonus" if leaf else "recovered",)
         # 5. Both caches keep only the accepted path: the base's node i sits at slot n + i (the root
         #    at n - 1); the draft holds the nodes of every level but the last, node i at slot n + i.
         keep = torch.tensor([n + i for i in path], dtype=torch.long, device=self.bcache.k.device)
         self.bcache.compact(n, keep)
         dcache.compact(n, keep[keep < n + tree.levels[-1][0]])
         self._after_round(levels, len(path))
-        line = self._tree_line(path, parents, node_tokens)
-        self.tree_info = (tuple(node_tokens), tuple(parents), tuple(path))
-        return emitted, origins, line, len(path), calibrated
+        return RoundOutcome(emitted, origins, self._tree_line(path, parents, node_tokens), len(path), calibrated,
+                            tree=RoundTree(tuple(node_tokens), tuple(parents), tuple(path)))
 
     @staticmethod
     def _tree_line(path: list[int], parents: list[int], tokens: list[int]) -> tuple[int, ...]:
@@ -329,7 +363,7 @@ class Generation:
             self.dcache.crop(self.exact_len)
 
     # -- bookkeeping ---------------------------------------------------------------------------
-    def _commit(self, tokens: list[int], accepted: int) -> None:
+    def _commit(self, tokens: Sequence[int]) -> None:
         """Append the kept tokens; the base cache keeps all committed tokens but the last."""
         if tokens:
             self.ids[self.n: self.n + len(tokens)] = torch.tensor(tokens, dtype=torch.long)
@@ -341,21 +375,22 @@ class Generation:
             self.dcache.crop(self.n - 1)
             self.exact_len = min(self.exact_len, self.n - 1)
 
-    def _record(self, index, start_ns, tokens, origins, drafted, accepted, calibrated, stop) -> RoundRecord:
+    def _record(self, index: int, start_ns: int, out: RoundOutcome, stop: str | None) -> RoundRecord:
         own = self.tracer.take()
         end_ns = self.tracer.now_ns()
         phase_s = exclusive_seconds(own)
         phase_s["overhead"] = max(0.0, (end_ns - start_ns) / 1e9 - sum(phase_s.values()))
         spans = self.runtime.gather_spans(own)
-        flags = self.monitor.update(len(drafted), accepted) if drafted else ()
+        flags = self.monitor.update(len(out.drafted), out.accepted) if out.drafted else ()
         if self.guard is not None and stop is None:
-            switch = self.guard.update(flags, bool(drafted), (end_ns - start_ns) / 1e9, len(tokens))
+            switch = self.guard.update(flags, bool(out.drafted), (end_ns - start_ns) / 1e9, len(out.emitted))
             flags += switch
             if SEQUENTIAL in switch:
                 self._go_sequential()
-        return RoundRecord(index=index, token_ids=tuple(tokens), origins=tuple(origins), drafted=drafted,
-                           accepted=accepted, phase_s=phase_s, spans=spans, end_ns=end_ns,
+        tree = out.tree or RoundTree()  # chains, prefill and base steps: no tree
+        return RoundRecord(index=index, token_ids=out.emitted, origins=out.origins, drafted=out.drafted,
+                           accepted=out.accepted, phase_s=phase_s, spans=spans, end_ns=end_ns,
                            memory_source=self.tracer.memory.source, run_start_memory_bytes=self.tracer.memory.start,
-                           run_peak_memory_bytes=self.tracer.memory.peak(), calibrated=calibrated,
-                           flags=flags, stop=stop, tree_tokens=self.tree_info[0], tree_parents=self.tree_info[1],
-                           tree_path=self.tree_info[2])
+                           run_peak_memory_bytes=self.tracer.memory.peak(), calibrated=out.calibrated,
+                           flags=flags, stop=stop, tree_tokens=tree.tokens, tree_parents=tree.parents,
+                           tree_path=tree.path)

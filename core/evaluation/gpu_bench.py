@@ -27,7 +27,7 @@ from typing import Callable
 import torch
 
 from ..settings import Group, check_finite
-from ..engine.decoder import Decoder, DecoderConfig, DecoderWeights, KVCache, RopeConfig
+from ..engine.decoder import Decoder, DecoderConfig, DecoderWeights, ForwardOptions, KVCache, RopeConfig
 from ..files import write_text_atomic
 from ..engine.grouping import describe, layer_groups
 
@@ -178,10 +178,11 @@ def forward_fn(model: Decoder, cache: KVCache, tokens: torch.Tensor, pos: int, g
     at the same position against the same `pos` valid entries.
     """
     assert tokens.dim() == 1 and pos + tokens.numel() <= cache.max_len, (tokens.shape, pos, cache.max_len)
+    opts = ForwardOptions(groups=groups, all_logits=all_logits)
 
     def step() -> torch.Tensor:  # [T or 1, vocab] fp32
         cache.length = pos
-        return model.forward(tokens, pos, cache, groups=groups, all_logits=all_logits)
+        return model.forward(tokens, pos, cache, opts)
     return step
 
 
@@ -291,7 +292,7 @@ def _measure_model(bench: _Bench, name: str, is_draft: bool, is_base: bool) -> N
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     prompt = torch.randint(shape.vocab_size, (cfg.context,), generator=gen, device=device)
     with torch.inference_mode():
-        model.forward(prompt, 0, cache, logits=False)  # the context the timed forwards attend to
+        model.forward(prompt, 0, cache, ForwardOptions(logits=False))  # the context the timed forwards attend to
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     bench.log(f"[{bench.elapsed():6.1f} s] built {name} ({shape.n_params() / 1e9:.2f} B parameters) "

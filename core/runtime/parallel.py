@@ -20,14 +20,14 @@ from __future__ import annotations
 import datetime
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import torch
 import torch.distributed as dist
 
 from ..settings import Group
-from ..engine.decoder import Decoder, KVCache, TreeAttention
+from ..engine.decoder import Decoder, ForwardOptions, KVCache, TreeAttention
 from ..engine.records import Span
 from ..engine.tracing import Tracer
 
@@ -176,16 +176,18 @@ class Announced:
         self.leader.announce(OP_CACHE, self.which, length=max_len)
         return AnnouncedCache(self, max_len)
 
-    def forward(self, tokens: torch.Tensor, pos: int, cache: KVCache, groups: Sequence[Group] | None = None,
-                span=None, all_logits: bool = False, logits: bool = True,
-                tree: TreeAttention | None = None) -> torch.Tensor | None:
+    def forward(self, tokens: torch.Tensor, pos: int, cache: KVCache,
+                opts: ForwardOptions = ForwardOptions()) -> torch.Tensor | None:
+        """Announce the call (its plan, tree and whether it is a timed draft step), then run it here
+        with the same options. The followers rebuild theirs from the announcement, without logits or
+        taps: those are rank 0's alone."""
         if self.which == BASE:
             phase = PH_VERIFY
         else:
-            phase = PH_DRAFT if span is not None else PH_CALIBRATE
-        self.leader.announce(OP_FORWARD, self.which, pos, tokens, phase, groups, groups is not None, tree=tree)
-        return self.decoder.forward(tokens, pos, cache, groups=groups, span=span, all_logits=all_logits,
-                                    logits=logits, tree=tree)
+            phase = PH_DRAFT if opts.span is not None else PH_CALIBRATE
+        self.leader.announce(OP_FORWARD, self.which, pos, tokens, phase, opts.groups, opts.groups is not None,
+                             tree=opts.tree)
+        return self.decoder.forward(tokens, pos, cache, opts)
 
 
 class AnnouncedCache(KVCache):
@@ -245,13 +247,12 @@ def follow(info: DistInfo, base: Decoder, draft: Decoder | None) -> None:
                     plan = plan_from_mask(mask.cpu())
                 cache = caches[which]
                 cache.length = pos  # the leader cropped its cache to here; crop ours the same
-                groups = plan if use_plan else None
+                opts = ForwardOptions(groups=plan if use_plan else None, logits=False, tree=tree)
                 if phase == PH_DRAFT:
-                    models[which].forward(tokens, pos, cache, groups=groups, span=state.tracer.span, logits=False,
-                                          tree=tree)
+                    models[which].forward(tokens, pos, cache, replace(opts, span=state.tracer.span))
                 else:
                     with state.tracer.span("verify" if phase == PH_VERIFY else "calibrate"):
-                        models[which].forward(tokens, pos, cache, groups=groups, logits=False, tree=tree)
+                        models[which].forward(tokens, pos, cache, opts)
 
 
 def init_group(rank: int, world: int, device: torch.device, init_method: str, timeout_s: float) -> DistInfo:

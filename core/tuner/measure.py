@@ -12,7 +12,7 @@ from typing import Sequence
 
 import torch
 
-from ..engine.decoder import Decoder
+from ..engine.decoder import Decoder, ForwardOptions
 from ..engine.loop import Stopping, generate
 from ..engine.metrics import compute
 from ..planning import plan_run
@@ -50,10 +50,11 @@ class ReplayBase:
     def new_cache(self, max_len: int) -> _Cursor:
         return _Cursor(max_len)
 
-    def forward(self, tokens: torch.Tensor, pos: int, cache: _Cursor, all_logits: bool = False, **_) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, pos: int, cache: _Cursor,
+                opts: ForwardOptions = ForwardOptions()) -> torch.Tensor:  # [T or 1, vocab]
         n = tokens.numel()
         cache.length = pos + n
-        rows = range(pos, pos + n) if all_logits else range(pos + n - 1, pos + n)
+        rows = range(pos, pos + n) if opts.all_logits else range(pos + n - 1, pos + n)
         out = torch.zeros(len(rows), self.cfg.vocab_size, device=self.device)
         for i, p in enumerate(rows):
             if p + 1 < len(self.seq):

@@ -12,7 +12,7 @@ from typing import Iterator, Sequence
 import torch
 
 from ..settings import Group
-from ..engine.decoder import Decoder, TreeAttention
+from ..engine.decoder import Decoder, ForwardOptions, TreeAttention
 
 
 class Probe:
@@ -45,7 +45,7 @@ class Probe:
             offsets = starts[:, None] + torch.arange(chain, device=draft.device)[None, :]  # [S, chain] positions
             cache = draft.new_cache(len(seq) + starts.numel() * chain)
             with torch.inference_mode():
-                exact = draft.forward(seq, 0, cache, all_logits=True)
+                exact = draft.forward(seq, 0, cache, ForwardOptions(all_logits=True))
             first = exact[starts - 1].argmax(-1) == seq[starts]  # [S] the round's exact first proposal
             self.items.append((cache, seq, starts, offsets, first))
 
@@ -64,8 +64,8 @@ class Probe:
             visible = (node[:, None] // chain == node[None, :] // chain) & (node[None, :] <= node[:, None])
             tree = TreeAttention(offsets.reshape(-1).cpu(), visible, starts.repeat_interleave(chain).cpu())
             with torch.inference_mode():
-                logits = self.draft.forward(seq[offsets.reshape(-1)], length, cache, groups=groups,
-                                            all_logits=True, tree=tree)
+                logits = self.draft.forward(seq[offsets.reshape(-1)], length, cache,
+                                            ForwardOptions(groups=groups, all_logits=True, tree=tree))
             cache.crop(length)
             yield logits.view(n, chain, -1)
 

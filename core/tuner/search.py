@@ -13,7 +13,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 from ..settings import Group, max_layer_parallel, middle_layers
-from ..engine.decoder import Decoder
+from ..engine.decoder import Decoder, ForwardOptions
 from ..engine.grouping import describe, layer_groups
 
 EQUAL_SIZES = (2, 3, 4, 5, 6)
@@ -24,7 +24,7 @@ def layer_inputs(draft: Decoder, prompt_ids: Sequence[int]) -> torch.Tensor:
     taps: list[torch.Tensor] = []
     tokens = torch.tensor(list(prompt_ids), dtype=torch.long, device=draft.device)
     with torch.inference_mode():
-        draft.forward(tokens, 0, draft.new_cache(len(prompt_ids)), logits=False, taps=taps)
+        draft.forward(tokens, 0, draft.new_cache(len(prompt_ids)), ForwardOptions(logits=False, taps=taps))
     return torch.stack(taps).float()
 
 
