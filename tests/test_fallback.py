@@ -149,9 +149,9 @@ def test_fallback_on_two_cpu_ranks_keeps_vanillas_tokens(pair_dirs):
     settings = dict(mode="easyspec", groups="0-1|2-3|4-5|6-7", calibration="none", draft_len=5, max_new_tokens=120,
                     expected_acceptance=0.9, on_low_acceptance="fallback", base_token_s=1e-9)
     with Session(source) as one:
-        ref = tokens_of(one.generate(PROMPT, SpecConfig(mode="vanilla", max_new_tokens=120)))
+        ref = tokens_of(one.generate(one.plan(SpecConfig(mode="vanilla", max_new_tokens=120), PROMPT)))
     with Session(source, devices=2) as two:
-        records = list(two.generate(PROMPT, SpecConfig(**settings)))
+        records = list(two.generate(two.plan(SpecConfig(**settings), PROMPT)))
     seq, off = _switch(records, SEQUENTIAL), _switch(records, OFF)
     assert seq is not None and off is not None and seq < off, [r.flags for r in records]
     assert all(not r.drafted for r in records[off + 1:]) and tokens_of(records) == ref

@@ -73,8 +73,8 @@ def test_greedy_equals_single_device_in_every_mode(single, multi):
         dict(mode="easyspec", groups="0-1|2|3-4|5-6|7", calibration="none")]  # an explicit plan (tuner's form)
     for s in settings:
         cfg = SpecConfig(max_new_tokens=30, **s)
-        ref = tokens_of(single.generate(PROMPT, cfg))
-        records = list(multi.generate(PROMPT, cfg))
+        ref = tokens_of(single.generate(single.plan(cfg, PROMPT)))
+        records = list(multi.generate(multi.plan(cfg, PROMPT)))
         if not assert_greedy_equal(tokens_of(records), ref, single.base, PROMPT, case=s):
             continue
         ranks = {sp.rank for r in records for sp in r.spans}
@@ -83,12 +83,13 @@ def test_greedy_equals_single_device_in_every_mode(single, multi):
 
 def test_n_above_g_and_a_second_group_are_refused(source, multi):
     with pytest.raises(ValueError, match="N <= G"):
-        multi.generate(PROMPT, SpecConfig(layer_parallel=multi.devices + 1))
+        multi.generate(multi.plan(SpecConfig(layer_parallel=multi.devices + 1), PROMPT))
     with pytest.raises(ValueError, match="a group of 5 layers"):
-        multi.generate(PROMPT, SpecConfig(groups="0|1-5|6-7"))
+        multi.generate(multi.plan(SpecConfig(groups="0|1-5|6-7"), PROMPT))
     with pytest.raises(ValueError, match="already runs a multi-device session"):
         Session(source, devices=2)
-    assert len(tokens_of(multi.generate(PROMPT, SpecConfig(layer_parallel=2, max_new_tokens=4)))) == 4  # serving
+    assert len(tokens_of(multi.generate(multi.plan(SpecConfig(layer_parallel=2, max_new_tokens=4),
+                                                   PROMPT)))) == 4  # serving
 
 
 def test_round_one_follows_the_policy_on_every_rank(single, multi):
@@ -96,8 +97,8 @@ def test_round_one_follows_the_policy_on_every_rank(single, multi):
     pass on every rank) under every-round and on-mismatch, and through the fuzzy groups under none."""
     for policy in POLICIES:
         cfg = SpecConfig(layer_parallel=2, calibration=policy, max_new_tokens=20)
-        ref = tokens_of(single.generate(PROMPT, cfg))
-        records = list(multi.generate(PROMPT, cfg))
+        ref = tokens_of(single.generate(single.plan(cfg, PROMPT)))
+        records = list(multi.generate(multi.plan(cfg, PROMPT)))
         assert_greedy_equal(tokens_of(records), ref, single.base, PROMPT)
         first = records[1]
         assert first.drafted and first.calibrated == (policy != "none")
@@ -114,7 +115,7 @@ def test_the_greedy_check_of_a_multi_device_session_uses_a_whole_base(single, mu
     ref = multi.fp32_base()
     assert ref is multi.fp32_base() and ref.reduce is None and ref.cfg == single.base.cfg
     assert torch.equal(fp32_logits(ref, PROMPT), fp32_logits(single.base, PROMPT))
-    vanilla = tokens_of(multi.generate(PROMPT, SpecConfig(mode="vanilla", max_new_tokens=6)))
+    vanilla = tokens_of(multi.generate(multi.plan(SpecConfig(mode="vanilla", max_new_tokens=6), PROMPT)))
     worst = int(fp32_logits(ref, PROMPT + vanilla[:2]).argmin())
     check = compare_greedy(multi, PROMPT, vanilla[:2] + [worst], vanilla[:3])
     assert check.verdict == "different" and check.index == 2 and check.fp32_pick == vanilla[2]

@@ -213,9 +213,9 @@ def test_measure_throughput_measures_every_mode_it_names_in_its_own_run(session,
 
     runs, generate = [], session.generate
 
-    def recorded(ids, cfg):
-        records = list(generate(ids, cfg))
-        runs.append((cfg, records))
+    def recorded(plan):
+        records = list(generate(plan))
+        runs.append((plan.settings, records))
         yield from records
 
     monkeypatch.setattr(session, "generate", recorded)

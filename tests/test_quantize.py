@@ -10,7 +10,7 @@ from conftest import CPU, assert_greedy_equal, tokens_of
 from easyspec.core.models import quantize
 from easyspec.core.planning import plan_run
 from easyspec.core.engine.loop import generate
-from easyspec.core.settings import SamplingConfig, SpecConfig
+from easyspec.core.settings import SamplingConfig, SpecConfig, check_draft_dtype
 from easyspec.core.models.loading import load_decoder, load_draft
 
 # Relative Frobenius error of a quantized linear's output against the float layer's, on Gaussian
@@ -154,7 +154,7 @@ def test_session_runs_each_draft_precision_and_checks_them(pair_dirs, tmp_path, 
 
 @pytest.mark.parametrize("make,message", [
     (lambda: SpecConfig(draft_dtype="int3"), "--draft-dtype: unknown draft precision 'int3'"),
-    (lambda: quantize.check_draft_dtype("float16"), "choose one of float32, bfloat16, int8, int4, int4-g128"),
+    (lambda: check_draft_dtype("float16"), "choose one of float32, bfloat16, int8, int4, int4-g128"),
     (lambda: quantize._int4_ops(torch.device("meta")), "packed int4 kernels"),
 ])
 def test_bad_draft_precisions_get_a_clear_message(make, message):

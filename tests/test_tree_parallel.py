@@ -25,12 +25,12 @@ def test_trees_on_two_ranks_equal_single_device(source):
                 dict(layer_parallel=2, calibration="on-mismatch", tree_depth=3, tree_width=2, adaptive=True),
                 dict(layer_parallel=2, draft_len=3, adaptive=True)]
     with Session(source) as single:
-        refs = [tokens_of(single.generate(PROMPT, SpecConfig(max_new_tokens=30, **s))) for s in settings]
-        vanilla = tokens_of(single.generate(PROMPT, SpecConfig(mode="vanilla", max_new_tokens=30)))
+        refs = [tokens_of(single.generate(single.plan(SpecConfig(max_new_tokens=30, **s), PROMPT))) for s in settings]
+        vanilla = tokens_of(single.generate(single.plan(SpecConfig(mode="vanilla", max_new_tokens=30), PROMPT)))
         base = single.base
     with Session(source, devices=2) as multi:
         for s, ref in zip(settings, refs):
-            records = list(multi.generate(PROMPT, SpecConfig(max_new_tokens=30, **s)))
+            records = list(multi.generate(multi.plan(SpecConfig(max_new_tokens=30, **s), PROMPT)))
             if not assert_greedy_equal(tokens_of(records), vanilla, base, PROMPT, case=s):
                 continue
             assert tokens_of(records) == ref
