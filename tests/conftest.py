@@ -107,6 +107,20 @@ def pytest_runtest_call(item):
     return result
 
 
+@pytest.fixture(scope="module")
+def app_ctx(pair_dirs, tmp_path_factory):
+    """The dashboard's context on the small random pair, with a tuning cache of its own (nothing tuned)."""
+    from easyspec.app.context import AppContext, AppOptions
+
+    patch = pytest.MonkeyPatch()
+    patch.setenv("EASYSPEC_CACHE", str(tmp_path_factory.mktemp("cache")))
+    base, draft = pair_dirs["qwen2"]
+    ctx = AppContext.start(AppOptions(base=str(base), draft=str(draft), allow_custom_models=True, probe=False))
+    yield ctx
+    ctx.close()
+    patch.undo()
+
+
 @pytest.fixture(scope="session")
 def app_folder(tmp_path_factory):
     """The session app's folder: its log, and its cache (tuned plans) under cache/."""

@@ -221,20 +221,6 @@ def test_cli_app_rejects_bad_launch_options(capsys):
 
 
 # -- the screens' live output in the language of the switch ---------------------------------------
-@pytest.fixture(scope="module")
-def app_ctx(pair_dirs, tmp_path_factory):
-    """The dashboard's context on the small random pair, with a tuning cache of its own (nothing tuned)."""
-    from easyspec.app.context import AppContext
-
-    patch = pytest.MonkeyPatch()
-    patch.setenv("EASYSPEC_CACHE", str(tmp_path_factory.mktemp("cache")))
-    base, draft = pair_dirs["qwen2"]
-    ctx = AppContext.start(AppOptions(base=str(base), draft=str(draft), allow_custom_models=True, probe=False))
-    yield ctx
-    ctx.close()
-    patch.undo()
-
-
 def _figure_words(fig) -> list[str]:
     """What a figure says in its own words: title, axis titles, annotations, trace names (not hover texts)."""
     layout = fig.layout

@@ -50,19 +50,6 @@ def assert_one_plan_per_run(calls: dict, runs: int) -> None:
     assert len(calls["plan"]) == runs and all(any(p is q for q in calls["plan"]) for p in ran)
 
 
-@pytest.fixture(scope="module")
-def app_ctx(pair_dirs, tmp_path_factory):
-    from easyspec.app.context import AppContext, AppOptions
-
-    patch = pytest.MonkeyPatch()
-    patch.setenv("EASYSPEC_CACHE", str(tmp_path_factory.mktemp("cache")))
-    base, draft = pair_dirs["qwen2"]
-    ctx = AppContext.start(AppOptions(base=str(base), draft=str(draft), allow_custom_models=True, probe=False))
-    yield ctx
-    ctx.close()
-    patch.undo()
-
-
 def test_generate_resolves_once_per_run(app_ctx, counted):
     from easyspec.app.generate_tab import make_handlers
     from easyspec.app.state import UserState
