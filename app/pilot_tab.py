@@ -311,8 +311,8 @@ def build(ctx: AppContext, state: gr.State, tab: gr.Tab, lang: gr.Radio):
     """Lay the screen out (`lang`: the language switch, an input of every handler that writes text);
     returns (handler, its inputs by name, outputs) that the switch re-runs."""
     handlers = make_handlers(ctx)
-    estimate, pilot, trace_of, request_stop = handlers.estimate, handlers.pilot, handlers.trace_of, handlers.request_stop
-    export_report, tune = handlers.export_report, handlers.tune
+    estimate, pilot, trace_of = handlers.estimate, handlers.pilot, handlers.trace_of
+    request_stop, export_report, tune = handlers.request_stop, handlers.export_report, handlers.tune
     n_max = ctx.max_layer_parallel
     n_choices = [*sorted({n for n in (1, 2, 3, 4, 5, 6, 8) if n <= n_max} | {n_max}), AUTO]
     gr.Markdown("Run every setting of a grid on a set of prompts. Vanilla decoding runs first on each prompt: "
