@@ -3,8 +3,8 @@
 Each builder returns its components by the names `spec_config` takes (`settings.RUN_SETTINGS`): the
 screens pass them to Gradio as `inputs_kwargs`, so a handler gets one plain dict of values by name and
 the API's parameters carry the same names. Generate shows every setting; each Compare column a reduced
-set (`COLUMN_SETTINGS`, its names suffixed with the column's number); the Pilot screen's grid axes take
-several values each and are its own.
+set (`COLUMN_SETTINGS`, its names suffixed with the column's number); the Pilot screen its grid's axes
+(N, calibration, k, draft precision), each a set of ticked values under the name `pilot_tab.make_grid` reads.
 What it is not: the checks and the conversion to a `SpecConfig` (`settings.py`) or any handler.
 """
 from __future__ import annotations
@@ -13,13 +13,14 @@ from typing import Mapping
 
 import gradio as gr
 
-from easyspec.core.settings import CALIBRATION_CHOICES, MODES
+from easyspec.core.settings import CALIBRATION_CHOICES, CALIBRATION_POLICIES, DRAFT_DTYPES, MODES
 
 from .context import AppContext
 from .settings import GROUPINGS, MAX_TREE_DEPTH, MAX_TREE_WIDTH, RUN_SETTINGS
 
 WIDE = 220  # px: a slider narrower than this squeezes its label (Japanese ones most) into a column
 COLUMN_SETTINGS = ("mode", "layer_parallel", "calibration", "draft_len", "grouping")  # per Compare column
+AUTO = GROUPINGS[1]  # "auto (tuned)": the tuned plan, ticked next to the N values of the Pilot grid
 Panel = dict[str, gr.components.Component]  # run setting name -> its component
 
 
@@ -80,6 +81,21 @@ def column_panel(ctx: AppContext, column: int, mode: str, layer_parallel: int, c
                            elem_id=f"cmp-grouping-{column}")
     panel = dict(mode=m, layer_parallel=n, calibration=cal, draft_len=k, grouping=grouping)
     return {f"{name}_{column}": panel[name] for name in COLUMN_SETTINGS}
+
+
+def grid_panel(ctx: AppContext) -> Panel:
+    """The Pilot grid's axes: each a set of ticked values (a list), every combination one setting."""
+    n_max = ctx.max_layer_parallel
+    n_choices = [*sorted({n for n in (1, 2, 3, 4, 5, 6, 8) if n <= n_max} | {n_max}), AUTO]
+    layer_parallel = gr.CheckboxGroup(n_choices, value=[n for n in (2, 4) if n <= n_max] or [1],
+                                      label="layer-parallel size N", elem_id="pilot-n")
+    calibration = gr.CheckboxGroup(list(CALIBRATION_POLICIES), value=["none", "every-round"],
+                                   label="calibration policy", elem_id="pilot-calibration")
+    draft_len = gr.CheckboxGroup([3, 5, 7], value=[5], label="draft length k", elem_id="pilot-k")
+    draft_dtypes = gr.CheckboxGroup(list(DRAFT_DTYPES), value=[], label="draft precision",
+                                    info="none ticked: the session's own; each ticked precision runs every "
+                                         "drafting setting again", elem_id="pilot-draft-dtypes")
+    return dict(layer_parallel=layer_parallel, calibration=calibration, draft_len=draft_len, draft_dtypes=draft_dtypes)
 
 
 def column_values(values: Mapping, column: int) -> dict:

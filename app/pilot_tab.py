@@ -35,11 +35,10 @@ from easyspec.visualizations.translate import translate_figure
 
 from .common import arm_stop, friendly, friendly_stream, named_inputs, stopped_in_queue, write_trace
 from .context import AppContext
-from .settings import GROUPINGS, as_float, as_int, check_choice
+from .panel import AUTO, grid_panel
+from .settings import as_float, as_int, check_choice
 from .state import LastRun, RunSummary, UserState, prompt_key
 from .worker import DeviceJob
-
-AUTO = GROUPINGS[1]  # "auto (tuned)": the tuned plan, ticked next to the N values
 
 SOURCES = ("built-in set", "uploaded file", "typed prompts")
 RUN_COLUMNS = ["prompt", "setting", "new_tokens", "tokens_per_s", "speedup", "acceptance_rate",
@@ -313,8 +312,6 @@ def build(ctx: AppContext, state: gr.State, tab: gr.Tab, lang: gr.Radio):
     handlers = make_handlers(ctx)
     estimate, pilot, trace_of = handlers.estimate, handlers.pilot, handlers.trace_of
     request_stop, export_report, tune = handlers.request_stop, handlers.export_report, handlers.tune
-    n_max = ctx.max_layer_parallel
-    n_choices = [*sorted({n for n in (1, 2, 3, 4, 5, 6, 8) if n <= n_max} | {n_max}), AUTO]
     gr.Markdown("Run every setting of a grid on a set of prompts. Vanilla decoding runs first on each prompt: "
                 "speedups are measured against it in the same pilot, and greedy outputs are checked against it "
                 "token for token.")
@@ -328,14 +325,7 @@ def build(ctx: AppContext, state: gr.State, tab: gr.Tab, lang: gr.Radio):
                              file_types=[".jsonl", ".csv", ".json", ".txt"], elem_id="pilot-upload")
             prompt = gr.Textbox("", label="typed prompts (one per line)", lines=3, elem_id="pilot-prompt")
         with gr.Column(scale=1, min_width=320):
-            layer_parallel = gr.CheckboxGroup(n_choices, value=[n for n in (2, 4) if n <= n_max] or [1],
-                                              label="layer-parallel size N", elem_id="pilot-n")
-            calibration = gr.CheckboxGroup(list(CALIBRATION_POLICIES), value=["none", "every-round"],
-                                           label="calibration policy", elem_id="pilot-calibration")
-            draft_len = gr.CheckboxGroup([3, 5, 7], value=[5], label="draft length k", elem_id="pilot-k")
-            draft_dtypes = gr.CheckboxGroup(list(DRAFT_DTYPES), value=[], label="draft precision",
-                                            info="none ticked: the session's own; each ticked precision runs every "
-                                                 "drafting setting again", elem_id="pilot-draft-dtypes")
+            grid = grid_panel(ctx)
             speculative = gr.Checkbox(True, label="also sequential speculative decoding (per k)")
             with gr.Row():
                 max_new_tokens = gr.Slider(4, min(512, ctx.max_new_tokens), value=32, step=4,
@@ -345,9 +335,9 @@ def build(ctx: AppContext, state: gr.State, tab: gr.Tab, lang: gr.Radio):
             comm = gr.Dropdown(list(COMM_MODELS), value="nvlink", label="projection: interconnect model",
                                elem_id="pilot-comm")
     # Inputs by name (inputs_kwargs): the handlers get one dict of values, and the API the same names.
-    form = dict(prompt=prompt, source=source, prompt_set=prompt_set, n_prompts=n_prompts, layer_parallel=layer_parallel,
-                calibration=calibration, draft_len=draft_len, draft_dtypes=draft_dtypes, speculative=speculative,
-                max_new_tokens=max_new_tokens, chat=chat, temperature=temperature, upload=upload)
+    form = dict(prompt=prompt, source=source, prompt_set=prompt_set, n_prompts=n_prompts, **grid,
+                speculative=speculative, max_new_tokens=max_new_tokens, chat=chat, temperature=temperature,
+                upload=upload)
     estimate_md = gr.Markdown(estimate({name: c.value for name, c in form.items()}), elem_id="pilot-estimate")
     with gr.Row():
         run = gr.Button("Run pilot", variant="primary", elem_id="pilot-run")
