@@ -1,5 +1,7 @@
 """Shared pieces of the dashboard's handlers: error wrapping, run files, run summaries.
 
+Handlers take at most three positional parameters: the form's values as one dict by name, the
+user's state and the language (`named_inputs` splits an event's named inputs so).
 Every handler is wrapped so that bad input shows as a clear message (gr.Error with the
 ValueError's text) and an unexpected failure shows its type and message, with the traceback
 going to the server log only: the browser never sees a stack trace, and the app stays up.
@@ -66,6 +68,15 @@ def friendly_stream(fn: Callable) -> Callable:
             raise _as_gr_error(exc) from None
 
     return wrapper
+
+
+def named_inputs(values: dict) -> tuple[dict, UserState, str]:
+    """An event's inputs, which Gradio passes by name (`inputs_kwargs`), as the handlers take them: the
+    form's values, the user's state and the language of the switch."""
+    form = dict(values)
+    state = form.pop("state")
+    lang = form.pop("lang", "en")
+    return form, state, lang
 
 
 STOPPED_IN_QUEUE = "Stopped before it started: the run was still waiting for the device."

@@ -5,17 +5,18 @@ speedup over the vanilla column measured in the same comparison, and a badge say
 column produced identical tokens (greedy decoding is lossless, so it should say yes), and otherwise how
 many columns differ by a rounding tie and how many by a real difference (a bug; `lossless.py`). API: `compare`.
 What the screen shows is written in the language of the switch (the handler's last input, `lang`);
-the JSON details stay English.
+the JSON details stay English. `compare(values, state, lang)` takes the screen's values as one dict by name
+(each column's settings from `panel.column_panel`), callable as such by tests.
 What it is not: the decoding (each column is a session run) or a speed benchmark with repeats
 (`easyspec bench speed`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping
 
 import gradio as gr
 
-from easyspec.core.settings import CALIBRATION_CHOICES, MODES
 from easyspec.core.i18n import tr
 from easyspec.core.engine.lossless import compare_greedy
 from easyspec.core.engine.verdicts import GreedyCheck, count_verdicts, counts_text
@@ -24,12 +25,13 @@ from easyspec.visualizations.timeline import timeline_figure
 from easyspec.visualizations.tokens import tokens_html
 from easyspec.visualizations.translate import translate_figure
 
-from .common import arm_stop, friendly_stream, keep_run, stopped_in_queue
+from .common import arm_stop, friendly_stream, keep_run, named_inputs, stopped_in_queue
 from .context import AppContext
-from .generate_tab import DEFAULT_PROMPT, WIDE
+from .generate_tab import DEFAULT_PROMPT
 from .i18n import page_lang
 from .live import LiveRun
-from .settings import GROUPINGS, as_int, check_choice, check_prompt_text, describe_config, spec_config
+from .panel import WIDE, Panel, column_panel, column_values
+from .settings import GROUPINGS, as_int, check_choice, check_prompt_text, describe_config, run_settings, spec_config
 from .state import UserState
 from .worker import DeviceJob
 
@@ -42,11 +44,7 @@ SUMMARY_HEADERS = ["column", "setting", "tokens", "seconds", "tok/s", "speedup v
 
 @dataclass
 class Column:
-    mode: gr.Dropdown
-    layer_parallel: gr.Slider
-    calibration: gr.Dropdown
-    draft_len: gr.Slider
-    grouping: gr.Dropdown
+    settings: Panel  # "mode_1", ... -> component (panel.column_panel)
     container: gr.Column
     header: gr.Markdown
     text: gr.HTML
@@ -140,34 +138,27 @@ def make_compare(ctx: AppContext):
     session = ctx.session
 
     @friendly_stream
-    def compare(prompt, chat, max_new_tokens, temperature, seed, columns,
-                mode_1, layer_parallel_1, calibration_1, draft_len_1,
-                mode_2, layer_parallel_2, calibration_2, draft_len_2,
-                mode_3, layer_parallel_3, calibration_3, draft_len_3,
-                mode_4, layer_parallel_4, calibration_4, draft_len_4, grouping_1=GROUPINGS[0],
-                grouping_2=GROUPINGS[0], grouping_3=GROUPINGS[0], grouping_4=GROUPINGS[0],
-                state: UserState | None = None, lang: str = "en"):
+    def compare(values: Mapping, state: UserState | None = None, lang: str = "en"):
+        """`values`: prompt, chat, columns (how many), the shared max_new_tokens, temperature and seed, and each
+        column's settings (`COLUMN_SETTINGS` suffixed with the column's number: mode_1, ...; grouping_c may be
+        left out: equal groups of N)."""
         state, lang = state if state is not None else UserState(), page_lang(lang)
         stop = state.begin("compare")
         if stop.is_set():  # Stop came while the comparison waited for the device
             yield stopped_in_queue(4 + 4 * MAX_COLUMNS, lang)
             return
-        settings = [(mode_1, layer_parallel_1, calibration_1, draft_len_1, grouping_1),
-                    (mode_2, layer_parallel_2, calibration_2, draft_len_2, grouping_2),
-                    (mode_3, layer_parallel_3, calibration_3, draft_len_3, grouping_3),
-                    (mode_4, layer_parallel_4, calibration_4, draft_len_4, grouping_4)]
-        prompt = check_prompt_text(prompt)
-        n_cols = as_int(columns, "columns", 2, MAX_COLUMNS)
-        ids = session.encode(prompt, bool(chat))
+        prompt = check_prompt_text(values.get("prompt"))
+        n_cols = as_int(values.get("columns"), "columns", 2, MAX_COLUMNS)
+        ids = session.encode(prompt, bool(values.get("chat")))
+        shared = run_settings({**values, "top_p": 1.0, "top_k": 0})  # sampling: temperature alone, on this screen
         plans = []
-        for c in range(n_cols):
-            mode, n, calibration, k, grouping = settings[c]
+        for c in range(1, n_cols + 1):
+            column = column_values(values, c)
             try:
-                check_choice(grouping, "layer grouping", GROUPINGS[:2])
-                plans.append(session.plan(spec_config(mode, n, calibration, k, temperature, 1.0, 0, seed,
-                                                      max_new_tokens, grouping=grouping), ids))
+                check_choice(column.get("grouping", GROUPINGS[0]), "layer grouping", GROUPINGS[:2])
+                plans.append(session.plan(spec_config(**shared, **column), ids))
             except ValueError as exc:
-                raise ValueError(f"column {c + 1}: {exc}") from None
+                raise ValueError(f"column {c}: {exc}") from None
         configs = [plan.settings for plan in plans]
         lives = [LiveRun(session.tokenizer, cfg.mode, ctx.info.device, ctx.info.devices, describe_config(cfg),
                          greedy=cfg.sampling.greedy, lang=lang) for cfg in configs]
@@ -240,10 +231,9 @@ def make_compare(ctx: AppContext):
 
 
 def build(ctx: AppContext, state: gr.State, switch: gr.Radio):
-    """The screen's layout and events; `switch` (the language radio) is the compare handler's last input.
-    Returns (handler, inputs, outputs) that the switch re-runs."""
+    """The screen's layout and events; `switch` (the language radio) is the compare handler's `lang` input.
+    Returns (handler, its inputs by name, outputs) that the switch re-runs."""
     compare = make_compare(ctx)
-    n_max = ctx.max_layer_parallel
     with gr.Row():
         with gr.Column(scale=3):
             prompt = gr.Textbox(DEFAULT_PROMPT, label="Prompt (the same for every column)", lines=3,
@@ -270,43 +260,43 @@ def build(ctx: AppContext, state: gr.State, switch: gr.Radio):
         for c, (mode, n, calibration, k) in enumerate(DEFAULT_COLUMNS):
             with gr.Column(visible=c < 3, min_width=260) as container:
                 with gr.Group():
-                    m = gr.Dropdown(list(MODES), value=mode, label=f"column {c + 1}: mode", elem_id=f"cmp-mode-{c + 1}")
-                    with gr.Row():
-                        nn = gr.Slider(1, n_max, value=min(n, n_max), step=1, label="N")
-                        kk = gr.Slider(1, 12, value=k, step=1, label="k")
-                    cal = gr.Dropdown(list(CALIBRATION_CHOICES), value=calibration, label="calibration")
-                    grouping = gr.Dropdown(list(GROUPINGS[:2]), value=GROUPINGS[0], label="layer grouping",
-                                           elem_id=f"cmp-grouping-{c + 1}")
+                    settings = column_panel(ctx, c + 1, mode, n, calibration, k)
                 header, text, cards, plot = first[3 + 4 * c: 7 + 4 * c]
                 header = gr.Markdown(header, elem_id=f"cmp-header-{c + 1}")
                 text = gr.HTML(text, elem_id=f"cmp-text-{c + 1}")
                 cards = gr.HTML(cards, elem_id=f"cmp-cards-{c + 1}")
                 plot = gr.Plot(plot, show_label=False, elem_id=f"cmp-timeline-{c + 1}")
-            cols.append(Column(m, nn, cal, kk, grouping, container, header, text, cards, plot))
+            cols.append(Column(settings, container, header, text, cards, plot))
     with gr.Accordion("Comparison details (JSON)", open=False):
         details = gr.JSON(elem_id="cmp-details")
 
     columns.change(lambda n: [gr.Column(visible=c < int(n)) for c in range(MAX_COLUMNS)], columns,
                    [c.container for c in cols], api_visibility="private", queue=False)
-    inputs = [prompt, chat, new, temperature, seed, columns]
+    # Inputs by name (inputs_kwargs): the handler gets one dict of values, and the API the same names.
+    form = dict(prompt=prompt, chat=chat, max_new_tokens=new, temperature=temperature, seed=seed, columns=columns)
     for c in cols:
-        inputs += [c.mode, c.layer_parallel, c.calibration, c.draft_len]
-    inputs += [c.grouping for c in cols]
+        form.update(c.settings)
     outputs = [status, table, badge, details]
     for c in cols:
         outputs += [c.header, c.text, c.cards, c.timeline]
+
+    def on_compare(**inputs):
+        yield from compare(*named_inputs(inputs))
+
     run.click(arm_stop("compare"), [state], None, queue=False, api_visibility="private", show_progress="hidden") \
-        .then(compare, inputs + [state, switch], outputs, api_name="compare", concurrency_id="device",
-              concurrency_limit=1, show_progress="hidden")
+        .then(on_compare, inputs_kwargs={**form, "state": state, "lang": switch}, outputs=outputs, api_name="compare",
+              concurrency_id="device", concurrency_limit=1, show_progress="hidden")
     stop.click(request_stop, [state], None, queue=False, api_visibility="private")
 
-    def redraw(state: UserState, lang: str, *modes) -> list:
-        """The language switch: the empty screen in `lang`; a finished comparison stays as it was drawn."""
+    def redraw(state: UserState, lang: str, **modes) -> list:
+        """The language switch: the empty screen in `lang`; a finished comparison stays as it was drawn.
+        `modes`: each column's mode (mode_1, ...)."""
         if any(key.startswith("compare:") for key in state.last):
             return [gr.skip()] * (3 + 4 * MAX_COLUMNS)
-        return empty_view(list(modes), page_lang(lang))
+        return empty_view(list(modes.values()), page_lang(lang))
 
-    return redraw, [state, switch] + [c.mode for c in cols], outputs[:3] + outputs[4:]
+    modes = {f"mode_{c}": col.settings[f"mode_{c}"] for c, col in enumerate(cols, start=1)}
+    return redraw, dict(state=state, lang=switch, **modes), outputs[:3] + outputs[4:]
 
 
 def request_stop(state: UserState) -> None:

@@ -188,8 +188,8 @@ def explainer_views(ctx: AppContext, state: UserState, lang: str = "en"):
 
 
 def build(ctx: AppContext, state: gr.State, tab: gr.Tab, lang: gr.Radio):
-    """Lay the screen out (`lang`: the language switch); returns (handler, inputs, outputs) that the
-    switch re-runs."""
+    """Lay the screen out (`lang`: the language switch); returns (handler, its inputs by name, outputs) that
+    the switch re-runs."""
     first = explainer_views(ctx, UserState())  # the shipped runs until the user has runs of their own
     gr.Markdown(text("how.intro"))
     drafting = gr.Markdown(first[0], elem_id="how-drafting")
@@ -205,7 +205,7 @@ def build(ctx: AppContext, state: gr.State, tab: gr.Tab, lang: gr.Radio):
     evidence_note = gr.Markdown(first[6])
     gr.Markdown(text("how.pilot"))
     outputs = [drafting, seq_plot, par_plot, ar_plot, ar_note, evidence, evidence_note]
-    refresh = friendly(lambda s, language: explainer_views(ctx, s, check_lang(language)))
+    refresh = friendly(lambda state, lang: explainer_views(ctx, state, check_lang(lang)))
     tab.select(refresh, [state, lang], outputs, api_visibility="private", concurrency_id="views",
                concurrency_limit=4)
-    return refresh, [state, lang], outputs
+    return refresh, dict(state=state, lang=lang), outputs

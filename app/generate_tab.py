@@ -2,6 +2,8 @@
 
 Handlers are generators that yield once per batch of rounds (at most once per round); the device
 work runs in a `DeviceJob` so that Stop ends the run within one round. API names: `generate`, `replay`.
+Each handler takes the screen's values as one dict by name (`generate(values, state, lang)`), callable
+as such by tests; the events pass Gradio's inputs by the same names, which the API shows.
 What the screen shows is written in the language of the switch (the handlers' last input, `lang`);
 the run files and the JSON details stay English.
 What it is not: the engine (`core.session`) or the drawing (`visualizations/`, through `live.py`).
@@ -12,10 +14,11 @@ import html
 import math
 import time
 from dataclasses import dataclass, fields, replace
+from typing import Callable, Mapping
 
 import gradio as gr
 
-from easyspec.core.settings import CALIBRATION_CHOICES, MODES, ON_LOW_ACCEPTANCE, SpecConfig
+from easyspec.core.settings import ON_LOW_ACCEPTANCE, SpecConfig
 from easyspec.core.engine.grouping import largest_group, plan_of
 from easyspec.core.engine.monitor import fallback_summary
 from easyspec.core.engine.records import load_run
@@ -25,83 +28,19 @@ from easyspec.visualizations.timeline import round_range_ms, timeline_figure
 from easyspec.visualizations.tokens import tokens_html
 from easyspec.visualizations.translate import translate_figure
 
-from .common import arm_stop, file_size_ok, friendly, friendly_stream, keep_run, stopped_in_queue, write_run_files
+from .common import (arm_stop, file_size_ok, friendly, friendly_stream, keep_run, named_inputs, stopped_in_queue,
+                     write_run_files)
 from .context import AppContext
 from .i18n import page_lang
 from .live import LiveRun
-from .settings import GROUPINGS, MAX_TREE_DEPTH, MAX_TREE_WIDTH, check_prompt_text, describe_config, spec_config
+from .panel import settings_panel
+from .settings import check_prompt_text, describe_config, run_settings, spec_config
 from .state import UserState
 from .worker import DeviceJob, record_stream
 
-WIDE = 220  # px: a slider narrower than this squeezes its label (Japanese ones most) into a column
 DEFAULT_PROMPT = "Write a Python function that checks whether a number is prime."
 REPLAY_SPEEDS = {"recorded pace": 1.0, "4x faster": 4.0, "instant": math.inf}
 MAX_RUN_FILE_BYTES = 50_000_000
-
-
-@dataclass
-class SettingsInputs:
-    """The settings panel's components, in the order the handlers take them."""
-
-    mode: gr.Radio
-    layer_parallel: gr.Slider
-    calibration: gr.Radio
-    draft_len: gr.Slider
-    temperature: gr.Slider
-    top_p: gr.Slider
-    top_k: gr.Number
-    seed: gr.Number
-    max_new_tokens: gr.Slider
-    grouping: gr.Radio
-    plan: gr.Textbox
-    tree_depth: gr.Slider
-    tree_width: gr.Slider
-    adaptive: gr.Checkbox
-
-    def as_list(self) -> list:
-        return [self.mode, self.layer_parallel, self.calibration, self.draft_len, self.temperature, self.top_p,
-                self.top_k, self.seed, self.max_new_tokens, self.grouping, self.plan, self.tree_depth, self.tree_width,
-                self.adaptive]
-
-
-def settings_panel(ctx: AppContext, prefix: str, max_new_tokens: int = 64) -> SettingsInputs:
-    n_max = ctx.max_layer_parallel
-    n_info = (f"consecutive draft layers run as one parallel group (1..{n_max} middle layers)"
-              if ctx.info.devices == 1 else f"N <= G = {ctx.info.devices} devices")
-    mode = gr.Radio(list(MODES), value="easyspec", label="mode", elem_id=f"{prefix}-mode")
-    grouping = gr.Radio(list(GROUPINGS), value=GROUPINGS[0], label="layer grouping",
-                        info="auto: the plan the tuner chose for this pair (Pilot screen, \"Tune the layer plan\")",
-                        elem_id=f"{prefix}-grouping")
-    n = gr.Slider(1, n_max, value=ctx.default_layer_parallel, step=1, label="layer-parallel size N", info=n_info,
-                  elem_id=f"{prefix}-n")
-    plan = gr.Textbox("", label="custom plan", placeholder=f"e.g. 0|1-4|5-8|...|{ctx.info.draft_layers - 1}"
-                      if ctx.info.draft_layers else "", info="draft layers in order; a group 'a-b' runs in parallel",
-                      visible=False, elem_id=f"{prefix}-plan")
-    grouping.change(lambda g: (gr.update(visible=g == GROUPINGS[0]), gr.update(visible=g == GROUPINGS[2])),
-                    grouping, [n, plan], queue=False, api_visibility="private", show_progress="hidden")
-    calibration = gr.Radio(list(CALIBRATION_CHOICES), value="auto", label="calibration policy",
-                           info="auto: the tuner's recommended policy with the auto plan, else every-round",
-                           elem_id=f"{prefix}-calibration")
-    k = gr.Slider(1, 12, value=5, step=1, label="draft length k", elem_id=f"{prefix}-k")
-    with gr.Row():
-        tree_depth = gr.Slider(0, MAX_TREE_DEPTH, value=0, step=1, label="tree depth (0 = chain of k)",
-                               info="draft a token tree, verified in one base forward", elem_id=f"{prefix}-tree-depth",
-                               min_width=WIDE)
-        tree_width = gr.Slider(1, MAX_TREE_WIDTH, value=4, step=1, label="tree width",
-                               info="leaves kept per tree level", elem_id=f"{prefix}-tree-width", min_width=WIDE)
-    adaptive = gr.Checkbox(False, label="adaptive draft length / tree depth", elem_id=f"{prefix}-adaptive",
-                           info="+2 after a fully accepted round, -1 after a rejection, stop when the draft is unsure")
-    with gr.Row():
-        temperature = gr.Slider(0, 2, value=0, step=0.05, label="temperature (0 = greedy)",
-                                elem_id=f"{prefix}-temperature", min_width=WIDE)
-        top_p = gr.Slider(0.05, 1, value=1, step=0.05, label="top-p", elem_id=f"{prefix}-top-p", min_width=WIDE)
-    with gr.Row():
-        top_k = gr.Number(0, label="top-k (0 = off)", precision=0, minimum=0, elem_id=f"{prefix}-top-k")
-        seed = gr.Number(0, label="seed", precision=0, minimum=0, elem_id=f"{prefix}-seed")
-    new = gr.Slider(1, ctx.max_new_tokens, value=min(max_new_tokens, ctx.max_new_tokens), step=1,
-                    label="max new tokens", elem_id=f"{prefix}-max-new")
-    return SettingsInputs(mode, n, calibration, k, temperature, top_p, top_k, seed, new, grouping, plan, tree_depth,
-                          tree_width, adaptive)
 
 
 @dataclass
@@ -166,25 +105,36 @@ def _largest_group(settings: dict, n_layers: int) -> int:
         return 1
 
 
-def make_handlers(ctx: AppContext):
+@dataclass(frozen=True)
+class GenerateHandlers:
+    """The screen's handlers by name (tests call them directly)."""
+
+    generate: Callable
+    replay: Callable
+    inspect_round: Callable
+    request_stop: Callable
+    devices_html: Callable
+    redraw: Callable
+
+
+def make_handlers(ctx: AppContext) -> GenerateHandlers:
     session = ctx.session
 
     @friendly_stream
-    def generate(prompt, chat, mode, layer_parallel, calibration, draft_len, temperature, top_p, top_k, seed,
-                 max_new_tokens, grouping=GROUPINGS[0], plan="", tree_depth=0, tree_width=4, adaptive=False,
-                 on_low_acceptance=None, state: UserState = None, lang: str = "en"):
+    def generate(values: Mapping, state: UserState, lang: str = "en"):
+        """`values`: the prompt, chat (use the chat template), the run settings (settings.RUN_SETTINGS) and
+        on_low_acceptance (the launch's choice when left out)."""
         stop = state.begin("generate")
         if stop.is_set():  # Stop came while the run waited for the device
             yield stopped_in_queue(len(fields(GenerateOutputs)), page_lang(lang))
             return
-        prompt, lang = check_prompt_text(prompt), page_lang(lang)
-        cfg = spec_config(mode, layer_parallel, calibration, draft_len, temperature, top_p, top_k, seed,
-                          max_new_tokens, grouping, plan, tree_depth, tree_width, adaptive)
-        on_low = on_low_acceptance or ctx.options.on_low_acceptance
+        prompt, lang = check_prompt_text(values.get("prompt")), page_lang(lang)
+        cfg = spec_config(**run_settings(values))
+        on_low = values.get("on_low_acceptance") or ctx.options.on_low_acceptance
         if on_low not in ON_LOW_ACCEPTANCE:
             raise ValueError(f"on low acceptance: choose one of {', '.join(ON_LOW_ACCEPTANCE)}; got {on_low!r}")
         cfg = replace(cfg, on_low_acceptance=on_low, base_token_s=ctx.base_token_s)  # the probe's base speed
-        ids = session.encode(prompt, bool(chat))
+        ids = session.encode(prompt, bool(values.get("chat")))
         plan = session.plan(cfg, ids)  # the one resolution: auto, N, the policy, the expected acceptance, limits
         cfg = plan.settings
         groups = largest_group(plan.layers) if plan.layers else 1
@@ -202,7 +152,9 @@ def make_handlers(ctx: AppContext):
         yield _view(live, _final_status(live), final=True, files=files)
 
     @friendly_stream
-    def replay(run_file, speed, state: UserState, lang: str = "en"):
+    def replay(values: Mapping, state: UserState, lang: str = "en"):
+        """`values`: run_file (the saved run's path) and speed (one of REPLAY_SPEEDS)."""
+        run_file = values.get("run_file")
         if not run_file:
             raise ValueError("choose a saved run file (.jsonl, written by --save-run or the Download button) first")
         path = file_size_ok(run_file, MAX_RUN_FILE_BYTES, "saved run")
@@ -225,7 +177,7 @@ def make_handlers(ctx: AppContext):
         live = LiveRun(session.tokenizer, mode, header.device, devices, label, settings=settings,
                        largest_group=_largest_group(settings, ctx.info.draft_layers), lang=page_lang(lang))
         stop = state.begin("generate")
-        pace = REPLAY_SPEEDS.get(speed, 1.0)
+        pace = REPLAY_SPEEDS.get(values.get("speed"), 1.0)
         t0, last_yield = time.monotonic(), 0.0
         for i, rec in enumerate(records):
             if stop.is_set():
@@ -278,13 +230,15 @@ def make_handlers(ctx: AppContext):
     def devices_html() -> str:
         return device_panel_html(ctx.monitor.read(), ctx.monitor.note)
 
-    return generate, replay, inspect_round, request_stop, devices_html, redraw
+    return GenerateHandlers(generate, replay, inspect_round, request_stop, devices_html, redraw)
 
 
 def build(ctx: AppContext, state: gr.State, switch: gr.Radio):
     """The screen's layout and events; `switch` (the language radio) is the last input of every handler that
-    writes text. Returns (handler, inputs, outputs) that the switch re-runs."""
-    generate, replay, inspect_round, request_stop, devices_html, redraw = make_handlers(ctx)
+    writes text. Returns (handler, its inputs by name, outputs) that the switch re-runs."""
+    handlers = make_handlers(ctx)
+    generate, replay, inspect_round = handlers.generate, handlers.replay, handlers.inspect_round
+    request_stop, devices_html, redraw = handlers.request_stop, handlers.devices_html, handlers.redraw
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=330):
             prompt = gr.Textbox(DEFAULT_PROMPT, label="Prompt", lines=4, elem_id="gen-prompt")
@@ -332,15 +286,25 @@ def build(ctx: AppContext, state: gr.State, switch: gr.Radio):
     out = GenerateOutputs(status, text, cards, timeline, per_position, histogram, details, run_file, trace_file,
                           round_slider, alert, rolling)
 
-    inputs = [prompt, chat, *settings.as_list(), on_low, state, switch]
+    # Inputs by name (inputs_kwargs): the handlers get one dict of values, and the API the same names.
+    form = dict(prompt=prompt, chat=chat, **settings, on_low_acceptance=on_low, state=state, lang=switch)
+
+    def on_generate(**inputs):
+        yield from generate(*named_inputs(inputs))
+
+    def on_replay(**inputs):
+        yield from replay(*named_inputs(inputs))
+
     run.click(arm_stop("generate"), [state], None, queue=False, api_visibility="private", show_progress="hidden") \
-        .then(generate, inputs, out.as_list(), api_name="generate", concurrency_id="device", concurrency_limit=1,
-              show_progress="hidden")
+        .then(on_generate, inputs_kwargs=form, outputs=out.as_list(), api_name="generate", concurrency_id="device",
+              concurrency_limit=1, show_progress="hidden")
     stop.click(request_stop, [state], None, queue=False, api_visibility="private")
-    replay_btn.click(replay, [run_upload, speed, state, switch], out.as_list(), api_name="replay",
-                     concurrency_id="replay", concurrency_limit=4, show_progress="hidden")
+    replay_btn.click(on_replay, inputs_kwargs=dict(run_file=run_upload, speed=speed, state=state, lang=switch),
+                     outputs=out.as_list(), api_name="replay", concurrency_id="replay", concurrency_limit=4,
+                     show_progress="hidden")
     out.round_slider.change(inspect_round, [out.round_slider, state, switch], round_plot, api_visibility="private",
                             concurrency_id="views", concurrency_limit=4, show_progress="hidden")
     timer = gr.Timer(2.0)
     timer.tick(devices_html, None, panel, api_visibility="private", queue=False, show_progress="hidden")
-    return redraw, [state, switch], [status, text, cards, timeline, per_position, histogram, alert, rolling]
+    return redraw, dict(state=state, lang=switch), [status, text, cards, timeline, per_position, histogram, alert,
+                                                    rolling]

@@ -17,7 +17,7 @@ the explainer).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import gradio as gr
 
@@ -113,10 +113,11 @@ def language_switch() -> gr.Radio:
 
 
 def wire(demo: gr.Blocks, switch: gr.Radio, state: gr.State,
-         refreshers: Sequence[tuple[Callable, Sequence[gr.blocks.Block], Sequence[gr.blocks.Block]]] = ()) -> None:
+         refreshers: Sequence[tuple[Callable, Mapping[str, gr.blocks.Block], Sequence[gr.blocks.Block]]] = ()) -> None:
     """Connect the switch (and the page load) to every translatable component. Call after the layout.
-    `refreshers`: (handler, its inputs, its outputs) of views that write their own text in the
-    language the switch (one of their inputs) says: the pilot estimate, How it works. Re-run on a switch."""
+    `refreshers`: (handler, its inputs by name, its outputs) of views that write their own text in the
+    language the switch (one of their inputs) says: the pilot estimate, How it works. Re-run on a switch,
+    each handler called with its inputs' values as keyword arguments."""
     redrawn = [block for _, _, blocks in refreshers for block in blocks]
     found = [i for i in translatable(demo) if i.block is not switch]
     items = [i for i in found if i.block not in redrawn]
@@ -127,9 +128,9 @@ def wire(demo: gr.Blocks, switch: gr.Radio, state: gr.State,
         out = []
         for fn, ins, outs in refreshers:
             # on page load the user's state may not be made yet: a fresh one has no runs either
-            args = [(v if isinstance(v, UserState) else UserState()) if b is state else v
-                    for b, v in ((b, data[b]) for b in ins)]
-            result = fn(*args)
+            named = {name: (data[b] if isinstance(data[b], UserState) else UserState()) if b is state else data[b]
+                     for name, b in ins.items()}
+            result = fn(**named)
             for block, value in zip(outs, list(result) if len(outs) > 1 else [result]):
                 item = labelled.get(id(block))
                 out.append({**updates([item], lang)[0], "value": value} if item else value)
@@ -146,6 +147,6 @@ def wire(demo: gr.Blocks, switch: gr.Radio, state: gr.State,
             return [gr.skip()] * (1 + len(outputs))
         return [gr.update(value=lang)] + updates(items, lang) + redraw({**data, switch: lang}, lang)
 
-    inputs = {switch, *(b for _, ins, _ in refreshers for b in ins)}
+    inputs = {switch, *(b for _, ins, _ in refreshers for b in ins.values())}
     switch.input(on_switch, inputs, outputs, api_visibility="private", queue=False, show_progress="hidden")
     demo.load(on_load, inputs, [switch] + outputs, api_visibility="private", queue=False, show_progress="hidden")

@@ -3,17 +3,21 @@
 The evaluation itself is `core.evaluation.pilot` (shared with `easyspec bench`); this screen picks the
 prompts (a built-in set, an uploaded JSONL/CSV, or typed prompts), shows the estimated duration
 before the start, streams progress and results, draws the charts and offers CSV, JSON and Chrome
-trace downloads. API: `pilot` (its `prompt` parameter holds typed prompts, one per line).
+trace downloads. API: `pilot` (its `prompt` parameter holds typed prompts, one per line), `tune`.
+The handlers take the screen's values as one dict by name (`pilot(values, state, lang)`), callable as such
+by tests; the events pass Gradio's inputs by the same names, which the API shows.
 What it is not: the evaluation (`core.evaluation.pilot`) or the report's content (`core.evaluation.report`).
 """
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Callable, Mapping
 
 import gradio as gr
 
-from easyspec.core.settings import CALIBRATION_POLICIES
+from easyspec.core.settings import CALIBRATION_POLICIES, DRAFT_DTYPES
 from easyspec.core.i18n import check_lang, text, tr
 from easyspec.core.files import write_text_atomic
 from easyspec.core.engine.verdicts import VERDICTS
@@ -29,13 +33,12 @@ from easyspec.visualizations.pilot_charts import pilot_figure
 from easyspec.visualizations.report import pilot_report_html
 from easyspec.visualizations.translate import translate_figure
 
-from .common import arm_stop, friendly, friendly_stream, stopped_in_queue, write_trace
+from .common import arm_stop, friendly, friendly_stream, named_inputs, stopped_in_queue, write_trace
 from .context import AppContext
-from .settings import GROUPINGS, as_float, as_int, check_choice
+from .panel import AUTO, grid_panel
+from .settings import as_float, as_int, check_choice
 from .state import LastRun, RunSummary, UserState, prompt_key
 from .worker import DeviceJob
-
-AUTO = GROUPINGS[1]  # "auto (tuned)": the tuned plan, ticked next to the N values
 
 SOURCES = ("built-in set", "uploaded file", "typed prompts")
 RUN_COLUMNS = ["prompt", "setting", "new_tokens", "tokens_per_s", "speedup", "acceptance_rate",
@@ -76,24 +79,30 @@ def _table(rows: list[dict], columns: list[str], lang: str = "en") -> dict:
     return {"data": [[cell(r.get(c)) for c in columns] for r in rows], "headers": [tr(c, lang) for c in columns]}
 
 
-def pick_prompts(prompt, source, prompt_set, n_prompts, upload) -> list[str]:
-    """The pilot's prompts from the chosen source (ValueError with a clear message otherwise)."""
-    source = check_choice(source, "prompt source", SOURCES)
+def pick_prompts(values: Mapping) -> list[str]:
+    """The pilot's prompts from the chosen source (ValueError with a clear message otherwise). `values`: source,
+    prompt_set, n_prompts, and prompt (typed, one per line) or upload (a file's path)."""
+    source = check_choice(values.get("source"), "prompt source", SOURCES)
     if source == "built-in set":
-        prompts = builtin_prompts(check_choice(prompt_set, "prompt set", BUILTIN_SETS))
+        prompts = builtin_prompts(check_choice(values.get("prompt_set"), "prompt set", BUILTIN_SETS))
     elif source == "uploaded file":
-        if not upload:
+        if not values.get("upload"):
             raise ValueError("choose a JSONL or CSV file to upload first (or pick another prompt source)")
-        prompts = read_prompt_file(upload)
+        prompts = read_prompt_file(values["upload"])
     else:
-        prompts = [line.strip() for line in (prompt or "").splitlines() if line.strip()]
+        prompts = [line.strip() for line in (values.get("prompt") or "").splitlines() if line.strip()]
         if not prompts:
             raise ValueError("type at least one prompt (one per line), or pick another prompt source")
-    n = as_int(n_prompts, "number of prompts", 1, 1000)
+    n = as_int(values.get("n_prompts"), "number of prompts", 1, 1000)
     return prompts[:n]
 
 
-def make_grid(layer_parallel, calibration, draft_len, speculative, max_new_tokens, chat, temperature) -> PilotGrid:
+def make_grid(values: Mapping) -> PilotGrid:
+    """The settings grid from the screen's values: layer_parallel, calibration, draft_len and draft_dtypes (lists
+    of ticked values; no draft precision ticked: the session's own), speculative, max_new_tokens, chat,
+    temperature."""
+    layer_parallel, calibration, draft_len = (values.get(name) for name in ("layer_parallel", "calibration",
+                                                                            "draft_len"))
     if not layer_parallel:
         raise ValueError("tick at least one layer-parallel size N")
     plans = ("auto",) if AUTO in layer_parallel else ()
@@ -105,19 +114,34 @@ def make_grid(layer_parallel, calibration, draft_len, speculative, max_new_token
     return PilotGrid(layer_parallel=tuple(as_int(n, "N", 1, 64) for n in layer_parallel), plans=plans,
                      calibration=tuple(check_choice(c, "calibration policy", CALIBRATION_POLICIES)
                                        for c in calibration),
-                     draft_len=tuple(as_int(k, "k", 1, 16) for k in draft_len), speculative=bool(speculative),
-                     max_new_tokens=as_int(max_new_tokens, "max new tokens", 1, 2048), chat=bool(chat),
-                     temperature=as_float(temperature, "temperature"))
+                     draft_len=tuple(as_int(k, "k", 1, 16) for k in draft_len),
+                     speculative=bool(values.get("speculative")), chat=bool(values.get("chat")),
+                     max_new_tokens=as_int(values.get("max_new_tokens"), "max new tokens", 1, 2048),
+                     temperature=as_float(values.get("temperature"), "temperature"),
+                     draft_dtypes=tuple(check_choice(d, "draft precision", DRAFT_DTYPES)
+                                        for d in values.get("draft_dtypes") or ()))
 
 
-def make_handlers(ctx: AppContext):
+@dataclass(frozen=True)
+class PilotHandlers:
+    """The screen's handlers by name (tests call them directly)."""
+
+    estimate: Callable
+    pilot: Callable
+    trace_of: Callable
+    request_stop: Callable
+    export_report: Callable
+    tune: Callable
+
+
+def make_handlers(ctx: AppContext) -> PilotHandlers:
     session = ctx.session
 
-    def estimate(prompt, source, prompt_set, n_prompts, layer_parallel, calibration, draft_len, speculative,
-                 max_new_tokens, chat, temperature, upload, lang: str = "en") -> str:
+    def estimate(values: Mapping, lang: str = "en") -> str:
+        """The pilot's size and duration for the screen's values (the form's, as `pilot` takes them)."""
         try:
-            prompts = pick_prompts(prompt, source, prompt_set, n_prompts, upload)
-            grid = make_grid(layer_parallel, calibration, draft_len, speculative, max_new_tokens, chat, temperature)
+            prompts = pick_prompts(values)
+            grid = make_grid(values)
             lengths = [len(session.encode(p, grid.chat)) for p in prompts]
         except ValueError as exc:
             return f"⚠️ {exc}"
@@ -130,18 +154,18 @@ def make_handlers(ctx: AppContext):
         return size + text("pilot.estimate", lang, time=describe_seconds(seconds), rates=ctx.throughput.describe())
 
     @friendly_stream
-    def pilot(prompt, source, prompt_set, n_prompts, layer_parallel, calibration, draft_len, speculative,
-              max_new_tokens, chat, temperature, upload=None, comm="nvlink", state: UserState | None = None,
-              lang: str = "en", progress=gr.Progress()):
+    def pilot(values: Mapping, state: UserState | None = None, lang: str = "en", *, progress=gr.Progress()):
+        """`values`: the prompts' source (`pick_prompts`), the grid (`make_grid`) and comm, the interconnect model
+        of the projection (nvlink when left out)."""
         state = state if state is not None else UserState()
         lang = check_lang(lang)
         stop = state.begin("pilot")
         if stop.is_set():  # Stop came while the pilot waited for the device
             yield stopped_in_queue(11, lang)
             return
-        prompts = pick_prompts(prompt, source, prompt_set, n_prompts, upload)
-        grid = make_grid(layer_parallel, calibration, draft_len, speculative, max_new_tokens, chat, temperature)
-        comm = check_choice(comm, "communication model", tuple(COMM_MODELS))
+        prompts = pick_prompts(values)
+        grid = make_grid(values)
+        comm = check_choice(values.get("comm", "nvlink"), "communication model", tuple(COMM_MODELS))
         # Every check (the grid's run limit, each setting on each prompt) before the screen is cleared:
         # a refused pilot leaves the previous pilot's results and report in place.
         planned = check_pilot(session, [session.encode(p, grid.chat) for p in prompts], grid)  # one plan a run
@@ -217,18 +241,18 @@ def make_handlers(ctx: AppContext):
             gr.Info("Stopping after the current round.")
 
     @friendly_stream
-    def tune(prompt, source, prompt_set, n_prompts, upload=None, chat=True, tolerance=0.05, tokens=32,
-             draft_len=5, state: UserState | None = None):
-        """The auto-tuner on the pilot's prompts; the result is cached for "auto" grouping."""
+    def tune(values: Mapping, state: UserState | None = None):
+        """The auto-tuner on the pilot's prompts (`pick_prompts`); the result is cached for "auto" grouping.
+        `values` also: chat, tolerance, tokens (per prompt) and draft_len (k)."""
         state = state if state is not None else UserState()
-        prompts = pick_prompts(prompt, source, prompt_set, n_prompts, upload)
-        tol = as_float(tolerance, "tolerance")
+        prompts = pick_prompts(values)
+        tol = as_float(values.get("tolerance", 0.05), "tolerance")
         if not 0 < tol < 1:
             raise ValueError(f"tolerance must be between 0 and 1 (a relative loss of acceptance); got {tol}")
-        cfg = TuneConfig(tolerance=tol, max_new_tokens=as_int(tokens, "tokens per prompt", 4, 256),
-                         draft_len=as_int(draft_len, "draft length k", 1, 16),
+        cfg = TuneConfig(tolerance=tol, max_new_tokens=as_int(values.get("tokens", 32), "tokens per prompt", 4, 256),
+                         draft_len=as_int(values.get("draft_len", 5), "draft length k", 1, 16),
                          max_group=min(8, ctx.max_layer_parallel) if ctx.info.devices == 1 else ctx.info.devices)
-        ids = [session.encode(p, bool(chat)) for p in prompts]
+        ids = [session.encode(p, bool(values.get("chat", True))) for p in prompts]
         steps = session.tune_steps(ids, cfg)  # validates now: a bad setting never reaches the device
         stop = state.begin("pilot")
 
@@ -249,7 +273,7 @@ def make_handlers(ctx: AppContext):
             yield f"**Tuning** ({len(ids)} prompts): {batch[-1]} …", gr.skip()
         yield "**Stopped**: the tuner did not finish, nothing was cached.", gr.skip()
 
-    return estimate, pilot, trace_of, request_stop, export_report, tune
+    return PilotHandlers(estimate, pilot, trace_of, request_stop, export_report, tune)
 
 
 def write_report(ctx: AppContext, state: UserState, lang: str) -> str:
@@ -284,10 +308,10 @@ def _tuned_note(ctx: AppContext, lang: str = "en") -> str:
 
 def build(ctx: AppContext, state: gr.State, tab: gr.Tab, lang: gr.Radio):
     """Lay the screen out (`lang`: the language switch, an input of every handler that writes text);
-    returns (handler, inputs, outputs) that the switch re-runs."""
-    estimate, pilot, trace_of, request_stop, export_report, tune = make_handlers(ctx)
-    n_max = ctx.max_layer_parallel
-    n_choices = [*sorted({n for n in (1, 2, 3, 4, 5, 6, 8) if n <= n_max} | {n_max}), AUTO]
+    returns (handler, its inputs by name, outputs) that the switch re-runs."""
+    handlers = make_handlers(ctx)
+    estimate, pilot, trace_of = handlers.estimate, handlers.pilot, handlers.trace_of
+    request_stop, export_report, tune = handlers.request_stop, handlers.export_report, handlers.tune
     gr.Markdown("Run every setting of a grid on a set of prompts. Vanilla decoding runs first on each prompt: "
                 "speedups are measured against it in the same pilot, and greedy outputs are checked against it "
                 "token for token.")
@@ -301,11 +325,7 @@ def build(ctx: AppContext, state: gr.State, tab: gr.Tab, lang: gr.Radio):
                              file_types=[".jsonl", ".csv", ".json", ".txt"], elem_id="pilot-upload")
             prompt = gr.Textbox("", label="typed prompts (one per line)", lines=3, elem_id="pilot-prompt")
         with gr.Column(scale=1, min_width=320):
-            layer_parallel = gr.CheckboxGroup(n_choices, value=[n for n in (2, 4) if n <= n_max] or [1],
-                                              label="layer-parallel size N", elem_id="pilot-n")
-            calibration = gr.CheckboxGroup(list(CALIBRATION_POLICIES), value=["none", "every-round"],
-                                           label="calibration policy", elem_id="pilot-calibration")
-            draft_len = gr.CheckboxGroup([3, 5, 7], value=[5], label="draft length k", elem_id="pilot-k")
+            grid = grid_panel(ctx)
             speculative = gr.Checkbox(True, label="also sequential speculative decoding (per k)")
             with gr.Row():
                 max_new_tokens = gr.Slider(4, min(512, ctx.max_new_tokens), value=32, step=4,
@@ -314,9 +334,11 @@ def build(ctx: AppContext, state: gr.State, tab: gr.Tab, lang: gr.Radio):
             chat = gr.Checkbox(True, label="use the chat template")
             comm = gr.Dropdown(list(COMM_MODELS), value="nvlink", label="projection: interconnect model",
                                elem_id="pilot-comm")
-    inputs = [prompt, source, prompt_set, n_prompts, layer_parallel, calibration, draft_len, speculative,
-              max_new_tokens, chat, temperature, upload]
-    estimate_md = gr.Markdown(estimate(*[c.value for c in inputs]), elem_id="pilot-estimate")
+    # Inputs by name (inputs_kwargs): the handlers get one dict of values, and the API the same names.
+    form = dict(prompt=prompt, source=source, prompt_set=prompt_set, n_prompts=n_prompts, **grid,
+                speculative=speculative, max_new_tokens=max_new_tokens, chat=chat, temperature=temperature,
+                upload=upload)
+    estimate_md = gr.Markdown(estimate({name: c.value for name, c in form.items()}), elem_id="pilot-estimate")
     with gr.Row():
         run = gr.Button("Run pilot", variant="primary", elem_id="pilot-run")
         stop = gr.Button("Stop", variant="stop", elem_id="pilot-stop")
@@ -340,13 +362,26 @@ def build(ctx: AppContext, state: gr.State, tab: gr.Tab, lang: gr.Radio):
         with gr.Column():
             trace_pick = gr.Dropdown([], label="Chrome trace of run", elem_id="pilot-trace-pick")
             trace_file = gr.File(label="trace (.json, opens in Perfetto)", interactive=False, elem_id="pilot-trace")
-    for comp in inputs:
-        comp.change(estimate, inputs + [lang], estimate_md, api_visibility="private", queue=False,
-                    show_progress="hidden")
+
+    def on_estimate(*, lang: str, **values) -> str:
+        return estimate(values, lang)
+
+    # Gradio fills `progress` itself; `upload=None` makes the file optional in the API (a File has no value).
+    def on_pilot(progress=gr.Progress(), *, upload=None, **inputs):
+        values, state_, lang_ = named_inputs({**inputs, "upload": upload})
+        yield from pilot(values, state_, lang_, progress=progress)
+
+    def on_tune(*, upload=None, **inputs):
+        values, state_, _ = named_inputs({**inputs, "upload": upload})
+        yield from tune(values, state_)
+
+    for comp in form.values():
+        comp.change(on_estimate, inputs_kwargs={**form, "lang": lang}, outputs=estimate_md, api_visibility="private",
+                    queue=False, show_progress="hidden")
     run.click(arm_stop("pilot"), [state], None, queue=False, api_visibility="private", show_progress="hidden") \
-        .then(pilot, inputs + [comm, state, lang],
-              [status, summary, runs, chart, csv_file, json_file, trace_pick, trace_file, projected, projected_note,
-               report_file],
+        .then(on_pilot, inputs_kwargs={**form, "comm": comm, "state": state, "lang": lang},
+              outputs=[status, summary, runs, chart, csv_file, json_file, trace_pick, trace_file, projected,
+                       projected_note, report_file],
               api_name="pilot", concurrency_id="device", concurrency_limit=1)
     stop.click(request_stop, [state], None, queue=False, api_visibility="private")
     export.click(export_report, [state, lang], report_file, api_visibility="private")
@@ -368,12 +403,14 @@ def build(ctx: AppContext, state: gr.State, tab: gr.Tab, lang: gr.Radio):
         tune_btn = gr.Button("Run the tuner", elem_id="tune-run")
         tune_status = gr.Markdown(_tuned_note(ctx), elem_id="tune-status")
         tune_result = gr.Markdown("", elem_id="tune-result")
-    tune_btn.click(tune, [prompt, source, prompt_set, n_prompts, upload, chat, tolerance, tune_tokens, tune_k, state],
-                   [tune_status, tune_result], api_name="tune", concurrency_id="device", concurrency_limit=1)
+    tune_form = dict(prompt=prompt, source=source, prompt_set=prompt_set, n_prompts=n_prompts, upload=upload, chat=chat,
+                     tolerance=tolerance, tokens=tune_tokens, draft_len=tune_k, state=state)
+    tune_btn.click(on_tune, inputs_kwargs=tune_form, outputs=[tune_status, tune_result], api_name="tune",
+                   concurrency_id="device", concurrency_limit=1)
     tab.select(lambda lang_: _tuned_note(ctx, lang_), lang, tune_status, api_visibility="private", queue=False,
                show_progress="hidden")
 
-    def redraw(*values):  # the switch: the estimate and the tuning note in the chosen language
-        return estimate(*values), _tuned_note(ctx, values[-1])
+    def redraw(lang: str, **values):  # the switch: the estimate and the tuning note in the chosen language
+        return estimate(values, lang), _tuned_note(ctx, lang)
 
-    return redraw, inputs + [lang], [estimate_md, tune_status]
+    return redraw, {**form, "lang": lang}, [estimate_md, tune_status]

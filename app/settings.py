@@ -1,12 +1,16 @@
 """Turning the dashboard's inputs into engine settings, with messages a person can act on.
 
+Each screen's handler gets its inputs as one dict of values by name; the run settings among them are
+named as `spec_config` names its keywords (`RUN_SETTINGS`), and turned into a `SpecConfig` here only.
 Inputs arrive from the browser or from `gradio_client` scripts, so any of them may be missing,
 of the wrong type or out of range: each is checked here and a `ValueError` says which field is
 wrong, in the dashboard's own words (not the command line's flag names).
 """
 from __future__ import annotations
 
+import inspect
 import math
+from typing import Mapping
 
 from easyspec.core.settings import CALIBRATION_CHOICES, MODES, SamplingConfig, SettingsError, SpecConfig
 
@@ -107,6 +111,16 @@ def spec_config(mode, layer_parallel, calibration, draft_len, temperature, top_p
                           adaptive=as_bool(adaptive, "adaptive draft length"))
     except ValueError as exc:
         raise ValueError(ui_message(exc)) from None
+
+
+# The dashboard's run settings by name: spec_config's keywords, so that the panels' components, the handlers'
+# values and the conversion all use one set of names (the API's parameter names too).
+RUN_SETTINGS = tuple(inspect.signature(spec_config).parameters)
+
+
+def run_settings(values: Mapping) -> dict:
+    """The run settings among a form's values (the prompt, the state and the rest left out), for spec_config."""
+    return {name: values[name] for name in RUN_SETTINGS if name in values}
 
 
 def describe_config(cfg: SpecConfig) -> str:

@@ -240,8 +240,9 @@ def test_generate_and_replay_write_in_the_language_of_the_switch(app_ctx):
 
     from easyspec.app.generate_tab import make_handlers
 
-    generate, replay = make_handlers(app_ctx)[:2]
-    views = {lang: list(generate(**UNCALIBRATED, state=UserState(), lang=lang)) for lang in ("ja", "en", "fr")}
+    handlers = make_handlers(app_ctx)
+    generate, replay = handlers.generate, handlers.replay
+    views = {lang: list(generate(UNCALIBRATED, UserState(), lang)) for lang in ("ja", "en", "fr")}
     (status, text, cards, timeline, per_position, histogram, details, run_file, _, _, alert, rolling) = views["ja"][-1]
     assert views["ja"][0][0] == "**実行中** easyspec plan 0-7 none k=5 …"
     assert status.startswith("**完了**：easyspec plan 0-7 none k=5 · ") and "トークン/秒" in status
@@ -265,9 +266,10 @@ def test_generate_and_replay_write_in_the_language_of_the_switch(app_ctx):
     fr = views["fr"][-1]
     assert fr[0].startswith("**Done**: ") and fr[10] == en[10] and _figure_words(fr[11]) == _figure_words(en[11])
     # a replay of the saved run, in Japanese and in English
-    replayed = list(replay(run_file, "instant", UserState(), "ja"))[-1]
+    replayed = list(replay(dict(run_file=run_file, speed="instant"), UserState(), "ja"))[-1]
     assert replayed[0].startswith("**再生完了**：replay (easyspec, recorded ") and "受理率の低下" in replayed[10]
-    assert list(replay(run_file, "instant", UserState()))[-1][0].startswith("**Replayed**: replay (easyspec")
+    assert list(replay(dict(run_file=run_file, speed="instant"), UserState()))[-1][0].startswith(
+        "**Replayed**: replay (easyspec")
 
 
 def test_the_switch_redraws_the_generate_screen(app_ctx):
@@ -276,13 +278,13 @@ def test_the_switch_redraws_the_generate_screen(app_ctx):
     from easyspec.app.generate_tab import make_handlers
 
     handlers = make_handlers(app_ctx)
-    generate, redraw = handlers[0], handlers[-1]
+    generate, redraw = handlers.generate, handlers.redraw
     state = UserState()
     empty = redraw(state, "ja")  # before any run: the empty screen in Japanese
     assert empty[0] == "**実行** を押すと生成が始まります。" and len(empty) == 8
     words = [empty[0], empty[1], empty[2]] + [w for f in empty[3:6] + empty[7:] for w in _figure_words(f)]
     assert not untranslated(words), untranslated(words)
-    last = list(generate(**UNCALIBRATED, state=state, lang="en"))[-1]
+    last = list(generate(UNCALIBRATED, state, "en"))[-1]
     ja = redraw(state, "ja")  # a finished English run, drawn again in Japanese: same tokens, same alert
     assert ja[0].startswith("**完了**：easyspec plan 0-7 none k=5 · ") and "受理率の低下" in ja[6]
     assert _figure_words(ja[4])[0] == "位置ごとの受理率"
@@ -314,8 +316,9 @@ def test_compare_writes_in_the_language_of_the_switch(app_ctx):
     columns = {f"{name}_{c}": value for c in range(1, 5)
                for name, value in (("mode", "vanilla" if c == 1 else "easyspec"), ("layer_parallel", 4),
                                    ("calibration", "every-round"), ("draft_len", 3))}
-    views = {lang: list(compare("The quick brown fox", True, 8, 0, 0, 2, **columns, lang=lang))
-             for lang in ("ja", "en", "xx")}
+    values = dict(prompt="The quick brown fox", chat=True, max_new_tokens=8, temperature=0, seed=0, columns=2,
+                  **columns)
+    views = {lang: list(compare(values, lang=lang)) for lang in ("ja", "en", "xx")}
     first, (status, table, badge, details, *cells) = views["ja"][0], views["ja"][-1]
     assert first[0] == "**比較中** 同じプロンプトで 2 通りの設定を実行しています …"
     assert status == "**完了**：すべての列を同じプロンプトで、同じデバイス上で順番に実行しました。"
@@ -344,16 +347,18 @@ def test_stop_while_a_run_waits_for_the_device_cancels_it_before_it_starts(app_c
     from easyspec.app.generate_tab import make_handlers
     from easyspec.app.pilot_tab import make_handlers as pilot_handlers
 
-    generate, pilot = make_handlers(app_ctx)[0], pilot_handlers(app_ctx)[1]
+    generate, pilot = make_handlers(app_ctx).generate, pilot_handlers(app_ctx).pilot
     compare = make_compare(app_ctx)
     columns = {f"{name}_{c}": value for c in range(1, 5)
                for name, value in (("mode", "vanilla"), ("layer_parallel", 4), ("calibration", "every-round"),
                                    ("draft_len", 3))}
-    calls = {"generate": lambda state: generate(**{**UNCALIBRATED, "max_new_tokens": 8}, state=state, lang="ja"),
-             "compare": lambda state: compare("The quick brown fox", True, 8, 0, 0, 2, **columns, state=state,
-                                              lang="ja"),
-             "pilot": lambda state: pilot("The quick brown fox", "typed prompts", "code", 1, [2], ["every-round"],
-                                          [3], True, 8, True, 0, state=state, lang="ja")}
+    calls = {"generate": lambda state: generate({**UNCALIBRATED, "max_new_tokens": 8}, state, "ja"),
+             "compare": lambda state: compare(dict(prompt="The quick brown fox", chat=True, max_new_tokens=8,
+                                                   temperature=0, seed=0, columns=2, **columns), state, "ja"),
+             "pilot": lambda state: pilot(dict(prompt="The quick brown fox", source="typed prompts", prompt_set="code",
+                                               n_prompts=1, layer_parallel=[2], calibration=["every-round"],
+                                               draft_len=[3], speculative=True, max_new_tokens=8, chat=True,
+                                               temperature=0), state, "ja")}
     for screen, call in calls.items():
         state = UserState()
         arm_stop(screen)(state)  # the click
@@ -375,3 +380,86 @@ def test_the_app_keeps_at_most_max_sessions_in_memory(tmp_path):
     assert launch_settings(AppOptions(), tmp_path)["state_session_capacity"] == AppOptions().max_sessions == 200
     with pytest.raises(ValueError, match="--max-sessions must be >= 1; got 0"):
         AppOptions(max_sessions=0)
+
+
+# -- every handler of the dashboard takes at most three positional parameters --------------------------
+MAX_POSITIONAL = 3  # the form's values (one dict by name), the user's state, the language
+
+
+def positional_parameters(fn) -> float:
+    """How many positional arguments `fn` takes (inf with *args): what Gradio fills one input at a time."""
+    import inspect
+
+    kinds = [p.kind for p in inspect.signature(fn).parameters.values()]
+    if inspect.Parameter.VAR_POSITIONAL in kinds:
+        return float("inf")
+    return sum(k in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD) for k in kinds)
+
+
+def wide_handlers(demo) -> list[str]:
+    """The registered event functions of `demo` that take more than MAX_POSITIONAL positional parameters."""
+    return [f"{getattr(fn.fn, '__qualname__', fn.fn)} ({positional_parameters(fn.fn)})" for fn in demo.fns.values()
+            if fn.fn is not None and positional_parameters(fn.fn) > MAX_POSITIONAL]
+
+
+def test_the_check_of_positional_parameters_finds_a_wide_handler():
+    import gradio as gr
+
+    def wide(a, b, c, d):
+        return a
+
+    def many(*values):
+        return values[0]
+
+    def narrow(values, state, lang="en", *, progress=None, **rest):
+        return values
+
+    with gr.Blocks() as demo:
+        boxes = [gr.Textbox() for _ in range(4)]
+        boxes[0].change(wide, boxes, boxes[0])
+        boxes[1].change(many, boxes, boxes[1])
+        boxes[2].change(narrow, boxes[:3], boxes[2])
+    assert positional_parameters(narrow) == 3
+    found = wide_handlers(demo)
+    assert len(found) == 2 and found[0].endswith("wide (4)") and found[1].endswith("many (inf)"), found
+
+
+def test_no_dashboard_handler_takes_more_than_three_positional_parameters(app_ctx):
+    from easyspec.app.dashboard import build_app
+
+    demo = build_app(app_ctx)
+    assert len(demo.fns) > 20  # every screen's events, not an empty app
+    assert not wide_handlers(demo), wide_handlers(demo)
+
+
+def test_the_api_keeps_its_parameter_names(app_ctx):
+    """The events pass their inputs by name: the API's parameters are the handlers' names, with defaults, and the
+    pilot's draft precision is one of them (none ticked: the session's own)."""
+    from easyspec.app.dashboard import build_app
+    from easyspec.app.settings import RUN_SETTINGS
+
+    api = build_app(app_ctx).get_api_info()["named_endpoints"]
+    names = {name: [p["parameter_name"] for p in api[name]["parameters"]] for name in api}
+    assert names["/generate"] == ["prompt", "chat", *RUN_SETTINGS, "on_low_acceptance", "lang"]
+    assert names["/replay"] == ["run_file", "speed", "lang"]
+    assert {"prompt", "columns", "mode_1", "grouping_4", "lang"} <= set(names["/compare"])
+    assert names["/pilot"][:8] == ["prompt", "source", "prompt_set", "n_prompts", "layer_parallel", "calibration",
+                                   "draft_len", "draft_dtypes"]
+    pilot = {p["parameter_name"]: p for p in api["/pilot"]["parameters"]}
+    assert pilot["upload"]["parameter_has_default"] and pilot["upload"]["parameter_default"] is None
+    assert pilot["draft_dtypes"]["parameter_default"] == []
+    assert names["/tune"] == ["prompt", "source", "prompt_set", "n_prompts", "upload", "chat", "tolerance", "tokens",
+                              "draft_len"]
+
+
+def test_the_pilot_grid_takes_the_draft_precisions(app_ctx):
+    from easyspec.app.pilot_tab import make_grid
+
+    values = dict(layer_parallel=[2], calibration=["none"], draft_len=[3], speculative=True, max_new_tokens=8,
+                  chat=True, temperature=0)
+    assert make_grid(values).draft_dtypes == ()  # none ticked: the session's own precision
+    grid = make_grid({**values, "draft_dtypes": ["bfloat16", "int8"]})
+    assert grid.draft_dtypes == ("bfloat16", "int8")
+    assert [s.config.draft_dtype for s in grid.settings()[1:]] == ["bfloat16", "int8"] * 2
+    with pytest.raises(ValueError, match="draft precision must be one of float32, bfloat16, int8"):
+        make_grid({**values, "draft_dtypes": ["float8"]})

@@ -148,10 +148,10 @@ def test_metrics_page_needs_the_login_and_counts_a_generate_run(launched):
     assert _get(f"{url}/metrics", {"Authorization": "Basic !!!"})[0] == 401
     assert _get(f"{url}/metrics", {"Cookie": "access-token-x=y"})[0] == 401
     # a Generate run through the screen's handler (the launch default: fallback), then the page counts it
-    generate = make_handlers(ctx)[0]
-    views = list(generate(prompt="The quick brown fox", chat=True, mode="easyspec", layer_parallel=4,
-                          calibration="none", draft_len=5, temperature=0, top_p=1, top_k=0, seed=0,
-                          max_new_tokens=60, grouping="custom plan", plan="0-7", state=UserState(), lang="en"))
+    generate = make_handlers(ctx).generate
+    views = list(generate(dict(prompt="The quick brown fox", chat=True, mode="easyspec", layer_parallel=4,
+                               calibration="none", draft_len=5, temperature=0, top_p=1, top_k=0, seed=0,
+                               max_new_tokens=60, grouping="custom plan", plan="0-7"), UserState(), "en"))
     assert "fallback: sequential drafting" in views[-1][0], views[-1][0]
     status, body, headers = _get(f"{url}/metrics", _basic(*LOGIN))
     assert status == 200 and headers.get("content-type", headers.get("Content-Type", "")).startswith("text/plain")
@@ -196,9 +196,10 @@ def test_pilot_runs_are_counted_with_their_greedy_checks(launched):
 
     ctx, url = launched
     before = _samples(_get(f"{url}/metrics", _basic(*LOGIN))[1])
-    pilot = make_handlers(ctx)[1]
-    views = list(pilot("The quick brown fox", "typed prompts", "code", 1, [2], ["every-round"], [3], False, 8, True,
-                       0, state=UserState(), lang="en"))
+    pilot = make_handlers(ctx).pilot
+    views = list(pilot(dict(prompt="The quick brown fox", source="typed prompts", prompt_set="code", n_prompts=1,
+                            layer_parallel=[2], calibration=["every-round"], draft_len=[3], speculative=False,
+                            max_new_tokens=8, chat=True, temperature=0), UserState(), "en"))
     assert views[-1][0].startswith("**Done**"), views[-1][0]
     after = _samples(_get(f"{url}/metrics", _basic(*LOGIN))[1])
 

@@ -54,9 +54,10 @@ def test_generate_resolves_once_per_run(app_ctx, counted):
     from easyspec.app.generate_tab import make_handlers
     from easyspec.app.state import UserState
 
-    generate_handler = make_handlers(app_ctx)[0]
-    views = list(generate_handler("The quick brown fox", True, "easyspec", 2, "auto", 3, 0, 1, 0, 0, 6,
-                                  state=UserState()))
+    generate_handler = make_handlers(app_ctx).generate
+    values = dict(prompt="The quick brown fox", chat=True, mode="easyspec", layer_parallel=2, calibration="auto",
+                  draft_len=3, temperature=0, top_p=1, top_k=0, seed=0, max_new_tokens=6)
+    views = list(generate_handler(values, UserState()))
     assert views[-1][0].startswith("**Done**")
     assert_one_plan_per_run(counted, 1)
     assert counted["generate"][0].settings.calibration == "every-round"  # auto without a tuned plan
@@ -69,7 +70,9 @@ def test_compare_resolves_once_per_run(app_ctx, counted):
     columns = {f"{name}_{c}": value for c in range(1, 5)
                for name, value in (("mode", "vanilla" if c == 1 else "easyspec"), ("layer_parallel", 2),
                                    ("calibration", "every-round"), ("draft_len", 3))}
-    views = list(make_compare(app_ctx)("The quick brown fox", True, 6, 0, 0, 3, **columns, state=UserState()))
+    values = dict(prompt="The quick brown fox", chat=True, max_new_tokens=6, temperature=0, seed=0, columns=3,
+                  **columns)
+    views = list(make_compare(app_ctx)(values, UserState()))
     assert views[-1][0].startswith("**Done**")
     assert_one_plan_per_run(counted, 3)
 
@@ -78,9 +81,11 @@ def test_pilot_resolves_once_per_run(app_ctx, counted):
     from easyspec.app.pilot_tab import make_handlers
     from easyspec.app.state import UserState
 
-    pilot = make_handlers(app_ctx)[1]
-    views = list(pilot("The quick brown fox", "typed prompts", "code", 1, [2], ["every-round"], [3], True, 6, True,
-                       0, state=UserState()))
+    pilot = make_handlers(app_ctx).pilot
+    values = dict(prompt="The quick brown fox", source="typed prompts", prompt_set="code", n_prompts=1,
+                  layer_parallel=[2], calibration=["every-round"], draft_len=[3], speculative=True, max_new_tokens=6,
+                  chat=True, temperature=0)
+    views = list(pilot(values, UserState()))
     assert views[-1][0].startswith("**Done**")
     assert_one_plan_per_run(counted, 1 + 3)  # the warm-up, then vanilla, speculative and easyspec N=2
 
