@@ -15,9 +15,9 @@ from dataclasses import replace
 from typing import Sequence
 
 from .engine.decoder import DecoderConfig
-from .engine.grouping import describe, largest_group, layer_groups, parse_plan
-from .settings import (AUTO, DEFAULT_CALIBRATION, RunPlan, SettingsError, SpecConfig, check_stop_strings,
-                       default_layer_parallel, middle_layers, name)
+from .engine.grouping import describe, largest_group, plan_of
+from .settings import (AUTO, DEFAULT_CALIBRATION, RunPlan, SettingsError, SpecConfig, default_layer_parallel,
+                       middle_layers, name)
 
 
 def plan_run(settings: SpecConfig, prompt_ids: Sequence[int], base, draft, devices: int = 1, tuning=None) -> RunPlan:
@@ -27,10 +27,7 @@ def plan_run(settings: SpecConfig, prompt_ids: Sequence[int], base, draft, devic
     s, base, draft = settings, _config(base), _config(draft)
     if s.mode != "vanilla" and draft is None:
         raise SettingsError("mode", f"mode {s.mode} needs a draft model, and this session loaded none")
-    check_stop_strings(s.stop_strings)
-    n = s.layer_parallel
-    applied: list[str] = []
-    layers, groups = None, s.groups
+    n, groups, applied = s.layer_parallel, s.groups, []
     if s.mode == "easyspec":
         if groups == AUTO:
             if tuning is None:
@@ -39,18 +36,8 @@ def plan_run(settings: SpecConfig, prompt_ids: Sequence[int], base, draft, devic
                                               "screen), or choose N or a plan")
             groups = tuning.plan
             applied.append(f"tuned plan {groups}")
-        if groups:
-            layers = parse_plan(groups, draft.n_layers)
-        else:
-            n = n or default_layer_parallel(devices, middle_layers(draft.n_layers, s.sequential_head,
-                                                                   s.sequential_tail))
-            layers = layer_groups(draft.n_layers, n, s.sequential_head, s.sequential_tail)
-        size = largest_group(layers)
-        if size > devices > 1:
-            what = f"{name('layer_parallel')} {n}" if not groups else f"a group of {size} layers"
-            raise SettingsError("layer_parallel" if not groups else "groups",
-                                f"{what} is more than the {devices} devices: across devices each layer of a group "
-                                f"runs on its own device, so N <= G (groups of at most G layers)")
+        if not (groups or n):
+            n = default_layer_parallel(devices, middle_layers(draft.n_layers, s.sequential_head, s.sequential_tail))
     calibration = s.calibration
     if calibration == AUTO:
         tuned = s.mode == "easyspec" and s.groups == AUTO and bool(tuning.policies)
@@ -58,6 +45,13 @@ def plan_run(settings: SpecConfig, prompt_ids: Sequence[int], base, draft, devic
         if tuned:
             applied.append(f"tuned calibration {calibration}")
     resolved = replace(s, layer_parallel=n or default_layer_parallel(devices), groups=groups, calibration=calibration)
+    layers = plan_of(resolved, draft.n_layers) if s.mode == "easyspec" else None
+    size = largest_group(layers) if layers else 1
+    if size > devices > 1:
+        what = f"{name('layer_parallel')} {n}" if not groups else f"a group of {size} layers"
+        raise SettingsError("groups" if groups else "layer_parallel",
+                            f"{what} is more than the {devices} devices: across devices each layer of a group "
+                            f"runs on its own device, so N <= G (groups of at most G layers)")
     resolved = replace(resolved, expected_acceptance=_expected(resolved, layers, tuning))
     check_prompt(prompt_ids, resolved, base, draft)
     return RunPlan(resolved, tuple(prompt_ids), layers, tuple(applied))

@@ -35,7 +35,7 @@ def parse_plan(text: str, n_layers: int) -> tuple[Group, ...]:
     parts = [p.strip() for p in str(text).split("|")]
     if not text or not text.strip() or any(not p for p in parts):
         raise SettingsError("groups", f"{where}: write the draft's layers in order as groups separated by '|', "
-                         f"for example '0|1-4|5-8|...|{n_layers - 1}' (a group is 'a' or 'a-b')")
+                                      f"for example '0|1-4|5-8|...|{n_layers - 1}' (a group is 'a' or 'a-b')")
     groups, expect = [], 0
     for part in parts:
         ends = part.split("-")
@@ -46,15 +46,15 @@ def parse_plan(text: str, n_layers: int) -> tuple[Group, ...]:
             raise SettingsError("groups", f"{where}: group {part!r} runs backwards")
         if a != expect:
             what = "is missing" if a > expect else "appears twice"
-            raise SettingsError("groups", f"{where}: layer {min(a, expect)} {what}; groups must cover layers 0..{n_layers - 1} "
-                             f"in order, each once")
+            raise SettingsError("groups", f"{where}: layer {min(a, expect)} {what}; groups must cover layers "
+                                          f"0..{n_layers - 1} in order, each once")
         if b >= n_layers:
             raise SettingsError("groups", f"{where}: layer {b} does not exist; the draft has layers 0..{n_layers - 1}")
         groups.append((a, b + 1))
         expect = b + 1
     if expect != n_layers:
-        raise SettingsError("groups", f"{where}: layers {expect}..{n_layers - 1} are missing; groups must cover layers "
-                         f"0..{n_layers - 1}")
+        raise SettingsError("groups", f"{where}: layers {expect}..{n_layers - 1} are missing; groups must cover "
+                                      f"layers 0..{n_layers - 1}")
     return tuple(groups)
 
 
