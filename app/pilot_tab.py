@@ -18,7 +18,7 @@ from typing import Callable, Mapping
 import gradio as gr
 
 from easyspec.core.settings import CALIBRATION_POLICIES, DRAFT_DTYPES
-from easyspec.core.i18n import check_lang, text, tr
+from easyspec.core.i18n import check_lang, msg, text, tr
 from easyspec.core.files import write_text_atomic
 from easyspec.core.engine.verdicts import VERDICTS
 from easyspec.core.evaluation.pilot import (DEFAULT_PROMPTS, PilotGrid, PilotProgress, PilotRun, check_pilot,
@@ -33,7 +33,7 @@ from easyspec.visualizations.pilot_charts import pilot_figure
 from easyspec.visualizations.report import pilot_report_html
 from easyspec.visualizations.translate import translate_figure
 
-from .common import arm_stop, friendly, friendly_stream, named_inputs, stopped_in_queue, write_trace
+from .common import arm_stop, by_component, friendly, friendly_stream, named_inputs, stopped_in_queue, write_trace
 from .context import AppContext
 from .panel import AUTO, grid_panel
 from .settings import as_float, as_int, check_choice
@@ -161,7 +161,7 @@ def make_handlers(ctx: AppContext) -> PilotHandlers:
         lang = check_lang(lang)
         stop = state.begin("pilot")
         if stop.is_set():  # Stop came while the pilot waited for the device
-            yield stopped_in_queue(11, lang)
+            yield stopped_in_queue(lang)
             return
         prompts = pick_prompts(values)
         grid = make_grid(values)
@@ -174,9 +174,10 @@ def make_handlers(ctx: AppContext) -> PilotHandlers:
         state.pilot_report = None
         rows: list[dict] = []
         kept: list[PilotRun] = []
-        yield (text("pilot.starting", lang), _table([], SUMMARY_COLUMNS, lang), _table([], RUN_COLUMNS, lang),
-               translate_figure(pilot_figure([]), lang), None, None, gr.Dropdown(choices=[], value=None), None,
-               _table([], PROJECTION_COLUMNS, lang), "", None)
+        yield dict(status=text("pilot.starting", lang), summary=_table([], SUMMARY_COLUMNS, lang),
+                   runs=_table([], RUN_COLUMNS, lang), chart=translate_figure(pilot_figure([]), lang), csv_file=None,
+                   json_file=None, trace_pick=gr.Dropdown(choices=[], value=None), trace_file=None,
+                   projected=_table([], PROJECTION_COLUMNS, lang), projected_note="", report_file=None)
         job = DeviceJob(lambda ev: run_pilot(session, prompts, grid, should_stop=ev.is_set, planned=planned), stop)
         status, last, prompt_ids = "", None, {}
         for batch in job.batches(min_interval_s=0.3):
@@ -198,8 +199,8 @@ def make_handlers(ctx: AppContext) -> PilotHandlers:
                         prompt_ids[i] = session.encode(prompts[i], grid.chat)
                     _keep_pilot_run(state, item, prompts[i], prompt_ids[i])
             summary = summarise(rows) if rows else []
-            yield (status, _table(summary, SUMMARY_COLUMNS, lang), _table(rows, RUN_COLUMNS, lang),
-                   translate_figure(pilot_figure(summary), lang), *[gr.skip()] * 7)
+            yield dict(status=status, summary=_table(summary, SUMMARY_COLUMNS, lang),
+                       runs=_table(rows, RUN_COLUMNS, lang), chart=translate_figure(pilot_figure(summary), lang))
         summary = summarise(rows)
         folder = ctx.new_files_dir()
         csv_path, json_path = folder / "pilot_runs.csv", folder / "pilot.json"
@@ -216,12 +217,13 @@ def make_handlers(ctx: AppContext) -> PilotHandlers:
         labels = list(state.pilot_runs)
         stopped = last is not None and last.label == "stopped"
         took = text("pilot.took", lang, time=describe_seconds(last.elapsed_s)) if last else ""
-        yield (text("pilot.stopped" if stopped else "pilot.done", lang, n=len(rows),
-                    total=last.total if last else len(rows), took=took),
-               _table(summary, SUMMARY_COLUMNS, lang), _table(rows, RUN_COLUMNS, lang),
-               translate_figure(pilot_figure(summary), lang),
-               str(csv_path), str(json_path), gr.Dropdown(choices=labels, value=labels[-1] if labels else None),
-               None, projected, projected_note, report_path)
+        yield dict(status=text("pilot.stopped" if stopped else "pilot.done", lang, n=len(rows),
+                               total=last.total if last else len(rows), took=took),
+                   summary=_table(summary, SUMMARY_COLUMNS, lang), runs=_table(rows, RUN_COLUMNS, lang),
+                   chart=translate_figure(pilot_figure(summary), lang), csv_file=str(csv_path),
+                   json_file=str(json_path),
+                   trace_pick=gr.Dropdown(choices=labels, value=labels[-1] if labels else None),
+                   trace_file=None, projected=projected, projected_note=projected_note, report_file=report_path)
 
     @friendly
     def trace_of(label, state: UserState):
@@ -263,15 +265,16 @@ def make_handlers(ctx: AppContext) -> PilotHandlers:
                     steps.close()
                     return
 
-        yield f"**Tuning** on {len(ids)} prompts …", gr.skip()
+        yield {"tune_status": f"**Tuning** on {len(ids)} prompts …"}
         for batch in DeviceJob(produce, stop).batches(min_interval_s=0.3):
             for step in batch:
                 if isinstance(step, TuneResult):
-                    yield (f"**Done**: plan `{step.plan}` is cached for this pair; choose *auto (tuned)* as the "
-                           f"layer grouping on the Generate screen."), tuning_markdown(step)
+                    yield {"tune_status": f"**Done**: plan `{step.plan}` is cached for this pair; choose "
+                                          f"*auto (tuned)* as the layer grouping on the Generate screen.",
+                           "tune_result": tuning_markdown(step)}
                     return
-            yield f"**Tuning** ({len(ids)} prompts): {batch[-1]} …", gr.skip()
-        yield "**Stopped**: the tuner did not finish, nothing was cached.", gr.skip()
+            yield {"tune_status": f"**Tuning** ({len(ids)} prompts): {batch[-1]} …"}
+        yield {"tune_status": "**Stopped**: the tuner did not finish, nothing was cached."}
 
     return PilotHandlers(estimate, pilot, trace_of, request_stop, export_report, tune)
 
@@ -301,9 +304,10 @@ def _tuned_note(ctx: AppContext, lang: str = "en") -> str:
     result = ctx.session.tuning() if ctx.info.draft else None
     if result is None:
         return tr("This pair has not been tuned yet.", lang)
-    return tr(f"Cached for this pair: plan `{result.plan}` ({result.steps} draft steps, acceptance "
-              f"{result.acceptance_rate:.2f} vs {result.baseline_rate:.2f} for N = 1 at draft length k = "
-              f"{result.draft_len}, tuned {result.created}).", lang)
+    return tr(msg("Cached for this pair: plan `{plan}` ({steps} draft steps, acceptance {rate} vs {baseline} for N = 1 "
+                  "at draft length k = {k}, tuned {created}).", plan=result.plan, steps=result.steps,
+                  rate=f"{result.acceptance_rate:.2f}", baseline=f"{result.baseline_rate:.2f}", k=result.draft_len,
+                  created=result.created), lang)
 
 
 def build(ctx: AppContext, state: gr.State, tab: gr.Tab, lang: gr.Radio):
@@ -367,21 +371,21 @@ def build(ctx: AppContext, state: gr.State, tab: gr.Tab, lang: gr.Radio):
         return estimate(values, lang)
 
     # Gradio fills `progress` itself; `upload=None` makes the file optional in the API (a File has no value).
+    pilot_outputs = dict(status=status, summary=summary, runs=runs, chart=chart, csv_file=csv_file,
+                         json_file=json_file, trace_pick=trace_pick, trace_file=trace_file, projected=projected,
+                         projected_note=projected_note, report_file=report_file)
+
     def on_pilot(progress=gr.Progress(), *, upload=None, **inputs):
         values, state_, lang_ = named_inputs({**inputs, "upload": upload})
-        yield from pilot(values, state_, lang_, progress=progress)
-
-    def on_tune(*, upload=None, **inputs):
-        values, state_, _ = named_inputs({**inputs, "upload": upload})
-        yield from tune(values, state_)
+        for view in pilot(values, state_, lang_, progress=progress):
+            yield by_component(view, pilot_outputs)
 
     for comp in form.values():
         comp.change(on_estimate, inputs_kwargs={**form, "lang": lang}, outputs=estimate_md, api_visibility="private",
                     queue=False, show_progress="hidden")
     run.click(arm_stop("pilot"), [state], None, queue=False, api_visibility="private", show_progress="hidden") \
         .then(on_pilot, inputs_kwargs={**form, "comm": comm, "state": state, "lang": lang},
-              outputs=[status, summary, runs, chart, csv_file, json_file, trace_pick, trace_file, projected,
-                       projected_note, report_file],
+              outputs=list(pilot_outputs.values()),
               api_name="pilot", concurrency_id="device", concurrency_limit=1)
     stop.click(request_stop, [state], None, queue=False, api_visibility="private")
     export.click(export_report, [state, lang], report_file, api_visibility="private")
@@ -405,12 +409,19 @@ def build(ctx: AppContext, state: gr.State, tab: gr.Tab, lang: gr.Radio):
         tune_result = gr.Markdown("", elem_id="tune-result")
     tune_form = dict(prompt=prompt, source=source, prompt_set=prompt_set, n_prompts=n_prompts, upload=upload, chat=chat,
                      tolerance=tolerance, tokens=tune_tokens, draft_len=tune_k, state=state)
-    tune_btn.click(on_tune, inputs_kwargs=tune_form, outputs=[tune_status, tune_result], api_name="tune",
+    tune_outputs = dict(tune_status=tune_status, tune_result=tune_result)
+
+    def on_tune(*, upload=None, **inputs):
+        values, state_, _ = named_inputs({**inputs, "upload": upload})
+        for view in tune(values, state_):
+            yield by_component(view, tune_outputs)
+
+    tune_btn.click(on_tune, inputs_kwargs=tune_form, outputs=list(tune_outputs.values()), api_name="tune",
                    concurrency_id="device", concurrency_limit=1)
     tab.select(lambda lang_: _tuned_note(ctx, lang_), lang, tune_status, api_visibility="private", queue=False,
                show_progress="hidden")
 
     def redraw(lang: str, **values):  # the switch: the estimate and the tuning note in the chosen language
-        return estimate(values, lang), _tuned_note(ctx, lang)
+        return {"estimate": estimate(values, lang), "tune_status": _tuned_note(ctx, lang)}
 
-    return redraw, {**form, "lang": lang}, [estimate_md, tune_status]
+    return redraw, {**form, "lang": lang}, {"estimate": estimate_md, "tune_status": tune_status}

@@ -9,6 +9,7 @@ What it is not: the decoding loop (`engine/loop.py`) or the multi-device protoco
 """
 from __future__ import annotations
 
+import datetime
 import functools
 import logging
 import re
@@ -20,7 +21,7 @@ import torch
 
 from .engine.decoder import DecoderConfig
 from .engine.loop import Stopping, generate
-from .engine.records import RoundRecord
+from .engine.records import RoundRecord, RunHeader
 from .models.loading import PairSource, load_draft, load_pair, parse_device, parse_dtype, resolve_pair
 from .models.text import encode_prompt
 from .planning import check_prompt, plan_run
@@ -205,6 +206,15 @@ class Session:
         needs_tuning = settings.mode != "vanilla" and self.draft is not None
         return plan_run(settings, prompt_ids, self.base.cfg, self.draft.cfg if self.draft else None, self.devices,
                         self.tuning() if needs_tuning else None)
+
+    def run_header(self, settings: dict, prompt_ids: Sequence[int], **extra) -> RunHeader:
+        """What a saved run of this session says about itself (records.save_run): its settings
+        (`RunPlan.as_dict()`), the models, the prompt, the device and precisions, now; `extra` adds to
+        what it carries beside (the CLI and the dashboard say where the run came from)."""
+        i, now = self.info, datetime.datetime.now(datetime.timezone.utc)
+        return RunHeader(settings=settings, base=i.base, draft=i.draft, prompt_ids=tuple(prompt_ids), device=i.device,
+                         dtype=i.dtype, created=now.isoformat(timespec="seconds"),
+                         extra={"devices": i.devices, "draft_dtype": i.draft_dtype, **extra})
 
     # -- tuning (tuner/) --------------------------------------------------------------------------
     @functools.cached_property

@@ -11,7 +11,7 @@ import json
 import re
 import statistics
 import string
-from html import escape
+from html import escape, unescape
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -284,3 +284,19 @@ def test_what_was_not_measured_and_the_timelines_run_follow_the_numbers(pilot, r
     page = reports["en"][1].read_text(encoding="utf-8")
     assert escape(f"speedup {rep['speedup']:.2f}x, the run nearest its setting's median over the prompts "
                        f"({rep['setting_median']:.2f}x)") in page
+
+
+def test_the_report_says_what_each_run_plan_applied(reports):
+    """A setting whose run plan applied the tuner's plan or policy (RunPlan.applied) says so under the measured
+    table, in both languages; a pilot where nothing was applied has no such note."""
+    for lang in LANGS:
+        data, path = reports[lang]
+        assert 'id="applied"' not in path.read_text(encoding="utf-8")
+        settings = [dict(s) for s in data["settings"]]
+        settings[0]["applied"] = "tuned plan 0|1-3|4-6|7; tuned calibration on-mismatch"
+        page = report_html({**data, "settings": settings})
+        note = page[page.index('id="applied"'):]
+        note = note[:note.index("</div>")]
+        assert escape(f"{settings[0]['setting']}: tuned plan 0|1-3|4-6|7; tuned calibration on-mismatch") in note
+        assert note.count("<li>") == 1
+        assert ("tuner's layer plan" if lang == "en" else "チューナーが選んだレイヤ構成") in unescape(note)

@@ -13,6 +13,8 @@ from typing import Mapping, Sequence
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from easyspec.core.i18n import msg
+
 from .palette import GREY, OKABE_ITO, POLICY_COLOURS
 
 DASHES = ("solid", "dot", "dash", "longdash", "dashdot")
@@ -34,7 +36,7 @@ def pilot_figure(summary: Sequence[Mapping], height: int = 340) -> go.Figure:
                            and r["layer_parallel"] is not None), key=lambda r: r["layer_parallel"])
             if not rows:
                 continue
-            name = f"calibration {policy}" + (f", k={k}" if len(ks) > 1 else "")
+            name = msg("calibration {policy}", policy=policy) + (f", k={k}" if len(ks) > 1 else "")
             style = dict(color=POLICY_COLOURS[policy], dash=DASHES[j % len(DASHES)])
             for col, key in ((1, "speedup"), (2, "acceptance_rate")):
                 fig.add_trace(go.Scatter(
@@ -53,7 +55,7 @@ def pilot_figure(summary: Sequence[Mapping], height: int = 340) -> go.Figure:
                     row=1, col=col)
     for r in summary:
         if r.get("mode") == "speculative":
-            label = f"speculative (sequential draft, k={r['draft_len']})"
+            label = msg("speculative (sequential draft, k={k})", k=r["draft_len"])
             for col, key in ((1, "speedup"), (2, "acceptance_rate")):
                 if r.get(key) is not None:
                     fig.add_hline(y=r[key], line=dict(color=OKABE_ITO["black"], dash="dot", width=1),

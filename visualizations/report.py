@@ -17,7 +17,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
-from easyspec.core.i18n import text, tr
+from easyspec.core.i18n import msg, text, tr
 from easyspec.core.engine.metrics import memory_label
 from easyspec.core.evaluation.pilot import PilotGrid, PilotRun
 from easyspec.core.engine.records import RoundRecord
@@ -128,6 +128,10 @@ def report_html(data: Mapping, records: Sequence[RoundRecord] = ()) -> str:
                        _num(s.get("largest_run_peak_memory_mib"), 0), _num(s.get("largest_run_memory_growth_mib"), 0)]
                       for s in settings],
                      numeric=range(1, 11), elem_id="measured")]
+    applied = [(s["setting"], s["applied"]) for s in settings if s.get("applied")]
+    if applied:  # what the run plan chose beyond the setting's words (RunPlan.applied): a tuned plan or policy
+        items = "".join(f"<li>{_e(setting)}: {_e(what)}</li>" for setting, what in applied)
+        parts.append(f'<div class="note" id="applied">{_e(t("report.applied_note"))}<ul>{items}</ul></div>')
     if any(s["mode"] == "easyspec" for s in settings):
         chart = translate_figure(pilot_figure(settings), lang)
         chart.update_layout(title=dict(text=t("report.chart_title"), x=0.01, font=dict(size=14)),
@@ -158,7 +162,7 @@ def report_html(data: Mapping, records: Sequence[RoundRecord] = ()) -> str:
         parts.append(f'<p class="note">{_e(note)}</p>')
         mode = next((s["mode"] for s in settings if s["setting"] == rep["setting"]), None)
         fig = timeline_figure(records, ctx["device"] or "cpu", ctx["devices"] or 1, mode,
-                              title=tr(f'{rep["setting"]} · prompt {rep["prompt"]}', lang))
+                              title=msg("{setting} · prompt {prompt}", setting=rep["setting"], prompt=rep["prompt"]))
         parts.append(_figure(translate_figure(fig, lang), "chart-timeline"))
     else:
         parts.append(f"<p>{_e(t('report.timeline_none'))}</p>")
