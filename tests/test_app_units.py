@@ -352,8 +352,6 @@ def test_compare_writes_in_the_language_of_the_switch(app_ctx):
 def test_stop_while_a_run_waits_for_the_device_cancels_it_before_it_starts(app_ctx):
     """The Run button arms the run's stop flag before the run queues: a Stop pressed while the run still
     waits (behind another user's) cancels it on every screen, and the device is never used for it."""
-    import gradio as gr
-
     from easyspec.app.common import arm_stop
     from easyspec.app.compare_tab import make_compare
     from easyspec.app.generate_tab import make_handlers
@@ -474,3 +472,32 @@ def test_the_pilot_grid_takes_the_draft_precisions(app_ctx):
     assert [s.config.draft_dtype for s in grid.settings()[1:]] == ["bfloat16", "int8"] * 2
     with pytest.raises(ValueError, match="draft precision must be one of float32, bfloat16, int8"):
         make_grid({**values, "draft_dtypes": ["float8"]})
+
+
+def test_the_pilot_judges_every_setting_against_the_teams_criteria(app_ctx):
+    """The pilot's last view holds the criteria table (met or not per setting, from the measured summary); new
+    targets re-judge the same numbers without a rerun and go into the next exported report; bad targets get a
+    message before any run."""
+    from easyspec.app.pilot_tab import make_handlers as pilot_handlers
+    from easyspec.core.evaluation.criteria import Criteria, judge
+    from easyspec.core.evaluation.pilot import summarise
+
+    handlers = pilot_handlers(app_ctx)
+    values = dict(prompt="The quick brown fox", source="typed prompts", prompt_set="code", n_prompts=1,
+                  layer_parallel=[2, 4], calibration=["none"], draft_len=[3], speculative=True, max_new_tokens=12,
+                  chat=True, temperature=0, min_speedup=0.01, max_acceptance_drop=100, equality="required")
+    state = UserState()
+    last = list(handlers.pilot(values, state, "en"))[-1]
+    summary = summarise([r.row for r in state.pilot_report[0]])
+    table = last["criteria_table"]
+    assert [row[0] for row in table["data"]] == [s["setting"] for s in summary if s["mode"] != "vanilla"]
+    assert all(row[-1] == "yes" for row in table["data"]), table  # every target loose: every setting meets it
+    assert last["criteria_note"].startswith("**3 of 3 settings meet every target**")
+    strict = handlers.rejudge(dict(min_speedup=100, max_acceptance_drop=0, equality="required"), state, "ja")
+    expected = judge(summary, Criteria(min_speedup=100, max_acceptance_drop=0, equality="required"))
+    assert [row[-1] for row in strict["criteria_table"]["data"]] == ["いいえ"] * 3 and not any(j.met for j in expected)
+    assert strict["criteria_note"].startswith("**3 設定中 0 設定がすべての目標を達成**")
+    assert state.pilot_report[2].criteria == Criteria(min_speedup=100, max_acceptance_drop=0, equality="required")
+    assert "⚠️ minimum speedup must be above 0" in handlers.rejudge(dict(min_speedup=-1), state, "en")["criteria_note"]
+    with pytest.raises(Exception, match="equality must be one of required, ties allowed"):
+        list(handlers.pilot({**values, "equality": "roughly"}, UserState(), "en"))

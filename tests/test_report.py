@@ -300,3 +300,29 @@ def test_the_report_says_what_each_run_plan_applied(reports):
         assert escape(f"{settings[0]['setting']}: tuned plan 0|1-3|4-6|7; tuned calibration on-mismatch") in note
         assert note.count("<li>") == 1
         assert ("tuner's layer plan" if lang == "en" else "チューナーが選んだレイヤ構成") in unescape(note)
+
+
+def test_the_report_judges_every_setting_against_the_teams_criteria(pilot):
+    """The report states the targets and, per setting, each target met or not; the count in its sentence is the
+    table's, and the verdicts are criteria.judge's on the report's own measured numbers."""
+    from dataclasses import replace
+
+    from easyspec.core.evaluation.criteria import Criteria, judge
+
+    runs, grid, ctx = pilot
+    for criteria, lang in ((Criteria(), "en"), (Criteria(min_speedup=0.01, max_acceptance_drop=1.0), "ja")):
+        data = report_data(runs, grid, replace(ctx, criteria=criteria), lang)
+        expected = judge(data["settings"], criteria)
+        assert [j["met"] for j in data["criteria"]["measured"]] == [j.met for j in expected]
+        page = report_html(data)
+        section = page[page.index('id="criteria"'):]
+        section = section[:section.index("</table>")]
+        assert section.count("<tr>") == len(expected) + 1
+        met = sum(bool(j.met) for j in expected)
+        judged = sum(j.met is not None for j in expected)
+        if lang == "en":
+            assert f"{met} of {judged} settings meet every target" in page
+        else:
+            assert f"{judged} 設定中 {met} 設定です" in page
+    assert all(j.met for j in judge(data["settings"], Criteria(min_speedup=0.01, max_acceptance_drop=1.0))
+               if j.met is not None)

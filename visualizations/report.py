@@ -154,6 +154,8 @@ def report_html(data: Mapping, records: Sequence[RoundRecord] = ()) -> str:
         parts.append(_table([t("report.col.setting"), t("report.col.equal"), t("report.col.ties"),
                              t("report.col.different")], rows, numeric=[1, 2, 3], elem_id="equality"))
 
+    parts += _criteria(data.get("criteria"), t)
+
     parts.append(f"<h2>{_e(t('report.h.timeline'))}</h2>")
     rep = data.get("representative")
     if rep and records:
@@ -191,6 +193,31 @@ def pilot_report_html(runs: Sequence[PilotRun], grid: PilotGrid, ctx: ReportCont
     chosen = next((r for r in runs if rep and r.setting.label == rep["setting"]
                    and r.prompt_index + 1 == rep["prompt"]), None)
     return report_html(data, chosen.records if chosen else ())
+
+
+def _criteria(criteria: Mapping | None, t) -> list[str]:
+    """The team's targets and each setting met or not (criteria.py), on the measured numbers."""
+    if not criteria:
+        return []
+    targets, measured = criteria["targets"], criteria["measured"]
+    judged = [j for j in measured if j["met"] is not None]
+
+    def verdict(met) -> str:
+        if met is None:
+            return "—"
+        return _e(t("report.met")) if met else f'<span class="bad">{_e(t("report.not_met"))}</span>'
+
+    rows = [[_e(j["setting"]), _num(j["speedup"], 2, "x"), verdict(j["speedup_met"]),
+             "—" if j["acceptance_drop"] is None else f"{j['acceptance_drop']:.1%}", verdict(j["acceptance_met"]),
+             verdict(j["equality_met"]), verdict(j["met"])] for j in measured]
+    note = t("report.criteria_targets", speedup=f"{targets['min_speedup']:g}",
+             drop=f"{targets['max_acceptance_drop']:.0%}",
+             equality=t("report.equality." + targets["equality"].replace(" ", "_")),
+             met=sum(j["met"] for j in judged), total=len(judged))
+    return [f"<h2>{_e(t('report.h.criteria'))}</h2>", f'<p class="note">{_e(note)}</p>',
+            _table([t(f"report.col.{c}") for c in ("setting", "speedup", "speedup_met", "acceptance_drop",
+                                                    "acceptance_met", "equality_met", "met")],
+                   rows, numeric=[1, 3], elem_id="criteria")]
 
 
 def _projection(p: Mapping, lang: str) -> str:

@@ -35,6 +35,7 @@ class PilotSetting:
     label: str
     config: SpecConfig
     applied: tuple[str, ...] = ()  # what the run plan decided beyond the setting's words (RunPlan.applied)
+    reference: str | None = None  # the sequential-drafting setting at the same k (criteria.py), if the grid has it
 
 
 @dataclass(frozen=True)
@@ -100,19 +101,21 @@ class PilotGrid:
                                                                           **common))
                     for k in self.draft_len for suffix, kw in variants]
         for k in self.draft_len:
+            ref = {suffix: f"speculative k={k}{suffix}" if self.speculative else None for suffix, _ in variants}
             for policy in self.calibration:
                 for n in self.layer_parallel:
                     out += [PilotSetting(f"easyspec N={n} {policy} k={k}{suffix}", SpecConfig(
-                        mode="easyspec", layer_parallel=n, calibration=policy, draft_len=k, **kw, **common))
-                        for suffix, kw in variants]
+                        mode="easyspec", layer_parallel=n, calibration=policy, draft_len=k, **kw, **common),
+                        reference=ref[suffix]) for suffix, kw in variants]
                 for plan in self.plans:
                     name = "auto" if plan == "auto" else f"plan {plan}"
                     out += [PilotSetting(f"easyspec {name} {policy} k={k}{suffix}", SpecConfig(
-                        mode="easyspec", groups=plan, calibration=policy, draft_len=k, **kw, **common))
-                        for suffix, kw in variants]
+                        mode="easyspec", groups=plan, calibration=policy, draft_len=k, **kw, **common),
+                        reference=ref[suffix]) for suffix, kw in variants]
         if not self.draft_dtypes:
             return out
-        return out[:1] + [PilotSetting(f"{s.label} [{d}]", replace(s.config, draft_dtype=d))
+        return out[:1] + [PilotSetting(f"{s.label} [{d}]", replace(s.config, draft_dtype=d),
+                                       reference=s.reference and f"{s.reference} [{d}]")
                           for s in out[1:] for d in self.draft_dtypes]
 
 
@@ -204,7 +207,7 @@ def check_pilot(session, prompt_ids: Sequence[Sequence[int]], grid: PilotGrid) -
             except ValueError as exc:
                 where = f", prompt {i + 1}" if getattr(exc, "field", "") in PROMPT_FIELDS else ""
                 raise ValueError(f"setting '{setting.label}'{where}: {exc}") from None
-        planned.append((PilotSetting(setting.label, plans[0].settings, plans[0].applied), plans))
+        planned.append((replace(setting, config=plans[0].settings, applied=plans[0].applied), plans))
     return planned
 
 
@@ -251,6 +254,7 @@ def result_row(prompt_index: int, setting: PilotSetting, prompt_tokens: int, rec
         "layer_parallel": cfg.layer_parallel if easy and not cfg.groups else None,
         "groups": cfg.groups if easy and cfg.groups else None, "calibration": cfg.calibration if easy else None,
         "applied": "; ".join(setting.applied) or None,  # what the run plan chose (RunPlan.applied): tuned plan, policy
+        "reference": setting.reference,
         "draft_len": cfg.draft_len if cfg.mode != "vanilla" else None,
         "prompt_tokens": prompt_tokens, "new_tokens": m.new_tokens, "rounds": m.rounds,
         "drafting_rounds": len(drafting), "drafted": m.drafted, "accepted": m.accepted,
@@ -343,7 +347,8 @@ def summarise(rows: Sequence[dict]) -> list[dict]:
         out.append({
             "setting": label, "mode": first["mode"], "layer_parallel": first["layer_parallel"],
             "groups": first.get("groups"),
-            "calibration": first["calibration"], "applied": first.get("applied"), "draft_len": first["draft_len"], "prompts": len(prompts),
+            "calibration": first["calibration"], "applied": first.get("applied"), "reference": first.get("reference"),
+            "draft_len": first["draft_len"], "prompts": len(prompts),
             "new_tokens": tokens, "total_s": round(seconds, 4), "tokens_per_s": round(rate, 4),
             "speedup": round(rate / ref_rate, 4) if ref_rate else None,
             "acceptance_rate": round(accepted / drafted, 4) if drafted else None,

@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from typing import Sequence
 
 from ..i18n import check_lang, text
+from .criteria import Criteria, judge
 from .pilot import PilotGrid, PilotRun, summarise
 from .projection import COMM_MODELS, Shape, latencies_from_runs, project_pilot, session_shapes
 
@@ -37,17 +38,19 @@ class ReportContext:
     shapes: tuple[Shape, Shape] | None = None  # (base, draft) for the projection
     comm: str = "nvlink"
     notes: tuple[str, ...] = field(default_factory=tuple)  # what the caller left out (e.g. sampled runs)
+    criteria: Criteria = field(default_factory=Criteria)  # the team's targets (criteria.py)
 
 
 def context_for(session, prompts: Sequence[str], command: str, comm: str = "nvlink", date: str | None = None,
-                notes: Sequence[str] = ()) -> ReportContext:
+                notes: Sequence[str] = (), criteria: Criteria | None = None) -> ReportContext:
     """The report's context from a loaded session and this machine."""
     from .bench import git_commit, machine
 
     shapes = session_shapes(session) if session.draft is not None else None
     when = date or datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return ReportContext(models=asdict(session.info), machine=machine(), commit=git_commit(), date=when,
-                         command=command, prompts=tuple(prompts), shapes=shapes, comm=comm, notes=tuple(notes))
+                         command=command, prompts=tuple(prompts), shapes=shapes, comm=comm, notes=tuple(notes),
+                         criteria=criteria or Criteria())
 
 
 def _spread(values: Sequence[float]) -> dict | None:
@@ -199,6 +202,8 @@ def report_data(runs: Sequence[PilotRun], grid: PilotGrid, ctx: ReportContext, l
                                                     "speedup": rep.row["speedup"],
                                                     "setting_median": _median_speedup(settings, rep.setting.label)},
         "projection": projection,
+        "criteria": {"targets": asdict(ctx.criteria),
+                     "measured": [{**asdict(j), "met": j.met} for j in judge(settings, ctx.criteria)]},
         "conclusion": conclusion(settings, grid_d, ctx.models, projection, lang),
         "notes": list(ctx.notes),
     }
