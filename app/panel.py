@@ -96,7 +96,13 @@ def grid_panel(ctx: AppContext) -> Panel:
     draft_dtypes = gr.CheckboxGroup(list(DRAFT_DTYPES), value=[], label="draft precision",
                                     info="none ticked: the session's own; each ticked precision runs every "
                                          "drafting setting again", elem_id="pilot-draft-dtypes")
-    return dict(layer_parallel=layer_parallel, calibration=calibration, draft_len=draft_len, draft_dtypes=draft_dtypes)
+    contexts = gr.CheckboxGroup([("as given", 0), ("256", 256), ("2k", 2048), ("8k", 8192)], value=[0],
+                                label="prompt length (tokens)",
+                                info="each ticked length runs every setting again, the prompts placed after a shared "
+                                     "document (this package's source code) to that many tokens",
+                                elem_id="pilot-contexts")
+    return dict(layer_parallel=layer_parallel, calibration=calibration, draft_len=draft_len, draft_dtypes=draft_dtypes,
+                contexts=contexts)
 
 
 def column_values(values: Mapping, column: int) -> dict:

@@ -22,9 +22,9 @@ from easyspec.core.i18n import check_lang, msg, text, tr
 from easyspec.core.files import write_text_atomic
 from easyspec.core.engine.verdicts import VERDICTS
 from easyspec.core.evaluation.criteria import EQUALITY, Criteria, judge
-from easyspec.core.evaluation.pilot import (DEFAULT_PROMPTS, PilotGrid, PilotProgress, PilotRun, check_pilot,
-                                            describe_seconds, estimate_seconds, pilot_json, rows_to_csv, run_pilot,
-                                            summarise)
+from easyspec.core.evaluation.pilot import (CONTEXTS, DEFAULT_PROMPTS, MAX_CONTEXT, PilotGrid, PilotProgress,
+                                            PilotRun, check_pilot, describe_seconds, estimate_seconds, pilot_json,
+                                            pilot_prompt_ids, rows_to_csv, run_pilot, summarise)
 from easyspec.core.evaluation.projection import COMM_MODELS, project_pilot, session_shapes
 from easyspec.core.evaluation.report import context_for
 from easyspec.core.evaluation.prompt_sets import BUILTIN_SETS, builtin_prompts, read_prompt_file
@@ -43,10 +43,10 @@ from .state import LastRun, RunSummary, UserState, prompt_key
 from .worker import DeviceJob
 
 SOURCES = ("built-in set", "uploaded file", "typed prompts")
-RUN_COLUMNS = ["prompt", "setting", "new_tokens", "tokens_per_s", "speedup", "acceptance_rate",
+RUN_COLUMNS = ["prompt", "setting", "prompt_tokens", "new_tokens", "tokens_per_s", "speedup", "acceptance_rate",
                "mean_accepted_length", "draft_s", "verify_s", "calibrate_s", "sample_s", "overhead_s",
                "memory_source", "run_peak_memory_mib", "run_memory_growth_mib", "greedy_check"]
-SUMMARY_COLUMNS = ["setting", "prompts", "new_tokens", "tokens_per_s", "speedup", "acceptance_rate",
+SUMMARY_COLUMNS = ["setting", "prompts", "mean_prompt_tokens", "new_tokens", "tokens_per_s", "speedup", "acceptance_rate",
                    "mean_accepted_length", "draft_s", "verify_s", "calibrate_s", "sample_s", "overhead_s",
                    "memory_source", "largest_run_peak_memory_mib", "largest_run_memory_growth_mib",
                    "greedy_equal", "greedy_tie", "greedy_different"]  # the greedy checks against vanilla
@@ -147,7 +147,9 @@ def make_grid(values: Mapping) -> PilotGrid:
                      max_new_tokens=as_int(values.get("max_new_tokens"), "max new tokens", 1, 2048),
                      temperature=as_float(values.get("temperature"), "temperature"),
                      draft_dtypes=tuple(check_choice(d, "draft precision", DRAFT_DTYPES)
-                                        for d in values.get("draft_dtypes") or ()))
+                                        for d in values.get("draft_dtypes") or ()),
+                     contexts=tuple(check_choice(as_int(c, "context length", 0, MAX_CONTEXT), "context length",
+                                                 CONTEXTS) for c in values.get("contexts") or (0,)))
 
 
 @dataclass(frozen=True)
@@ -171,7 +173,7 @@ def make_handlers(ctx: AppContext) -> PilotHandlers:
         try:
             prompts = pick_prompts(values)
             grid = make_grid(values)
-            lengths = [len(session.encode(p, grid.chat)) for p in prompts]
+            lengths = [len(session.encode(p, grid.chat)) for p in prompts]  # each brought to its context length
         except ValueError as exc:
             return f"⚠️ {exc}"
         settings = len(grid.settings())
@@ -198,7 +200,7 @@ def make_handlers(ctx: AppContext) -> PilotHandlers:
         comm = check_choice(values.get("comm", "nvlink"), "communication model", tuple(COMM_MODELS))
         # Every check (the grid's run limit, each setting on each prompt) before the screen is cleared:
         # a refused pilot leaves the previous pilot's results and report in place.
-        planned = check_pilot(session, [session.encode(p, grid.chat) for p in prompts], grid)  # one plan a run
+        planned = check_pilot(session, pilot_prompt_ids(session, prompts, grid), grid)  # one plan a run
         started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         state.pilot_runs = {}
         state.pilot_report = None

@@ -472,6 +472,10 @@ def test_the_pilot_grid_takes_the_draft_precisions(app_ctx):
     assert [s.config.draft_dtype for s in grid.settings()[1:]] == ["bfloat16", "int8"] * 2
     with pytest.raises(ValueError, match="draft precision must be one of float32, bfloat16, int8"):
         make_grid({**values, "draft_dtypes": ["float8"]})
+    assert make_grid(values).contexts == (0,)  # none ticked: the prompts as given
+    assert make_grid({**values, "contexts": [0, 2048]}).contexts == (0, 2048)
+    with pytest.raises(ValueError, match="context length must be one of 0, 256, 2048, 8192; got 999"):
+        make_grid({**values, "contexts": [999]})
 
 
 def test_the_pilot_judges_every_setting_against_the_teams_criteria(app_ctx):

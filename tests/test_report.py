@@ -326,3 +326,29 @@ def test_the_report_judges_every_setting_against_the_teams_criteria(pilot):
             assert f"{judged} 設定中 {met} 設定です" in page
     assert all(j.met for j in judge(data["settings"], Criteria(min_speedup=0.01, max_acceptance_drop=1.0))
                if j.met is not None)
+
+
+def test_the_report_follows_easyspecs_speedup_along_the_prompt_length(pair_dirs):
+    """A grid with a context axis: the report lists the lengths, and one sentence gives the fastest EasySpec
+    setting's speedup at each length, from the same numbers as its table."""
+    from easyspec.core.session import Session
+
+    base, draft = pair_dirs["qwen2"]
+    grid = PilotGrid(layer_parallel=(2,), calibration=("every-round",), draft_len=(3,), max_new_tokens=8,
+                     chat=False, contexts=(0, 160))
+    with Session.open(base=str(base), draft=str(draft)) as session:
+        runs = [e for e in run_pilot(session, PROMPTS[:1], grid) if isinstance(e, PilotRun)]
+        ctx = context_for(session, PROMPTS[:1], "pytest")
+    for lang in ("en", "ja"):
+        data = report_data(runs, grid, ctx, lang)
+        long = next(s for s in data["settings"] if s["setting"] == "easyspec N=2 every-round k=3 · ctx 160")
+        short = next(s for s in data["settings"] if s["setting"] == "easyspec N=2 every-round k=3")
+        sentence = next(c for c in data["conclusion"] if f"{long['speedup']:.2f}x" in c and
+                        f"{short['speedup']:.2f}x" in c)
+        if lang == "en":
+            assert sentence == (f"The fastest EasySpec setting's speedup over vanilla at each prompt length: prompts "
+                                f"as given, {short['speedup']:.2f}x (easyspec N=2 every-round k=3); about "
+                                f"{long['mean_prompt_tokens']} prompt tokens, {long['speedup']:.2f}x "
+                                f"(easyspec N=2 every-round k=3 · ctx 160).")
+        page = report_html(data)
+        assert ">0, 160<" in page

@@ -107,7 +107,8 @@ def report_html(data: Mapping, records: Sequence[RoundRecord] = ()) -> str:
         (t("report.k.temperature"), grid["temperature"]), (t("report.k.chat"), yes_no(grid["chat"])),
         (t("report.k.layer_parallel"), ", ".join(map(str, [*grid["layer_parallel"], *grid.get("plans", ())]))),
         (t("report.k.calibration"), ", ".join(grid["calibration"])),
-        (t("report.k.draft_len"), ", ".join(map(str, grid["draft_len"]))), (t("report.k.runs"), runs)]),
+        (t("report.k.draft_len"), ", ".join(map(str, grid["draft_len"]))),
+        (t("report.k.contexts"), ", ".join(map(str, grid.get("contexts", (0,))))), (t("report.k.runs"), runs)]),
         f'<p class="note">{_e(t("report.grid_note"))}</p>']
     if data.get("prompts"):
         items = "".join(f"<li><code>{_e(p[:300])}</code></li>" for p in data["prompts"])

@@ -141,8 +141,15 @@ def conclusion(settings: Sequence[dict], grid: dict, models: dict, projection: d
             ref = max(spec, key=lambda s: s["speedup"])
             out.append(t("vs_speculative", setting=ref["setting"], speedup=f"{ref['speedup']:.2f}",
                          ratio=f"{best['speedup'] / ref['speedup']:.2f}"))
+    contexts = sorted({s.get("context", 0) for s in easy})
+    if len(contexts) > 1:  # EasySpec's gain against the prompt length (the grid's context axis)
+        bests = [max((s for s in easy if s.get("context", 0) == c), key=lambda s: s["speedup"]) for c in contexts]
+        items = [t("at_context", length=t("as_given") if not c else t("tokens", n=b["mean_prompt_tokens"]),
+                   speedup=f"{b['speedup']:.2f}", setting=b["setting"]) for c, b in zip(contexts, bests)]
+        out.append(t("by_context", items="; ".join(items)))
     pairs = {}
-    for s in (s for s in easy if s["layer_parallel"] is not None):  # equal groups; plans have no N
+    shortest = [s for s in easy if s.get("context", 0) == min(contexts, default=0)]
+    for s in (s for s in shortest if s["layer_parallel"] is not None):  # equal groups; plans have no N
         pairs.setdefault((s["layer_parallel"], s["draft_len"]), {})[s["calibration"]] = s
     for (n, k), by_policy in sorted(pairs.items()):  # one sentence per N (and k): the effect differs by N
         if "none" in by_policy and "every-round" in by_policy:
