@@ -179,3 +179,61 @@ def test_cli_loads_each_family_from_a_local_folder(capsys, family_pairs, name):
         assert code == 0, err
         outs.append(json.loads(out)["token_ids"])
     assert outs[0] == outs[1] and len(outs[0]) == 12
+
+
+# -- refusals: every family the decoder cannot run is refused at load, naming the family and what is missing ----
+
+REFUSED = {
+    "mixtral": ("Mixtral", "mixture-of-experts"),
+    "qwen3_moe": ("Qwen3-MoE", "mixture-of-experts"),
+    "deepseek_v3": ("DeepSeek-V3", "multi-head latent attention"),
+    "qwen3_next": ("Qwen3-Next", "hybrid linear-attention"),
+    "qwen3_5": ("Qwen3.5", "hybrid linear-attention"),
+    "gpt_oss": ("gpt-oss", "attention sinks"),
+    "llama4_text": ("Llama 4", "mixture-of-experts"),
+    "falcon_h1": ("Falcon-H1", "state-space"),
+    "gemma3": ("Gemma 3 multimodal", "vision tower"),
+}
+
+
+@pytest.mark.parametrize("model_type", sorted(REFUSED))
+def test_unsupported_families_are_refused_with_the_reason(tmp_path, model_type):
+    from transformers import AutoConfig
+
+    from easyspec.core.models.loading import ModelLoadError
+
+    AutoConfig.for_model(model_type).save_pretrained(tmp_path)
+    family, missing = REFUSED[model_type]
+    with pytest.raises(ModelLoadError) as err:
+        load_decoder(tmp_path, torch.float32, CPU)
+    assert f"model type {model_type!r} ({family}) is not supported" in str(err.value)
+    assert missing in str(err.value)
+
+
+def test_unsupported_features_of_a_supported_family_are_refused(tmp_path):
+    """A supported model type with a feature the decoder lacks is refused too, never run wrongly."""
+    from easyspec.core.models.loading import ModelLoadError, decoder_config
+
+    cases = [
+        (hf_config("qwen2", layer_types=["full_attention", "linear_attention"], n_layers=2), "linear_attention"),
+        (hf_config("llama", hidden_act="relu"), "'relu' activation"),
+        (hf_config("gemma3_text", use_bidirectional_attention=True), "bidirectionally"),
+        (hf_config("llama", rope_parameters={"rope_type": "proportional", "rope_theta": 1e4}), "RoPE 'proportional'"),
+    ]
+    for cfg, message in cases:
+        with pytest.raises(ModelLoadError, match=message):
+            decoder_config(cfg)
+
+
+def test_cli_refuses_a_mixture_of_experts_pair_with_a_message(capsys, tmp_path, family_pairs):
+    from transformers import AutoConfig
+
+    from easyspec.app.cli import main
+    from helpers import byte_tokenizer
+
+    AutoConfig.for_model("mixtral").save_pretrained(tmp_path)
+    byte_tokenizer().save_pretrained(tmp_path)
+    base = family_pairs["qwen3"][0]
+    code = main(["generate", "--base", str(base), "--draft", str(tmp_path), "--prompt", "abc", "--json"])
+    out, err = capsys.readouterr()
+    assert code != 0 and "model type 'mixtral' (Mixtral) is not supported" in err and "Traceback" not in err
