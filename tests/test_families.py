@@ -237,3 +237,50 @@ def test_cli_refuses_a_mixture_of_experts_pair_with_a_message(capsys, tmp_path, 
     code = main(["generate", "--base", str(base), "--draft", str(tmp_path), "--prompt", "abc", "--json"])
     out, err = capsys.readouterr()
     assert code != 0 and "model type 'mixtral' (Mixtral) is not supported" in err and "Traceback" not in err
+
+
+# -- vocabularies: embedding tables of different sizes over one tokenizer are aligned; other tokenizers refused ---
+
+def test_draft_with_a_larger_embedding_table_is_aligned_to_the_shared_vocabulary(tmp_path):
+    """A Qwen3 draft whose embedding table is padded past the tokenizer (288 rows against the base's 272),
+    as Qwen2.5 checkpoints of different sizes are: both score the 272 shared ids, and greedy output equals
+    vanilla in every mode."""
+    from easyspec.core.models.loading import resolve_pair
+    from easyspec.core.session import Session
+    from helpers import VOCAB
+
+    base = save_checkpoint(tmp_path / "base", family_config("qwen3", n_layers=8), seed=0)
+    state = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).state_dict()
+    padded = {k: torch.cat([v, 5 * torch.ones(16, v.shape[1])]) if v.shape[0] == VOCAB else v
+              for k, v in state.items()}  # the extra rows would win every argmax if they were scored
+    draft = save_checkpoint(tmp_path / "draft", family_config("qwen3", n_layers=8, vocab_size=VOCAB + 16), seed=1,
+                            base_state=padded, noise=0.01)
+    with Session(resolve_pair(str(base), str(draft))) as s:
+        assert s.base.cfg.vocab_size == s.draft.cfg.vocab_size == VOCAB
+        ref = tokens_of(s.generate(s.plan(SpecConfig(mode="vanilla", max_new_tokens=30), PROMPT)))
+        for cfg in (SpecConfig(mode="speculative", max_new_tokens=30),
+                    SpecConfig(layer_parallel=2, max_new_tokens=30)):
+            records = list(s.generate(s.plan(cfg, PROMPT)))
+            assert_greedy_equal(tokens_of(records), ref, s.base, PROMPT, case=cfg.mode)
+            assert sum(r.accepted for r in records) > 0
+
+
+def test_embedding_table_smaller_than_the_tokenizer_and_other_tokenizers_are_refused(tmp_path):
+    import shutil
+
+    from easyspec.core.models.loading import ModelLoadError, load_pair, resolve_pair
+    from helpers import VOCAB
+
+    base = save_checkpoint(tmp_path / "base", family_config("qwen3"), seed=0)
+    small = save_checkpoint(tmp_path / "small", family_config("qwen3", vocab_size=VOCAB - 8), seed=1)
+    with pytest.raises(ModelLoadError, match=f"has {VOCAB - 8} embedding rows and the base {VOCAB}.*{VOCAB} tokens"):
+        load_pair(resolve_pair(str(base), str(small)))
+    other = tmp_path / "other"
+    shutil.copytree(base, other)
+    data = json.loads((other / "tokenizer.json").read_text())
+    vocab = data["model"]["vocab"]
+    a, b = (t for t, i in sorted(vocab.items(), key=lambda kv: kv[1])[5:7])  # swap ids 5 and 6
+    vocab[a], vocab[b] = vocab[b], vocab[a]
+    (other / "tokenizer.json").write_text(json.dumps(data))
+    with pytest.raises(ModelLoadError, match=f"first difference at id 5: base {a!r}, draft {b!r}"):
+        load_pair(resolve_pair(str(base), str(other)))

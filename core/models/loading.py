@@ -9,6 +9,7 @@ What it is not: the offline pair's preparation (`offline_pair.py`) or the decode
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -17,6 +18,7 @@ import torch
 
 from ..engine.decoder import ROPE_KINDS, Decoder, DecoderConfig, DecoderWeights, RopeConfig
 
+logger = logging.getLogger(__name__)
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3_text")
 # Families refused at load, and what our decoder lacks for them (README.md#supported-model-families).
 MOE = "mixture-of-experts MLPs (a router choosing experts per token)"
@@ -416,7 +418,7 @@ def load_decoder(folder: Path, dtype: torch.dtype, device: torch.device, shard: 
     return Decoder(cfg if shard is None else shard.local(cfg), weights)
 
 
-def load_draft(folder: Path, draft_dtype: str, device: torch.device) -> Decoder:
+def load_draft(folder: Path, draft_dtype: str, device: torch.device, vocab: int | None = None) -> Decoder:
     """The draft at its own precision (quantize.DRAFT_DTYPES): float32/bfloat16 as loaded; int8/int4 loaded
     in fp32 and weight-only quantized (from the quantized cache beside the checkpoint when it has it)."""
     from .quantize import quantize_decoder
@@ -424,8 +426,10 @@ def load_draft(folder: Path, draft_dtype: str, device: torch.device) -> Decoder:
 
     check_draft_dtype(draft_dtype)
     if draft_dtype in FLOAT_DTYPES:
-        return load_decoder(folder, DTYPES[draft_dtype], device)
-    return quantize_decoder(load_decoder(folder, torch.float32, device), draft_dtype, folder)
+        return load_decoder(folder, DTYPES[draft_dtype], device, vocab=vocab)
+    # the quantized cache holds the whole LM head: a draft cut to a shared vocabulary is quantized afresh
+    return quantize_decoder(load_decoder(folder, torch.float32, device, vocab=vocab), draft_dtype,
+                            folder if vocab is None else None)
 
 
 def load_tokenizer(folder: Path):
@@ -438,14 +442,32 @@ def load_tokenizer(folder: Path):
 
 
 def check_same_tokenizer(base_tok, draft_tok, base_name: str, draft_name: str) -> None:
-    """Refuse a draft whose token-to-id map differs from the base's (embedding sizes may differ)."""
+    """Refuse a draft whose token-to-id map differs from the base's, naming the first id where they differ
+    (embedding sizes may differ: see shared_vocab)."""
     bv, dv = base_tok.get_vocab(), draft_tok.get_vocab()
     if bv != dv:
-        diff = sorted(set(bv.items()) ^ set(dv.items()), key=lambda kv: kv[1])[:3]
+        b_ids, d_ids = {i: t for t, i in bv.items()}, {i: t for t, i in dv.items()}
+        first = min(i for i in set(b_ids) | set(d_ids) if b_ids.get(i) != d_ids.get(i))
         raise ModelLoadError(
-            f"the draft {draft_name} does not share the base {base_name}'s tokenizer "
-            f"({len(dv)} vs {len(bv)} tokens; first differences: {diff}): speculative decoding "
-            f"needs the same token-to-id map")
+            f"the draft {draft_name} does not share the base {base_name}'s tokenizer ({len(dv)} vs {len(bv)} "
+            f"tokens; first difference at id {first}: base {b_ids.get(first)!r}, draft {d_ids.get(first)!r}): "
+            f"speculative decoding needs the same token-to-id map")
+
+
+def shared_vocab(base_vocab: int, draft_vocab: int, tokenizer, draft_name: str) -> int | None:
+    """The ids both models score when their embedding tables differ in size (padded differently past the
+    tokenizer, e.g. Qwen2.5 0.5B/7B): the smaller table, which must still hold every token of the shared
+    tokenizer. None when the sizes agree."""
+    if base_vocab == draft_vocab:
+        return None
+    shared = min(base_vocab, draft_vocab)
+    if len(tokenizer) > shared:
+        raise ModelLoadError(
+            f"the draft {draft_name} has {draft_vocab} embedding rows and the base {base_vocab}, but their shared "
+            f"tokenizer has {len(tokenizer)} tokens: the smaller model cannot score all of them")
+    logger.info("base and draft embedding tables differ (%d vs %d rows): logits aligned to the first %d ids",
+                base_vocab, draft_vocab, shared)
+    return shared
 
 
 def eos_ids(folder: Path, tokenizer) -> frozenset[int]:
@@ -497,11 +519,13 @@ def load_pair(source: PairSource, dtype: str = "float32", device: str = "cpu", s
     torch_dtype = parse_dtype(dtype)
     torch_device = torch_device or parse_device(device)
     tokenizer = load_tokenizer(source.base_dir)
-    loaded_draft = None
+    loaded_draft, vocab = None, None
     if source.draft_dir is not None:
         check_same_tokenizer(tokenizer, load_tokenizer(source.draft_dir), source.base_name, source.draft_name)
+        base_cfg, draft_cfg = (decoder_config(read_config(d)) for d in (source.base_dir, source.draft_dir))
+        vocab = shared_vocab(base_cfg.vocab_size, draft_cfg.vocab_size, tokenizer, source.draft_name)
         loaded_draft = LoadedModel(source.draft_name, source.draft_dir,
-                                   load_draft(source.draft_dir, draft_dtype or dtype, torch_device))
+                                   load_draft(source.draft_dir, draft_dtype or dtype, torch_device, vocab))
     loaded_base = LoadedModel(source.base_name, source.base_dir,
-                              load_decoder(source.base_dir, torch_dtype, torch_device, shard))
+                              load_decoder(source.base_dir, torch_dtype, torch_device, shard, vocab))
     return ModelPair(loaded_base, loaded_draft, tokenizer, eos_ids(source.base_dir, tokenizer))
