@@ -284,3 +284,29 @@ def test_embedding_table_smaller_than_the_tokenizer_and_other_tokenizers_are_ref
     (other / "tokenizer.json").write_text(json.dumps(data))
     with pytest.raises(ModelLoadError, match=f"first difference at id 5: base {a!r}, draft {b!r}"):
         load_pair(resolve_pair(str(base), str(other)))
+
+
+@pytest.mark.parametrize("name", ["gemma3", "qwen3"])
+def test_dashboard_loads_a_family_from_a_local_folder(family_pairs, name, tmp_path, monkeypatch):
+    """The dashboard's context on a custom local pair of the family: a greedy generate handler run emits
+    the same tokens as the vanilla run of the same session."""
+    pytest.importorskip("gradio")
+    from easyspec.app.context import AppContext, AppOptions
+    from easyspec.app.generate_tab import make_handlers
+    from easyspec.app.state import UserState
+
+    monkeypatch.setenv("EASYSPEC_CACHE", str(tmp_path))
+    base, draft = family_pairs[name]
+    ctx = AppContext.start(AppOptions(base=str(base), draft=str(draft), allow_custom_models=True, probe=False))
+    try:
+        values = dict(prompt="The quick brown fox", chat=True, mode="easyspec", layer_parallel=2,
+                      calibration="on-mismatch", draft_len=4, temperature=0, top_p=1, top_k=0, seed=0,
+                      max_new_tokens=16)
+        last = list(make_handlers(ctx).generate(values, UserState()))[-1]
+        assert last[0].startswith("**Done**: easyspec"), last[0]
+        details = last[6]
+        ids = ctx.session.encode("The quick brown fox", True)
+        vanilla = tokens_of(ctx.session.generate(ctx.session.plan(SpecConfig(mode="vanilla", max_new_tokens=16), ids)))
+        assert details["token_ids"] == vanilla and f"`{base}`" in ctx.models_markdown()
+    finally:
+        ctx.close()
