@@ -61,15 +61,23 @@ def checkpoint(request, tmp_path_factory):
 
 
 def _transformers_logits(folder, ids: torch.Tensor, prefill: int) -> torch.Tensor:
-    """transformers' own model: the prefill in one forward, then one token at a time with its cache."""
+    """transformers' own model: the prefill in one forward, then one token at a time with its cache. As its
+    generate does for longrope (Phi3ForCausalLM.prepare_inputs_for_generation), the step that first passes
+    the original context runs the whole sequence again without the cache."""
     hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    rp = hf.config.rope_parameters
+    switch = rp.get("original_max_position_embeddings") if rp.get("rope_type") == "longrope" else None
     with torch.inference_mode():
         out = hf(ids[None, :prefill], use_cache=True)
         logits, cache = [out.logits[0]], out.past_key_values
         for t in range(prefill, ids.numel()):
-            out = hf(ids[None, t: t + 1], cache=cache, use_cache=True)
-            logits.append(out.logits[0])
-            cache = out.cache if hasattr(out, "cache") else out.past_key_values
+            if switch is not None and t == switch:  # t + 1 tokens, the cache held t <= switch of them
+                out = hf(ids[None, : t + 1], use_cache=True)
+                logits.append(out.logits[0, -1:])
+            else:
+                out = hf(ids[None, t: t + 1], past_key_values=cache, use_cache=True)
+                logits.append(out.logits[0])
+            cache = out.past_key_values
     return torch.cat(logits)  # [T, V]
 
 
@@ -122,7 +130,7 @@ POLICIES = ("none", "every-round", "on-mismatch")
 def family_pairs(tmp_path_factory):
     """name -> (base dir, draft dir): 8-layer pairs, the draft the base's weights plus 1% noise."""
     root = tmp_path_factory.mktemp("family_pairs")
-    return {name: make_family_pair(root / name, name) for name in FAMILIES}
+    return {name: make_family_pair(root / name, name) for name in sorted(FAMILIES)}
 
 
 # Engine runs stay below Phi-3's original context (crossing it in a run: test_longrope_crossing), and need
@@ -134,8 +142,8 @@ PAIR_OVERRIDES = {
 }
 
 
-def make_family_pair(root, name: str):
-    cfg = family_config(name, n_layers=8, **PAIR_OVERRIDES.get(name, {}))
+def make_family_pair(root, name: str, override: dict | None = None):
+    cfg = family_config(name, n_layers=8, **(PAIR_OVERRIDES.get(name, {}) if override is None else override))
     base = save_checkpoint(root / "base", cfg, seed=0, norm_noise=0.3)
     state = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).state_dict()
     draft = save_checkpoint(root / "draft", cfg, seed=1, base_state=state, noise=0.01)
@@ -164,6 +172,32 @@ def test_greedy_equals_vanilla_in_every_mode(family_pairs, name):
     if windowed:
         with pytest.raises(SettingsError, match="sliding-window"):
             plan_run(SpecConfig(max_new_tokens=40, tree_depth=3, tree_width=2), PROMPT, base, draft)
+
+
+def test_longrope_crossing_its_original_context_mid_run(tmp_path):
+    """Phi-3 with longrope whose original context (30) falls in the middle of the runs: our vanilla output
+    equals transformers' generate (which encodes the sequence again with the long factors at that point),
+    and every mode equals vanilla, though verification forwards straddle the switch and rejected tokens
+    are cropped back before it."""
+    base_dir, draft_dir = make_family_pair(tmp_path, "phi3", override={})
+    base, draft = load_decoder(base_dir, torch.float32, CPU), load_decoder(draft_dir, torch.float32, CPU)
+    assert base.long_from == 30 and len(PROMPT) < 30 < len(PROMPT) + 40
+    ref = tokens_of(generate(base, None, plan_run(SpecConfig(mode="vanilla", max_new_tokens=40), PROMPT, base, None)))
+    hf = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).eval()
+    with torch.inference_mode():
+        out = hf.generate(torch.tensor([PROMPT]), max_new_tokens=40, do_sample=False, eos_token_id=None,
+                          pad_token_id=0)
+    assert_greedy_equal(ref, out[0, len(PROMPT):].tolist(), base, PROMPT, case="transformers' generate")
+    accepted = 0
+    for s in [dict(mode="speculative", draft_len=k) for k in (3, 6)] + [
+            dict(mode="easyspec", layer_parallel=n, calibration=c, draft_len=6)
+            for n, c in itertools.product((1, 3), POLICIES)]:
+        records = list(generate(base, draft, plan_run(SpecConfig(max_new_tokens=40, **s), PROMPT, base, draft)))
+        if assert_greedy_equal(tokens_of(records), ref, base, PROMPT, case=s):
+            accepted += sum(r.accepted for r in records)
+    assert accepted > 0
+    with pytest.raises(SettingsError, match="longrope's original context"):
+        plan_run(SpecConfig(max_new_tokens=40, tree_depth=3, tree_width=2), PROMPT, base, draft)
 
 
 @pytest.mark.parametrize("name", ["qwen3", "gemma3", "phi3"])

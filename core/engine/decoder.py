@@ -154,14 +154,18 @@ class KVCache:
     """Preallocated keys and values for every layer of one model, batch size 1.
 
     k, v: [n_layers, n_kv_heads, max_len, head_dim]. `length` positions are valid; `crop(n)` drops
-    everything from position n on (nothing is moved: later writes overwrite it).
+    everything from position n on (nothing is moved: later writes overwrite it). tokens [max_len]: the
+    ids whose entries these are, so that a longrope model can encode them again with its other
+    factors; long_rope: whether the entries were encoded with the long ones.
     """
 
     def __init__(self, cfg: DecoderConfig, max_len: int, dtype: torch.dtype, device: torch.device):
         shape = (cfg.n_layers, cfg.n_kv_heads, max_len, cfg.head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.tokens = torch.zeros(max_len, dtype=torch.long, device=device)
         self.length = 0
+        self.long_rope = False
 
     @property
     def max_len(self) -> int:
@@ -180,6 +184,7 @@ class KVCache:
             # Advanced indexing copies first, so overlapping source and destination slots are safe.
             self.k[:, :, start: start + m] = self.k[:, :, keep]
             self.v[:, :, start: start + m] = self.v[:, :, keep]
+            self.tokens[start: start + m] = self.tokens[keep.to(self.tokens.device)]
         self.length = start + m
 
     def valid(self) -> tuple[torch.Tensor, torch.Tensor]:  # 2 x [n_layers, n_kv_heads, length, head_dim]
@@ -275,6 +280,9 @@ class Decoder:
         self.ropes = {"full": cfg.rope, "sliding": cfg.sliding_rope or cfg.rope}
         self._freqs = {k: rope_inv_freq(r, self.rotary_dim) for k, r in self.ropes.items()}  # kind -> (inv, scale)
         self.inv_freq = self._freqs["full"][0].to(self.device)  # [rotary_dim / 2] fp32
+        # longrope: positions from here on are computed with the long factors, over a prefix encoded with them
+        longrope = [r.original_max_position for r in self.ropes.values() if r.kind == "longrope"]
+        self.long_from: int | None = min(longrope) if longrope else None
         self.exact = sequential_groups(cfg.n_layers)
         # Hooks set from outside for multi-device runs (parallel.py); the model knows nothing of ranks.
         # attend(h, group, pos, cache, rope, mask) -> [N, T, D]: a group's attention outputs, where rope
@@ -294,8 +302,10 @@ class Decoder:
             return (xf * (1.0 + weight.float())).to(x.dtype)
         return weight * xf.to(x.dtype)
 
-    def _rope(self, pos: int, n: int, positions: torch.Tensor | None = None) -> dict[str, tuple]:
-        # kind -> 2 x [T, rotary_dim]; positions [T] overrides pos..pos+n-1 (tree nodes share positions by depth)
+    def _rope(self, pos: int, n: int, positions: torch.Tensor | None = None,
+              long: bool = False) -> dict[str, tuple]:
+        # kind -> 2 x [T, rotary_dim]; positions [T] overrides pos..pos+n-1 (tree nodes share positions by depth);
+        # long: longrope's long factors
         if positions is None:
             t = torch.arange(pos, pos + n, device=self.device, dtype=torch.float32)
         else:
@@ -303,7 +313,9 @@ class Decoder:
         out = {}
         for kind in set(self.kinds):
             rope = self.ropes[kind]
-            if rope.kind in SEQ_DEPENDENT:
+            if rope.kind == "longrope":
+                inv, scale = rope_inv_freq(rope, self.rotary_dim, rope.original_max_position + 1 if long else None)
+            elif rope.kind in SEQ_DEPENDENT:
                 inv, scale = rope_inv_freq(rope, self.rotary_dim, int(t.max()) + 1)
             else:
                 inv, scale = self._freqs[kind]
@@ -342,6 +354,9 @@ class Decoder:
         window = self.cfg.sliding_window
         if window is not None and int(tree.positions.max()) >= window:
             raise ValueError(f"token trees past the sliding window ({window} tokens) are not supported")
+        if self.long_from is not None and int(tree.positions.max()) >= self.long_from:
+            raise ValueError(f"token trees past longrope's original context ({self.long_from} tokens) are not "
+                             f"supported")
         if tree.prefix is None:
             prefix = torch.ones((T, pos + T - W), dtype=torch.bool, device=self.device)
         else:
@@ -426,13 +441,28 @@ class Decoder:
         assert tokens.dim() == 1 and tokens.numel() > 0, tokens.shape
         T = tokens.numel()
         assert pos == cache.length and pos + T <= cache.max_len, (pos, cache.length, T, cache.max_len)
+        b = self.long_from
+        if b is not None and opts.tree is None and pos < b < pos + T:  # longrope: each side of the switch apart
+            first = self.forward(tokens[: b - pos], pos, cache, opts)
+            second = self.forward(tokens[b - pos:], b, cache, opts)
+            return torch.cat([first, second]) if opts.all_logits and opts.logits else second
+        long = b is not None and pos >= b
+        if b is not None and long != cache.long_rope:
+            self._encode_again(cache, long)
+        return self._run(tokens, pos, cache, opts, long)
+
+    def _run(self, tokens: torch.Tensor, pos: int, cache: KVCache, opts: ForwardOptions,
+             long: bool) -> torch.Tensor | None:
+        """forward's computation, all tokens with longrope's long factors or all with its short ones."""
+        T = tokens.numel()
         groups = self.exact if opts.groups is None else opts.groups
         span, taps, tree = opts.span, opts.taps, opts.tree
+        cache.tokens[pos: pos + T] = tokens
         if tree is None:
-            rope, mask = self._rope(pos, T), self._mask(pos, T)
+            rope, mask = self._rope(pos, T, long=long), self._mask(pos, T)
         else:
             assert tree.positions.numel() == T, (tree.positions.shape, T)
-            rope, mask = self._rope(pos, T, tree.positions), self._tree_mask(pos, tree)
+            rope, mask = self._rope(pos, T, tree.positions, long), self._tree_mask(pos, tree)
         x = self.w.embed[tokens]  # [T, D]
         if self.cfg.embed_scale is not None:  # Gemma: the scale rounded to the model dtype first
             x = x * torch.tensor(self.cfg.embed_scale, dtype=self.dtype, device=self.device)
@@ -455,6 +485,16 @@ class Decoder:
             logits = _linear(self._rms(x, self.w.norm), self.w.lm_head)
             cap = self.cfg.final_softcap
             return (logits if cap is None else torch.tanh(logits / cap) * cap).float()
+
+    def _encode_again(self, cache: KVCache, long: bool) -> None:
+        """longrope, as transformers' generate does it: a position at or past the original context is computed
+        over a prefix encoded with the long factors, one before it over the short ones. When a forward moves
+        to the other side (the run grows past it, or a verification's rejected tokens are cropped back before
+        it), the cached prefix is encoded again, exactly, with the factors of that side."""
+        n = cache.length
+        cache.length, cache.long_rope = 0, long
+        if n:
+            self._run(cache.tokens[:n].clone(), 0, cache, ForwardOptions(logits=False), long)
 
 
 def _softcapped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
