@@ -95,6 +95,60 @@ def test_logits_match_transformers(checkpoint):
     assert ref.std() > 0.1  # the logits are not flat: the comparison measures something
 
 
+def _fuzzy_with_transformers_layers(hf, ids: torch.Tensor, groups) -> torch.Tensor:
+    """The fuzzy forward (docs/families.md#fuzzy-groups-per-family) composed from transformers' own layer
+    modules, no cache, T below every window: each attention of a group reads the group input through its own
+    layer's input norm (and, for Gemma, its own post-attention norm on its output), then the residual
+    additions and MLPs run in order. Independent of our batched code path."""
+    m, T = hf.model, ids.numel()
+    x = m.embed_tokens(ids[None])  # [1, T, D] (Gemma's modules scale it themselves)
+    pos = torch.arange(T)[None]
+    mask = torch.full((T, T), float("-inf")).triu(1)[None, None]  # additive causal mask
+
+    def rope(i):
+        kind = getattr(hf.config, "layer_types", None)
+        try:
+            return m.rotary_emb(x, pos, layer_type=kind[i])
+        except TypeError:  # one RoPE for every layer
+            return m.rotary_emb(x, pos)
+
+    for start, end in groups:
+        attns = []
+        for i in range(start, end):  # all from the same group input x
+            layer = m.layers[i]
+            a = layer.self_attn(hidden_states=layer.input_layernorm(x), position_embeddings=rope(i),
+                                attention_mask=mask)[0]
+            attns.append(layer.post_attention_layernorm(a) if hasattr(layer, "pre_feedforward_layernorm") else a)
+        for i, a in zip(range(start, end), attns):
+            layer = m.layers[i]
+            x = x + a
+            if hasattr(layer, "pre_feedforward_layernorm"):  # Gemma's four norms
+                x = x + layer.post_feedforward_layernorm(layer.mlp(layer.pre_feedforward_layernorm(x)))
+            else:
+                x = x + layer.mlp(layer.post_attention_layernorm(x))
+    logits = hf.lm_head(m.norm(x))[0]
+    cap = getattr(hf.config, "final_logit_softcapping", None)
+    return logits if cap is None else torch.tanh(logits / cap) * cap
+
+
+@pytest.mark.parametrize("n", [2, 4])
+def test_fuzzy_groups_match_transformers_layers(checkpoint, n):
+    from easyspec.core.engine.grouping import layer_groups
+
+    name, folder = checkpoint
+    hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    dec = load_decoder(folder, torch.float32, CPU)
+    groups = layer_groups(dec.cfg.n_layers, n, head=0, tail=0)  # Gemma 3's groups mix sliding and global layers
+    ids = torch.arange(5, 5 + WINDOW - 1)
+    with torch.inference_mode():
+        ref = _fuzzy_with_transformers_layers(hf, ids, groups)
+        ours = dec.forward(ids, 0, dec.new_cache(16), ForwardOptions(groups=groups, all_logits=True))
+        exact = dec.forward(ids, 0, dec.new_cache(16), ForwardOptions(all_logits=True))
+    diff = (ours - ref).abs().max().item()
+    assert diff < 1e-4, f"{name}, N={n}: max abs logit difference {diff:.2e}"
+    assert (exact - ours).abs().max() > 1e-3  # the fuzzy plan really computes something else
+
+
 def test_each_switch_is_read_from_the_config(checkpoint):
     """The family's features were really switched on (a test pair without them would prove nothing)."""
     name, folder = checkpoint

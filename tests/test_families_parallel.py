@@ -45,3 +45,19 @@ def test_two_ranks_equal_one_device(sessions):
         records = list(multi.generate(multi.plan(cfg, PROMPT)))
         if assert_greedy_equal(tokens_of(records), ref_tokens, single.base, PROMPT, case=(name, s)):
             assert {sp.rank for r in records for sp in r.spans} == {0, 1}, s
+
+
+def test_layer_parallel_draft_equals_one_device_batched(sessions):
+    """Each rank computes one attention of a group (with its own layer's norms, mask and RoPE; Gemma 3's
+    groups mix sliding and global layers) and the all-gathered result equals the batched one-device form."""
+    from easyspec.core.engine.grouping import layer_groups
+
+    name, single, multi = sessions
+    groups = layer_groups(single.draft.cfg.n_layers, 2)
+    ids = torch.arange(5, 25)
+    with torch.inference_mode():
+        fuzzy = ForwardOptions(groups=groups)
+        ref_cache, cache = single.draft.new_cache(32), multi.draft.new_cache(32)
+        ref = torch.cat([single.draft.forward(ids[t: t + 1], t, ref_cache, fuzzy) for t in range(20)])
+        ours = torch.cat([multi.draft.forward(ids[t: t + 1], t, cache, fuzzy) for t in range(20)])
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-5)
