@@ -37,7 +37,7 @@ FAMILIES = {
                                     max_window_layers=1)),
     "phi3": ("phi3", dict(pad_token_id=0, rope_parameters=LONGROPE, original_max_position_embeddings=30,
                           max_position_embeddings=120)),
-    "phi4-mini": ("phi3", dict(pad_token_id=0, tie_word_embeddings=True, rope_parameters={
+    "phi4-mini": ("phi3", dict(pad_token_id=0, tie_word_embeddings=True, sliding_window=WINDOW, rope_parameters={
         "rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.75})),
     "gemma2": ("gemma2", dict(head_dim=24, query_pre_attn_scalar=20, sliding_window=WINDOW, tie_word_embeddings=True,
                               attn_logit_softcapping=2.0, final_logit_softcapping=3.0)),
@@ -161,7 +161,7 @@ def test_each_switch_is_read_from_the_config(checkpoint):
         "qwen3": dict(qk_norm=True, head_dim=24, qkv_bias=False),
         "qwen3-sliding": dict(qk_norm=True, sliding_layers=(False, True, True, True)),
         "phi3": dict(rope_kind="longrope", rotary_dim=8),
-        "phi4-mini": dict(rotary_dim=12, tie_word_embeddings=True),
+        "phi4-mini": dict(rotary_dim=12, tie_word_embeddings=True, sliding_window=WINDOW, sliding_layers=None),
         "gemma2": dict(sandwich_norm=True, norm_plus_one=True, attn_softcap=2.0, final_softcap=3.0,
                        sliding_layers=(True, False, True, False), activation="gelu_tanh", attn_scale=20 ** -0.5),
         "gemma3": dict(qk_norm=True, sandwich_norm=True, sliding_layers=(True, True, False, True),
@@ -254,7 +254,7 @@ def test_longrope_crossing_its_original_context_mid_run(tmp_path):
         plan_run(SpecConfig(max_new_tokens=40, tree_depth=3, tree_width=2), PROMPT, base, draft)
 
 
-@pytest.mark.parametrize("name", ["qwen3", "gemma3", "phi3"])
+@pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_cli_loads_each_family_from_a_local_folder(capsys, family_pairs, name):
     from easyspec.app.cli import main
 

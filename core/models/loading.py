@@ -413,7 +413,7 @@ def load_decoder(folder: Path, dtype: torch.dtype, device: torch.device, shard: 
         **{name: stack(list(parts), bias=name in present) if present.get(name, True) else None
            for name, parts in layer_parts(cfg).items()},
         norm=read("model.norm.weight").to(dtype=dtype, device=device),
-        lm_head=lm_head[: cfg.vocab_size],
+        lm_head=lm_head if lm_head.shape[0] == cfg.vocab_size else lm_head[: cfg.vocab_size],  # tied: one tensor
     )
     return Decoder(cfg if shard is None else shard.local(cfg), weights)
 
