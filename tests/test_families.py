@@ -95,6 +95,24 @@ def test_logits_match_transformers(checkpoint):
     assert ref.std() > 0.1  # the logits are not flat: the comparison measures something
 
 
+def test_bf16_logits_match_transformers_bf16(checkpoint):
+    """In bf16 too our rounding is transformers' (Gemma's fp32 norms and its embedding scale rounded to the
+    model dtype): far closer to transformers' bf16 logits than bf16 is to fp32 (bit-equal on this CPU)."""
+    name, folder = checkpoint
+    ids = torch.arange(3, 30)
+    logits = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        hf = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval()
+        dec = load_decoder(folder, dtype, CPU)
+        with torch.inference_mode():
+            ours = dec.forward(ids, 0, dec.new_cache(32), ForwardOptions(all_logits=True))
+            logits[dtype] = hf(ids[None]).logits[0].float(), ours
+    ref, ours = logits[torch.bfloat16]
+    rounding = (ref - logits[torch.float32][0]).abs().max().item()
+    diff = (ours - ref).abs().max().item()
+    assert diff <= 0.1 * rounding, f"{name}: bf16 difference {diff:.2e} against a bf16 rounding of {rounding:.2e}"
+
+
 def _fuzzy_with_transformers_layers(hf, ids: torch.Tensor, groups) -> torch.Tensor:
     """The fuzzy forward (docs/families.md#fuzzy-groups-per-family) composed from transformers' own layer
     modules, no cache, T below every window: each attention of a group reads the group input through its own
