@@ -1,6 +1,8 @@
 """Every supported model family on tiny random-weight checkpoints built with transformers' own classes:
 our decoder's logits equal transformers' on prefill and on cached decoding (sliding windows crossed,
-RoPE variants switched on), greedy output equals vanilla in every mode, and the CLI loads each folder."""
+RoPE variants switched on, longrope's switch passed), in bf16 too; fuzzy groups equal the same computation
+composed from transformers' own layers; greedy output equals vanilla in every mode; the CLI and the
+dashboard load each folder. Then the refusals (each family's message) and vocabulary alignment."""
 from __future__ import annotations
 
 import itertools
@@ -27,6 +29,7 @@ LONGROPE = {"rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_fact
 # name -> (model_type, config fields); each is one configuration users bring (README.md#supported-model-families)
 FAMILIES = {
     "llama3.2-tied": ("llama", dict(rope_parameters=LLAMA3, tie_word_embeddings=True)),
+    "mistral": ("mistral", dict(sliding_window=WINDOW)),
     "qwen2-sliding": ("qwen2", dict(use_sliding_window=True, sliding_window=WINDOW, max_window_layers=2)),
     "qwen2-yarn": ("qwen2", dict(rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
                                                   "original_max_position_embeddings": 16})),
@@ -173,6 +176,7 @@ def test_each_switch_is_read_from_the_config(checkpoint):
     cfg = load_decoder(folder, torch.float32, CPU).cfg
     expected = {
         "llama3.2-tied": dict(tie_word_embeddings=True, rope_kind="llama3"),
+        "mistral": dict(sliding_window=WINDOW, sliding_layers=None),
         "qwen2-sliding": dict(sliding_layers=(False, False, True, True), sliding_window=WINDOW, qkv_bias=True),
         "qwen2-yarn": dict(rope_kind="yarn"),
         "qwen2-dynamic": dict(rope_kind="dynamic"),
