@@ -169,8 +169,8 @@ def _hf_model(folder, dtype: str, share=None):
 
 def _share_weights(model, dec) -> None:
     """Point every parameter of transformers' model at the matching slice of our stacked weights
-    (loading.layer_parts: which checkpoint tensors each stacked weight holds, in order)."""
-    from ..models.loading import layer_parts
+    (families.layer_parts: which checkpoint tensors each stacked weight holds, in order)."""
+    from ..models.families import layer_parts
 
     def put(module, name: str, t) -> None:
         setattr(module, name, torch.nn.Parameter(t, requires_grad=False))
