@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..settings import Group  # [start, end): the draft layers that run as one step
-from .rope import SEQ_DEPENDENT, RopeConfig, rope_inv_freq  # noqa: F401 (RopeConfig: re-exported)
+from .rope import RopeConfig, rope_inv_freq  # noqa: F401 (RopeConfig: re-exported)
 
 
 @dataclass(frozen=True)
@@ -190,9 +190,14 @@ class Decoder:
         # Each layer is of one kind, "full" or "sliding"; a kind has its own mask and may have its own RoPE.
         self.kinds = tuple("sliding" if cfg.slides(i) else "full" for i in range(cfg.n_layers))
         self.ropes = {"full": cfg.rope, "sliding": cfg.sliding_rope or cfg.rope}
-        self._freqs = {k: rope_inv_freq(r, self.rotary_dim) for k, r in self.ropes.items()}  # kind -> (inv, scale)
-        self.inv_freq = self._freqs["full"][0].to(self.device)  # [rotary_dim / 2] fp32
-        # longrope: positions from here on are computed with the long factors, over a prefix encoded with them
+        # (kind, long) -> (inverse frequencies [rotary_dim / 2] fp32 on the device, cos/sin scale); long: longrope's
+        # long factors, used from long_from on over a prefix encoded with them (see _encode_again)
+        self._freqs = {}
+        for kind, rope in self.ropes.items():
+            for long in (False, True):
+                inv, scale = rope_inv_freq(rope, self.rotary_dim, rope.original_max_position + 1 if long else None)
+                self._freqs[kind, long] = inv.to(self.device), scale
+        self.inv_freq = self._freqs["full", False][0]  # [rotary_dim / 2] fp32
         longrope = [r.original_max_position for r in self.ropes.values() if r.kind == "longrope"]
         self.long_from: int | None = min(longrope) if longrope else None
         self.exact = sequential_groups(cfg.n_layers)
@@ -225,13 +230,13 @@ class Decoder:
         out = {}
         for kind in set(self.kinds):
             rope = self.ropes[kind]
-            if rope.kind == "longrope":
-                inv, scale = rope_inv_freq(rope, self.rotary_dim, rope.original_max_position + 1 if long else None)
-            elif rope.kind in SEQ_DEPENDENT:
-                inv, scale = rope_inv_freq(rope, self.rotary_dim, int(t.max()) + 1)
+            if rope.kind == "dynamic":  # NTK: by the length this forward reaches
+                reach = pos + n if positions is None else int(positions.max()) + 1
+                inv, scale = rope_inv_freq(rope, self.rotary_dim, reach)
+                inv = inv.to(self.device)
             else:
-                inv, scale = self._freqs[kind]
-            freqs = torch.outer(t, inv.to(self.device))  # [T, rotary_dim / 2]
+                inv, scale = self._freqs[kind, long]
+            freqs = torch.outer(t, inv)  # [T, rotary_dim / 2]
             emb = torch.cat((freqs, freqs), dim=-1)
             out[kind] = ((emb.cos() * scale).to(self.dtype), (emb.sin() * scale).to(self.dtype))
         return out

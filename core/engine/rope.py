@@ -35,7 +35,6 @@ class RopeConfig:
 
 
 ROPE_KINDS = ("default", "linear", "llama3", "dynamic", "yarn", "longrope")
-SEQ_DEPENDENT = ("dynamic", "longrope")  # their frequencies depend on the length a forward reaches
 
 
 def rope_inv_freq(rope: RopeConfig, dim: int, seq_len: int | None = None) -> tuple[torch.Tensor, float]:
