@@ -1,6 +1,6 @@
-"""Qwen3 and Gemma 3 on 2 CPU gloo ranks against one device: the tensor-parallel base's logits (q/k norms,
-Gemma's four norms and soft-capping after the all-reduce) and greedy output in every mode, the draft's
-fuzzy groups spread over the ranks (each rank applying its own layer's norms)."""
+"""Qwen3, Gemma 3 and Phi-3 on 2 CPU gloo ranks against one device: the tensor-parallel base's logits (q/k norms,
+Gemma's four norms after the all-reduce, Phi's fused q/k/v and gate/up split into shards) and greedy output
+in every mode, the draft's fuzzy groups spread over the ranks (each rank applying its own layer's norms)."""
 from __future__ import annotations
 
 import itertools
@@ -18,7 +18,7 @@ from test_families import PROMPT, make_family_pair
 POLICIES = ("none", "every-round", "on-mismatch")
 
 
-@pytest.fixture(scope="module", params=["qwen3", "gemma3"])
+@pytest.fixture(scope="module", params=["qwen3", "gemma3", "phi3"])
 def sessions(request, tmp_path_factory):
     base, draft = make_family_pair(tmp_path_factory.mktemp(request.param), request.param)
     source = resolve_pair(str(base), str(draft))
