@@ -148,7 +148,7 @@ class Session:
                 whole = self.base if self.devices == 1 else None
                 try:
                     self._fp32 = fp32_copy(whole) if whole else load_fp32_base(
-                        self.source.base_dir, parse_dtype(self.dtype), self.base.device)
+                        self.source.base_dir, parse_dtype(self.dtype), self.base.device, self.base.cfg.vocab_size)
                 except Exception as exc:  # an fp32 copy may not fit next to the session's models on the device
                     if not out_of_memory(exc) or self.base.device.type == "cpu":
                         raise
@@ -156,7 +156,7 @@ class Session:
                     torch.cuda.empty_cache()
                     cpu = torch.device("cpu")
                     self._fp32 = fp32_copy(whole, cpu) if whole else load_fp32_base(
-                        self.source.base_dir, parse_dtype(self.dtype), cpu)
+                        self.source.base_dir, parse_dtype(self.dtype), cpu, self.base.cfg.vocab_size)
             return self._fp32
 
     def _keep_ranks_alive(self) -> None:
