@@ -30,6 +30,7 @@ LONGROPE = {"rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_fact
 FAMILIES = {
     "llama3.2-tied": ("llama", dict(rope_parameters=LLAMA3, tie_word_embeddings=True)),
     "mistral": ("mistral", dict(sliding_window=WINDOW)),
+    "mistral-nemo": ("mistral", dict(head_dim=24, sliding_window=None)),  # head_dim 128 != 5120 / 32 in Nemo
     "qwen2-sliding": ("qwen2", dict(use_sliding_window=True, sliding_window=WINDOW, max_window_layers=2)),
     "qwen2-yarn": ("qwen2", dict(rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
                                                   "original_max_position_embeddings": 16})),
@@ -177,6 +178,7 @@ def test_each_switch_is_read_from_the_config(checkpoint):
     expected = {
         "llama3.2-tied": dict(tie_word_embeddings=True, rope_kind="llama3"),
         "mistral": dict(sliding_window=WINDOW, sliding_layers=None),
+        "mistral-nemo": dict(head_dim=24, sliding_window=None),
         "qwen2-sliding": dict(sliding_layers=(False, False, True, True), sliding_window=WINDOW, qkv_bias=True),
         "qwen2-yarn": dict(rope_kind="yarn"),
         "qwen2-dynamic": dict(rope_kind="dynamic"),
@@ -413,8 +415,8 @@ def test_dashboard_loads_a_family_from_a_local_folder(family_pairs, name, tmp_pa
                       calibration="on-mismatch", draft_len=4, temperature=0, top_p=1, top_k=0, seed=0,
                       max_new_tokens=16)
         last = list(make_handlers(ctx).generate(values, UserState()))[-1]
-        assert last[0].startswith("**Done**: easyspec"), last[0]
-        details = last[6]
+        assert last["status"].startswith("**Done**: easyspec"), last["status"]
+        details = last["details"]
         ids = ctx.session.encode("The quick brown fox", True)
         vanilla = tokens_of(ctx.session.generate(ctx.session.plan(SpecConfig(mode="vanilla", max_new_tokens=16), ids)))
         assert details["token_ids"] == vanilla and f"`{base}`" in ctx.models_markdown()
