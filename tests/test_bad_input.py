@@ -109,8 +109,8 @@ CASES = [
          "layer-parallel size N: every ticked value must be one of"),
     Case("pilot set as a path", "/pilot", dict(source="built-in set", prompt_set="../../etc/passwd"),
          "built-in set must be one of code, chat, math, summarisation"),
-    Case("pilot unknown interconnect", "/pilot", dict(source="typed prompts", prompt="hi", comm="pigeon"),
-         "interconnect model must be one of"),
+    Case("pilot unknown hardware", "/pilot", dict(source="typed prompts", prompt="hi", hardware="pigeon"),
+         "projection hardware must be one of"),
     Case("pilot upload missing", "/pilot", dict(source="uploaded file"), "choose a JSONL or CSV file to upload first"),
     Case("replay without a file", "/replay", dict(run_file=None, speed="instant"), "choose a saved run file"),
     # -- uploaded pilot files --------------------------------------------------------------------------

@@ -62,8 +62,9 @@ def test_engine_baseline_table_comes_from_its_raw_runs(pair_dirs, tmp_path):
 
 def test_devices_cpu_states_its_criterion_and_computes_table_projection_and_verdict_from_raw_runs(pair_dirs,
                                                                                                     tmp_path):
-    from easyspec.core.evaluation.projection import COMM_MODELS, Shape, latencies_from_runs, project
-    from easyspec.core.engine.grouping import layer_groups
+    from easyspec.core.evaluation.cpu_device import cpu_machine
+    from easyspec.core.evaluation.projection import Setting, project
+    from easyspec.core.evaluation.shapes import ModelShape
     from easyspec.core.engine import metrics
     from easyspec.core.evaluation.bench import records_from_raw
 
@@ -78,17 +79,22 @@ def test_devices_cpu_states_its_criterion_and_computes_table_projection_and_verd
     assert len(data["runs"]) == len(mod.SETTINGS) * 2
     assert mod.rebuild(data) == {k: data[k] for k in ("rows", "projection", "verdict")} and mod.markdown(data) == md
     one = {r["setting"]: records_from_raw(r["rounds"]) for r in data["runs"] if r["devices"] == 1}
-    lat = latencies_from_runs(one["speculative"], one["vanilla"], one["easyspec N=2 every-round"])
-    shape_b, shape_d = Shape(**data["shapes"]["base"]), Shape(**data["shapes"]["draft"])
+    van = next(r for r in data["runs"] if r["setting"] == "vanilla" and r["devices"] == 1)
+    shape_b, shape_d = ModelShape(**data["shapes"]["base"]), ModelShape(**data["shapes"]["draft"])
+    assert shape_b.bytes_per_value == 4 and data["cpu"]["bandwidth_bytes_per_s"] > 0  # fp32; measured before
+    device, eff = cpu_machine(data["cpu"])
     low, high = mod.CRITERION["g1_projection_band"]
     in_band = []
     for row in data["rows"]:
         run = next(r for r in data["runs"] if r["setting"] == row["setting"] and r["devices"] == row["devices"])
         measured = len(run["token_ids"]) / run["wall_s"]
         assert row["tokens_per_s"] == pytest.approx(measured, abs=1e-4)
-        proj = project(lat, shape_b, shape_d, 5, row["devices"], COMM_MODELS["gloo-cpu"],
-                       layer_groups(shape_d.layers, 2), metrics.compute(one["speculative"]).mean_accepted_length,
-                       metrics.compute(one["easyspec N=2 every-round"]).mean_accepted_length)
+        setting = Setting(devices=row["devices"], context=round(len(van["prompt_ids"]) + len(van["token_ids"]) / 2),
+                          draft_len=5, layer_parallel=2,
+                          al_speculative=metrics.compute(one["speculative"]).mean_accepted_length,
+                          al_easyspec=metrics.compute(one["easyspec N=2 every-round"]).mean_accepted_length,
+                          cuda_graphs=False)
+        proj = project(shape_b, shape_d, device, setting, eff)
         projected = proj[mod.PROJECTION_KEY[row["setting"]]]["tokens_per_s"]
         cells = _cells(md.split("## Projection")[1], f"{row['setting']} | {row['devices']}")
         assert cells[-1] == f"{projected / measured:.2f}"

@@ -19,7 +19,7 @@ from gradio_client.exceptions import AppError  # noqa: E402
 # Everything a request may set; a model, a folder or a server path is not among them.
 REQUEST_PARAMETERS = {"prompt", "chat", "mode", "layer_parallel", "calibration", "draft_len", "temperature", "top_p",
                       "top_k", "seed", "max_new_tokens", "columns", "source", "prompt_set", "n_prompts",
-                      "speculative", "upload", "comm", "run_file", "speed", "lang",
+                      "speculative", "upload", "hardware", "run_file", "speed", "lang",
                       "grouping", "plan", "tolerance", "tokens",  # a layer plan is text like '0|1-4|...', not a path
                       "tree_depth", "tree_width", "adaptive", "on_low_acceptance",
                       "draft_dtypes"} | {  # draft precisions: names like 'int8', checked against DRAFT_DTYPES

@@ -106,3 +106,12 @@ def errors(rows: Sequence[Published], eff: Efficiency) -> list[float]:
 
 def median_abs(errs: Sequence[float]) -> float:
     return statistics.median(abs(e) for e in errs)
+
+
+def validation(eff: Efficiency = FITTED) -> dict:
+    """The model's error on the published rows with `eff`, and leave-one-out (what reports quote)."""
+    rows = published_rows()
+    errs, loo = errors(rows, eff), leave_one_out(rows, fit, predict)
+    return {"rows": len(rows), "median_abs": median_abs(errs), "worst_abs": max(map(abs, errs)),
+            "loo_median_abs": median_abs(loo), "loo_worst_abs": max(map(abs, loo)),
+            "source": "; ".join(sorted({r.where for r in rows}))}
