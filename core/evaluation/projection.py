@@ -110,7 +110,7 @@ def forward(m: ModelShape, tokens: float, context: int, batch: int = 1, tp: int 
 
 
 def fuzzy_step(m: ModelShape, plan, context: int, batch: int, g: int, width: int = 1) -> list[Work]:
-    """One fuzzy draft step, per device (docs/method.md#fuzzy-layer-parallel-speculation): on G > 1
+    """One fuzzy draft step, per device (docs/method.md#fuzzy-layer-parallel-groups): on G > 1
     device r runs the r-th attention of each group, an all-gather shares them, every device runs the
     group's MLPs; sequential layers and the LM head run on every device. On one device a group's
     attentions run as one batched computation: the same bytes, one attention's launches."""
