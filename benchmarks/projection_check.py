@@ -130,7 +130,8 @@ def findings(data: dict) -> list[str]:
     out.append(f"The CPU was measured at {m['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s (median of {m['repeats']} "
                f"matrix-vector products over 1 GiB, {lo:.1f} to {hi:.1f} GB/s; a plain sum: "
                f"{m['sum_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s), {m['flops_per_s'] / 1e9:.1f} GFLOP/s "
-               f"with {m['gemm_rows']} rows and {m['op_s'] * 1e6:.1f} us per eager op, at {data['date']}; the runs "
+               f"with {m['gemm_rows']} rows and {m['op_s'] * 1e6:.1f} us per eager op, at {data['date']} with a load "
+               f"average of {m['load_average']:.1f} on {m['cpus']} CPUs; the runs "
                f"it is compared with date from {data['measured']['date']} (commit {data['measured']['commit']}), on a "
                "machine shared with other work, so the load then and now may differ.")
     for r in cpu["measured_phases_s"]:

@@ -34,9 +34,12 @@ def measure_cpu(rows: int = 6, repeats: int = 7) -> dict:
     stores it) and of a 1 GiB sum, FLOP/s of [rows, 4096] x the same weight, seconds of one tiny eager op.
     Each is the median of `repeats` timings (this machine is shared, as it was when the runs were measured);
     the fastest and slowest are kept beside it."""
+    import os
+
     import torch
     import torch.nn.functional as F
 
+    load = os.getloadavg()[0]  # other work on the machine while measuring (1-minute load average)
     w = torch.randn(65536, 4096)  # 1 GiB of fp32: far beyond any cache
     x, xs = torch.randn(1, 4096), torch.randn(rows, 4096)
     nbytes = w.numel() * 4
@@ -49,7 +52,7 @@ def measure_cpu(rows: int = 6, repeats: int = 7) -> dict:
     return {"bandwidth_bytes_per_s": statistics.median(gemv), "bandwidth_range": [min(gemv), max(gemv)],
             "sum_bandwidth_bytes_per_s": statistics.median(sums), "flops_per_s": statistics.median(gemm),
             "flops_range": [min(gemm), max(gemm)], "op_s": op, "threads": torch.get_num_threads(),
-            "gemm_rows": rows, "repeats": repeats}
+            "gemm_rows": rows, "repeats": repeats, "load_average": load, "cpus": os.cpu_count()}
 
 
 def cpu_machine(m: dict) -> tuple[Device, Efficiency]:
