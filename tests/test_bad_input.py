@@ -118,7 +118,7 @@ CASES = [
     Case("pilot set as a path", "/pilot", dict(source="built-in set", prompt_set="../../etc/passwd"),
          "built-in set must be one of code, chat, math, summarisation"),
     Case("pilot unknown hardware", "/pilot", dict(source="typed prompts", prompt="hi", hardware="pigeon"),
-         "projection hardware must be one of"),
+         "projection: hardware must be one of"),
     Case("pilot upload missing", "/pilot", dict(source="uploaded file"), "choose a JSONL or CSV file to upload first"),
     Case("replay without a file", "/replay", dict(run_file=None, speed="instant"), "choose a saved run file"),
     # -- uploaded pilot files --------------------------------------------------------------------------
