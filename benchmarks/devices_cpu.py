@@ -18,6 +18,7 @@ import platform
 import shlex
 import statistics
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from easyspec.app.logs import configure as configure_logging
@@ -196,7 +197,10 @@ def main(argv: list[str] | None = None) -> int:
                                                      indent=1))
     from easyspec.core.evaluation.cpu_device import measure_cpu
 
-    cpu = measure_cpu()  # before the models load: the CPU's bandwidth, compute and per-op cost
+    from easyspec.core.evaluation.shapes import PRESETS
+
+    # before the models load: the CPU's bandwidth, compute and per-op cost, in the offline pair's base shapes
+    cpu = measure_cpu(replace(PRESETS["qwen2.5-coder-1.5b"], bytes_per_value=4), args.draft_len + 1)
     raw, shapes = measure(source, 1, args.max_new_tokens, args.repeats)
     raw += measure(source, 2, args.max_new_tokens, args.repeats)[0]
     result = {"meta": meta, "criterion": CRITERION, "shapes": {k: vars(s) for k, s in zip(("base", "draft"), shapes)},
