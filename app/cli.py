@@ -570,9 +570,10 @@ def cmd_project(args) -> int:
     al_source = "entered" if args.accepted_length is not None else "assumed (no pilot, none entered)"
     al = 3.5 if args.accepted_length is None else args.accepted_length
     al_easy = al if args.easyspec_accepted_length is None else args.easyspec_accepted_length
-    s = Setting(devices=args.devices, context=args.context, draft_len=args.draft_len,
-                layer_parallel=args.layer_parallel or (min(4, args.devices) if args.devices > 1 else 4), al_speculative=al, al_easyspec=al_easy, batch=args.batch,
-                cuda_graphs=args.graphs, tree_width=args.tree_width)
+    n = args.layer_parallel or (min(4, args.devices) if args.devices > 1 else 4)  # the default N: min(4, G)
+    s = Setting(devices=args.devices, context=args.context, draft_len=args.draft_len, layer_parallel=n,
+                al_speculative=al, al_easyspec=al_easy, batch=args.batch, cuda_graphs=args.graphs,
+                tree_width=args.tree_width)
     p = project(base, draft, dev, s, eff)
     p["accepted_length_source"] = al_source
     if args.json:

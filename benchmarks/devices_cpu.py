@@ -153,8 +153,9 @@ def markdown(result: dict) -> str:
     lines += ["", "Per-rank columns are seconds of exclusive time from each rank's timeline spans of the median run "
               "(nested communication is subtracted from the span around it).", "",
               "## Projection check (core/evaluation/projection.py against the measured runs)", "",
-              f"The hardware model with this CPU measured before the runs ({result['cpu']['bandwidth_bytes_per_s'] / 1e9:.1f} "
-              f"GB/s, {result['cpu']['flops_per_s'] / 1e9:.1f} GFLOP/s, {result['cpu']['op_s'] * 1e6:.1f} us per op) and "
+              f"The hardware model with this CPU measured before the runs "
+              f"({result['cpu']['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s, {result['cpu']['flops_per_s'] / 1e9:.1f} "
+              f"GFLOP/s, {result['cpu']['op_s'] * 1e6:.1f} us per op) and "
               "the acceptance of the G = 1 median runs above; gloo collectives: a stated 300 us and 2 GB/s each. "
               "A projection, not a measurement.", "",
               "| setting | G | projected tok/s | measured tok/s | projected / measured |", "|---|---|---|---|---|"]

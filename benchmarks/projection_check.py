@@ -69,7 +69,8 @@ def measured_runs(path: str = MEASURED, dtype: str = "float32") -> dict:
         if label == "vanilla":
             phase = {"step": phase["verify"]}
         out[label] = {"runs": len(runs), "decode_tokens_per_s": tokens / seconds,
-                      "accepted_length": sum(len(d["token_ids"]) for d in drafting) / len(drafting) if drafting else None,
+                      "accepted_length": (sum(len(d["token_ids"]) for d in drafting) / len(drafting)
+                                          if drafting else None),
                       "context": statistics.mean(len(r["prompt_ids"]) + len(r["token_ids"]) / 2 for r in runs),
                       "settings": runs[0]["settings"], "phase_s_per_round": phase}
     return {"file": path, "commit": data["meta"]["commit"], "date": data["meta"]["date"],
@@ -107,16 +108,16 @@ def findings(data: dict) -> list[str]:
     over = [f"{r['model']} G={r['devices']} ({r['error']:+.1%})" for r in pub["rows"]
             if abs(r["error"]) > t["published_worst_abs"]]
     met = pub["median_abs"] <= t["published_median_abs"] and not over
+    verdict = "target met." if met else f"target missed by {', '.join(over) or 'the median'}."
     out.append(f"Published figures: median absolute error {pub['median_abs']:.1%} (target <= "
-               f"{t['published_median_abs']:.0%}), worst {worst['model']} G={worst['devices']} at {worst['error']:+.1%} "
-               f"(target <= {t['published_worst_abs']:.0%}): " + ("target met." if met else
-                                                                 f"target missed by {', '.join(over) or 'the median'}."))
+               f"{t['published_median_abs']:.0%}), worst {worst['model']} G={worst['devices']} at "
+               f"{worst['error']:+.1%} (target <= {t['published_worst_abs']:.0%}): {verdict}")
     out.append(f"Leave-one-out (refit on the other {len(pub['rows']) - 1} rows): median absolute error "
                f"{pub['loo_median_abs']:.1%}, worst {pub['loo_worst_abs']:.1%}.")
     f = pub["fitted"]
-    out.append(f"Fitted: {f['bandwidth']:.1%} of the datasheet bandwidth, {f['replay_s'] * 1e6:.0f} us per forward "
-               f"(one CUDA-graph replay), {f['collective_s'] * 1e6:.1f} + {f['collective_hop_s'] * 1e6:.2f} x (G - 1) us "
-               "per all-reduce.")
+    out.append(f"Fitted: {f['bandwidth']:.1%} of the datasheet bandwidth, {f['replay_s'] * 1e6:.0f} us per "
+               f"forward (one CUDA-graph replay), {f['collective_s'] * 1e6:.1f} + {f['collective_hop_s'] * 1e6:.2f} "
+               "x (G - 1) us per all-reduce.")
     drift = max(abs(f[k] / pub["in_code"][k] - 1) for k in f)
     out.append(f"The factors in core/evaluation/hardware.py differ from this fit by at most {drift:.2%}.")
     missed = [r for r in cpu["rows"] if abs(r["error"]) > t["cpu_abs"]]

@@ -88,7 +88,8 @@ PRESETS = {s.name: s for s in (
     _p("qwen2.5-coder-0.5b", 24, 896, 14, 2, 4864, 151936, True),  # Qwen/Qwen2.5-Coder-0.5B-Instruct
     _p("qwen3-32b", 64, 5120, 64, 8, 25600, 151936, False, head_dim=128),  # Qwen/Qwen3-32B
     _p("qwen3-0.6b", 28, 1024, 16, 8, 3072, 151936, True, head_dim=128),  # Qwen/Qwen3-0.6B
-    _p("gemma-3-27b", 62, 5376, 32, 16, 21504, 262208, True, head_dim=128, window=1024, every=6),  # google/gemma-3-27b-it
+    # google/gemma-3-27b-it
+    _p("gemma-3-27b", 62, 5376, 32, 16, 21504, 262208, True, head_dim=128, window=1024, every=6),
     _p("gemma-3-1b", 26, 1152, 4, 1, 6912, 262144, True, head_dim=256, window=512, every=6),  # google/gemma-3-1b-it
 )}
 # The pairs issue 22 names: base -> drafts.
