@@ -9,7 +9,7 @@ import pytest
 from easyspec.app.cli import main
 from easyspec.core.evaluation import fitting
 from easyspec.core.evaluation.hardware import DEVICES, FITTED, Device, load_device
-from easyspec.core.evaluation.projection import Machine, Setting, forward, project
+from easyspec.core.evaluation.projection import Machine, Setting, attention, forward, project
 from easyspec.core.evaluation.shapes import PAIRS, PRESETS, from_config
 
 H100 = DEVICES["h100-sxm"]
@@ -33,6 +33,9 @@ def test_tensor_parallel_divides_the_bytes_per_device_and_adds_collectives():
     one, eight = forward(BASE, 1, 1024, tp=1), forward(BASE, 1, 1024, tp=8)
     assert eight.bytes == pytest.approx(one.bytes / 8)  # 64 heads, 8 KV heads: everything divides by 8
     assert one.collectives == 0 and eight.collectives == 2 * BASE.layers + 1  # + the LM head's logit gather
+    q7 = PRESETS["qwen2.5-7b"]  # 28 heads, 4 KV heads: over 8 devices each holds 4 heads and 1 KV head
+    qo, kv = 2 * q7.hidden * 128 * 2, 2 * q7.hidden * 128 * 2  # q and o rows per head, k and v rows per KV head
+    assert attention(q7, 1, 0, 1, tp=8).bytes == pytest.approx(4 * qo + 1 * kv)
     p1, p8 = (project(BASE, DRAFT, H100, Setting(devices=g, layer_parallel=1)) for g in (1, 8))
     assert p8["vanilla"]["per_device_bytes"] < p1["vanilla"]["per_device_bytes"] / 7
     assert p8["vanilla"]["tokens_per_s"] > 4 * p1["vanilla"]["tokens_per_s"]

@@ -79,12 +79,13 @@ def all_gather(nbytes_per_rank: float, g: int) -> Work:  # ring: G - 1 pieces ar
 
 def attention(m: ModelShape, tokens: float, context: int, batch: int, tp: int = 1) -> Work:
     """One layer's attention at TP = tp: its weights (heads that do not divide by tp leave devices
-    with the larger share) and its KV cache at this context, for tokens x batch queries."""
+    with the larger share; KV heads fewer than tp are replicated) and its KV cache at this context,
+    for tokens x batch queries."""
     share, kv_share = math.ceil(m.heads / tp) / m.heads, math.ceil(m.kv_heads / tp) / m.kv_heads
     q = tokens * batch
+    weights = m.hidden * m.head_dim * m.bytes_per_value * (2 * m.heads * share + 2 * m.kv_heads * kv_share)
     kv = batch * m.cached(context) * m.kv_bytes_per_token * kv_share
-    return Work(bytes=m.attn_bytes * share + kv,
-                flops=2 * q * m.attn_bytes / m.bytes_per_value * share
+    return Work(bytes=weights + kv, flops=2 * q * weights / m.bytes_per_value
                 + 4 * q * m.cached(context) * m.heads * m.head_dim * share,  # QK^T and PV
                 launches=ATTN_KERNELS)
 
