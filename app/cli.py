@@ -567,7 +567,7 @@ def cmd_project(args) -> int:
         raise ValueError(f"--draft is needed for {args.base!r} (presets with a default draft: "
                          f"{', '.join(shapes.PAIRS)})")
     draft = shapes.resolve(args.draft or shapes.PAIRS[base.name][0])
-    al_source = "entered" if args.accepted_length is not None else "assumed (no pilot, none entered)"
+    al_source = "entered" if args.accepted_length is not None else "assumed: no pilot, none entered"
     al = 3.5 if args.accepted_length is None else args.accepted_length
     al_easy = al if args.easyspec_accepted_length is None else args.easyspec_accepted_length
     n = args.layer_parallel or (min(4, args.devices) if args.devices > 1 else 4)  # the default N: min(4, G)
@@ -575,7 +575,7 @@ def cmd_project(args) -> int:
                 al_speculative=al, al_easyspec=al_easy, batch=args.batch, cuda_graphs=args.graphs,
                 tree_width=args.tree_width)
     p = project(base, draft, dev, s, eff)
-    p["accepted_length_source"] = al_source
+    p = {"kind": "projected by the hardware model, not measured", **p, "accepted_length_source": al_source}
     if args.json:
         print(json.dumps(p))
         return 0
