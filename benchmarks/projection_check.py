@@ -27,7 +27,7 @@ from easyspec.core.evaluation import fitting
 from easyspec.core.evaluation.bench import git_commit, machine
 from easyspec.core.evaluation.cpu_device import cpu_machine, measure_cpu
 from easyspec.core.evaluation.hardware import FITTED
-from easyspec.core.evaluation.projection import Setting, project
+from easyspec.core.evaluation.projection import Setting, forward, project
 from easyspec.core.evaluation.shapes import PRESETS
 from easyspec.core.files import write_text_atomic
 
@@ -95,8 +95,13 @@ def cpu_check(cpu: dict, measured: dict) -> dict:
               for m in CPU_SETTINGS.values()}
     measured_phases = [{"setting": label, **{k: round(x, 4) for k, x in v["phase_s_per_round"].items() if x > 0}}
                        for label, v in s.items()]
+    # What the runs themselves imply: the base's bytes over the measured vanilla step, the verify's FLOPs over
+    # the measured verify (a diagnostic of the CPU then against the CPU now, never fed back into the model).
+    step, verify = forward(base, 1, setting.context), forward(base, setting.draft_len + 1, setting.context)
+    implied = {"bandwidth_bytes_per_s": step.bytes / s["vanilla"]["phase_s_per_round"]["step"],
+               "flops_per_s": verify.flops / s["speculative"]["phase_s_per_round"]["verify"]}
     return {"device": asdict(dev), "setting": asdict(setting), "rows": rows, "projected_phases_s": phases,
-            "measured_phases_s": measured_phases,
+            "measured_phases_s": measured_phases, "implied_by_runs": implied,
             "worst_abs": max(abs(r["error"]) for r in rows)}
 
 
@@ -137,6 +142,11 @@ def findings(data: dict) -> list[str]:
                f"average of {m['load_average']:.1f} on {m['cpus']} CPUs; the runs "
                f"it is compared with date from {data['measured']['date']} (commit {data['measured']['commit']}), on a "
                "machine shared with other work, so the load then and now may differ.")
+    imp = cpu["implied_by_runs"]
+    out.append(f"The runs imply {imp['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s (the base's bytes over their vanilla "
+               f"step) and {imp['flops_per_s'] / 1e9:.1f} GFLOP/s (the verify's FLOPs over their verify): the CPU "
+               f"measured now gave {m['bandwidth_bytes_per_s'] / imp['bandwidth_bytes_per_s']:.0%} and "
+               f"{m['flops_per_s'] / imp['flops_per_s']:.0%} of that.")
     for r in cpu["measured_phases_s"]:
         p = cpu["projected_phases_s"][CPU_SETTINGS[r["setting"]]]
         parts = [f"{k} {v:.3f} s measured / {p[k]:.3f} s projected" for k, v in r.items() if k in p]

@@ -6,6 +6,7 @@ import importlib.util
 import re
 import json
 import statistics
+from dataclasses import replace
 import sys
 from pathlib import Path
 
@@ -94,7 +95,8 @@ def test_devices_cpu_states_its_criterion_and_computes_table_projection_and_verd
                           al_speculative=metrics.compute(one["speculative"]).mean_accepted_length,
                           al_easyspec=metrics.compute(one["easyspec N=2 every-round"]).mean_accepted_length,
                           cuda_graphs=False)
-        proj = project(shape_b, shape_d, device, setting, eff)
+        share = replace(device, bandwidth=device.bandwidth / row["devices"], flops=device.flops / row["devices"])
+        proj = project(shape_b, shape_d, share, setting, eff)
         projected = proj[mod.PROJECTION_KEY[row["setting"]]]["tokens_per_s"]
         cells = _cells(md.split("## Projection")[1], f"{row['setting']} | {row['devices']}")
         assert cells[-1] == f"{projected / measured:.2f}"
