@@ -108,6 +108,36 @@ def test_devices_cpu_states_its_criterion_and_computes_table_projection_and_verd
     assert data["verdict"]["passed"] == passed and code == (0 if passed else 1)
 
 
+def test_projection_check_states_each_error_and_its_sentences_follow_the_numbers(tmp_path):
+    from easyspec.core.evaluation import fitting
+
+    mod = _script("projection_check")
+    out = tmp_path / "projection_check"
+    assert mod.main(["--repeats", "1", "--out", str(out)]) == 0
+    data = json.loads(out.with_suffix(".json").read_text())
+    md = out.with_suffix(".md").read_text()
+    assert META <= set(data["meta"]) and data["meta"]["command"].startswith("python benchmarks/projection_check.py")
+    rows, eff = fitting.published_rows(), fitting.fit(fitting.published_rows())
+    errors = [fitting.predict(r, eff) / r.tokens_per_s - 1 for r in rows]
+    assert [r["error"] for r in data["published"]["rows"]] == [round(e, 4) for e in errors]
+    assert data["published"]["median_abs"] == pytest.approx(statistics.median(abs(e) for e in errors))
+    for i, row in enumerate(data["published"]["rows"]):  # leave-one-out by hand: refit without row i
+        refit = fitting.fit([r for j, r in enumerate(rows) if j != i])
+        assert row["loo_error"] == round(fitting.predict(rows[i], refit) / rows[i].tokens_per_s - 1, 4)
+        assert row["source"].startswith("gpt-fast: pytorch-labs/gpt-fast")
+    baseline = json.loads((BENCHMARKS.parent / "results" / "engine_baseline.json").read_text())
+    for row in data["cpu"]["rows"]:  # decode-only tokens/s from the measured runs' raw rounds
+        runs = [r for r in baseline["runs"] if r["setting"] == row["setting"] and r["dtype"] == "float32"]
+        tokens = sum(len(d["token_ids"]) for r in runs for d in r["rounds"][1:])
+        seconds = sum(r["rounds"][-1]["end_ns"] - r["rounds"][0]["end_ns"] for r in runs) / 1e9
+        assert row["measured"] == round(tokens / seconds, 3)
+        assert row["error"] == round(row["projected"] / row["measured"] - 1, 4) or \
+            abs(row["error"] - (row["projected"] / row["measured"] - 1)) < 1e-3
+    assert data["findings"] == mod.findings(data) and all(f"- {s}" in md for s in data["findings"])
+    met = data["published"]["median_abs"] <= 0.15 and data["published"]["worst_abs"] <= 0.30
+    assert ("target met." in data["findings"][0]) == met
+
+
 @pytest.fixture(scope="module")
 def reliability_folder(app_server, tmp_path_factory):
     """A tiny load run against the app on the small pair, the fault script, and a bad-input JUnit XML
