@@ -557,6 +557,7 @@ def cmd_tune(args) -> int:
 def cmd_project(args) -> int:
     from easyspec.core.evaluation import hardware, shapes
     from easyspec.core.evaluation.projection import Setting, project
+    from easyspec.core.settings import default_layer_parallel
 
     if args.devices < 1:
         raise ValueError(f"--devices must be >= 1; got {args.devices}")
@@ -570,7 +571,7 @@ def cmd_project(args) -> int:
     al_source = "entered" if args.accepted_length is not None else "assumed: no pilot, none entered"
     al = 3.5 if args.accepted_length is None else args.accepted_length
     al_easy = al if args.easyspec_accepted_length is None else args.easyspec_accepted_length
-    n = args.layer_parallel or (min(4, args.devices) if args.devices > 1 else 4)  # the default N: min(4, G)
+    n = args.layer_parallel or default_layer_parallel(args.devices)
     s = Setting(devices=args.devices, context=args.context, draft_len=args.draft_len, layer_parallel=n,
                 al_speculative=al, al_easyspec=al_easy, batch=args.batch, cuda_graphs=args.graphs,
                 tree_width=args.tree_width)

@@ -23,6 +23,7 @@ import math
 from dataclasses import asdict, dataclass, replace
 
 from ..engine.grouping import layer_groups
+from ..settings import DEFAULT_LAYER_PARALLEL, default_layer_parallel, middle_layers
 from .hardware import FITTED, Device, Efficiency
 from .shapes import ModelShape
 
@@ -140,7 +141,7 @@ class Setting:
     devices: int = 8
     context: int = 1024
     draft_len: int = 5
-    layer_parallel: int = 4
+    layer_parallel: int = DEFAULT_LAYER_PARALLEL
     al_speculative: float = 3.5
     al_easyspec: float = 3.5
     batch: int = 1
@@ -181,8 +182,8 @@ def project(base: ModelShape, draft: ModelShape, device: Device, s: Setting, eff
     spec_draft = k * mc.seconds(draft_fwd)
     spec_round = spec_draft + mc.seconds(verify)
     # 3. EasySpec: calibration of the AL committed tokens (sequential, exact), k - 1 fuzzy steps, the verify.
-    plan = layer_groups(draft.layers, min(s.layer_parallel, draft.layers - s.sequential_head - s.sequential_tail),
-                        s.sequential_head, s.sequential_tail)
+    middle = middle_layers(draft.layers, s.sequential_head, s.sequential_tail)
+    plan = layer_groups(draft.layers, min(s.layer_parallel, middle), s.sequential_head, s.sequential_tail)
     calib = forward(draft, s.al_easyspec, c, b)
     fuzzy = fuzzy_step(draft, plan, c, b, g, width)
     fuzzy_s = max(mc.seconds(w) for w in fuzzy)
@@ -234,7 +235,7 @@ def project_pilot(runs, base: ModelShape, draft: ModelShape, device: Device, dev
     for g in devices:
         for label, rs in settings.items():
             cfg = rs[0].setting.config
-            n = cfg.layer_parallel or 4
+            n = cfg.layer_parallel or default_layer_parallel(g)
             k = cfg.draft_len or spec[0].setting.config.draft_len
             if n > g > 1:
                 continue
