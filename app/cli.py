@@ -315,9 +315,8 @@ def _generate_in(session, spec, prompt: str, args) -> int:
     from easyspec.core.engine.chrome_trace import write_chrome_trace
     from easyspec.core.engine.grouping import describe, largest_group
     from easyspec.core.engine.lossless import compare_greedy
-    from easyspec.core.engine.monitor import (ALERT, OFF, SEQUENTIAL, alert_text, expectation, fallback_summary,
-                                              likely_cause, rolling_acceptance)
-    from easyspec.core.engine.records import RunHeader, save_run
+    from easyspec.core.engine.monitor import ALERT, OFF, SEQUENTIAL, fallback_summary, low_acceptance
+    from easyspec.core.engine.records import save_run
     from easyspec.core.models.text import TextStream
     from easyspec.core.settings import SpecConfig
 
@@ -335,10 +334,8 @@ def _generate_in(session, spec, prompt: str, args) -> int:
         records.append(rec)
         if ALERT in rec.flags and not alerted:
             alerted = True
-            cause = likely_cause(spec.as_dict(), largest_group(plan) if plan else 1)
-            rate = rolling_acceptance(records)[-1][1]
-            print(f"\neasyspec: warning: {alert_text(rate, expectation(spec.expected_acceptance), cause)}",
-                  file=sys.stderr)
+            alert = low_acceptance(records, spec.as_dict(), largest_group(plan) if plan else 1)
+            print(f"\neasyspec: warning: {alert.message}", file=sys.stderr)
         if SEQUENTIAL in rec.flags or OFF in rec.flags:
             what = "sequential drafting (N = 1, every-round calibration)" if SEQUENTIAL in rec.flags else \
                 "no drafting: sequential drafting was slower per token than the base alone"
@@ -363,11 +360,7 @@ def _generate_in(session, spec, prompt: str, args) -> int:
         check = compare_greedy(session, prompt_ids, token_ids, ref)
         result.update(lossless=check.verdict == "equal", first_difference=check.index, greedy_check=check.as_dict())
     if args.save_run:
-        header = RunHeader(settings=run_plan.as_dict(), base=info.base, draft=info.draft, prompt_ids=tuple(prompt_ids),
-                           device=info.device, dtype=info.dtype,
-                           created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                           extra={"devices": info.devices, "draft_dtype": info.draft_dtype})
-        save_run(args.save_run, header, records)
+        save_run(args.save_run, session.run_header(run_plan.as_dict(), prompt_ids, source="cli"), records)
     if args.trace:
         write_chrome_trace(args.trace, records, info.device)
     if args.json:

@@ -1,26 +1,27 @@
 """Shared pieces of the dashboard's handlers: error wrapping, run files, run summaries.
 
 Handlers take at most three positional parameters: the form's values as one dict by name, the
-user's state and the language (`named_inputs` splits an event's named inputs so).
+user's state and the language (`named_inputs` splits an event's named inputs so), and return or
+yield their outputs as one dict by name (`dict_event` maps the names to the components).
 Every handler is wrapped so that bad input shows as a clear message (gr.Error with the
 ValueError's text) and an unexpected failure shows its type and message, with the traceback
 going to the server log only: the browser never sees a stack trace, and the app stays up.
 """
 from __future__ import annotations
 
-import datetime
 import functools
+import inspect
 import sys
 import traceback
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import gradio as gr
 
 from easyspec.core.engine.chrome_trace import write_chrome_trace
 from easyspec.core.i18n import tr
 from easyspec.core.runtime.parallel import DistributedError
-from easyspec.core.engine.records import RunHeader, save_run
+from easyspec.core.engine.records import save_run
 from easyspec.core.session import DeviceMemoryError
 
 from .context import AppContext
@@ -89,23 +90,38 @@ def arm_stop(screen: str) -> Callable[[UserState], None]:
     return arm
 
 
-def stopped_in_queue(n_outputs: int, lang: str) -> tuple:
-    """What a handler shows when Stop came while its run waited in the device queue: the status line
-    (the first output), every other output left as it was."""
-    return (tr(STOPPED_IN_QUEUE, lang),) + (gr.skip(),) * (n_outputs - 1)
+def stopped_in_queue(lang: str) -> dict:
+    """What a handler shows when Stop came while its run waited in the device queue: the status line,
+    every other output left as it was."""
+    return {"status": tr(STOPPED_IN_QUEUE, lang)}
+
+
+def dict_event(handler: Callable, outputs: Mapping[str, gr.components.Component]) -> Callable:
+    """The event function of a handler that takes (values, state, lang) and returns or yields its outputs by
+    name: Gradio's dict form, {component: value}, from `outputs` (name -> component). An output the handler
+    leaves out keeps its value; the event passes its inputs by name (`inputs_kwargs`)."""
+    if inspect.isgeneratorfunction(handler):
+        def event(**inputs):
+            for view in handler(*named_inputs(inputs)):
+                yield by_component(view, outputs)
+    else:
+        def event(**inputs):
+            return by_component(handler(*named_inputs(inputs)), outputs)
+    return event
+
+
+def by_component(view: Mapping, outputs: Mapping[str, gr.components.Component]) -> dict:
+    """A handler's outputs by name as Gradio's dict form, {component: value}."""
+    return {outputs[name]: value for name, value in view.items()}
 
 
 def write_run_files(ctx: AppContext, live: LiveRun, settings: dict, prompt_ids, stem: str = "run") -> dict[str, str]:
     """The run as a replayable JSON Lines file and as a Chrome trace; returns kind -> path."""
     folder = ctx.new_files_dir()
-    info = ctx.info
-    header = RunHeader(settings=settings, base=info.base, draft=info.draft, prompt_ids=tuple(prompt_ids),
-                       device=info.device, dtype=info.dtype,
-                       created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                       extra={"devices": info.devices, "source": "dashboard", "label": live.label})
+    header = ctx.session.run_header(settings, prompt_ids, source="dashboard", label=live.label)
     run_path, trace_path = folder / f"{stem}.jsonl", folder / f"{stem}_trace.json"
     save_run(run_path, header, live.records)
-    write_chrome_trace(trace_path, live.records, info.device)
+    write_chrome_trace(trace_path, live.records, ctx.info.device)
     return {"run": str(run_path), "trace": str(trace_path)}
 
 

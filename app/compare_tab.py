@@ -17,7 +17,7 @@ from typing import Mapping
 
 import gradio as gr
 
-from easyspec.core.i18n import tr
+from easyspec.core.i18n import msg, tr
 from easyspec.core.engine.lossless import compare_greedy
 from easyspec.core.engine.verdicts import GreedyCheck, count_verdicts, counts_text
 from easyspec.visualizations.cards import badge_html, metric_cards_html
@@ -25,7 +25,7 @@ from easyspec.visualizations.timeline import timeline_figure
 from easyspec.visualizations.tokens import tokens_html
 from easyspec.visualizations.translate import translate_figure
 
-from .common import arm_stop, friendly_stream, keep_run, named_inputs, stopped_in_queue
+from .common import arm_stop, dict_event, friendly_stream, keep_run, stopped_in_queue
 from .context import AppContext
 from .generate_tab import DEFAULT_PROMPT
 from .i18n import page_lang
@@ -105,17 +105,19 @@ def _equality(lives: list[LiveRun], checks: list[GreedyCheck | None]) -> tuple[b
                       f"not the exact tokens ({'identical anyway' if same else 'they differ'})"]
     n = len(lives[0].token_ids)
     if same:
-        return True, [f"all {len(lives)} columns emitted the same {n} tokens (greedy decoding is lossless)"]
+        return True, [msg("all {columns} columns emitted the same {tokens} tokens (greedy decoding is lossless)",
+                           columns=len(lives), tokens=n)]
     done = [c for c in checks if c is not None]
     counts = counts_text(count_verdicts(done))
     worst = next((c for c in done if c.verdict == "different"), None)
     if worst is not None:
-        return False, [counts, f"a real difference at new token {worst.index}: the fp32 base rates a token "
-                               f"further below its best than {worst.dtype} rounding explains; this is a bug"]
+        return False, [counts, msg("a real difference at new token {i}: the fp32 base rates a token further below its "
+                                   "best than {dtype} rounding explains; this is a bug", i=worst.index,
+                                   dtype=worst.dtype)]
     tie = min((c for c in done if c.verdict == "tie"), key=lambda c: c.index)
-    return "tie", [counts, f"rounding tie at new token {tie.index}: recomputed in fp32 from the same weights, "
-                           f"both tokens are within {tie.allowed:.2g} of the best logit, so {tie.dtype} rounding "
-                           f"may pick either; not a bug"]
+    return "tie", [counts, msg("rounding tie at new token {i}: recomputed in fp32 from the same weights, both tokens "
+                               "are within {allowed} of the best logit, so {dtype} rounding may pick either; not a bug",
+                               i=tie.index, allowed=f"{tie.allowed:.2g}", dtype=tie.dtype)]
 
 
 def equality_note(parts: list[str], lang: str) -> str:
@@ -123,14 +125,19 @@ def equality_note(parts: list[str], lang: str) -> str:
     return "; ".join(tr(p, lang) for p in parts)
 
 
-def empty_view(modes: list[str], lang: str) -> list:
-    """The screen before a comparison, in `lang`: status, summary, badge, then per column header, text, cards,
-    timeline (the layout's first values, and what the language switch redraws until a comparison ran)."""
-    out = [tr("Pick two to four settings, then **Run comparison**.", lang), summary_table([], lang),
-           badge_html(None, "run a comparison to check", lang)]
-    for c, mode in enumerate(modes):
-        out += [f"**{c + 1}.** {tr('waiting', lang)}", tokens_html([], mode, lang=lang),
-                metric_cards_html(None, lang=lang), translate_figure(timeline_figure([], legend="bottom"), lang)]
+COLUMN_OUTPUTS = ("header", "text", "cards", "timeline")  # each column's outputs, named header_1, text_1, ...
+
+
+def empty_view(modes: list[str], lang: str) -> dict:
+    """The screen before a comparison, in `lang`, by output name: status, summary, badge, and each column's
+    header, text, cards and timeline (the layout's first values, and what the language switch redraws until
+    a comparison ran)."""
+    out = {"status": tr("Pick two to four settings, then **Run comparison**.", lang),
+           "summary": summary_table([], lang), "badge": badge_html(None, "run a comparison to check", lang)}
+    for c, mode in enumerate(modes, start=1):
+        out.update({f"header_{c}": f"**{c}.** {tr('waiting', lang)}", f"text_{c}": tokens_html([], mode, lang=lang),
+                    f"cards_{c}": metric_cards_html(None, lang=lang),
+                    f"timeline_{c}": translate_figure(timeline_figure([], legend="bottom"), lang)})
     return out
 
 
@@ -145,7 +152,7 @@ def make_compare(ctx: AppContext):
         state, lang = state if state is not None else UserState(), page_lang(lang)
         stop = state.begin("compare")
         if stop.is_set():  # Stop came while the comparison waited for the device
-            yield stopped_in_queue(4 + 4 * MAX_COLUMNS, lang)
+            yield stopped_in_queue(lang)
             return
         prompt = check_prompt_text(values.get("prompt"))
         n_cols = as_int(values.get("columns"), "columns", 2, MAX_COLUMNS)
@@ -175,27 +182,24 @@ def make_compare(ctx: AppContext):
                     stream.close()
 
         def view(draw: set[int], active: int | None, status: str, final: bool = False, x_range=None, reset=False):
-            """Outputs for the columns in `draw` (the others are left as they are)."""
-            out = []
-            for c in range(MAX_COLUMNS):
-                if c >= n_cols or c not in draw:
-                    out += [gr.skip()] * 4
-                    continue
+            """Outputs by name for the columns in `draw` (the others are left as they are)."""
+            out = {"status": tr(status, lang)}
+            for c in sorted(draw):
                 live = lives[c]
                 state_word = "running" if c == active else ("done" if live.finished else "waiting")
-                out += [f"**{c + 1}. {live.label}** · {tr(state_word, lang)}", live.text_html(), live.cards_html(),
-                        live.timeline(x_range=x_range, legend="bottom")]
+                out.update({f"header_{c + 1}": f"**{c + 1}. {live.label}** · {tr(state_word, lang)}",
+                            f"text_{c + 1}": live.text_html(), f"cards_{c + 1}": live.cards_html(),
+                            f"timeline_{c + 1}": live.timeline(x_range=x_range, legend="bottom")})
             if final:
                 checks = greedy_checks(session, ids, lives)
                 for live, plan, check in zip(lives, plans, checks):  # the final view: each column counted once
                     ctx.exporter.record_run(live.records, plan.as_dict(), check.verdict if check else None)
                 rows, equal, parts = summary_rows(lives, checks)
-                badge = badge_html(equal, equality_note(parts, lang), lang)
-                return [tr(status, lang), summary_table(rows, lang), badge,
-                        details(equal, "; ".join(parts), checks)] + out
-            if reset:
-                return [tr(status, lang), summary_table([], lang), badge_html(None, "running …", lang), None] + out
-            return [tr(status, lang), gr.skip(), gr.skip(), gr.skip()] + out
+                out.update(summary=summary_table(rows, lang), badge=badge_html(equal, equality_note(parts, lang), lang),
+                           details=details(equal, "; ".join(parts), checks))
+            elif reset:
+                out.update(summary=summary_table([], lang), badge=badge_html(None, "running …", lang), details=None)
+            return out
 
         def details(equal, note, checks):
             return {"identical": None if equal is None else equal is True, "note": note,
@@ -204,7 +208,7 @@ def make_compare(ctx: AppContext):
                     "columns": [lv.details() for lv in lives]}
 
         every = set(range(n_cols))
-        yield view(every, None, f"**Comparing** {n_cols} settings on the same prompt …", reset=True)
+        yield view(every, None, msg("**Comparing** {n} settings on the same prompt …", n=n_cols), reset=True)
         active = 0
         for batch in DeviceJob(produce, stop).batches():
             touched = set()
@@ -214,7 +218,8 @@ def make_compare(ctx: AppContext):
                     active = c
                 lives[c].add([rec])
                 touched.add(c)
-            yield view(touched, active, f"**Running** column {active + 1} of {n_cols}: {lives[active].label}")
+            yield view(touched, active, msg("**Running** column {c} of {n}: {label}", c=active + 1, n=n_cols,
+                                             label=lives[active].label))
         for live in lives:
             live.finish()
         x_range = (0.0, max(lv.end_ms() for lv in lives) * 1.02 or 1.0)
@@ -251,8 +256,8 @@ def build(ctx: AppContext, state: gr.State, switch: gr.Radio):
         run = gr.Button("Run comparison", variant="primary", elem_id="cmp-run")
         stop = gr.Button("Stop", variant="stop", elem_id="cmp-stop")
     first = empty_view([mode for mode, *_ in DEFAULT_COLUMNS], "en")
-    status = gr.Markdown(first[0], elem_id="cmp-status")
-    badge = gr.HTML(first[2], elem_id="cmp-badge")
+    status = gr.Markdown(first["status"], elem_id="cmp-status")
+    badge = gr.HTML(first["badge"], elem_id="cmp-badge")
     table = gr.Dataframe(headers=SUMMARY_HEADERS, label="summary (speedup measured in this comparison)",
                          interactive=False, elem_id="cmp-summary", wrap=True)
     cols: list[Column] = []
@@ -261,11 +266,10 @@ def build(ctx: AppContext, state: gr.State, switch: gr.Radio):
             with gr.Column(visible=c < 3, min_width=260) as container:
                 with gr.Group():
                     settings = column_panel(ctx, c + 1, mode, n, calibration, k)
-                header, text, cards, plot = first[3 + 4 * c: 7 + 4 * c]
-                header = gr.Markdown(header, elem_id=f"cmp-header-{c + 1}")
-                text = gr.HTML(text, elem_id=f"cmp-text-{c + 1}")
-                cards = gr.HTML(cards, elem_id=f"cmp-cards-{c + 1}")
-                plot = gr.Plot(plot, show_label=False, elem_id=f"cmp-timeline-{c + 1}")
+                header = gr.Markdown(first[f"header_{c + 1}"], elem_id=f"cmp-header-{c + 1}")
+                text = gr.HTML(first[f"text_{c + 1}"], elem_id=f"cmp-text-{c + 1}")
+                cards = gr.HTML(first[f"cards_{c + 1}"], elem_id=f"cmp-cards-{c + 1}")
+                plot = gr.Plot(first[f"timeline_{c + 1}"], show_label=False, elem_id=f"cmp-timeline-{c + 1}")
             cols.append(Column(settings, container, header, text, cards, plot))
     with gr.Accordion("Comparison details (JSON)", open=False):
         details = gr.JSON(elem_id="cmp-details")
@@ -276,27 +280,25 @@ def build(ctx: AppContext, state: gr.State, switch: gr.Radio):
     form = dict(prompt=prompt, chat=chat, max_new_tokens=new, temperature=temperature, seed=seed, columns=columns)
     for c in cols:
         form.update(c.settings)
-    outputs = [status, table, badge, details]
-    for c in cols:
-        outputs += [c.header, c.text, c.cards, c.timeline]
-
-    def on_compare(**inputs):
-        yield from compare(*named_inputs(inputs))
+    outputs = {"status": status, "summary": table, "badge": badge, "details": details}
+    for c, col in enumerate(cols, start=1):
+        outputs.update({f"{name}_{c}": getattr(col, name) for name in COLUMN_OUTPUTS})
 
     run.click(arm_stop("compare"), [state], None, queue=False, api_visibility="private", show_progress="hidden") \
-        .then(on_compare, inputs_kwargs={**form, "state": state, "lang": switch}, outputs=outputs, api_name="compare",
-              concurrency_id="device", concurrency_limit=1, show_progress="hidden")
+        .then(dict_event(compare, outputs), inputs_kwargs={**form, "state": state, "lang": switch},
+              outputs=list(outputs.values()), api_name="compare", concurrency_id="device", concurrency_limit=1,
+              show_progress="hidden")
     stop.click(request_stop, [state], None, queue=False, api_visibility="private")
 
-    def redraw(state: UserState, lang: str, **modes) -> list:
+    def redraw(state: UserState, lang: str, **modes) -> dict:
         """The language switch: the empty screen in `lang`; a finished comparison stays as it was drawn.
         `modes`: each column's mode (mode_1, ...)."""
         if any(key.startswith("compare:") for key in state.last):
-            return [gr.skip()] * (3 + 4 * MAX_COLUMNS)
+            return {}
         return empty_view(list(modes.values()), page_lang(lang))
 
     modes = {f"mode_{c}": col.settings[f"mode_{c}"] for c, col in enumerate(cols, start=1)}
-    return redraw, dict(state=state, lang=switch, **modes), outputs[:3] + outputs[4:]
+    return redraw, dict(state=state, lang=switch, **modes), {k: v for k, v in outputs.items() if k != "details"}
 
 
 def request_stop(state: UserState) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from easyspec.core.i18n import msg
 from easyspec.core.runtime.device_stats import DeviceMonitor
 from easyspec.core.exporter import Exporter
 from easyspec.core.settings import (ON_LOW_ACCEPTANCE, check_draft_dtype, check_finite, default_layer_parallel,
@@ -209,6 +210,7 @@ class AppContext:
     def models_markdown(self) -> str:
         i = self.info
         where = f"{i.devices} × {i.device}" if i.devices > 1 else i.device
-        return (f"**Base** `{i.base}` ({i.base_layers} layers) · **draft** `{i.draft}` ({i.draft_layers} layers) · "
-                f"{i.dtype}{draft_precision(i)} · **devices G = {i.devices}** ({where}; set at launch with "
-                f"`--devices`)")
+        return msg("**Base** `{base}` ({base_layers} layers) · **draft** `{draft}` ({draft_layers} layers) · "
+                   "{dtype} · **devices G = {g}** ({where}; set at launch with `--devices`)", base=i.base,
+                   base_layers=i.base_layers, draft=i.draft, draft_layers=i.draft_layers,
+                   dtype=f"{i.dtype}{draft_precision(i)}", g=i.devices, where=where)

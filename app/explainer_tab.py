@@ -15,7 +15,7 @@ from typing import Sequence
 
 import gradio as gr
 
-from easyspec.core.i18n import check_lang, text, tr
+from easyspec.core.i18n import check_lang, msg, text, tr
 from easyspec.core.engine.lossless import compare_greedy
 from easyspec.core.engine.verdicts import GreedyCheck, count_verdicts, first_difference
 from easyspec.core.engine.metrics import compute
@@ -118,7 +118,8 @@ def _check(reference_base, ref: RunSummary, run: RunSummary) -> GreedyCheck:
 
 
 def _demo_sources(ctx: AppContext) -> dict[str, Source]:
-    return {d.label: Source(f"recorded {d.label} run", d.header.settings, d.records) for d in ctx.demo_runs}
+    return {d.label: Source(msg("recorded {label} run", label=d.label), d.header.settings, d.records)
+            for d in ctx.demo_runs}
 
 
 def pick_sources(ctx: AppContext, state: UserState) -> tuple[Source | None, Source | None, bool]:
@@ -132,8 +133,8 @@ def pick_sources(ctx: AppContext, state: UserState) -> tuple[Source | None, Sour
     seqs = [r for r in reversed(state.runs) if r.mode == "speculative" and rounds(r) >= 3]
     if par is not None and seqs:
         seq = next((r for r in seqs if r.prompt_ids == par.prompt_ids), seqs[0])
-        return (Source(f"your {seq.label} run", seq.settings, seq.records),
-                Source(f"your {par.label} run", par.settings, par.records), True)
+        return (Source(msg("your {label} run", label=seq.label), seq.settings, seq.records),
+                Source(msg("your {label} run", label=par.label), par.settings, par.records), True)
     demo = _demo_sources(ctx)
     return demo.get("speculative"), demo.get("easyspec every-round"), False
 
@@ -156,7 +157,8 @@ def acceptance_items(ctx: AppContext, state: UserState) -> tuple[list[tuple[str,
     return out, own
 
 
-def explainer_views(ctx: AppContext, state: UserState, lang: str = "en"):
+def explainer_views(ctx: AppContext, state: UserState, lang: str = "en") -> dict:
+    """The screen's outputs by name, from the user's runs (else the shipped ones), in `lang`."""
     seq, par, own = pick_sources(ctx, state)
     figs, stories = [], []
     chosen = [(src, typical_round(src.records)) for src in (seq, par) if src is not None]
@@ -184,7 +186,8 @@ def explainer_views(ctx: AppContext, state: UserState, lang: str = "en"):
     evidence = {"data": [[r[0], tr(r[1], lang), *r[2:]] for r in rows],
                 "headers": [tr(h, lang) for h in EVIDENCE_HEADERS]}
     figs = [translate_figure(f, lang) for f in (*figs, acceptance_summary_figure(items))]
-    return drafting, figs[0], figs[1], figs[2], ar_note, evidence, note
+    return dict(drafting=drafting, seq_plot=figs[0], par_plot=figs[1], ar_plot=figs[2], ar_note=ar_note,
+                evidence=evidence, evidence_note=note)
 
 
 def build(ctx: AppContext, state: gr.State, tab: gr.Tab, lang: gr.Radio):
@@ -192,20 +195,22 @@ def build(ctx: AppContext, state: gr.State, tab: gr.Tab, lang: gr.Radio):
     the switch re-runs."""
     first = explainer_views(ctx, UserState())  # the shipped runs until the user has runs of their own
     gr.Markdown(text("how.intro"))
-    drafting = gr.Markdown(first[0], elem_id="how-drafting")
+    drafting = gr.Markdown(first["drafting"], elem_id="how-drafting")
     with gr.Row():
-        seq_plot = gr.Plot(first[1], show_label=False, elem_id="how-seq")
-        par_plot = gr.Plot(first[2], show_label=False, elem_id="how-par")
+        seq_plot = gr.Plot(first["seq_plot"], show_label=False, elem_id="how-seq")
+        par_plot = gr.Plot(first["par_plot"], show_label=False, elem_id="how-par")
     gr.Markdown(text("how.calibration"))
-    ar_plot = gr.Plot(first[3], show_label=False, elem_id="how-ar")
-    ar_note = gr.Markdown(first[4])
+    ar_plot = gr.Plot(first["ar_plot"], show_label=False, elem_id="how-ar")
+    ar_note = gr.Markdown(first["ar_note"])
     gr.Markdown(text("how.equality"))
-    evidence = gr.Dataframe(first[5]["data"], headers=EVIDENCE_HEADERS, interactive=False, elem_id="how-evidence",
+    evidence = gr.Dataframe(first["evidence"]["data"], headers=EVIDENCE_HEADERS, interactive=False,
+                            elem_id="how-evidence",
                             wrap=True, column_widths=["26%", "11%", "9%", "9%", "8%", "37%"])
-    evidence_note = gr.Markdown(first[6])
+    evidence_note = gr.Markdown(first["evidence_note"])
     gr.Markdown(text("how.pilot"))
-    outputs = [drafting, seq_plot, par_plot, ar_plot, ar_note, evidence, evidence_note]
+    outputs = dict(drafting=drafting, seq_plot=seq_plot, par_plot=par_plot, ar_plot=ar_plot, ar_note=ar_note,
+                   evidence=evidence, evidence_note=evidence_note)
     refresh = friendly(lambda state, lang: explainer_views(ctx, state, check_lang(lang)))
-    tab.select(refresh, [state, lang], outputs, api_visibility="private", concurrency_id="views",
-               concurrency_limit=4)
+    tab.select(lambda state_, lang_: {outputs[k]: v for k, v in refresh(state_, lang_).items()}, [state, lang],
+               list(outputs.values()), api_visibility="private", concurrency_id="views", concurrency_limit=4)
     return refresh, dict(state=state, lang=lang), outputs

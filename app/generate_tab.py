@@ -18,6 +18,7 @@ from typing import Callable, Mapping
 
 import gradio as gr
 
+from easyspec.core.i18n import msg
 from easyspec.core.settings import ON_LOW_ACCEPTANCE, SpecConfig
 from easyspec.core.engine.grouping import largest_group, plan_of
 from easyspec.core.engine.monitor import fallback_summary
@@ -28,7 +29,7 @@ from easyspec.visualizations.timeline import round_range_ms, timeline_figure
 from easyspec.visualizations.tokens import tokens_html
 from easyspec.visualizations.translate import translate_figure
 
-from .common import (arm_stop, file_size_ok, friendly, friendly_stream, keep_run, named_inputs, stopped_in_queue,
+from .common import (arm_stop, dict_event, file_size_ok, friendly, friendly_stream, keep_run, stopped_in_queue,
                      write_run_files)
 from .context import AppContext
 from .i18n import page_lang
@@ -58,42 +59,46 @@ class GenerateOutputs:
     alert: gr.HTML
     rolling: gr.Plot
 
-    def as_list(self) -> list:
-        return [self.status, self.text, self.cards, self.timeline, self.per_position, self.histogram, self.details,
-                self.run_file, self.trace_file, self.round_slider, self.alert, self.rolling]
+    def by_name(self) -> dict[str, gr.components.Component]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-def _view(live: LiveRun, status: str, final: bool = False, files: dict | None = None) -> tuple:
-    """Output values for GenerateOutputs; files, details and the round slider change only at the end."""
-    base = (status, live.text_html(), live.cards_html(), live.timeline(), live.per_position(), live.histogram())
-    watch = live.watch()
-    if not final:
-        return base + (gr.skip(), gr.skip(), gr.skip(), gr.skip()) + watch
-    files = files or {}
-    last = max(0, len(live.records) - 1)
-    slider = gr.Slider(minimum=0, maximum=max(1, last), value=min(1, last), step=1, interactive=last > 0)
-    return base + (live.details(), files.get("run"), files.get("trace"), slider) + watch
+def _view(live: LiveRun, status: str, final: bool = False, files: dict | None = None) -> dict:
+    """Output values by GenerateOutputs' names; files, details and the round slider change only at the end."""
+    alert, rolling = live.watch()
+    view = dict(status=status, text=live.text_html(), cards=live.cards_html(), timeline=live.timeline(),
+                per_position=live.per_position(), histogram=live.histogram(), alert=alert, rolling=rolling)
+    if final:
+        files = files or {}
+        last = max(0, len(live.records) - 1)
+        view.update(details=live.details(), run_file=files.get("run"), trace_file=files.get("trace"),
+                    round_slider=gr.Slider(minimum=0, maximum=max(1, last), value=min(1, last), step=1,
+                                           interactive=last > 0))
+    return view
 
 
 def _running_status(live: LiveRun) -> str:
     m = live.metrics()
     if m is None:
-        return live.translate(f"**Running** {live.label} …")
-    return live.translate(f"**Running** {live.label} · round {live.records[-1].index} · {m.new_tokens} tokens · "
-                          f"{m.tokens_per_s:.2f} tok/s")
+        return live.translate(msg("**Running** {label} …", label=live.label))
+    return live.translate(msg("**Running** {label} · round {index} · {tokens} tokens · {rate} tok/s",
+                              label=live.label, index=live.records[-1].index, tokens=m.new_tokens,
+                              rate=f"{m.tokens_per_s:.2f}"))
 
 
 def _final_status(live: LiveRun, what: str = "Done") -> str:
     m, what = live.metrics(), live.translate(what)  # the word first: the sentence's template fills it in as is
     if m is None:
-        return live.translate(f"**{what}**: no rounds")
+        return live.translate(msg("**{what}**: no rounds", what=what))
     fallback = fallback_summary(live.records)
     fallback = f" · {fallback}" if fallback else ""  # data, as the stop reason is: the flags' own words
     if live.stopped_early:
-        return live.translate(f"**Stopped** after round {live.records[-1].index}: {m.new_tokens} tokens in "
-                              f"{m.total_s:.2f} s") + fallback
-    return live.translate(f"**{what}**: {live.label} · {m.new_tokens} tokens in {m.total_s:.2f} s "
-                          f"({m.tokens_per_s:.2f} tok/s) · stop: {live.records[-1].stop}") + fallback
+        return live.translate(msg("**Stopped** after round {index}: {tokens} tokens in {seconds} s",
+                                  index=live.records[-1].index, tokens=m.new_tokens,
+                                  seconds=f"{m.total_s:.2f}")) + fallback
+    return live.translate(msg("**{what}**: {label} · {tokens} tokens in {seconds} s ({rate} tok/s) · stop: {stop}",
+                              what=what, label=live.label, tokens=m.new_tokens, seconds=f"{m.total_s:.2f}",
+                              rate=f"{m.tokens_per_s:.2f}", stop=live.records[-1].stop)) + fallback
 
 
 def _largest_group(settings: dict, n_layers: int) -> int:
@@ -126,7 +131,7 @@ def make_handlers(ctx: AppContext) -> GenerateHandlers:
         on_low_acceptance (the launch's choice when left out)."""
         stop = state.begin("generate")
         if stop.is_set():  # Stop came while the run waited for the device
-            yield stopped_in_queue(len(fields(GenerateOutputs)), page_lang(lang))
+            yield stopped_in_queue(page_lang(lang))
             return
         prompt, lang = check_prompt_text(values.get("prompt")), page_lang(lang)
         cfg = spec_config(**run_settings(values))
@@ -140,8 +145,7 @@ def make_handlers(ctx: AppContext) -> GenerateHandlers:
         groups = largest_group(plan.layers) if plan.layers else 1
         live = LiveRun(session.tokenizer, cfg.mode, ctx.info.device, ctx.info.devices, describe_config(cfg),
                        settings=plan.as_dict(), largest_group=groups, lang=lang)
-        empty = _view(live, "")
-        yield (_running_status(live),) + empty[1:6] + (None, None, None, gr.skip()) + empty[-2:]
+        yield {**_view(live, _running_status(live)), "details": None, "run_file": None, "trace_file": None}
         for batch in DeviceJob(record_stream(session, plan), stop).batches():
             live.add(batch)
             yield _view(live, _running_status(live))
@@ -188,8 +192,8 @@ def make_handlers(ctx: AppContext) -> GenerateHandlers:
             live.add([rec])
             if pace != math.inf and (time.monotonic() - last_yield > 0.15 or i == len(records) - 1):
                 last_yield = time.monotonic()
-                yield _view(live, live.translate(f"**Replaying** round {rec.index} of {records[-1].index} · "
-                                                 f"{live.label}"))
+                yield _view(live, live.translate(msg("**Replaying** round {index} of {last} · {label}",
+                                                     index=rec.index, last=records[-1].index, label=live.label)))
         live.finish()
         files = {"run": str(path), "trace": write_run_files(ctx, live, header.settings, header.prompt_ids,
                                                             "replay")["trace"]}
@@ -206,14 +210,15 @@ def make_handlers(ctx: AppContext) -> GenerateHandlers:
         lo, hi = round_range_ms(run.records, rec.index)
         return translate_figure(timeline_figure(
             [rec], ctx.info.device, ctx.info.devices, run.mode, max_bars=20000,
-            title=f"round {rec.index}: {len(rec.token_ids)} tokens, {rec.accepted}/{len(rec.drafted)} drafts "
-                  f"accepted, every span", x_range=(lo - 0.02 * (hi - lo), hi + 0.02 * (hi - lo))), lang)
+            title=msg("round {index}: {tokens} tokens, {accepted}/{drafted} drafts accepted, every span",
+                      index=rec.index, tokens=len(rec.token_ids), accepted=rec.accepted, drafted=len(rec.drafted)),
+            x_range=(lo - 0.02 * (hi - lo), hi + 0.02 * (hi - lo))), lang)
 
     def request_stop(state: UserState) -> None:
         if state.request_stop("generate"):
             gr.Info("Stopping after the current round.")
 
-    def redraw(state: UserState, lang: str) -> tuple:
+    def redraw(state: UserState, lang: str) -> dict:
         """The language switch: the user's last run, or the empty screen, drawn again in `lang`."""
         run = state.last.get("generate")
         live = LiveRun(session.tokenizer, run.mode if run else "easyspec", ctx.info.device, ctx.info.devices,
@@ -224,8 +229,7 @@ def make_handlers(ctx: AppContext) -> GenerateHandlers:
             live.add(run.records)
             live.finish()
         status = _final_status(live) if run else live.translate("Press **Run** to generate.")
-        view = _view(live, status)
-        return view[:6] + view[-2:]
+        return _view(live, status)
 
     def devices_html() -> str:
         return device_panel_html(ctx.monitor.read(), ctx.monitor.note)
@@ -289,22 +293,18 @@ def build(ctx: AppContext, state: gr.State, switch: gr.Radio):
     # Inputs by name (inputs_kwargs): the handlers get one dict of values, and the API the same names.
     form = dict(prompt=prompt, chat=chat, **settings, on_low_acceptance=on_low, state=state, lang=switch)
 
-    def on_generate(**inputs):
-        yield from generate(*named_inputs(inputs))
-
-    def on_replay(**inputs):
-        yield from replay(*named_inputs(inputs))
-
+    outputs = out.by_name()
     run.click(arm_stop("generate"), [state], None, queue=False, api_visibility="private", show_progress="hidden") \
-        .then(on_generate, inputs_kwargs=form, outputs=out.as_list(), api_name="generate", concurrency_id="device",
-              concurrency_limit=1, show_progress="hidden")
+        .then(dict_event(generate, outputs), inputs_kwargs=form, outputs=list(outputs.values()), api_name="generate",
+              concurrency_id="device", concurrency_limit=1, show_progress="hidden")
     stop.click(request_stop, [state], None, queue=False, api_visibility="private")
-    replay_btn.click(on_replay, inputs_kwargs=dict(run_file=run_upload, speed=speed, state=state, lang=switch),
-                     outputs=out.as_list(), api_name="replay", concurrency_id="replay", concurrency_limit=4,
+    replay_btn.click(dict_event(replay, outputs), inputs_kwargs=dict(run_file=run_upload, speed=speed, state=state,
+                                                                      lang=switch),
+                     outputs=list(outputs.values()), api_name="replay", concurrency_id="replay", concurrency_limit=4,
                      show_progress="hidden")
     out.round_slider.change(inspect_round, [out.round_slider, state, switch], round_plot, api_visibility="private",
                             concurrency_id="views", concurrency_limit=4, show_progress="hidden")
     timer = gr.Timer(2.0)
     timer.tick(devices_html, None, panel, api_visibility="private", queue=False, show_progress="hidden")
-    return redraw, dict(state=state, lang=switch), [status, text, cards, timeline, per_position, histogram, alert,
-                                                    rolling]
+    redrawn = ("status", "text", "cards", "timeline", "per_position", "histogram", "alert", "rolling")
+    return redraw, dict(state=state, lang=switch), {name: outputs[name] for name in redrawn}

@@ -113,39 +113,43 @@ def language_switch() -> gr.Radio:
 
 
 def wire(demo: gr.Blocks, switch: gr.Radio, state: gr.State,
-         refreshers: Sequence[tuple[Callable, Mapping[str, gr.blocks.Block], Sequence[gr.blocks.Block]]] = ()) -> None:
+         refreshers: Sequence[tuple[Callable, Mapping[str, gr.blocks.Block], Mapping[str, gr.blocks.Block]]] = ()
+         ) -> None:
     """Connect the switch (and the page load) to every translatable component. Call after the layout.
-    `refreshers`: (handler, its inputs by name, its outputs) of views that write their own text in the
-    language the switch (one of their inputs) says: the pilot estimate, How it works. Re-run on a switch,
-    each handler called with its inputs' values as keyword arguments."""
-    redrawn = [block for _, _, blocks in refreshers for block in blocks]
+    `refreshers`: (handler, its inputs by name, its outputs by name) of views that write their own text in
+    the language the switch (one of their inputs) says: the pilot estimate, How it works. Re-run on a
+    switch, each handler is called with its inputs' values as keyword arguments and returns the outputs
+    it redraws as a dict by name."""
+    redrawn = [block for _, _, blocks in refreshers for block in blocks.values()]
     found = [i for i in translatable(demo) if i.block is not switch]
     items = [i for i in found if i.block not in redrawn]
     labelled = {id(i.block): i for i in found if i.block in redrawn}  # a redrawn plot's own label
-    outputs = [i.block for i in items] + redrawn
+    translated = [i.block for i in items]
+    outputs = translated + redrawn
 
-    def redraw(data: dict, lang: str) -> list:
-        out = []
+    def redraw(data: dict, lang: str) -> dict:
+        out = {}
         for fn, ins, outs in refreshers:
             # on page load the user's state may not be made yet: a fresh one has no runs either
             named = {name: (data[b] if isinstance(data[b], UserState) else UserState()) if b is state else data[b]
                      for name, b in ins.items()}
-            result = fn(**named)
-            for block, value in zip(outs, list(result) if len(outs) > 1 else [result]):
+            for name, value in fn(**named).items():  # the outputs it redraws, by name
+                block = outs[name]
                 item = labelled.get(id(block))
-                out.append({**updates([item], lang)[0], "value": value} if item else value)
+                out[block] = {**updates([item], lang)[0], "value": value} if item else value
         return out
 
-    # A set of inputs: Gradio passes one dict, component -> value.
-    def on_switch(data: dict) -> list:
+    # A set of inputs: Gradio passes one dict, component -> value; the outputs go back the same way.
+    def on_switch(data: dict) -> dict:
         lang = page_lang(data[switch])
-        return updates(items, lang) + redraw({**data, switch: lang}, lang)
+        return {**dict(zip(translated, updates(items, lang))), **redraw({**data, switch: lang}, lang)}
 
-    def on_load(data: dict, request: gr.Request) -> list:
+    def on_load(data: dict, request: gr.Request) -> dict:
         lang = requested_lang(request)
         if lang == "en":  # the page is drawn in English already; leave a switch clicked before the load alone
-            return [gr.skip()] * (1 + len(outputs))
-        return [gr.update(value=lang)] + updates(items, lang) + redraw({**data, switch: lang}, lang)
+            return {}
+        return {switch: gr.update(value=lang), **dict(zip(translated, updates(items, lang))),
+                **redraw({**data, switch: lang}, lang)}
 
     inputs = {switch, *(b for _, ins, _ in refreshers for b in ins.values())}
     switch.input(on_switch, inputs, outputs, api_visibility="private", queue=False, show_progress="hidden")

@@ -11,9 +11,9 @@ from typing import Iterable
 
 import html
 
-from easyspec.core.i18n import check_lang, tr
+from easyspec.core.i18n import check_lang, msg, tr
 from easyspec.core.engine.metrics import Metrics, compute
-from easyspec.core.engine.monitor import ALERT, alert_text, expectation, likely_cause, rolling_acceptance
+from easyspec.core.engine.monitor import ALERT, expectation, low_acceptance, rolling_acceptance
 from easyspec.core.engine.records import RoundRecord
 from easyspec.core.models.text import TextStream
 from easyspec.visualizations.acceptance import (accepted_histogram_figure, per_position_figure,
@@ -89,7 +89,7 @@ class LiveRun:
 
     def watch(self) -> tuple[str, object]:
         """The acceptance watch: an alert box (empty while acceptance is healthy; it stays once raised)
-        and the rolling-acceptance chart, from one pass over the records."""
+        and the rolling-acceptance chart."""
         points = rolling_acceptance(self.records)
         flagged = [r.index for r in self.records if ALERT in r.flags]
         exp = expectation(float(self.settings.get("expected_acceptance", 0.0)))
@@ -97,12 +97,12 @@ class LiveRun:
         figure = translate_figure(rolling_acceptance_figure(points, flagged, expected, exp.threshold), self.lang)
         if not flagged:
             return "", figure
-        worst = min(rate for index, rate in points if index in set(flagged))
-        text = alert_text(worst, exp, likely_cause(self.settings, self.largest_group), self.translate)
+        alert = low_acceptance(self.records, self.settings, self.largest_group)
         return (f'<div class="es-alert" role="alert" style="border:2px solid #D55E00;background:#fff4ec;'
                 f'border-radius:8px;padding:8px 12px;margin:4px 0;color:#5a2200">'
                 f"<b>⚠ {self.translate('Low acceptance')}</b> "
-                f"{self.translate(f'({len(flagged)} rounds flagged).')} {html.escape(text)}</div>"), figure
+                f"{self.translate(msg('({n} rounds flagged).', n=alert.flagged))} "
+                f"{html.escape(self.translate(alert.message))}</div>"), figure
 
     def translate(self, english: str) -> str:
         """What the run shows, in its language: the translation table's entry for `english`, else `english`."""

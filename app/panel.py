@@ -13,6 +13,7 @@ from typing import Mapping
 
 import gradio as gr
 
+from easyspec.core.i18n import msg
 from easyspec.core.settings import CALIBRATION_CHOICES, CALIBRATION_POLICIES, DRAFT_DTYPES, MODES
 
 from .context import AppContext
@@ -27,7 +28,7 @@ Panel = dict[str, gr.components.Component]  # run setting name -> its component
 def settings_panel(ctx: AppContext, prefix: str, max_new_tokens: int = 64) -> Panel:
     """Every run setting (Generate); `prefix` starts each element id."""
     n_max = ctx.max_layer_parallel
-    n_info = (f"consecutive draft layers run as one parallel group (1..{n_max} middle layers)"
+    n_info = (msg("consecutive draft layers run as one parallel group (1..{n} middle layers)", n=n_max)
               if ctx.info.devices == 1 else f"N <= G = {ctx.info.devices} devices")
     mode = gr.Radio(list(MODES), value="easyspec", label="mode", elem_id=f"{prefix}-mode")
     grouping = gr.Radio(list(GROUPINGS), value=GROUPINGS[0], label="layer grouping",
@@ -35,9 +36,9 @@ def settings_panel(ctx: AppContext, prefix: str, max_new_tokens: int = 64) -> Pa
                         elem_id=f"{prefix}-grouping")
     n = gr.Slider(1, n_max, value=ctx.default_layer_parallel, step=1, label="layer-parallel size N", info=n_info,
                   elem_id=f"{prefix}-n")
-    plan = gr.Textbox("", label="custom plan", placeholder=f"e.g. 0|1-4|5-8|...|{ctx.info.draft_layers - 1}"
-                      if ctx.info.draft_layers else "", info="draft layers in order; a group 'a-b' runs in parallel",
-                      visible=False, elem_id=f"{prefix}-plan")
+    placeholder = msg("e.g. 0|1-4|5-8|...|{last}", last=ctx.info.draft_layers - 1) if ctx.info.draft_layers else ""
+    plan = gr.Textbox("", label="custom plan", placeholder=placeholder,
+                      info="draft layers in order; a group 'a-b' runs in parallel", visible=False, elem_id=f"{prefix}-plan")
     grouping.change(lambda g: (gr.update(visible=g == GROUPINGS[0]), gr.update(visible=g == GROUPINGS[2])),
                     grouping, [n, plan], queue=False, api_visibility="private", show_progress="hidden")
     calibration = gr.Radio(list(CALIBRATION_CHOICES), value="auto", label="calibration policy",
@@ -72,7 +73,7 @@ def column_panel(ctx: AppContext, column: int, mode: str, layer_parallel: int, c
                  draft_len: int) -> Panel:
     """One Compare column's settings (`COLUMN_SETTINGS`), compact, under the names `column_values` reads."""
     n_max = ctx.max_layer_parallel
-    m = gr.Dropdown(list(MODES), value=mode, label=f"column {column}: mode", elem_id=f"cmp-mode-{column}")
+    m = gr.Dropdown(list(MODES), value=mode, label=msg("column {c}: mode", c=column), elem_id=f"cmp-mode-{column}")
     with gr.Row():
         n = gr.Slider(1, n_max, value=min(layer_parallel, n_max), step=1, label="N")
         k = gr.Slider(1, 12, value=draft_len, step=1, label="k")
@@ -95,7 +96,13 @@ def grid_panel(ctx: AppContext) -> Panel:
     draft_dtypes = gr.CheckboxGroup(list(DRAFT_DTYPES), value=[], label="draft precision",
                                     info="none ticked: the session's own; each ticked precision runs every "
                                          "drafting setting again", elem_id="pilot-draft-dtypes")
-    return dict(layer_parallel=layer_parallel, calibration=calibration, draft_len=draft_len, draft_dtypes=draft_dtypes)
+    contexts = gr.CheckboxGroup([("as given", 0), ("256", 256), ("2k", 2048), ("8k", 8192)], value=[0],
+                                label="prompt length (tokens)",
+                                info="each ticked length runs every setting again, the prompts placed after a shared "
+                                     "document (this package's source code) to that many tokens",
+                                elem_id="pilot-contexts")
+    return dict(layer_parallel=layer_parallel, calibration=calibration, draft_len=draft_len, draft_dtypes=draft_dtypes,
+                contexts=contexts)
 
 
 def column_values(values: Mapping, column: int) -> dict:

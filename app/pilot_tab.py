@@ -11,21 +11,22 @@ What it is not: the evaluation (`core.evaluation.pilot`) or the report's content
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from typing import Callable, Mapping
 
 import gradio as gr
 
 from easyspec.core.settings import CALIBRATION_POLICIES, DRAFT_DTYPES
-from easyspec.core.i18n import check_lang, text, tr
+from easyspec.core.i18n import check_lang, msg, text, tr
 from easyspec.core.files import write_text_atomic
 from easyspec.core.engine.verdicts import VERDICTS
-from easyspec.core.evaluation.pilot import (DEFAULT_PROMPTS, PilotGrid, PilotProgress, PilotRun, check_pilot,
-                                            describe_seconds, estimate_seconds, pilot_json, rows_to_csv, run_pilot,
-                                            summarise)
 from easyspec.core.evaluation import fitting
+from easyspec.core.evaluation.criteria import EQUALITY, Criteria, judge
 from easyspec.core.evaluation.hardware import DEVICES
+from easyspec.core.evaluation.pilot import (CONTEXTS, DEFAULT_PROMPTS, MAX_CONTEXT, PilotGrid, PilotProgress,
+                                            PilotRun, check_pilot, describe_seconds, estimate_seconds, pilot_json,
+                                            pilot_prompt_ids, rows_to_csv, run_pilot, summarise)
 from easyspec.core.evaluation.projection import project_pilot, session_shapes
 from easyspec.core.evaluation.report import context_for
 from easyspec.core.evaluation.prompt_sets import BUILTIN_SETS, builtin_prompts, read_prompt_file
@@ -35,21 +36,48 @@ from easyspec.visualizations.pilot_charts import pilot_figure
 from easyspec.visualizations.report import pilot_report_html
 from easyspec.visualizations.translate import translate_figure
 
-from .common import arm_stop, friendly, friendly_stream, named_inputs, stopped_in_queue, write_trace
+from .common import arm_stop, by_component, friendly, friendly_stream, named_inputs, stopped_in_queue, write_trace
 from .context import AppContext
+from .i18n import page_lang
 from .panel import AUTO, grid_panel
 from .settings import as_float, as_int, check_choice
 from .state import LastRun, RunSummary, UserState, prompt_key
 from .worker import DeviceJob
 
 SOURCES = ("built-in set", "uploaded file", "typed prompts")
-RUN_COLUMNS = ["prompt", "setting", "new_tokens", "tokens_per_s", "speedup", "acceptance_rate",
+RUN_COLUMNS = ["prompt", "setting", "prompt_tokens", "new_tokens", "tokens_per_s", "speedup", "acceptance_rate",
                "mean_accepted_length", "draft_s", "verify_s", "calibrate_s", "sample_s", "overhead_s",
                "memory_source", "run_peak_memory_mib", "run_memory_growth_mib", "greedy_check"]
-SUMMARY_COLUMNS = ["setting", "prompts", "new_tokens", "tokens_per_s", "speedup", "acceptance_rate",
+SUMMARY_COLUMNS = ["setting", "prompts", "mean_prompt_tokens", "new_tokens", "tokens_per_s", "speedup", "acceptance_rate",
                    "mean_accepted_length", "draft_s", "verify_s", "calibrate_s", "sample_s", "overhead_s",
                    "memory_source", "largest_run_peak_memory_mib", "largest_run_memory_growth_mib",
                    "greedy_equal", "greedy_tie", "greedy_different"]  # the greedy checks against vanilla
+
+
+CRITERIA_COLUMNS = ["setting", "speedup", "speedup_met", "acceptance_drop", "acceptance_met", "equality_met", "met"]
+
+
+def make_criteria(values: Mapping) -> Criteria:
+    """The team's targets from the screen's values: min_speedup (x), max_acceptance_drop (%) and equality;
+    each left out takes its default."""
+    default = Criteria()
+    drop = values.get("max_acceptance_drop")
+    return Criteria(min_speedup=as_float(values.get("min_speedup", default.min_speedup), "minimum speedup"),
+                    max_acceptance_drop=default.max_acceptance_drop if drop is None else
+                    as_float(drop, "maximum acceptance drop") / 100,
+                    equality=check_choice(values.get("equality", default.equality), "equality", EQUALITY))
+
+
+def criteria_view(settings: list[dict], criteria: Criteria, lang: str) -> dict:
+    """The criteria table (one row per setting, met or not on each target) and its one-line verdict."""
+    verdicts = judge(settings, criteria)
+    rows = [{**asdict(j), "met": j.met} for j in verdicts]
+    judged = [j for j in verdicts if j.met is not None]
+    targets = dict(speedup=f"{criteria.min_speedup:g}", drop=f"{criteria.max_acceptance_drop:.0%}",
+                   equality=tr(criteria.equality, lang))
+    note = text("pilot.criteria_met", lang, met=sum(j.met for j in judged), total=len(judged), **targets) \
+        if judged else text("pilot.criteria_none", lang, **targets)
+    return {"criteria_table": _table(rows, CRITERIA_COLUMNS, lang), "criteria_note": note}
 
 
 PROJECTION_COLUMNS = ["devices", "setting", "vanilla_tokens_per_s", "speculative_tokens_per_s",
@@ -122,7 +150,9 @@ def make_grid(values: Mapping) -> PilotGrid:
                      max_new_tokens=as_int(values.get("max_new_tokens"), "max new tokens", 1, 2048),
                      temperature=as_float(values.get("temperature"), "temperature"),
                      draft_dtypes=tuple(check_choice(d, "draft precision", DRAFT_DTYPES)
-                                        for d in values.get("draft_dtypes") or ()))
+                                        for d in values.get("draft_dtypes") or ()),
+                     contexts=tuple(check_choice(as_int(c, "context length", 0, MAX_CONTEXT), "context length",
+                                                 CONTEXTS) for c in values.get("contexts") or (0,)))
 
 
 @dataclass(frozen=True)
@@ -135,6 +165,7 @@ class PilotHandlers:
     request_stop: Callable
     export_report: Callable
     tune: Callable
+    rejudge: Callable
 
 
 def make_handlers(ctx: AppContext) -> PilotHandlers:
@@ -145,7 +176,7 @@ def make_handlers(ctx: AppContext) -> PilotHandlers:
         try:
             prompts = pick_prompts(values)
             grid = make_grid(values)
-            lengths = [len(session.encode(p, grid.chat)) for p in prompts]
+            lengths = [len(session.encode(p, grid.chat)) for p in prompts]  # each brought to its context length
         except ValueError as exc:
             return f"⚠️ {exc}"
         settings = len(grid.settings())
@@ -164,22 +195,25 @@ def make_handlers(ctx: AppContext) -> PilotHandlers:
         lang = check_lang(lang)
         stop = state.begin("pilot")
         if stop.is_set():  # Stop came while the pilot waited for the device
-            yield stopped_in_queue(11, lang)
+            yield stopped_in_queue(lang)
             return
         prompts = pick_prompts(values)
         grid = make_grid(values)
+        criteria = make_criteria(values)
         hardware = check_choice(values.get("hardware", "a100-80gb"), "projection hardware", tuple(DEVICES))
         # Every check (the grid's run limit, each setting on each prompt) before the screen is cleared:
         # a refused pilot leaves the previous pilot's results and report in place.
-        planned = check_pilot(session, [session.encode(p, grid.chat) for p in prompts], grid)  # one plan a run
+        planned = check_pilot(session, pilot_prompt_ids(session, prompts, grid), grid)  # one plan a run
         started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         state.pilot_runs = {}
         state.pilot_report = None
         rows: list[dict] = []
         kept: list[PilotRun] = []
-        yield (text("pilot.starting", lang), _table([], SUMMARY_COLUMNS, lang), _table([], RUN_COLUMNS, lang),
-               translate_figure(pilot_figure([]), lang), None, None, gr.Dropdown(choices=[], value=None), None,
-               _table([], PROJECTION_COLUMNS, lang), "", None)
+        yield dict(status=text("pilot.starting", lang), summary=_table([], SUMMARY_COLUMNS, lang),
+                   runs=_table([], RUN_COLUMNS, lang), chart=translate_figure(pilot_figure([]), lang), csv_file=None,
+                   json_file=None, trace_pick=gr.Dropdown(choices=[], value=None), trace_file=None,
+                   projected=_table([], PROJECTION_COLUMNS, lang), projected_note="", report_file=None,
+                   **criteria_view([], criteria, lang))
         job = DeviceJob(lambda ev: run_pilot(session, prompts, grid, should_stop=ev.is_set, planned=planned), stop)
         status, last, prompt_ids = "", None, {}
         for batch in job.batches(min_interval_s=0.3):
@@ -201,8 +235,8 @@ def make_handlers(ctx: AppContext) -> PilotHandlers:
                         prompt_ids[i] = session.encode(prompts[i], grid.chat)
                     _keep_pilot_run(state, item, prompts[i], prompt_ids[i])
             summary = summarise(rows) if rows else []
-            yield (status, _table(summary, SUMMARY_COLUMNS, lang), _table(rows, RUN_COLUMNS, lang),
-                   translate_figure(pilot_figure(summary), lang), *[gr.skip()] * 7)
+            yield dict(status=status, summary=_table(summary, SUMMARY_COLUMNS, lang),
+                       runs=_table(rows, RUN_COLUMNS, lang), chart=translate_figure(pilot_figure(summary), lang))
         summary = summarise(rows)
         folder = ctx.new_files_dir()
         csv_path, json_path = folder / "pilot_runs.csv", folder / "pilot.json"
@@ -214,17 +248,19 @@ def make_handlers(ctx: AppContext) -> PilotHandlers:
             notes = ["runs not made: the pilot was stopped early"] if len(kept) < len(grid.settings()) * len(prompts) \
                 else []
             state.pilot_report = (kept, grid, context_for(session, prompts, "easyspec app: Pilot screen", hardware,
-                                                          started, notes))
+                                                          started, notes, criteria))
             report_path = write_report(ctx, state, lang)
         labels = list(state.pilot_runs)
         stopped = last is not None and last.label == "stopped"
         took = text("pilot.took", lang, time=describe_seconds(last.elapsed_s)) if last else ""
-        yield (text("pilot.stopped" if stopped else "pilot.done", lang, n=len(rows),
-                    total=last.total if last else len(rows), took=took),
-               _table(summary, SUMMARY_COLUMNS, lang), _table(rows, RUN_COLUMNS, lang),
-               translate_figure(pilot_figure(summary), lang),
-               str(csv_path), str(json_path), gr.Dropdown(choices=labels, value=labels[-1] if labels else None),
-               None, projected, projected_note, report_path)
+        yield dict(status=text("pilot.stopped" if stopped else "pilot.done", lang, n=len(rows),
+                               total=last.total if last else len(rows), took=took),
+                   summary=_table(summary, SUMMARY_COLUMNS, lang), runs=_table(rows, RUN_COLUMNS, lang),
+                   chart=translate_figure(pilot_figure(summary), lang), csv_file=str(csv_path),
+                   json_file=str(json_path),
+                   trace_pick=gr.Dropdown(choices=labels, value=labels[-1] if labels else None),
+                   trace_file=None, projected=projected, projected_note=projected_note, report_file=report_path,
+                   **criteria_view(summary, criteria, lang))
 
     @friendly
     def trace_of(label, state: UserState):
@@ -232,6 +268,20 @@ def make_handlers(ctx: AppContext) -> PilotHandlers:
         if run is None:
             return None
         return write_trace(ctx, run.records, "pilot_trace")
+
+    def rejudge(values: Mapping, state: UserState, lang: str = "en") -> dict:
+        """The criteria table again for new targets (`make_criteria`'s values), on the latest pilot's numbers;
+        its report, exported next, states the new targets."""
+        lang = page_lang(lang)
+        try:
+            criteria = make_criteria(values)
+        except ValueError as exc:
+            return {"criteria_note": f"⚠️ {exc}"}
+        if state.pilot_report is None:
+            return criteria_view([], criteria, lang)
+        runs, grid, report_ctx = state.pilot_report
+        state.pilot_report = (runs, grid, replace(report_ctx, criteria=criteria))
+        return criteria_view(summarise([r.row for r in runs]), criteria, lang)
 
     @friendly
     def export_report(state: UserState, lang: str):
@@ -266,17 +316,18 @@ def make_handlers(ctx: AppContext) -> PilotHandlers:
                     steps.close()
                     return
 
-        yield f"**Tuning** on {len(ids)} prompts …", gr.skip()
+        yield {"tune_status": f"**Tuning** on {len(ids)} prompts …"}
         for batch in DeviceJob(produce, stop).batches(min_interval_s=0.3):
             for step in batch:
                 if isinstance(step, TuneResult):
-                    yield (f"**Done**: plan `{step.plan}` is cached for this pair; choose *auto (tuned)* as the "
-                           f"layer grouping on the Generate screen."), tuning_markdown(step)
+                    yield {"tune_status": f"**Done**: plan `{step.plan}` is cached for this pair; choose "
+                                          f"*auto (tuned)* as the layer grouping on the Generate screen.",
+                           "tune_result": tuning_markdown(step)}
                     return
-            yield f"**Tuning** ({len(ids)} prompts): {batch[-1]} …", gr.skip()
-        yield "**Stopped**: the tuner did not finish, nothing was cached.", gr.skip()
+            yield {"tune_status": f"**Tuning** ({len(ids)} prompts): {batch[-1]} …"}
+        yield {"tune_status": "**Stopped**: the tuner did not finish, nothing was cached."}
 
-    return PilotHandlers(estimate, pilot, trace_of, request_stop, export_report, tune)
+    return PilotHandlers(estimate, pilot, trace_of, request_stop, export_report, tune, rejudge)
 
 
 def write_report(ctx: AppContext, state: UserState, lang: str) -> str:
@@ -304,9 +355,10 @@ def _tuned_note(ctx: AppContext, lang: str = "en") -> str:
     result = ctx.session.tuning() if ctx.info.draft else None
     if result is None:
         return tr("This pair has not been tuned yet.", lang)
-    return tr(f"Cached for this pair: plan `{result.plan}` ({result.steps} draft steps, acceptance "
-              f"{result.acceptance_rate:.2f} vs {result.baseline_rate:.2f} for N = 1 at draft length k = "
-              f"{result.draft_len}, tuned {result.created}).", lang)
+    return tr(msg("Cached for this pair: plan `{plan}` ({steps} draft steps, acceptance {rate} vs {baseline} for N = 1 "
+                  "at draft length k = {k}, tuned {created}).", plan=result.plan, steps=result.steps,
+                  rate=f"{result.acceptance_rate:.2f}", baseline=f"{result.baseline_rate:.2f}", k=result.draft_len,
+                  created=result.created), lang)
 
 
 def build(ctx: AppContext, state: gr.State, tab: gr.Tab, lang: gr.Radio):
@@ -315,6 +367,7 @@ def build(ctx: AppContext, state: gr.State, tab: gr.Tab, lang: gr.Radio):
     handlers = make_handlers(ctx)
     estimate, pilot, trace_of = handlers.estimate, handlers.pilot, handlers.trace_of
     request_stop, export_report, tune = handlers.request_stop, handlers.export_report, handlers.tune
+    rejudge = handlers.rejudge
     gr.Markdown("Run every setting of a grid on a set of prompts. Vanilla decoding runs first on each prompt: "
                 "speedups are measured against it in the same pilot, and greedy outputs are checked against it "
                 "token for token.")
@@ -337,10 +390,24 @@ def build(ctx: AppContext, state: gr.State, tab: gr.Tab, lang: gr.Radio):
             chat = gr.Checkbox(True, label="use the chat template")
             hardware = gr.Dropdown(list(DEVICES), value="a100-80gb", label="projection: hardware",
                                    elem_id="pilot-hardware")
+            with gr.Accordion("Acceptance criteria (your targets)", open=True):
+                default = Criteria()
+                with gr.Row():
+                    min_speedup = gr.Number(default.min_speedup, label="minimum speedup over vanilla (x)",
+                                            minimum=0.01, maximum=100, step=0.05, elem_id="pilot-min-speedup")
+                    max_drop = gr.Slider(0, 100, value=default.max_acceptance_drop * 100, step=1,
+                                         label="maximum acceptance drop against sequential drafting (%)",
+                                         elem_id="pilot-max-drop")
+                equality = gr.Radio(list(EQUALITY), value=default.equality, label="greedy output equality",
+                                    info="required: token for token equal to vanilla; ties allowed: a measured bf16 "
+                                         "rounding tie passes, a real difference never does",
+                                    elem_id="pilot-equality")
+    criteria_form = dict(min_speedup=min_speedup, max_acceptance_drop=max_drop, equality=equality)
     # Inputs by name (inputs_kwargs): the handlers get one dict of values, and the API the same names.
     form = dict(prompt=prompt, source=source, prompt_set=prompt_set, n_prompts=n_prompts, **grid,
                 speculative=speculative, max_new_tokens=max_new_tokens, chat=chat, temperature=temperature,
                 upload=upload)
+    run_form = {**form, **criteria_form, "hardware": hardware}
     estimate_md = gr.Markdown(estimate({name: c.value for name, c in form.items()}), elem_id="pilot-estimate")
     with gr.Row():
         run = gr.Button("Run pilot", variant="primary", elem_id="pilot-run")
@@ -350,6 +417,11 @@ def build(ctx: AppContext, state: gr.State, tab: gr.Tab, lang: gr.Radio):
                            elem_id="pilot-summary", wrap=True)
     chart = gr.Plot(pilot_figure([]), show_label=False, elem_id="pilot-chart")
     runs = gr.Dataframe(headers=RUN_COLUMNS, label="per run", interactive=False, elem_id="pilot-runs", wrap=True)
+    gr.Markdown("### Against your acceptance criteria (measured)")
+    first = criteria_view([], Criteria(), "en")
+    criteria_note = gr.Markdown(first["criteria_note"], elem_id="pilot-criteria-note")
+    criteria_table = gr.Dataframe(headers=CRITERIA_COLUMNS, label="met or not, per setting", interactive=False,
+                                  elem_id="pilot-criteria", wrap=True)
     gr.Markdown("### Projected for G devices (a model, not a measurement)")
     projected_note = gr.Markdown("Runs after a pilot that includes vanilla and speculative decoding.",
                                  elem_id="pilot-projection-note")
@@ -370,25 +442,35 @@ def build(ctx: AppContext, state: gr.State, tab: gr.Tab, lang: gr.Radio):
         return estimate(values, lang)
 
     # Gradio fills `progress` itself; `upload=None` makes the file optional in the API (a File has no value).
+    pilot_outputs = dict(status=status, summary=summary, runs=runs, chart=chart, csv_file=csv_file,
+                         json_file=json_file, trace_pick=trace_pick, trace_file=trace_file, projected=projected,
+                         projected_note=projected_note, report_file=report_file, criteria_table=criteria_table,
+                         criteria_note=criteria_note)
+
     def on_pilot(progress=gr.Progress(), *, upload=None, **inputs):
         values, state_, lang_ = named_inputs({**inputs, "upload": upload})
-        yield from pilot(values, state_, lang_, progress=progress)
-
-    def on_tune(*, upload=None, **inputs):
-        values, state_, _ = named_inputs({**inputs, "upload": upload})
-        yield from tune(values, state_)
+        for view in pilot(values, state_, lang_, progress=progress):
+            yield by_component(view, pilot_outputs)
 
     for comp in form.values():
         comp.change(on_estimate, inputs_kwargs={**form, "lang": lang}, outputs=estimate_md, api_visibility="private",
                     queue=False, show_progress="hidden")
     run.click(arm_stop("pilot"), [state], None, queue=False, api_visibility="private", show_progress="hidden") \
-        .then(on_pilot, inputs_kwargs={**form, "hardware": hardware, "state": state, "lang": lang},
-              outputs=[status, summary, runs, chart, csv_file, json_file, trace_pick, trace_file, projected,
-                       projected_note, report_file],
+        .then(on_pilot, inputs_kwargs={**run_form, "state": state, "lang": lang},
+              outputs=list(pilot_outputs.values()),
               api_name="pilot", concurrency_id="device", concurrency_limit=1)
     stop.click(request_stop, [state], None, queue=False, api_visibility="private")
     export.click(export_report, [state, lang], report_file, api_visibility="private")
     trace_pick.change(trace_of, [trace_pick, state], trace_file, api_visibility="private")
+    criteria_outputs = dict(criteria_table=criteria_table, criteria_note=criteria_note)
+
+    def on_rejudge(**inputs):
+        return by_component(rejudge(*named_inputs(inputs)), criteria_outputs)
+
+    for comp in criteria_form.values():
+        comp.change(on_rejudge, inputs_kwargs={**criteria_form, "state": state, "lang": lang},
+                    outputs=list(criteria_outputs.values()), api_visibility="private", queue=False,
+                    show_progress="hidden")
     with gr.Accordion("Tune the layer plan (auto grouping)", open=False):
         gr.Markdown("Measures, on the prompts chosen above (greedy), how similar each draft layer's input is to the "
                     "next layers' inputs, predicts the acceptance rate of candidate layer plans from simulated "
@@ -408,12 +490,22 @@ def build(ctx: AppContext, state: gr.State, tab: gr.Tab, lang: gr.Radio):
         tune_result = gr.Markdown("", elem_id="tune-result")
     tune_form = dict(prompt=prompt, source=source, prompt_set=prompt_set, n_prompts=n_prompts, upload=upload, chat=chat,
                      tolerance=tolerance, tokens=tune_tokens, draft_len=tune_k, state=state)
-    tune_btn.click(on_tune, inputs_kwargs=tune_form, outputs=[tune_status, tune_result], api_name="tune",
+    tune_outputs = dict(tune_status=tune_status, tune_result=tune_result)
+
+    def on_tune(*, upload=None, **inputs):
+        values, state_, _ = named_inputs({**inputs, "upload": upload})
+        for view in tune(values, state_):
+            yield by_component(view, tune_outputs)
+
+    tune_btn.click(on_tune, inputs_kwargs=tune_form, outputs=list(tune_outputs.values()), api_name="tune",
                    concurrency_id="device", concurrency_limit=1)
     tab.select(lambda lang_: _tuned_note(ctx, lang_), lang, tune_status, api_visibility="private", queue=False,
                show_progress="hidden")
 
-    def redraw(lang: str, **values):  # the switch: the estimate and the tuning note in the chosen language
-        return estimate(values, lang), _tuned_note(ctx, lang)
+    def redraw(lang: str, state: UserState, **values):
+        """The switch: the estimate, the tuning note and the criteria verdicts in the chosen language."""
+        return {"estimate": estimate(values, lang), "tune_status": _tuned_note(ctx, lang),
+                **rejudge(values, state, lang)}
 
-    return redraw, {**form, "lang": lang}, [estimate_md, tune_status]
+    return redraw, {**form, **criteria_form, "state": state, "lang": lang}, \
+        {"estimate": estimate_md, "tune_status": tune_status, **criteria_outputs}

@@ -5,7 +5,9 @@ Each has
 - `text`: keyed texts (the explainer's paragraphs, the report's sentences with `{placeholders}`),
   the same keys in both languages;
 - `ui` (Japanese file only): short dashboard strings keyed by their English text, gettext style, so
-  a screen module writes plain English labels and the switch finds them (`ui_translation`);
+  a screen module writes plain English labels and the switch finds them (`ui_translation`); a sentence
+  with values is made with `msg(template, **values)`, and is translated by its template, never by
+  matching the English it became;
 - `glossary` (Japanese file only): the fixed Japanese term for each technical English term, and
   `avoid`, the variants that must not appear (tests check both across every Japanese string).
 Adding a string = adding one entry to `ui` (or one key to `text` in both files).
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from functools import lru_cache
 from importlib import resources
 
@@ -44,34 +47,67 @@ def text(key: str, lang: str = "en", **values) -> str:
     return template.format(**values) if values else template
 
 
+class Msg(str):
+    """A sentence made from a `ui` template: the English text, carrying its table key (`template`) and its
+    `values`, so that `tr` looks the template up and fills the values, instead of parsing English back."""
+
+    template: str
+    values: dict
+
+    def __new__(cls, template: str, **values) -> "Msg":
+        self = super().__new__(cls, template.format(**values) if values else template)
+        self.template, self.values = template, values
+        with _made_lock:
+            _made[str(self)] = self
+            if len(_made) > _MADE_LIMIT:
+                del _made[next(iter(_made))]
+        return self
+
+    def __reduce__(self):  # copies and pickles keep the key
+        return _remake, (self.template, self.values)
+
+
+def _remake(template: str, values: dict) -> "Msg":
+    return Msg(template, **values)
+
+
+# The messages made in this process, by their English text, for the text that reaches `tr` as a plain
+# string: through a Plotly figure or a Gradio component, which keep the text but not the Msg (oldest dropped).
+_made: dict[str, Msg] = {}
+_made_lock = threading.Lock()
+_MADE_LIMIT = 4096
+
+
+def msg(template: str, **values) -> Msg:
+    """The English sentence `template.format(**values)`, translatable by its template (a `ui` key)."""
+    return Msg(template, **values)
+
+
 @lru_cache(maxsize=None)
-def _english_to_japanese() -> tuple[dict[str, str], list[tuple[re.Pattern, str]]]:
-    """Exact entries, and templates: a `ui` key with `{name}` fields matches strings made from it
-    (e.g. "(1..{n} middle layers)") and fills the same fields into the Japanese."""
+def _english_to_japanese() -> dict[str, str]:
+    """Every English text with its Japanese: the keyed texts without placeholders, then the `ui` entries
+    (a label's own entry wins); the templates with {placeholders} are reached through `Msg`."""
     en, ja = table("en")["text"], table("ja")
     exact = {en[k]: ja["text"][k] for k in en if k in ja["text"] and not _FIELD.search(en[k])}
-    exact.update({k: v for k, v in ja["ui"].items() if not _FIELD.search(k)})  # a label's own entry wins
-    templates = []
-    for english, japanese in ja["ui"].items():
-        if _FIELD.search(english):
-            pattern = "".join(f"(?P<{part[1:-1]}>.+?)" if _FIELD.fullmatch(part) else re.escape(part)
-                              for part in _FIELD.split(english) if part)
-            templates.append((re.compile(pattern, re.S), japanese))
-    return exact, templates
+    exact.update(ja["ui"])
+    return exact
 
 
 def ui_translation(english: str, lang: str) -> str | None:
-    """`english` (a label, a button text, a keyed text's English form) in `lang`; None if the table lacks it."""
+    """`english` (a label, a button text, a keyed text's English form, a `Msg`) in `lang`; None if the table
+    lacks it. A `Msg` (or a plain string that is the text of one made in this process) is translated by its
+    template, with its `Msg` values translated in turn."""
     if check_lang(lang) == "en":
         return english
-    exact, templates = _english_to_japanese()
-    if english in exact:
-        return exact[english]
-    for pattern, japanese in templates:
-        match = pattern.fullmatch(english)
-        if match:
-            return _FIELD.sub(lambda m: match.group(m.group(1)[1:-1]), japanese)
-    return None
+    exact = _english_to_japanese()
+    made = english if isinstance(english, Msg) else _made.get(english)
+    if made is not None:
+        template = exact.get(made.template)
+        if template is None:
+            return None
+        values = {k: tr(v, lang) if isinstance(v, Msg) else v for k, v in made.values.items()}
+        return template.format(**values) if values else template
+    return exact.get(english)
 
 
 def tr(english: str, lang: str) -> str:

@@ -84,3 +84,8 @@ def check_prompt(prompt_ids: Sequence[int], s: SpecConfig, base: DecoderConfig,
         raise SettingsError("tree_depth", f"token trees do not support sliding-window attention: the prompt plus "
                                           f"{name('max_new_tokens')} must stay within the {min(windows)}-token "
                                           f"window")
+    switches = [c.rope.original_max_position for c in (base, draft) if c is not None and c.rope.kind == "longrope"]
+    if s.tree and switches and len(prompt_ids) + s.max_new_tokens > min(switches):
+        raise SettingsError("tree_depth", f"token trees do not support passing longrope's original context: the "
+                                          f"prompt plus {name('max_new_tokens')} must stay within {min(switches)} "
+                                          f"tokens")

@@ -9,6 +9,7 @@ What it is not: the decoding loop (`engine/loop.py`) or the multi-device protoco
 """
 from __future__ import annotations
 
+import datetime
 import functools
 import logging
 import re
@@ -20,7 +21,7 @@ import torch
 
 from .engine.decoder import DecoderConfig
 from .engine.loop import Stopping, generate
-from .engine.records import RoundRecord
+from .engine.records import RoundRecord, RunHeader
 from .models.loading import PairSource, load_draft, load_pair, parse_device, parse_dtype, resolve_pair
 from .models.text import encode_prompt
 from .planning import check_prompt, plan_run
@@ -147,7 +148,7 @@ class Session:
                 whole = self.base if self.devices == 1 else None
                 try:
                     self._fp32 = fp32_copy(whole) if whole else load_fp32_base(
-                        self.source.base_dir, parse_dtype(self.dtype), self.base.device)
+                        self.source.base_dir, parse_dtype(self.dtype), self.base.device, self.base.cfg.vocab_size)
                 except Exception as exc:  # an fp32 copy may not fit next to the session's models on the device
                     if not out_of_memory(exc) or self.base.device.type == "cpu":
                         raise
@@ -155,7 +156,7 @@ class Session:
                     torch.cuda.empty_cache()
                     cpu = torch.device("cpu")
                     self._fp32 = fp32_copy(whole, cpu) if whole else load_fp32_base(
-                        self.source.base_dir, parse_dtype(self.dtype), cpu)
+                        self.source.base_dir, parse_dtype(self.dtype), cpu, self.base.cfg.vocab_size)
             return self._fp32
 
     def _keep_ranks_alive(self) -> None:
@@ -205,6 +206,15 @@ class Session:
         needs_tuning = settings.mode != "vanilla" and self.draft is not None
         return plan_run(settings, prompt_ids, self.base.cfg, self.draft.cfg if self.draft else None, self.devices,
                         self.tuning() if needs_tuning else None)
+
+    def run_header(self, settings: dict, prompt_ids: Sequence[int], **extra) -> RunHeader:
+        """What a saved run of this session says about itself (records.save_run): its settings
+        (`RunPlan.as_dict()`), the models, the prompt, the device and precisions, now; `extra` adds to
+        what it carries beside (the CLI and the dashboard say where the run came from)."""
+        i, now = self.info, datetime.datetime.now(datetime.timezone.utc)
+        return RunHeader(settings=settings, base=i.base, draft=i.draft, prompt_ids=tuple(prompt_ids), device=i.device,
+                         dtype=i.dtype, created=now.isoformat(timespec="seconds"),
+                         extra={"devices": i.devices, "draft_dtype": i.draft_dtype, **extra})
 
     # -- tuning (tuner/) --------------------------------------------------------------------------
     @functools.cached_property

@@ -46,11 +46,13 @@ def hf_config(model_type: str = "qwen2", n_layers: int = 8, hidden: int = 64, he
 
 
 def save_checkpoint(folder: Path, config, seed: int, base_state: dict | None = None, noise: float = 0.0,
-                    tokenizer=None) -> Path:
+                    tokenizer=None, norm_noise: float = 0.0) -> Path:
     """A random-weight causal LM saved as a transformers checkpoint.
 
     With base_state, the weights are base_state + noise * N(0, 1) (a draft made from the base's own
-    layers, so that it agrees with the base often enough to exercise acceptance).
+    layers, so that it agrees with the base often enough to exercise acceptance). norm_noise adds
+    norm_noise * N(0, 1) to every norm weight, which transformers initializes to constants (ones, or
+    zeros for Gemma's 1 + w), so that a norm's weight really matters in a comparison.
     """
     from transformers import AutoModelForCausalLM
 
@@ -62,6 +64,12 @@ def save_checkpoint(folder: Path, config, seed: int, base_state: dict | None = N
             for name, p in model.state_dict().items():
                 src = base_state[name]
                 p.copy_(src + noise * src.std() * torch.randn(src.shape, generator=g))
+    if norm_noise and base_state is None:
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "norm" in name:
+                    p.add_(norm_noise * torch.randn(p.shape, generator=g))
     model.save_pretrained(folder)
     (tokenizer or byte_tokenizer()).save_pretrained(folder)
     return folder

@@ -243,8 +243,11 @@ def test_generate_and_replay_write_in_the_language_of_the_switch(app_ctx):
     handlers = make_handlers(app_ctx)
     generate, replay = handlers.generate, handlers.replay
     views = {lang: list(generate(UNCALIBRATED, UserState(), lang)) for lang in ("ja", "en", "fr")}
-    (status, text, cards, timeline, per_position, histogram, details, run_file, _, _, alert, rolling) = views["ja"][-1]
-    assert views["ja"][0][0] == "**実行中** easyspec plan 0-7 none k=5 …"
+    last = views["ja"][-1]
+    status, text, cards, details, run_file, alert = (last[k] for k in ("status", "text", "cards", "details", "run_file",
+                                                                        "alert"))
+    timeline, per_position, histogram, rolling = (last[k] for k in ("timeline", "per_position", "histogram", "rolling"))
+    assert views["ja"][0]["status"] == "**実行中** easyspec plan 0-7 none k=5 …"
     assert status.startswith("**完了**：easyspec plan 0-7 none k=5 · ") and "トークン/秒" in status
     assert "受理率の低下" in alert and "考えられる原因：最大 8 レイヤのグループでキャリブレーションが無効です" in alert
     assert "下限の 20%" in alert  # nothing tuned for this pair: the fixed floor
@@ -253,22 +256,24 @@ def test_generate_and_replay_write_in_the_language_of_the_switch(app_ctx):
     figures = (timeline, per_position, histogram, rolling)
     assert [_figure_words(f)[0] for f in figures[1:]] == ["位置ごとの受理率", "ラウンドごとの受理数", "直近 12 ラウンドの受理率"]
     assert "実行開始からの時間（ms）" in _figure_words(timeline) and "0.20 未満で警告" in _figure_words(rolling)
-    words = [s for view in views["ja"] for s in view[:3] + view[10:11]]
+    words = [view[k] for view in views["ja"] for k in ("status", "text", "cards", "alert")]
     words += [w for f in figures for w in _figure_words(f)]
     assert not untranslated(words), untranslated(words)
     # the data stays English, and English (or a language the app does not know) is as before
     en = views["en"][-1]
-    assert details["label"] == en[6]["label"] and details["token_ids"] == en[6]["token_ids"]
-    assert en[0].startswith("**Done**: easyspec plan 0-7 none k=5 · 40 tokens in ")
-    assert "<b>⚠ Low acceptance</b>" in en[10] and "Likely cause: with groups of up to 8 layers, calibration is off" \
-        in en[10] and ">tokens/s<" in en[2]
-    assert [_figure_words(f)[0] for f in en[4:6]] == ["Per-position acceptance", "Accepted drafts per round"]
+    assert details["label"] == en["details"]["label"] and details["token_ids"] == en["details"]["token_ids"]
+    assert en["status"].startswith("**Done**: easyspec plan 0-7 none k=5 · 40 tokens in ")
+    assert "<b>⚠ Low acceptance</b>" in en["alert"] and \
+        "Likely cause: with groups of up to 8 layers, calibration is off" in en["alert"] and ">tokens/s<" in en["cards"]
+    assert [_figure_words(en[k])[0] for k in ("per_position", "histogram")] == \
+        ["Per-position acceptance", "Accepted drafts per round"]
     fr = views["fr"][-1]
-    assert fr[0].startswith("**Done**: ") and fr[10] == en[10] and _figure_words(fr[11]) == _figure_words(en[11])
+    assert fr["status"].startswith("**Done**: ") and fr["alert"] == en["alert"] and \
+        _figure_words(fr["rolling"]) == _figure_words(en["rolling"])
     # a replay of the saved run, in Japanese and in English
     replayed = list(replay(dict(run_file=run_file, speed="instant"), UserState(), "ja"))[-1]
-    assert replayed[0].startswith("**再生完了**：replay (easyspec, recorded ") and "受理率の低下" in replayed[10]
-    assert list(replay(dict(run_file=run_file, speed="instant"), UserState()))[-1][0].startswith(
+    assert replayed["status"].startswith("**再生完了**：replay (easyspec, recorded ") and "受理率の低下" in replayed["alert"]
+    assert list(replay(dict(run_file=run_file, speed="instant"), UserState()))[-1]["status"].startswith(
         "**Replayed**: replay (easyspec")
 
 
@@ -281,16 +286,18 @@ def test_the_switch_redraws_the_generate_screen(app_ctx):
     generate, redraw = handlers.generate, handlers.redraw
     state = UserState()
     empty = redraw(state, "ja")  # before any run: the empty screen in Japanese
-    assert empty[0] == "**実行** を押すと生成が始まります。" and len(empty) == 8
-    words = [empty[0], empty[1], empty[2]] + [w for f in empty[3:6] + empty[7:] for w in _figure_words(f)]
+    figures = ("timeline", "per_position", "histogram", "rolling")
+    assert empty["status"] == "**実行** を押すと生成が始まります。"
+    assert set(empty) == {"status", "text", "cards", "alert", *figures}
+    words = [empty[k] for k in ("status", "text", "cards")] + [w for k in figures for w in _figure_words(empty[k])]
     assert not untranslated(words), untranslated(words)
     last = list(generate(UNCALIBRATED, state, "en"))[-1]
     ja = redraw(state, "ja")  # a finished English run, drawn again in Japanese: same tokens, same alert
-    assert ja[0].startswith("**完了**：easyspec plan 0-7 none k=5 · ") and "受理率の低下" in ja[6]
-    assert _figure_words(ja[4])[0] == "位置ごとの受理率"
+    assert ja["status"].startswith("**完了**：easyspec plan 0-7 none k=5 · ") and "受理率の低下" in ja["alert"]
+    assert _figure_words(ja["per_position"])[0] == "位置ごとの受理率"
     en = redraw(state, "en")
-    assert en[0] == last[0] and en[1] == last[1] and en[6] == last[10]  # back in English, as the run drew it
-    assert redraw(state, "xx")[0] == en[0]
+    assert all(en[k] == last[k] for k in ("status", "text", "alert"))  # back in English, as the run drew it
+    assert redraw(state, "xx")["status"] == en["status"]
 
 
 def test_the_compare_screen_before_a_comparison_in_both_languages():
@@ -300,10 +307,12 @@ def test_the_compare_screen_before_a_comparison_in_both_languages():
 
     modes = ["vanilla", "speculative", "easyspec", "easyspec"]
     ja, en = empty_view(modes, "ja"), empty_view(modes, "en")
-    assert len(ja) == len(en) == 3 + 4 * 4
-    assert ja[0] == "2〜4 個の設定を選んで **比較を実行** を押してください。" and ja[3] == "**1.** 待機中"
-    assert en[0] == "Pick two to four settings, then **Run comparison**." and en[3] == "**1.** waiting"
-    words = [v for v in ja if isinstance(v, str)] + [w for v in ja[6::4] for w in _figure_words(v)]
+    assert set(ja) == set(en) == {"status", "summary", "badge"} | {f"{name}_{c}" for c in range(1, 5) for name in
+                                                                   ("header", "text", "cards", "timeline")}
+    assert ja["status"] == "2〜4 個の設定を選んで **比較を実行** を押してください。" and ja["header_1"] == "**1.** 待機中"
+    assert en["status"] == "Pick two to four settings, then **Run comparison**." and en["header_1"] == "**1.** waiting"
+    words = [v for v in ja.values() if isinstance(v, str)]
+    words += [w for c in range(1, 5) for w in _figure_words(ja[f"timeline_{c}"])]
     assert not untranslated(words), untranslated(words)
 
 
@@ -319,29 +328,30 @@ def test_compare_writes_in_the_language_of_the_switch(app_ctx):
     values = dict(prompt="The quick brown fox", chat=True, max_new_tokens=8, temperature=0, seed=0, columns=2,
                   **columns)
     views = {lang: list(compare(values, lang=lang)) for lang in ("ja", "en", "xx")}
-    first, (status, table, badge, details, *cells) = views["ja"][0], views["ja"][-1]
-    assert first[0] == "**比較中** 同じプロンプトで 2 通りの設定を実行しています …"
+    first, last = views["ja"][0], views["ja"][-1]
+    status, table, badge, details = (last[k] for k in ("status", "summary", "badge", "details"))
+    assert first["status"] == "**比較中** 同じプロンプトで 2 通りの設定を実行しています …"
+    assert set(last) == {"status", "summary", "badge", "details"} | {f"{name}_{c}" for c in (1, 2) for name in
+                                                                      ("header", "text", "cards", "timeline")}
     assert status == "**完了**：すべての列を同じプロンプトで、同じデバイス上で順番に実行しました。"
     assert table["headers"][:3] == ["列", "設定", "トークン"] and [row[-1] for row in table["data"]] == ["はい"] * 2
     assert "トークンの一致：一致" in badge and 'data-equal="yes"' in badge and "2 列すべてが同じ 8 トークン" in badge
-    assert cells[0] == "**1. vanilla** · 完了" and ">新規トークン<" in cells[2]
-    assert "実行開始からの時間（ms）" in _figure_words(cells[3])
+    assert last["header_1"] == "**1. vanilla** · 完了" and ">新規トークン<" in last["cards_1"]
+    assert "実行開始からの時間（ms）" in _figure_words(last["timeline_1"])
     assert details["note"] == "all 2 columns emitted the same 8 tokens (greedy decoding is lossless)"  # data
-    shown = [v for view in views["ja"] for v in view[:1] + view[2:3] + view[4:]]  # not the JSON details
+    shown = [v for view in views["ja"] for k, v in view.items() if k not in ("summary", "details")]  # not JSON
     words = [v for v in shown if isinstance(v, str)] + table["headers"]
     words += [w for v in shown if hasattr(v, "layout") for w in _figure_words(v)]
     assert not untranslated(words), untranslated(words)
     for lang in ("en", "xx"):
-        status, table, badge = views[lang][-1][:3]
-        assert status.startswith("**Done**: all columns ran") and table["headers"] == SUMMARY_HEADERS
-        assert "identical tokens: YES" in badge and views[lang][-1][4] == "**1. vanilla** · done"
+        last = views[lang][-1]
+        assert last["status"].startswith("**Done**: all columns ran") and last["summary"]["headers"] == SUMMARY_HEADERS
+        assert "identical tokens: YES" in last["badge"] and last["header_1"] == "**1. vanilla** · done"
 
 
 def test_stop_while_a_run_waits_for_the_device_cancels_it_before_it_starts(app_ctx):
     """The Run button arms the run's stop flag before the run queues: a Stop pressed while the run still
     waits (behind another user's) cancels it on every screen, and the device is never used for it."""
-    import gradio as gr
-
     from easyspec.app.common import arm_stop
     from easyspec.app.compare_tab import make_compare
     from easyspec.app.generate_tab import make_handlers
@@ -364,12 +374,11 @@ def test_stop_while_a_run_waits_for_the_device_cancels_it_before_it_starts(app_c
         arm_stop(screen)(state)  # the click
         assert state.request_stop(screen), screen  # Stop while queued is taken, not ignored
         views = list(call(state))
-        assert len(views) == 1 and views[0][0] == "開始前に停止しました：この実行はまだデバイスの空きを待っていました。"
-        assert all(v == gr.skip() for v in views[0][1:]), screen
+        assert views == [{"status": "開始前に停止しました：この実行はまだデバイスの空きを待っていました。"}], screen
         assert not state.last and not state.runs, screen  # nothing ran
         # the next click runs normally: the flag was the queued run's alone
         arm_stop(screen)(state)
-        assert list(call(state))[-1][0].startswith("**完了**"), screen
+        assert list(call(state))[-1]["status"].startswith("**完了**"), screen
 
 
 def test_the_app_keeps_at_most_max_sessions_in_memory(tmp_path):
@@ -463,3 +472,36 @@ def test_the_pilot_grid_takes_the_draft_precisions(app_ctx):
     assert [s.config.draft_dtype for s in grid.settings()[1:]] == ["bfloat16", "int8"] * 2
     with pytest.raises(ValueError, match="draft precision must be one of float32, bfloat16, int8"):
         make_grid({**values, "draft_dtypes": ["float8"]})
+    assert make_grid(values).contexts == (0,)  # none ticked: the prompts as given
+    assert make_grid({**values, "contexts": [0, 2048]}).contexts == (0, 2048)
+    with pytest.raises(ValueError, match="context length must be one of 0, 256, 2048, 8192; got 999"):
+        make_grid({**values, "contexts": [999]})
+
+
+def test_the_pilot_judges_every_setting_against_the_teams_criteria(app_ctx):
+    """The pilot's last view holds the criteria table (met or not per setting, from the measured summary); new
+    targets re-judge the same numbers without a rerun and go into the next exported report; bad targets get a
+    message before any run."""
+    from easyspec.app.pilot_tab import make_handlers as pilot_handlers
+    from easyspec.core.evaluation.criteria import Criteria, judge
+    from easyspec.core.evaluation.pilot import summarise
+
+    handlers = pilot_handlers(app_ctx)
+    values = dict(prompt="The quick brown fox", source="typed prompts", prompt_set="code", n_prompts=1,
+                  layer_parallel=[2, 4], calibration=["none"], draft_len=[3], speculative=True, max_new_tokens=12,
+                  chat=True, temperature=0, min_speedup=0.01, max_acceptance_drop=100, equality="required")
+    state = UserState()
+    last = list(handlers.pilot(values, state, "en"))[-1]
+    summary = summarise([r.row for r in state.pilot_report[0]])
+    table = last["criteria_table"]
+    assert [row[0] for row in table["data"]] == [s["setting"] for s in summary if s["mode"] != "vanilla"]
+    assert all(row[-1] == "yes" for row in table["data"]), table  # every target loose: every setting meets it
+    assert last["criteria_note"].startswith("**3 of 3 settings meet every target**")
+    strict = handlers.rejudge(dict(min_speedup=100, max_acceptance_drop=0, equality="required"), state, "ja")
+    expected = judge(summary, Criteria(min_speedup=100, max_acceptance_drop=0, equality="required"))
+    assert [row[-1] for row in strict["criteria_table"]["data"]] == ["いいえ"] * 3 and not any(j.met for j in expected)
+    assert strict["criteria_note"].startswith("**3 設定中 0 設定がすべての目標を達成**")
+    assert state.pilot_report[2].criteria == Criteria(min_speedup=100, max_acceptance_drop=0, equality="required")
+    assert "⚠️ minimum speedup must be above 0" in handlers.rejudge(dict(min_speedup=-1), state, "en")["criteria_note"]
+    with pytest.raises(Exception, match="equality must be one of required, ties allowed"):
+        list(handlers.pilot({**values, "equality": "roughly"}, UserState(), "en"))

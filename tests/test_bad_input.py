@@ -119,6 +119,12 @@ CASES = [
          "built-in set must be one of code, chat, math, summarisation"),
     Case("pilot unknown hardware", "/pilot", dict(source="typed prompts", prompt="hi", hardware="pigeon"),
          "projection: hardware must be one of"),
+    Case("pilot speedup target 0", "/pilot", dict(source="typed prompts", prompt="hi", min_speedup=0),
+         r"minimum speedup over vanilla \(x\) must be between 0.01 and 100; got 0"),
+    Case("pilot acceptance drop 150%", "/pilot", dict(source="typed prompts", prompt="hi", max_acceptance_drop=150),
+         r"maximum acceptance drop against sequential drafting \(%\) must be between 0 and 100; got 150"),
+    Case("pilot unknown equality", "/pilot", dict(source="typed prompts", prompt="hi", equality="roughly"),
+         "equality must be one of required, ties allowed"),
     Case("pilot upload missing", "/pilot", dict(source="uploaded file"), "choose a JSONL or CSV file to upload first"),
     Case("replay without a file", "/replay", dict(run_file=None, speed="instant"), "choose a saved run file"),
     # -- uploaded pilot files --------------------------------------------------------------------------

@@ -3,22 +3,26 @@ the page language follows ?lang= and the browser, and in a real browser the swit
 Japanese (drawn with a CJK font) and back, with the screens still working."""
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from easyspec.core.i18n import table, text, tr, ui_translation
+from easyspec.core.i18n import msg, table, text, tr, ui_translation
 
 SHOTS = Path(__file__).resolve().parents[1] / "results" / "screenshots" / "browser_test"
 TIMEOUT_MS = 240_000
 
 
 def test_templates_fill_their_values():
-    assert ui_translation("column 3: mode", "ja") == "列 3：方式"
-    assert ui_translation("consecutive draft layers run as one parallel group (1..22 middle layers)", "ja") == \
-        "連続するドラフトのレイヤを 1 つの並列グループとして実行（中間レイヤ 1〜22）"
+    assert tr(msg("column {c}: mode", c=3), "ja") == "列 3：方式"
+    made = msg("consecutive draft layers run as one parallel group (1..{n} middle layers)", n=22)
+    assert made == "consecutive draft layers run as one parallel group (1..22 middle layers)"
+    assert ui_translation(made, "ja") == "連続するドラフトのレイヤを 1 つの並列グループとして実行（中間レイヤ 1〜22）"
+    assert ui_translation(str(made), "ja") == ui_translation(made, "ja")  # through a figure or a component
+    assert tr(made, "en") == made and tr(msg("a sentence the table lacks"), "ja") == "a sentence the table lacks"
     assert ui_translation("no such label", "ja") is None and tr("no such label", "ja") == "no such label"
     assert text("report.c.count_faster", "ja", faster=2, total=4) == \
         "EasySpec の 4 設定のうち 2 設定が通常デコードより速くなりました。"
@@ -26,37 +30,89 @@ def test_templates_fill_their_values():
         text("report.title", "fr")
 
 
-def test_every_table_entry_is_reached_by_its_own_text():
-    """A template matches any text: an earlier, shorter one ("calibration {policy}") must not swallow a longer
-    sentence (the first template that matches wins), so every entry translates its own text, fields filled."""
+def test_english_is_never_parsed_back():
+    """A sentence is translated by the template it was made from (its key), never by matching its English
+    against the table's templates: English that no `msg` made stays untranslated, however well it matches."""
+    assert ui_translation("column 97531: mode", "ja") is None
+    assert tr(msg("column {c}: mode", c=97531), "ja") == "列 97531：方式"
+    assert ui_translation("column 97531: mode", "ja") == "列 97531：方式"  # now made in this process
+
+
+def _constants(folder: Path) -> tuple[set[str], set[str]]:
+    """Every string constant in the package's code, and the first arguments of its `msg(...)` calls."""
+    strings, templates = set(), set()
+    for path in folder.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                strings.add(node.value)
+            if (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "msg" and node.args
+                    and isinstance(node.args[0], ast.Constant)):
+                templates.add(node.args[0].value)
+    return strings, templates
+
+
+def test_every_template_is_a_msg_of_the_code_and_every_msg_is_in_the_table():
+    """Each `ui` entry with {fields} is a template the code makes sentences from (no stale entries, no
+    regex matching of formatted English), and each `msg` template has its Japanese entry."""
+    root = Path(__file__).resolve().parents[1]
+    strings, templates = set(), set()
+    for folder in ("core", "app", "visualizations"):
+        more_strings, more_templates = _constants(root / folder)
+        strings |= more_strings
+        templates |= more_templates
+    field = re.compile(r"\{(\w+)\}")
+    keyed = {english for english in table("ja")["ui"] if field.search(english)}
+    assert len(keyed) >= 30 and keyed <= strings, sorted(keyed - strings)
+    assert len(templates) >= 30 and templates <= set(table("ja")["ui"]) | set(table("en")["text"].values()), \
+        sorted(templates - set(table("ja")["ui"]))
+
+
+def test_every_table_entry_is_reached_by_its_own_key():
+    """Every template translates its own sentence, fields filled; a longer sentence is never taken for a
+    shorter template ("calibration {policy}" against "... calibration none ...")."""
     field = re.compile(r"\{(\w+)\}")
     for english, japanese in table("ja")["ui"].items():
         values = {name: f"<{i}>" for i, name in enumerate(dict.fromkeys(field.findall(english)))}
         fill = lambda s: field.sub(lambda m: values[m.group(1)], s)  # noqa: E731
-        assert ui_translation(fill(english), "ja") == fill(japanese), english
+        made = msg(english, **values) if values else english
+        assert ui_translation(made, "ja") == fill(japanese), english
+
+
+def _flagged_records(n: int = 14) -> list:
+    from easyspec.core.engine.monitor import ALERT
+    from easyspec.core.engine.records import RoundRecord
+
+    return [RoundRecord(index=i, token_ids=(1,), origins=("recovered",), drafted=(5, 6, 7, 8), accepted=0,
+                        phase_s={}, spans=(), end_ns=i, flags=(ALERT,) if i >= 12 else ()) for i in range(1, n + 1)]
 
 
 def test_the_alert_is_translated_part_by_part():
-    """The alert sentence is built from other translated sentences (what was expected, the likely cause):
-    each part is translated on its own and filled into the Japanese sentence; English is unchanged."""
+    """The alert (one function for the CLI and the dashboard) is a sentence made of other sentences (what
+    was expected, the likely cause): each part is translated by its own key and filled into the Japanese."""
     from helpers import untranslated
 
-    from easyspec.core.engine.monitor import alert_text, expectation, likely_cause
+    from easyspec.core.engine.monitor import likely_cause, low_acceptance
 
-    causes = {likely_cause(settings, groups) for settings in (
-        {"mode": "easyspec", "calibration": "none"}, {"mode": "easyspec", "calibration": "on-mismatch"},
-        {"mode": "easyspec", "calibration": "every-round"}, {"mode": "speculative", "sampling": {"temperature": 1.5}},
-        {"mode": "speculative"}) for groups in (1, 3, 6)}
+    settings_list = [{"mode": "easyspec", "calibration": "none"}, {"mode": "easyspec", "calibration": "on-mismatch"},
+                     {"mode": "easyspec", "calibration": "every-round"},
+                     {"mode": "speculative", "sampling": {"temperature": 1.5}}, {"mode": "speculative"}]
+    causes = {likely_cause(settings, groups) for settings in settings_list for groups in (1, 3, 6)}
     assert len(causes) == 6  # every branch of likely_cause, the first with two group sizes
-    for exp in (expectation(0.0), expectation(0.8)):
-        for cause in causes:
-            english = alert_text(0.12, exp, cause)
-            assert alert_text(0.12, exp, cause, lambda s: tr(s, "en")) == english
-            assert english.startswith("Acceptance fell to 12% over the last rounds, far below the ")
-            japanese = alert_text(0.12, exp, cause, lambda s: tr(s, "ja"))
-            assert japanese.startswith("直近のラウンドで受理率が 12% まで下がり、") and "考えられる原因：" in japanese
-            assert not untranslated([japanese]) and tr(cause, "ja") in japanese, japanese
-            assert ("下限の 20%" if exp.source == "floor" else "測定した 80%") in japanese
+    records = _flagged_records()
+    assert low_acceptance(records[:11], {"mode": "speculative"}, 1) is None
+    for expected in (0.0, 0.8):
+        for settings in settings_list:
+            for groups in (1, 3, 6):
+                alert = low_acceptance(records, {**settings, "expected_acceptance": expected}, groups)
+                assert (alert.rate, alert.flagged) == (0.0, 3)
+                english = str(alert.message)
+                assert english.startswith("Acceptance fell to 0% over the last rounds, far below the ")
+                assert tr(alert.message, "en") == english
+                japanese = tr(alert.message, "ja")
+                assert japanese.startswith("直近のラウンドで受理率が 0% まで下がり、") and "考えられる原因：" in japanese
+                cause = likely_cause(settings, groups)
+                assert not untranslated([japanese]) and tr(cause, "ja") in japanese, japanese
+                assert ("下限の 20%" if expected == 0.0 else "測定した 80%") in japanese
 
 
 def test_requested_language():

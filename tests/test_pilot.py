@@ -237,3 +237,57 @@ def test_the_pilot_note_names_only_the_measured_modes():
     assert speed.decode_rate("speculative") == 4.04  # estimated at vanilla's, never shown as measured
     with pytest.raises(ValueError, match="needs vanilla"):
         measure_throughput(None, modes=("easyspec",))
+
+
+# -- the context-length axis -------------------------------------------------------------------
+def test_each_context_length_runs_every_setting_again_with_vanilla_first():
+    grid = PilotGrid(layer_parallel=(2,), calibration=("none",), draft_len=(3,), contexts=(0, 96, 0))
+    settings = grid.settings()
+    assert grid.contexts == (0, 96)  # repeats dropped
+    assert [(s.label, s.context) for s in settings] == [
+        ("vanilla", 0), ("speculative k=3", 0), ("easyspec N=2 none k=3", 0),
+        ("vanilla · ctx 96", 96), ("speculative k=3 · ctx 96", 96), ("easyspec N=2 none k=3 · ctx 96", 96)]
+    assert settings[-1].reference == "speculative k=3 · ctx 96"
+    assert PilotGrid().contexts == (0,) and all(s.context == 0 for s in PilotGrid().settings())
+    for bad in ((), (-1,), (1.5,), (10**6,)):
+        with pytest.raises(ValueError, match="context lengths must be whole numbers of prompt tokens"):
+            PilotGrid(contexts=bad)
+
+
+def test_prompts_are_brought_to_the_context_length_with_the_shared_document(session, monkeypatch):
+    from easyspec.core.evaluation import pilot
+    from easyspec.core.evaluation.pilot import prompt_ids_at, shared_document
+
+    prompt = "The quick brown fox"
+    own = session.encode(prompt, False)
+    assert prompt_ids_at(session, [prompt], False, 0) == [own]
+    assert prompt_ids_at(session, [prompt], False, len(own) - 1) == [own]  # already that long: as given
+    (ids,) = prompt_ids_at(session, [prompt], False, 200)
+    assert abs(len(ids) - 200) <= 4 and ids[-len(own):] == own  # the question comes last
+    text = session.decode(ids)
+    assert text.startswith(shared_document()[:40]) and text.endswith(prompt)
+    assert prompt_ids_at(session, [prompt], False, 200) == [ids]  # the same document every time
+    assert len(shared_document()) > 100_000 and "def " in shared_document()  # this package's own code
+    monkeypatch.setattr(pilot, "shared_document", lambda: "a short document")
+    with pytest.raises(ValueError, match="the shared document holds 16 tokens, fewer than the 200 asked for"):
+        prompt_ids_at(session, [prompt], False, 200)
+
+
+def test_speedups_compare_with_vanilla_at_the_same_context_length(session):
+    grid = PilotGrid(layer_parallel=(2,), calibration=("every-round",), draft_len=(3,), max_new_tokens=12,
+                     chat=False, contexts=(0, 160))
+    runs = [e for e in run_pilot(session, ["The quick brown fox"], grid) if isinstance(e, PilotRun)]
+    assert [r.setting.label for r in runs] == [s.label for s in grid.settings()]
+    for run in runs:
+        vanilla = next(r for r in runs if r.row["mode"] == "vanilla" and r.setting.context == run.setting.context)
+        assert run.row["context"] == run.setting.context
+        assert run.row["prompt_tokens"] == vanilla.row["prompt_tokens"]
+        assert (run.row["prompt_tokens"] > 150) == (run.setting.context == 160)
+        if run.row["mode"] != "vanilla":
+            assert run.row["speedup"] == pytest.approx(run.row["tokens_per_s"] / vanilla.row["tokens_per_s"], rel=1e-2)
+            assert run.row["equal_to_vanilla"] is True
+    summary = {s["setting"]: s for s in summarise([r.row for r in runs])}
+    long = summary["easyspec N=2 every-round k=3 · ctx 160"]
+    ref = next(r for r in runs if r.setting.label == "vanilla · ctx 160").row
+    assert long["context"] == 160 and long["mean_prompt_tokens"] == ref["prompt_tokens"]
+    assert long["speedup"] == pytest.approx(long["tokens_per_s"] / ref["tokens_per_s"], rel=1e-3)

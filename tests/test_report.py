@@ -11,7 +11,7 @@ import json
 import re
 import statistics
 import string
-from html import escape
+from html import escape, unescape
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -284,3 +284,71 @@ def test_what_was_not_measured_and_the_timelines_run_follow_the_numbers(pilot, r
     page = reports["en"][1].read_text(encoding="utf-8")
     assert escape(f"speedup {rep['speedup']:.2f}x, the run nearest its setting's median over the prompts "
                        f"({rep['setting_median']:.2f}x)") in page
+
+
+def test_the_report_says_what_each_run_plan_applied(reports):
+    """A setting whose run plan applied the tuner's plan or policy (RunPlan.applied) says so under the measured
+    table, in both languages; a pilot where nothing was applied has no such note."""
+    for lang in LANGS:
+        data, path = reports[lang]
+        assert 'id="applied"' not in path.read_text(encoding="utf-8")
+        settings = [dict(s) for s in data["settings"]]
+        settings[0]["applied"] = "tuned plan 0|1-3|4-6|7; tuned calibration on-mismatch"
+        page = report_html({**data, "settings": settings})
+        note = page[page.index('id="applied"'):]
+        note = note[:note.index("</div>")]
+        assert escape(f"{settings[0]['setting']}: tuned plan 0|1-3|4-6|7; tuned calibration on-mismatch") in note
+        assert note.count("<li>") == 1
+        assert ("tuner's layer plan" if lang == "en" else "チューナーが選んだレイヤ構成") in unescape(note)
+
+
+def test_the_report_judges_every_setting_against_the_teams_criteria(pilot):
+    """The report states the targets and, per setting, each target met or not; the count in its sentence is the
+    table's, and the verdicts are criteria.judge's on the report's own measured numbers."""
+    from dataclasses import replace
+
+    from easyspec.core.evaluation.criteria import Criteria, judge
+
+    runs, grid, ctx = pilot
+    for criteria, lang in ((Criteria(), "en"), (Criteria(min_speedup=0.01, max_acceptance_drop=1.0), "ja")):
+        data = report_data(runs, grid, replace(ctx, criteria=criteria), lang)
+        expected = judge(data["settings"], criteria)
+        assert [j["met"] for j in data["criteria"]["measured"]] == [j.met for j in expected]
+        page = report_html(data)
+        section = page[page.index('id="criteria"'):]
+        section = section[:section.index("</table>")]
+        assert section.count("<tr>") == len(expected) + 1
+        met = sum(bool(j.met) for j in expected)
+        judged = sum(j.met is not None for j in expected)
+        if lang == "en":
+            assert f"{met} of {judged} settings meet every target" in page
+        else:
+            assert f"{judged} 設定中 {met} 設定です" in page
+    assert all(j.met for j in judge(data["settings"], Criteria(min_speedup=0.01, max_acceptance_drop=1.0))
+               if j.met is not None)
+
+
+def test_the_report_follows_easyspecs_speedup_along_the_prompt_length(pair_dirs):
+    """A grid with a context axis: the report lists the lengths, and one sentence gives the fastest EasySpec
+    setting's speedup at each length, from the same numbers as its table."""
+    from easyspec.core.session import Session
+
+    base, draft = pair_dirs["qwen2"]
+    grid = PilotGrid(layer_parallel=(2,), calibration=("every-round",), draft_len=(3,), max_new_tokens=8,
+                     chat=False, contexts=(0, 160))
+    with Session.open(base=str(base), draft=str(draft)) as session:
+        runs = [e for e in run_pilot(session, PROMPTS[:1], grid) if isinstance(e, PilotRun)]
+        ctx = context_for(session, PROMPTS[:1], "pytest")
+    for lang in ("en", "ja"):
+        data = report_data(runs, grid, ctx, lang)
+        long = next(s for s in data["settings"] if s["setting"] == "easyspec N=2 every-round k=3 · ctx 160")
+        short = next(s for s in data["settings"] if s["setting"] == "easyspec N=2 every-round k=3")
+        sentence = next(c for c in data["conclusion"] if f"{long['speedup']:.2f}x" in c and
+                        f"{short['speedup']:.2f}x" in c)
+        if lang == "en":
+            assert sentence == (f"The fastest EasySpec setting's speedup over vanilla at each prompt length: prompts "
+                                f"as given, {short['speedup']:.2f}x (easyspec N=2 every-round k=3); about "
+                                f"{long['mean_prompt_tokens']} prompt tokens, {long['speedup']:.2f}x "
+                                f"(easyspec N=2 every-round k=3 · ctx 160).")
+        page = report_html(data)
+        assert ">0, 160<" in page

@@ -58,7 +58,7 @@ def test_generate_resolves_once_per_run(app_ctx, counted):
     values = dict(prompt="The quick brown fox", chat=True, mode="easyspec", layer_parallel=2, calibration="auto",
                   draft_len=3, temperature=0, top_p=1, top_k=0, seed=0, max_new_tokens=6)
     views = list(generate_handler(values, UserState()))
-    assert views[-1][0].startswith("**Done**")
+    assert views[-1]["status"].startswith("**Done**")
     assert_one_plan_per_run(counted, 1)
     assert counted["generate"][0].settings.calibration == "every-round"  # auto without a tuned plan
 
@@ -73,7 +73,7 @@ def test_compare_resolves_once_per_run(app_ctx, counted):
     values = dict(prompt="The quick brown fox", chat=True, max_new_tokens=6, temperature=0, seed=0, columns=3,
                   **columns)
     views = list(make_compare(app_ctx)(values, UserState()))
-    assert views[-1][0].startswith("**Done**")
+    assert views[-1]["status"].startswith("**Done**")
     assert_one_plan_per_run(counted, 3)
 
 
@@ -86,7 +86,7 @@ def test_pilot_resolves_once_per_run(app_ctx, counted):
                   layer_parallel=[2], calibration=["every-round"], draft_len=[3], speculative=True, max_new_tokens=6,
                   chat=True, temperature=0)
     views = list(pilot(values, UserState()))
-    assert views[-1][0].startswith("**Done**")
+    assert views[-1]["status"].startswith("**Done**")
     assert_one_plan_per_run(counted, 1 + 3)  # the warm-up, then vanilla, speculative and easyspec N=2
 
 
@@ -207,3 +207,29 @@ def test_groups_auto_applies_the_tuned_policy_through_the_cli(pair_dirs, tmp_pat
     assert main([*args, "--calibration", "every-round"]) == 0
     run = json.loads(capsys.readouterr().out)
     assert run["settings"]["calibration"] == "every-round" and run["settings"]["applied"] == ["tuned plan 0|1-3|4-6|7"]
+
+
+def test_the_cli_and_the_dashboard_save_the_same_run_header(app_ctx, pair_dirs, tmp_path, capsys):
+    """One builder (Session.run_header) for a saved run's header: the same fields from the CLI's --save-run and
+    the dashboard's run file, each saying where it came from."""
+    from easyspec.app.cli import main
+    from easyspec.app.generate_tab import make_handlers
+    from easyspec.app.state import UserState
+    from easyspec.core.engine.records import load_run
+
+    values = dict(prompt="abc", chat=False, mode="easyspec", layer_parallel=2, calibration="every-round", draft_len=3,
+                  temperature=0, top_p=1, top_k=0, seed=0, max_new_tokens=6)
+    last = list(make_handlers(app_ctx).generate(values, UserState()))[-1]
+    dashboard = load_run(last["run_file"])[0]
+    base, draft = map(str, pair_dirs["qwen2"])
+    saved = tmp_path / "run.jsonl"
+    code = main(["generate", "--base", base, "--draft", draft, "--prompt", "abc", "--max-new-tokens", "6",
+                 "--layer-parallel", "2", "--calibration", "every-round", "--draft-len", "3", "--json",
+                 "--save-run", str(saved)])
+    assert code == 0, capsys.readouterr().err
+    cli = load_run(saved)[0]
+    assert dashboard.settings == cli.settings and dashboard.prompt_ids == cli.prompt_ids
+    assert (dashboard.base, dashboard.draft, dashboard.device, dashboard.dtype) == (cli.base, cli.draft, "cpu", "float32")
+    assert cli.extra == {"devices": 1, "draft_dtype": "float32", "source": "cli"}
+    assert dashboard.extra == {**cli.extra, "source": "dashboard", "label": dashboard.extra["label"]}
+    assert dashboard.created and cli.created

@@ -22,7 +22,9 @@ REQUEST_PARAMETERS = {"prompt", "chat", "mode", "layer_parallel", "calibration",
                       "speculative", "upload", "hardware", "run_file", "speed", "lang",
                       "grouping", "plan", "tolerance", "tokens",  # a layer plan is text like '0|1-4|...', not a path
                       "tree_depth", "tree_width", "adaptive", "on_low_acceptance",
-                      "draft_dtypes"} | {  # draft precisions: names like 'int8', checked against DRAFT_DTYPES
+                      "draft_dtypes",  # draft precisions: names like 'int8', checked against DRAFT_DTYPES
+                      "min_speedup", "max_acceptance_drop", "equality",  # the pilot's acceptance criteria
+                      "contexts"} | {  # prompt lengths: whole numbers among pilot.CONTEXTS
     f"{p}_{c}" for p in ("mode", "layer_parallel", "calibration", "draft_len", "grouping") for c in range(1, 5)}
 UPLOADS = {"upload", "run_file"}  # files the client sends; Gradio refuses paths it did not receive
 
@@ -86,8 +88,8 @@ def test_no_request_parameter_picks_a_model_or_a_path(app_url):
 
 
 @pytest.mark.parametrize("api, data", [("replay", ["{path}", "instant", "en"]),
-                                       ("pilot", ["", "uploaded file", "code", 1, [2], ["none"], [3], [], False, 4,
-                                                  True, 0, "{path}", "nvlink", None, "en"])])
+                                       ("pilot", ["", "uploaded file", "code", 1, [2], ["none"], [3], [], [0], False, 4,
+                                                  True, 0, "{path}", 1.0, 10, "ties allowed", "a100-80gb", None, "en"])])
 def test_a_request_cannot_make_the_server_read_its_own_files(app_url, tmp_path, api, data):
     secret = tmp_path / "secret.jsonl"
     secret.write_text('{"prompt": "not for you"}\n')

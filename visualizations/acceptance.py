@@ -14,6 +14,7 @@ from typing import Sequence
 import plotly.graph_objects as go
 
 from easyspec.core.engine.records import RoundRecord
+from easyspec.core.i18n import msg
 
 from .palette import OKABE_ITO
 
@@ -110,9 +111,9 @@ def rolling_acceptance_figure(points: Sequence[tuple[int, float]], flagged: Sequ
                                      hovertemplate="round %{x}: alert<extra></extra>"))
         if expected is not None:
             fig.add_hline(y=expected, line=dict(color=OKABE_ITO["bluish_green"], dash="dot"),
-                          annotation_text=f"expected {expected:.2f}", annotation_position="top left")
+                          annotation_text=msg("expected {rate}", rate=f"{expected:.2f}"), annotation_position="top left")
         fig.add_hline(y=threshold, line=dict(color=OKABE_ITO["vermillion"], dash="dash"),
-                      annotation_text=f"alert below {threshold:.2f}", annotation_position="bottom left")
+                      annotation_text=msg("alert below {rate}", rate=f"{threshold:.2f}"), annotation_position="bottom left")
     _layout(fig, "Rolling acceptance (last 12 rounds)", "round", "accepted / drafted", height)
     fig.update_xaxes(dtick=None)
     fig.update_yaxes(range=[0, 1.05])

@@ -12,7 +12,7 @@ import html
 from typing import Sequence
 
 from easyspec.core.runtime.device_stats import DeviceReading
-from easyspec.core.i18n import tr
+from easyspec.core.i18n import msg, tr
 from easyspec.core.engine.metrics import GROWTH_LABEL, Metrics, memory_label
 
 from .palette import OKABE_ITO, PHASE_COLOURS, PHASE_LABELS
@@ -67,7 +67,7 @@ def metric_cards_html(m: Metrics | None, mode: str | None = None, running: bool 
         ("first token", _fmt(m.time_to_first_token_s * 1e3, 0, " ms"), "time to first token", "ttft"),
         ("draft", _fmt(m.draft_s, 2, " s"), "draft attention + MLP + all-gathers", "draft_s"),
         ("verify", _fmt(m.verify_s, 2, " s"), "base forwards + all-reduces", "verify_s"),
-        ("calibrate", _fmt(m.calibrate_s, 2, " s"), f"{m.calibrations} calibration passes", "calibrate_s"),
+        ("calibrate", _fmt(m.calibrate_s, 2, " s"), msg("{n} calibration passes", n=m.calibrations), "calibrate_s"),
     ]
     if m.run_peak_memory_bytes:  # the run's own figures (0: an old run file without them)
         cards += [("peak memory (this run)", f"{m.run_peak_memory_bytes / 2**30:.2f} GiB",

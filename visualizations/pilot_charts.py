@@ -13,6 +13,8 @@ from typing import Mapping, Sequence
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from easyspec.core.i18n import msg
+
 from .palette import GREY, OKABE_ITO, POLICY_COLOURS
 
 DASHES = ("solid", "dot", "dash", "longdash", "dashdot")
@@ -28,13 +30,17 @@ def pilot_figure(summary: Sequence[Mapping], height: int = 340) -> go.Figure:
                                                         "Acceptance rate (AR)"), horizontal_spacing=0.12)
     easy = [r for r in summary if r.get("mode") == "easyspec"]
     ks = sorted({r["draft_len"] for r in easy})
+    contexts = sorted({r.get("context", 0) for r in easy})
+    lines = [(k, c) for k in ks for c in contexts]  # one line per policy, k and prompt length
     for policy in ("none", "on-mismatch", "every-round"):
-        for j, k in enumerate(ks):
+        for j, (k, c) in enumerate(lines):
             rows = sorted((r for r in easy if r["calibration"] == policy and r["draft_len"] == k
-                           and r["layer_parallel"] is not None), key=lambda r: r["layer_parallel"])
+                           and r.get("context", 0) == c and r["layer_parallel"] is not None),
+                          key=lambda r: r["layer_parallel"])
             if not rows:
                 continue
-            name = f"calibration {policy}" + (f", k={k}" if len(ks) > 1 else "")
+            variant = (f", k={k}" if len(ks) > 1 else "") + (f" · ctx {c}" if len(contexts) > 1 else "")
+            name = msg("calibration {policy}{variant}", policy=policy, variant=variant)
             style = dict(color=POLICY_COLOURS[policy], dash=DASHES[j % len(DASHES)])
             for col, key in ((1, "speedup"), (2, "acceptance_rate")):
                 fig.add_trace(go.Scatter(
@@ -53,7 +59,8 @@ def pilot_figure(summary: Sequence[Mapping], height: int = 340) -> go.Figure:
                     row=1, col=col)
     for r in summary:
         if r.get("mode") == "speculative":
-            label = f"speculative (sequential draft, k={r['draft_len']})"
+            variant = f" · ctx {r['context']}" if r.get("context") else ""
+            label = msg("speculative (sequential draft, k={k}){variant}", k=r["draft_len"], variant=variant)
             for col, key in ((1, "speedup"), (2, "acceptance_rate")):
                 if r.get(key) is not None:
                     fig.add_hline(y=r[key], line=dict(color=OKABE_ITO["black"], dash="dot", width=1),

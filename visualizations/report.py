@@ -17,7 +17,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
-from easyspec.core.i18n import text, tr
+from easyspec.core.i18n import msg, text, tr
 from easyspec.core.engine.metrics import memory_label
 from easyspec.core.evaluation.pilot import PilotGrid, PilotRun
 from easyspec.core.engine.records import RoundRecord
@@ -107,7 +107,8 @@ def report_html(data: Mapping, records: Sequence[RoundRecord] = ()) -> str:
         (t("report.k.temperature"), grid["temperature"]), (t("report.k.chat"), yes_no(grid["chat"])),
         (t("report.k.layer_parallel"), ", ".join(map(str, [*grid["layer_parallel"], *grid.get("plans", ())]))),
         (t("report.k.calibration"), ", ".join(grid["calibration"])),
-        (t("report.k.draft_len"), ", ".join(map(str, grid["draft_len"]))), (t("report.k.runs"), runs)]),
+        (t("report.k.draft_len"), ", ".join(map(str, grid["draft_len"]))),
+        (t("report.k.contexts"), ", ".join(map(str, grid.get("contexts", (0,))))), (t("report.k.runs"), runs)]),
         f'<p class="note">{_e(t("report.grid_note"))}</p>']
     if data.get("prompts"):
         items = "".join(f"<li><code>{_e(p[:300])}</code></li>" for p in data["prompts"])
@@ -128,6 +129,10 @@ def report_html(data: Mapping, records: Sequence[RoundRecord] = ()) -> str:
                        _num(s.get("largest_run_peak_memory_mib"), 0), _num(s.get("largest_run_memory_growth_mib"), 0)]
                       for s in settings],
                      numeric=range(1, 11), elem_id="measured")]
+    applied = [(s["setting"], s["applied"]) for s in settings if s.get("applied")]
+    if applied:  # what the run plan chose beyond the setting's words (RunPlan.applied): a tuned plan or policy
+        items = "".join(f"<li>{_e(setting)}: {_e(what)}</li>" for setting, what in applied)
+        parts.append(f'<div class="note" id="applied">{_e(t("report.applied_note"))}<ul>{items}</ul></div>')
     if any(s["mode"] == "easyspec" for s in settings):
         chart = translate_figure(pilot_figure(settings), lang)
         chart.update_layout(title=dict(text=t("report.chart_title"), x=0.01, font=dict(size=14)),
@@ -150,6 +155,8 @@ def report_html(data: Mapping, records: Sequence[RoundRecord] = ()) -> str:
         parts.append(_table([t("report.col.setting"), t("report.col.equal"), t("report.col.ties"),
                              t("report.col.different")], rows, numeric=[1, 2, 3], elem_id="equality"))
 
+    parts += _criteria(data.get("criteria"), t)
+
     parts.append(f"<h2>{_e(t('report.h.timeline'))}</h2>")
     rep = data.get("representative")
     if rep and records:
@@ -158,7 +165,7 @@ def report_html(data: Mapping, records: Sequence[RoundRecord] = ()) -> str:
         parts.append(f'<p class="note">{_e(note)}</p>')
         mode = next((s["mode"] for s in settings if s["setting"] == rep["setting"]), None)
         fig = timeline_figure(records, ctx["device"] or "cpu", ctx["devices"] or 1, mode,
-                              title=tr(f'{rep["setting"]} · prompt {rep["prompt"]}', lang))
+                              title=msg("{setting} · prompt {prompt}", setting=rep["setting"], prompt=rep["prompt"]))
         parts.append(_figure(translate_figure(fig, lang), "chart-timeline"))
     else:
         parts.append(f"<p>{_e(t('report.timeline_none'))}</p>")
@@ -187,6 +194,31 @@ def pilot_report_html(runs: Sequence[PilotRun], grid: PilotGrid, ctx: ReportCont
     chosen = next((r for r in runs if rep and r.setting.label == rep["setting"]
                    and r.prompt_index + 1 == rep["prompt"]), None)
     return report_html(data, chosen.records if chosen else ())
+
+
+def _criteria(criteria: Mapping | None, t) -> list[str]:
+    """The team's targets and each setting met or not (criteria.py), on the measured numbers."""
+    if not criteria:
+        return []
+    targets, measured = criteria["targets"], criteria["measured"]
+    judged = [j for j in measured if j["met"] is not None]
+
+    def verdict(met) -> str:
+        if met is None:
+            return "—"
+        return _e(t("report.met")) if met else f'<span class="bad">{_e(t("report.not_met"))}</span>'
+
+    rows = [[_e(j["setting"]), _num(j["speedup"], 2, "x"), verdict(j["speedup_met"]),
+             "—" if j["acceptance_drop"] is None else f"{j['acceptance_drop']:.1%}", verdict(j["acceptance_met"]),
+             verdict(j["equality_met"]), verdict(j["met"])] for j in measured]
+    note = t("report.criteria_targets", speedup=f"{targets['min_speedup']:g}",
+             drop=f"{targets['max_acceptance_drop']:.0%}",
+             equality=t("report.equality." + targets["equality"].replace(" ", "_")),
+             met=sum(j["met"] for j in judged), total=len(judged))
+    return [f"<h2>{_e(t('report.h.criteria'))}</h2>", f'<p class="note">{_e(note)}</p>',
+            _table([t(f"report.col.{c}") for c in ("setting", "speedup", "speedup_met", "acceptance_drop",
+                                                    "acceptance_met", "equality_met", "met")],
+                   rows, numeric=[1, 3], elem_id="criteria")]
 
 
 def _projection(p: Mapping, lang: str) -> str:

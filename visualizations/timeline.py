@@ -22,6 +22,7 @@ import plotly.graph_objects as go
 from easyspec.core.engine.chrome_trace import LANES
 from easyspec.core.engine.monitor import OFF, SEQUENTIAL
 from easyspec.core.engine.records import PHASES, RoundRecord
+from easyspec.core.i18n import msg
 
 from .palette import ORIGIN_COLOURS, PHASE_COLOURS, PHASE_LABELS
 
@@ -44,8 +45,8 @@ class Bar:
 def device_name(rank: int, device: str = "cpu", devices: int = 1) -> str:
     """How a lane group is titled: 'GPU 2' on CUDA, 'CPU' or 'CPU rank 1' otherwise."""
     if device.startswith("cuda"):
-        return f"GPU {rank}"
-    return "CPU" if devices <= 1 and rank == 0 else f"CPU rank {rank}"
+        return msg("GPU {r}", r=rank)
+    return "CPU" if devices <= 1 and rank == 0 else msg("CPU rank {r}", r=rank)
 
 
 def lane_label(rank: int, phase: str, device: str = "cpu", devices: int = 1) -> str:
@@ -189,8 +190,8 @@ def timeline_figure(records: Sequence[RoundRecord], device: str = "cpu", devices
 
 # The sequential switch always comes first: its label sits left of its line and the later one's right of its
 # line, so the two never overlap however close they are.
-FALLBACK_MARKS = {SEQUENTIAL: ("fallback: sequential drafting", "#E69F00", "top left"),
-                  OFF: ("fallback: drafting off", "#D55E00", "top right")}
+FALLBACK_MARKS = {SEQUENTIAL: ("fallback: sequential drafting (after round {n})", "#E69F00", "top left"),
+                  OFF: ("fallback: drafting off (after round {n})", "#D55E00", "top right")}
 
 
 def _mark_fallbacks(fig: go.Figure, records: Sequence[RoundRecord]) -> None:
@@ -200,7 +201,7 @@ def _mark_fallbacks(fig: go.Figure, records: Sequence[RoundRecord]) -> None:
             if flag in FALLBACK_MARKS:
                 text, colour, position = FALLBACK_MARKS[flag]
                 fig.add_vline(x=r.end_ns / 1e6, line=dict(color=colour, width=2, dash="dash"),
-                              annotation_text=f"{text} (after round {r.index})", annotation_position=position,
+                              annotation_text=msg(text, n=r.index), annotation_position=position,
                               annotation_font=dict(size=11, color=colour))
 
 

@@ -1,4 +1,5 @@
-"""A compact decoder for the Llama family (Llama 2/3, Qwen2/2.5, Mistral, SmolLM) with a KV cache.
+"""A compact decoder for the Llama-like families (Llama 2/3.x, Qwen2/2.5/3, Mistral, Phi-3/4, Gemma 2/3,
+SmolLM) with a KV cache; every family difference is a switch of `DecoderConfig` (docs/families.md).
 
 What it is: the forward pass this project owns, so that it can run draft layers as fuzzy
 layer-parallel groups (docs/method.md#fuzzy-layer-parallel-groups) and crop its cache after each round.
@@ -10,7 +11,6 @@ outside). Batch size is 1 throughout, as in the paper; the batch axis is left ou
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Callable, ContextManager, Sequence
 
@@ -18,18 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..settings import Group  # [start, end): the draft layers that run as one step
-
-
-@dataclass(frozen=True)
-class RopeConfig:
-    """Rotary embedding parameters; `kind` is one of default, linear, llama3."""
-
-    theta: float = 10000.0
-    kind: str = "default"
-    factor: float = 1.0
-    low_freq_factor: float = 1.0
-    high_freq_factor: float = 4.0
-    original_max_position: int = 8192
+from .rope import RopeConfig, rope_inv_freq  # noqa: F401 (RopeConfig: re-exported)
 
 
 @dataclass(frozen=True)
@@ -48,45 +37,47 @@ class DecoderConfig:
     o_bias: bool = False
     mlp_bias: bool = False
     tie_word_embeddings: bool = False
-    sliding_window: int | None = None
+    sliding_window: int | None = None  # window of the sliding layers
     model_type: str = "llama"
+    # Per-family switches (docs/families.md); the defaults are Llama's.
+    sliding_layers: tuple[bool, ...] | None = None  # which layers slide; None: all when sliding_window is set
+    sliding_rope: RopeConfig | None = None  # RoPE of the sliding layers when it differs (Gemma 3)
+    rotary_dim: int | None = None  # partial rotary (Phi): RoPE on the first rotary_dim dims of a head
+    qk_norm: bool = False  # RMSNorm of q and k over the head dimension before RoPE (Qwen3, Gemma 3)
+    norm_plus_one: bool = False  # RMSNorm as x * (1 + w) in fp32 (Gemma)
+    sandwich_norm: bool = False  # norms on the attention and MLP outputs too (Gemma 2/3)
+    embed_scale: float | None = None  # embeddings times this, in the model dtype (Gemma: sqrt(hidden))
+    activation: str = "silu"  # or gelu_tanh (Gemma's GeGLU)
+    attn_scale: float | None = None  # None: head_dim ** -0.5 (Gemma: query_pre_attn_scalar ** -0.5)
+    attn_softcap: float | None = None  # tanh soft-capping of attention scores (Gemma 2)
+    final_softcap: float | None = None  # tanh soft-capping of the logits (Gemma 2)
 
     def __post_init__(self) -> None:
         assert self.n_heads % self.n_kv_heads == 0, "query heads must be a multiple of KV heads"
+        assert self.sliding_layers is None or len(self.sliding_layers) == self.n_layers, self.sliding_layers
+        assert self.activation in ("silu", "gelu_tanh"), self.activation
 
-
-def rope_inv_freq(rope: RopeConfig, head_dim: int) -> torch.Tensor:  # [head_dim // 2] fp32
-    """Inverse frequencies as transformers computes them (default, linear and llama3 scaling)."""
-    inv = 1.0 / (rope.theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
-    if rope.kind == "linear":
-        return inv / rope.factor
-    if rope.kind == "llama3":
-        low_wavelen = rope.original_max_position / rope.low_freq_factor
-        high_wavelen = rope.original_max_position / rope.high_freq_factor
-        wavelen = 2 * math.pi / inv
-        scaled = torch.where(wavelen > low_wavelen, inv / rope.factor, inv)
-        smooth = (rope.original_max_position / wavelen - rope.low_freq_factor) / (
-            rope.high_freq_factor - rope.low_freq_factor)
-        smoothed = (1 - smooth) * scaled / rope.factor + smooth * scaled
-        medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
-        return torch.where(medium, smoothed, scaled)
-    if rope.kind != "default":
-        raise ValueError(f"unsupported RoPE scaling {rope.kind!r} (supported: default, linear, llama3)")
-    return inv
+    def slides(self, i: int) -> bool:
+        """Whether layer i attends through the sliding window."""
+        return self.sliding_window is not None and (self.sliding_layers is None or self.sliding_layers[i])
 
 
 class KVCache:
     """Preallocated keys and values for every layer of one model, batch size 1.
 
     k, v: [n_layers, n_kv_heads, max_len, head_dim]. `length` positions are valid; `crop(n)` drops
-    everything from position n on (nothing is moved: later writes overwrite it).
+    everything from position n on (nothing is moved: later writes overwrite it). tokens [max_len]: the
+    ids whose entries these are, so that a longrope model can encode them again with its other
+    factors; long_rope: whether the entries were encoded with the long ones.
     """
 
     def __init__(self, cfg: DecoderConfig, max_len: int, dtype: torch.dtype, device: torch.device):
         shape = (cfg.n_layers, cfg.n_kv_heads, max_len, cfg.head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.tokens = torch.zeros(max_len, dtype=torch.long, device=device)
         self.length = 0
+        self.long_rope = False
 
     @property
     def max_len(self) -> int:
@@ -105,6 +96,7 @@ class KVCache:
             # Advanced indexing copies first, so overlapping source and destination slots are safe.
             self.k[:, :, start: start + m] = self.k[:, :, keep]
             self.v[:, :, start: start + m] = self.v[:, :, keep]
+            self.tokens[start: start + m] = self.tokens[keep.to(self.tokens.device)]
         self.length = start + m
 
     def valid(self) -> tuple[torch.Tensor, torch.Tensor]:  # 2 x [n_layers, n_kv_heads, length, head_dim]
@@ -129,6 +121,10 @@ class DecoderWeights:
     b_down: torch.Tensor | None  # [L, D]
     norm: torch.Tensor  # [D]
     lm_head: torch.Tensor  # [vocab, D] (the embedding itself when tied)
+    q_norm: torch.Tensor | None = None  # [L, hd] (cfg.qk_norm)
+    k_norm: torch.Tensor | None = None  # [L, hd]
+    norm_attn_out: torch.Tensor | None = None  # [L, D] on the attention output (cfg.sandwich_norm)
+    norm_mlp_out: torch.Tensor | None = None  # [L, D] on the MLP output
 
 
 @dataclass(frozen=True)
@@ -189,10 +185,25 @@ class Decoder:
         self.w = weights
         self.dtype = weights.embed.dtype
         self.device = weights.embed.device
-        self.inv_freq = rope_inv_freq(cfg.rope, cfg.head_dim).to(self.device)  # [hd / 2] fp32
+        self.rotary_dim = cfg.rotary_dim or cfg.head_dim
+        self.scale = cfg.attn_scale if cfg.attn_scale is not None else cfg.head_dim ** -0.5
+        # Each layer is of one kind, "full" or "sliding"; a kind has its own mask and may have its own RoPE.
+        self.kinds = tuple("sliding" if cfg.slides(i) else "full" for i in range(cfg.n_layers))
+        self.ropes = {"full": cfg.rope, "sliding": cfg.sliding_rope or cfg.rope}
+        # (kind, long) -> (inverse frequencies [rotary_dim / 2] fp32 on the device, cos/sin scale); long: longrope's
+        # long factors, used from long_from on over a prefix encoded with them (see _encode_again)
+        self._freqs = {}
+        for kind, rope in self.ropes.items():
+            for long in (False, True):
+                inv, scale = rope_inv_freq(rope, self.rotary_dim, rope.original_max_position + 1 if long else None)
+                self._freqs[kind, long] = inv.to(self.device), scale
+        self.inv_freq = self._freqs["full", False][0]  # [rotary_dim / 2] fp32
+        longrope = [r.original_max_position for r in self.ropes.values() if r.kind == "longrope"]
+        self.long_from: int | None = min(longrope) if longrope else None
         self.exact = sequential_groups(cfg.n_layers)
         # Hooks set from outside for multi-device runs (parallel.py); the model knows nothing of ranks.
-        # attend(h, group, pos, cache, rope, mask) -> [N, T, D]: a group's attention outputs.
+        # attend(h, group, pos, cache, rope, mask) -> [N, T, D]: a group's attention outputs, where rope
+        # and mask map each layer kind in use to its (cos, sin) and its mask.
         self.attend: Callable = self._attention
         # reduce(x) -> x: sums a tensor-parallel partial result (after o_proj and down_proj).
         self.reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
@@ -204,82 +215,134 @@ class Decoder:
         # x [..., T, D], weight [..., D] broadcastable; fp32 statistics as transformers does.
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.cfg.rms_norm_eps)
+        if self.cfg.norm_plus_one:  # Gemma: scaled by (1 + w) in fp32, then cast
+            return (xf * (1.0 + weight.float())).to(x.dtype)
         return weight * xf.to(x.dtype)
 
-    def _rope(self, pos: int, n: int, positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        # -> 2 x [T, hd]; positions [T] overrides pos..pos+n-1 (tree nodes share positions by depth)
+    def _rope(self, pos: int, n: int, positions: torch.Tensor | None = None,
+              long: bool = False) -> dict[str, tuple]:
+        # kind -> 2 x [T, rotary_dim]; positions [T] overrides pos..pos+n-1 (tree nodes share positions by depth);
+        # long: longrope's long factors
         if positions is None:
             t = torch.arange(pos, pos + n, device=self.device, dtype=torch.float32)
         else:
             t = positions.to(self.device, torch.float32)
-        freqs = torch.outer(t, self.inv_freq)  # [T, hd / 2]
-        emb = torch.cat((freqs, freqs), dim=-1)
-        return emb.cos().to(self.dtype), emb.sin().to(self.dtype)
+        out = {}
+        for kind in set(self.kinds):
+            rope = self.ropes[kind]
+            if rope.kind == "dynamic":  # NTK: by the length this forward reaches
+                reach = pos + n if positions is None else int(positions.max()) + 1
+                inv, scale = rope_inv_freq(rope, self.rotary_dim, reach)
+                inv = inv.to(self.device)
+            else:
+                inv, scale = self._freqs[kind, long]
+            freqs = torch.outer(t, inv)  # [T, rotary_dim / 2]
+            emb = torch.cat((freqs, freqs), dim=-1)
+            out[kind] = ((emb.cos() * scale).to(self.dtype), (emb.sin() * scale).to(self.dtype))
+        return out
 
-    @staticmethod
-    def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        # x [N, H, T, hd]; rotate_half convention of transformers' Llama/Qwen2.
-        half = x.shape[-1] // 2
-        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-        return x * cos + rotated * sin
+    def _apply_rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        # x [N, H, T, hd]; rotate_half convention of transformers; partial rotary leaves the last dims as they are.
+        rd = cos.shape[-1]
+        rot, rest = (x, None) if rd == x.shape[-1] else (x[..., :rd], x[..., rd:])
+        half = rd // 2
+        rotated = torch.cat((-rot[..., half:], rot[..., :half]), dim=-1)
+        out = rot * cos + rotated * sin
+        return out if rest is None else torch.cat((out, rest), dim=-1)
 
-    def _mask(self, pos: int, n: int) -> torch.Tensor | None:  # [T, S] bool or None
+    def _mask(self, pos: int, n: int) -> dict[str, torch.Tensor | None]:  # kind -> [T, S] bool or None (all visible)
         end = pos + n
-        window = self.cfg.sliding_window
-        if n == 1 and (window is None or end <= window):
-            return None
         q = torch.arange(pos, end, device=self.device)[:, None]
         k = torch.arange(end, device=self.device)[None, :]
-        allowed = k <= q
-        if window is not None:
-            allowed &= k > q - window
-        return allowed
+        out = {}
+        for kind in set(self.kinds):
+            window = self.cfg.sliding_window if kind == "sliding" else None
+            if n == 1 and (window is None or end <= window):
+                out[kind] = None
+                continue
+            allowed = k <= q
+            if window is not None:
+                allowed &= k > q - window
+            out[kind] = allowed
+        return out
 
-    def _tree_mask(self, pos: int, tree: TreeAttention) -> torch.Tensor:  # [T, S] bool, S = pos + T
+    def _tree_mask(self, pos: int, tree: TreeAttention) -> dict[str, torch.Tensor]:  # kind -> [T, S] bool
         T, W = tree.visible.shape
         window = self.cfg.sliding_window
         if window is not None and int(tree.positions.max()) >= window:
             raise ValueError(f"token trees past the sliding window ({window} tokens) are not supported")
+        if self.long_from is not None and int(tree.positions.max()) >= self.long_from:
+            raise ValueError(f"token trees past longrope's original context ({self.long_from} tokens) are not "
+                             f"supported")
         if tree.prefix is None:
             prefix = torch.ones((T, pos + T - W), dtype=torch.bool, device=self.device)
         else:
             prefix = torch.arange(pos + T - W, device=self.device)[None, :] < tree.prefix.to(self.device)[:, None]
-        return torch.cat([prefix, tree.visible.to(self.device, torch.bool)], dim=1)
+        mask = torch.cat([prefix, tree.visible.to(self.device, torch.bool)], dim=1)
+        return {kind: mask for kind in set(self.kinds)}
+
+    def _per_layer(self, table: dict, l: int, r: int, T: int, S: int):
+        """The rope or mask of layers l..r-1: the kind's own when they share one, else stacked per layer
+        ([N, 1, T, ...], broadcast over heads); a None mask (all visible) becomes all True."""
+        kinds = self.kinds[l:r]
+        if len(set(kinds)) == 1:
+            return table[kinds[0]]
+        if isinstance(table[kinds[0]], tuple):  # (cos, sin)
+            return tuple(torch.stack([table[k][i] for k in kinds])[:, None] for i in range(2))
+        full = torch.ones((T, S), dtype=torch.bool, device=self.device)
+        return torch.stack([full if table[k] is None else table[k] for k in kinds])[:, None]
 
     def _attention(self, h: torch.Tensor, g: Group, pos: int, cache: KVCache, rope, mask) -> torch.Tensor:
         """Attention of layers g[0]..g[1]-1, all from the same input h; returns [N, T, D].
 
         With N = 1 this is the exact layer's attention. With N > 1 the N layers' projections and
-        attentions run as one batched computation over the stacked weights (fuzzy group).
+        attentions run as one batched computation over the stacked weights (fuzzy group). Each layer
+        applies its own pre-attention norm (and, with sandwich norms, its own post-attention norm).
         """
         cfg, w = self.cfg, self.w
         l, r = g
         n, T = r - l, h.shape[0]
         hq, hkv, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        end = pos + T
         xn = self._rms(h, w.norm_in[l:r, None, :])  # [N, T, D]
         qkv = _group_linear(xn, w.wqkv, w.bqkv, l, r)  # [N, T, (Hq + 2 Hkv) hd]
         q, k, v = qkv.split((hq * hd, hkv * hd, hkv * hd), dim=-1)
-        q = q.view(n, T, hq, hd).transpose(1, 2)  # [N, Hq, T, hd]
-        k = k.view(n, T, hkv, hd).transpose(1, 2)  # [N, Hkv, T, hd]
+        q = q.view(n, T, hq, hd)
+        k = k.view(n, T, hkv, hd)
+        if w.q_norm is not None:  # over the head dimension, before RoPE (Qwen3, Gemma 3)
+            q = self._rms(q, w.q_norm[l:r, None, None, :])
+            k = self._rms(k, w.k_norm[l:r, None, None, :])
+        q, k = q.transpose(1, 2), k.transpose(1, 2)  # [N, Hq, T, hd], [N, Hkv, T, hd]
         v = v.view(n, T, hkv, hd).transpose(1, 2)
-        cos, sin = rope
+        cos, sin = self._per_layer(rope, l, r, T, end)
         q, k = self._apply_rope(q, cos, sin), self._apply_rope(k, cos, sin)
-        end = pos + T
+        m = self._per_layer(mask, l, r, T, end)  # [T, S], [N, 1, T, S] or None
         cache.k[l:r, :, pos:end] = k
         cache.v[l:r, :, pos:end] = v
-        o = F.scaled_dot_product_attention(
-            q, cache.k[l:r, :, :end], cache.v[l:r, :, :end], attn_mask=mask, enable_gqa=hq != hkv)
+        keys, values = cache.k[l:r, :, :end], cache.v[l:r, :, :end]
+        if cfg.attn_softcap is None:
+            o = F.scaled_dot_product_attention(q, keys, values, attn_mask=m, scale=self.scale,
+                                               enable_gqa=hq != hkv)
+        else:
+            o = _softcapped_attention(q, keys, values, m, self.scale, cfg.attn_softcap)
         o = o.transpose(1, 2).reshape(n, T, hq * hd)  # [N, T, Hq hd]
         out = _group_linear(o, w.wo, w.bo, l, r)  # [N, T, D]
-        return out if self.reduce is None else self.reduce(out)
+        if self.reduce is not None:
+            out = self.reduce(out)
+        if w.norm_attn_out is not None:  # Gemma: each layer's post-attention norm on its own output
+            out = self._rms(out, w.norm_attn_out[l:r, None, :])
+        return out
 
     def _mlp(self, x: torch.Tensor, i: int) -> torch.Tensor:  # x [T, D] -> [T, D]
         w = self.w
         gu = _linear(self._rms(x, w.norm_post[i]), w.w_gate_up[i],
                      None if w.b_gate_up is None else w.b_gate_up[i])  # [T, 2F]
         gate, up = gu.chunk(2, dim=-1)
-        out = _linear(F.silu(gate) * up, w.w_down[i], None if w.b_down is None else w.b_down[i])
-        return out if self.reduce is None else self.reduce(out)
+        act = F.silu(gate) if self.cfg.activation == "silu" else F.gelu(gate, approximate="tanh")
+        out = _linear(act * up, w.w_down[i], None if w.b_down is None else w.b_down[i])
+        if self.reduce is not None:
+            out = self.reduce(out)
+        return out if w.norm_mlp_out is None else self._rms(out, w.norm_mlp_out[i])
 
     def forward(self, tokens: torch.Tensor, pos: int, cache: KVCache,
                 opts: ForwardOptions = ForwardOptions()) -> torch.Tensor | None:
@@ -289,20 +352,37 @@ class Decoder:
         verification; see tree.py).
 
         A group of N > 1 in opts.groups runs fuzzy: the N attentions read the group input h, then the N
-        MLPs run in order (docs/method.md#fuzzy-layer-parallel-groups):
+        MLPs run in order (docs/method.md#fuzzy-layer-parallel-groups; per family: docs/families.md):
             a_j = Attn_{l+j}(RMSNorm_in(h));  x = h;  x += a_j;  x += MLP_{l+j}(RMSNorm_post(x))
         """
         assert tokens.dim() == 1 and tokens.numel() > 0, tokens.shape
         T = tokens.numel()
         assert pos == cache.length and pos + T <= cache.max_len, (pos, cache.length, T, cache.max_len)
+        b = self.long_from
+        if b is not None and opts.tree is None and pos < b < pos + T:  # longrope: each side of the switch apart
+            first = self.forward(tokens[: b - pos], pos, cache, opts)
+            second = self.forward(tokens[b - pos:], b, cache, opts)
+            return torch.cat([first, second]) if opts.all_logits and opts.logits else second
+        long = b is not None and pos >= b
+        if b is not None and long != cache.long_rope:
+            self._encode_again(cache, long)
+        return self._run(tokens, pos, cache, opts, long)
+
+    def _run(self, tokens: torch.Tensor, pos: int, cache: KVCache, opts: ForwardOptions,
+             long: bool) -> torch.Tensor | None:
+        """forward's computation, all tokens with longrope's long factors or all with its short ones."""
+        T = tokens.numel()
         groups = self.exact if opts.groups is None else opts.groups
         span, taps, tree = opts.span, opts.taps, opts.tree
+        cache.tokens[pos: pos + T] = tokens
         if tree is None:
-            rope, mask = self._rope(pos, T), self._mask(pos, T)
+            rope, mask = self._rope(pos, T, long=long), self._mask(pos, T)
         else:
             assert tree.positions.numel() == T, (tree.positions.shape, T)
-            rope, mask = self._rope(pos, T, tree.positions), self._tree_mask(pos, tree)
+            rope, mask = self._rope(pos, T, tree.positions, long), self._tree_mask(pos, tree)
         x = self.w.embed[tokens]  # [T, D]
+        if self.cfg.embed_scale is not None:  # Gemma: the scale rounded to the model dtype first
+            x = x * torch.tensor(self.cfg.embed_scale, dtype=self.dtype, device=self.device)
         for g in groups:
             label = f"L{g[0]}" if g[1] - g[0] == 1 else f"L{g[0]}-{g[1] - 1}"
             if taps is not None:
@@ -319,7 +399,32 @@ class Decoder:
         if not opts.all_logits:
             x = x[-1:]
         with span("draft.mlp", "head") if span else _NULL:  # final norm + LM head: drafting work too
-            return _linear(self._rms(x, self.w.norm), self.w.lm_head).float()
+            logits = _linear(self._rms(x, self.w.norm), self.w.lm_head)
+            cap = self.cfg.final_softcap
+            return (logits if cap is None else torch.tanh(logits / cap) * cap).float()
+
+    def _encode_again(self, cache: KVCache, long: bool) -> None:
+        """longrope, as transformers' generate does it: a position at or past the original context is computed
+        over a prefix encoded with the long factors, one before it over the short ones. When a forward moves
+        to the other side (the run grows past it, or a verification's rejected tokens are cropped back before
+        it), the cached prefix is encoded again, exactly, with the factors of that side."""
+        n = cache.length
+        cache.length, cache.long_rope = 0, long
+        if n:
+            self._run(cache.tokens[:n].clone(), 0, cache, ForwardOptions(logits=False), long)
+
+
+def _softcapped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                          scale: float, cap: float) -> torch.Tensor:
+    """Attention with tanh-capped scores (Gemma 2), as transformers' eager path: q [N, Hq, T, hd],
+    k/v [N, Hkv, S, hd], mask [T, S] / [N, 1, T, S] bool or None -> [N, Hq, T, hd]."""
+    rep = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale  # [N, Hq, T, S]
+    scores = torch.tanh(scores / cap) * cap
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.matmul(scores.softmax(-1, dtype=torch.float32).to(q.dtype), v)
 
 
 def _linear(x: torch.Tensor, w, b: torch.Tensor | None = None) -> torch.Tensor:

@@ -65,12 +65,13 @@ def fp32_copy(base: Decoder, device: torch.device | None = None) -> Decoder:
     return Decoder(base.cfg, replace(w, **upcast))
 
 
-def load_fp32_base(folder, dtype: torch.dtype, device: torch.device) -> Decoder:
+def load_fp32_base(folder, dtype: torch.dtype, device: torch.device, vocab: int | None = None) -> Decoder:
     """A whole base from its checkpoint folder, rounded to the session's dtype first (the same weights the
-    session runs), then upcast. For a multi-device session, whose rank 0 holds only its shard."""
+    session runs), then upcast; `vocab`: the ids the session's base scores (a pair's shared vocabulary).
+    For a multi-device session, whose rank 0 holds only its shard."""
     from ..models.loading import load_decoder
 
-    return fp32_copy(load_decoder(folder, dtype, device))
+    return fp32_copy(load_decoder(folder, dtype, device, vocab=vocab))
 
 
 class Fp32Reference:

@@ -5,7 +5,8 @@ feeds it every drafting round; when the acceptance rate over the last `window` r
 `drop` times the run's expectation, the round's record carries the flag `low-acceptance`.
 The expectation is the tuned figure for the plan in use, else the sequential-drafting (N = 1)
 figure measured for the pair (both from the tuning cache, `tuner/cache.py`), else a fixed floor.
-`likely_cause` explains an alert from the run's settings, for the dashboard and the CLI.
+`low_acceptance` is the alert the CLI prints and the dashboard shows, with `likely_cause`, which explains it
+from the run's settings.
 `FallbackGuard` acts on the alert when a run asks for it (`--on-low-acceptance fallback`): first
 sequential drafting with every-round calibration, then no drafting at all if even that is slower
 than the base alone. Either switch changes only the speed: every mode emits the base's tokens.
@@ -14,8 +15,9 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
+from ..i18n import Msg, msg
 from .records import RoundRecord
 
 ALERT = "low-acceptance"
@@ -125,31 +127,44 @@ def rolling_acceptance(records: Sequence[RoundRecord], window: int = 12) -> list
     return out
 
 
-def likely_cause(settings: dict, largest_group: int) -> str:
+def likely_cause(settings: dict, largest_group: int) -> Msg:
     """A plain sentence on why acceptance collapsed, from the run's settings (SpecConfig.as_dict())."""
     mode, policy = settings.get("mode"), settings.get("calibration")
     temperature = settings.get("sampling", {}).get("temperature", 0.0)
     if mode == "easyspec" and policy == "none" and largest_group > 1:
-        return (f"with groups of up to {largest_group} layers, calibration is off: fuzzy K/V entries pile up in "
-                f"the draft's cache round after round. Turn calibration to every-round.")
+        return msg("with groups of up to {n} layers, calibration is off: fuzzy K/V entries pile up in the draft's "
+                   "cache round after round. Turn calibration to every-round.", n=largest_group)
     if mode == "easyspec" and largest_group >= 5:
-        return (f"groups of {largest_group} layers are too large for this draft: its layers' inputs are no longer "
-                f"similar enough. Use N = 4 or less, or the auto-tuned plan.")
+        return msg("groups of {n} layers are too large for this draft: its layers' inputs are no longer similar "
+                   "enough. Use N = 4 or less, or the auto-tuned plan.", n=largest_group)
     if mode == "easyspec" and policy == "on-mismatch" and largest_group > 1:
-        return ("on-mismatch calibration leaves fuzzy entries in the cache after fully accepted rounds; "
-                "every-round calibration keeps the cache exact.")
+        return msg("on-mismatch calibration leaves fuzzy entries in the cache after fully accepted rounds; "
+                   "every-round calibration keeps the cache exact.")
     if temperature and temperature > 1.0:
-        return f"temperature {temperature} flattens both models' distributions, so they agree less often."
-    return ("the draft disagrees with the base on this text (the prompt may be unlike what the draft does well); "
-            "the output is still exactly the base model's.")
+        return msg("temperature {t} flattens both models' distributions, so they agree less often.", t=temperature)
+    return msg("the draft disagrees with the base on this text (the prompt may be unlike what the draft does well); "
+               "the output is still exactly the base model's.")
 
 
-ALERT_SENTENCE = "Acceptance fell to {rate} over the last rounds, far below {what}. Likely cause: {cause}"
+@dataclass(frozen=True)
+class LowAcceptance:
+    """A run's low-acceptance alert, as the CLI prints it and the dashboard shows it."""
+
+    rate: float  # the lowest rolling acceptance among the flagged rounds
+    flagged: int  # how many rounds carry the flag
+    message: Msg  # the sentence: how low, against what, and the likely cause
 
 
-def alert_text(rate: float, expected: Expectation, cause: str, translate: Callable[[str], str] = str) -> str:
-    """The alert in one sentence. `translate` is applied to the sentence and to each of its parts (a screen
-    passes its translation table: the table matches one sentence at a time, not one built from others)."""
-    what = (f"the {FLOOR:.0%} floor (nothing was measured for this pair yet: run the tuner)"
-            if expected.source == "floor" else f"the {expected.rate:.0%} measured for this pair by the tuner")
-    return translate(ALERT_SENTENCE).format(rate=f"{rate:.0%}", what=translate(what), cause=translate(cause))
+def low_acceptance(records: Sequence[RoundRecord], settings: dict, largest_group: int) -> LowAcceptance | None:
+    """The alert of a run so far (None while no round is flagged); `settings` as SpecConfig.as_dict()."""
+    flagged = {r.index for r in records if ALERT in r.flags}
+    if not flagged:
+        return None
+    rate = min(rate for index, rate in rolling_acceptance(records) if index in flagged)
+    expected = expectation(float(settings.get("expected_acceptance", 0.0)))
+    what = (msg("the {floor} floor (nothing was measured for this pair yet: run the tuner)", floor=f"{FLOOR:.0%}")
+            if expected.source == "floor" else
+            msg("the {rate} measured for this pair by the tuner", rate=f"{expected.rate:.0%}"))
+    sentence = msg("Acceptance fell to {rate} over the last rounds, far below {what}. Likely cause: {cause}",
+                   rate=f"{rate:.0%}", what=what, cause=likely_cause(settings, largest_group))
+    return LowAcceptance(rate, len(flagged), sentence)

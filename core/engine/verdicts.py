@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Iterable, Sequence
 
+from ..i18n import msg
+
 VERDICTS = ("equal", "tie", "different")
 
 
@@ -75,9 +77,10 @@ def count_verdicts(checks: Iterable[GreedyCheck | str | None]) -> dict[str, int]
 
 
 def counts_text(counts: dict[str, int]) -> str:
-    """"n equal, m rounding ties, r different" (English; the app translates the pieces)."""
-    tie = "rounding tie" if counts["tie"] == 1 else "rounding ties"
-    return f"{counts['equal']} equal, {counts['tie']} {tie}, {counts['different']} different"
+    """"n equal, m rounding ties, r different" (a `Msg`: the app translates it by its template)."""
+    template = ("{equal} equal, {tie} rounding tie, {different} different" if counts["tie"] == 1
+                else "{equal} equal, {tie} rounding ties, {different} different")
+    return msg(template, equal=counts["equal"], tie=counts["tie"], different=counts["different"])
 
 
 def same_column(counts: dict[str, int]) -> str:

@@ -168,9 +168,9 @@ def _hf_model(folder, dtype: str, share=None):
 
 
 def _share_weights(model, dec) -> None:
-    """Point every parameter of transformers' Llama-family model at the matching slice of our stacked weights
-    (loading.LAYER_PARTS: which checkpoint tensors each stacked weight holds, in order)."""
-    from ..models.loading import LAYER_PARTS
+    """Point every parameter of transformers' model at the matching slice of our stacked weights
+    (families.layer_parts: which checkpoint tensors each stacked weight holds, in order)."""
+    from ..models.families import layer_parts
 
     def put(module, name: str, t) -> None:
         setattr(module, name, torch.nn.Parameter(t, requires_grad=False))
@@ -179,7 +179,7 @@ def _share_weights(model, dec) -> None:
     put(model.model.embed_tokens, "weight", w.embed)
     put(model.model.norm, "weight", w.norm)
     put(model.lm_head, "weight", w.lm_head)
-    for field, parts in LAYER_PARTS.items():
+    for field, parts in layer_parts(dec.cfg).items():
         stacked = getattr(w, field)
         for i in range(dec.cfg.n_layers if stacked is not None else 0):
             start = 0
@@ -189,13 +189,19 @@ def _share_weights(model, dec) -> None:
                 size = getattr(module, name).shape[0]
                 put(module, name, stacked[i, start:start + size])
                 start += size
+    embed = model.model.embed_tokens
+    if getattr(embed, "embed_scale", None) is not None and embed.embed_scale.is_meta:  # Gemma 3's sqrt(hidden)
+        embed.embed_scale = torch.tensor(embed.scalar_embed_scale)
     left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta and "rotary" not in n]
     assert not left, f"weights not shared with our decoder: {left[:3]}"
 
 
 def _float_whole(dec):
-    """Our decoder when transformers' model can share its weights (float, all layers), else None."""
-    return dec if dec is not None and isinstance(dec.w.wqkv, torch.Tensor) and dec.reduce is None else None
+    """Our decoder when transformers' model can share its weights (float, all layers, the checkpoint's own
+    layout and vocabulary), else None."""
+    if dec is None or dec.cfg.model_type == "phi3":  # Phi keeps q/k/v and gate/up fused
+        return None
+    return dec if isinstance(dec.w.wqkv, torch.Tensor) and dec.reduce is None else None
 
 
 ASSISTANT_KEYS = ("num_assistant_tokens", "num_assistant_tokens_schedule", "assistant_confidence_threshold")

@@ -18,7 +18,9 @@ import io
 import json
 import time
 from dataclasses import asdict, dataclass, field, replace
-from typing import Callable, Iterator, Sequence
+from functools import lru_cache
+from importlib import resources
+from typing import Callable, Iterator, Mapping, Sequence
 
 from ..settings import CALIBRATION_POLICIES, SamplingConfig, SpecConfig, check_draft_dtype
 from ..engine.verdicts import GreedyCheck, count_verdicts
@@ -27,7 +29,43 @@ from ..engine.records import PHASES, RoundRecord
 
 DEFAULT_PROMPTS = 3  # with the default grid: a few minutes on a 2-core CPU with the offline pair
 MAX_GRID_RUNS = 400
+MAX_CONTEXT = 131_072
+CONTEXTS = (0, 256, 2048, 8192)  # what the Pilot screen offers: as given, 256, 2k and 8k prompt tokens
 PROMPT_FIELDS = ("prompt", "max_new_tokens", "tree_depth")  # a setting's errors that depend on the prompt
+
+
+def context_suffix(context: int) -> str:
+    """How a setting's label names its context length ('' for the prompt as given)."""
+    return f" · ctx {context}" if context else ""
+
+
+@lru_cache(maxsize=1)
+def shared_document() -> str:
+    """The text a long-context prompt starts with: this package's own engine and evaluation code, in a fixed
+    order (shipped with it, so every pilot of a given version reads the same document)."""
+    root = resources.files("easyspec.core")
+    files = sorted((f for folder in ("engine", "runtime", "evaluation", "tuner", "models")
+                    for f in root.joinpath(folder).iterdir() if f.name.endswith(".py")), key=lambda f: str(f))
+    return "\n\n".join(f.read_text(encoding="utf-8") for f in files)
+
+
+def prompt_ids_at(session, prompts: Sequence[str], chat: bool, context: int) -> list[list[int]]:
+    """The prompts' token ids brought to about `context` tokens: each prompt after the first tokens of
+    `shared_document` (the question comes last, as in a long-context request). 0, or a prompt already that
+    long: the prompt as given. The count is near `context`, not exact: the document's cut is re-tokenised."""
+    out, document = [], None
+    for prompt in prompts:
+        ids = session.encode(prompt, chat)
+        if context and len(ids) < context:
+            if document is None:
+                document = session.tokenizer(shared_document(), add_special_tokens=False)["input_ids"]
+            if len(document) < context - len(ids):
+                raise ValueError(f"the shared document holds {len(document)} tokens, fewer than the {context} "
+                                 f"asked for: choose a shorter context length")
+            cut = session.decode(document[: context - len(ids)])
+            ids = session.encode(f"{cut}\n\n{prompt}", chat)
+        out.append(ids)
+    return out
 
 
 @dataclass(frozen=True)
@@ -35,6 +73,8 @@ class PilotSetting:
     label: str
     config: SpecConfig
     applied: tuple[str, ...] = ()  # what the run plan decided beyond the setting's words (RunPlan.applied)
+    reference: str | None = None  # the sequential-drafting setting at the same k (criteria.py), if the grid has it
+    context: int = 0  # prompt tokens the prompts are brought to with the shared document (0: as given)
 
 
 @dataclass(frozen=True)
@@ -55,9 +95,14 @@ class PilotGrid:
     tree_width: int = 4  # ... and width
     adaptive: bool = False  # every drafting setting also runs with adaptive draft length / tree depth
     draft_dtypes: tuple[str, ...] = ()  # every drafting setting runs at each draft precision ("": the session's)
+    contexts: tuple[int, ...] = (0,)  # prompt lengths in tokens, each made with the shared document (0: as given)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "draft_dtypes", tuple(dict.fromkeys(self.draft_dtypes)))
+        object.__setattr__(self, "contexts", tuple(dict.fromkeys(self.contexts)))
+        if not self.contexts or any(int(c) != c or not 0 <= c <= MAX_CONTEXT for c in self.contexts):
+            raise ValueError(f"context lengths must be whole numbers of prompt tokens from 0 (the prompt as given) "
+                             f"to {MAX_CONTEXT}; got {list(self.contexts)}")
         for name in self.draft_dtypes:
             check_draft_dtype(name, "draft precisions")
         for name in ("layer_parallel", "plans", "calibration", "draft_len"):
@@ -100,20 +145,27 @@ class PilotGrid:
                                                                           **common))
                     for k in self.draft_len for suffix, kw in variants]
         for k in self.draft_len:
+            ref = {suffix: f"speculative k={k}{suffix}" if self.speculative else None for suffix, _ in variants}
             for policy in self.calibration:
                 for n in self.layer_parallel:
                     out += [PilotSetting(f"easyspec N={n} {policy} k={k}{suffix}", SpecConfig(
-                        mode="easyspec", layer_parallel=n, calibration=policy, draft_len=k, **kw, **common))
-                        for suffix, kw in variants]
+                        mode="easyspec", layer_parallel=n, calibration=policy, draft_len=k, **kw, **common),
+                        reference=ref[suffix]) for suffix, kw in variants]
                 for plan in self.plans:
                     name = "auto" if plan == "auto" else f"plan {plan}"
                     out += [PilotSetting(f"easyspec {name} {policy} k={k}{suffix}", SpecConfig(
-                        mode="easyspec", groups=plan, calibration=policy, draft_len=k, **kw, **common))
-                        for suffix, kw in variants]
-        if not self.draft_dtypes:
+                        mode="easyspec", groups=plan, calibration=policy, draft_len=k, **kw, **common),
+                        reference=ref[suffix]) for suffix, kw in variants]
+        if self.draft_dtypes:
+            out = out[:1] + [PilotSetting(f"{s.label} [{d}]", replace(s.config, draft_dtype=d),
+                                          reference=s.reference and f"{s.reference} [{d}]")
+                             for s in out[1:] for d in self.draft_dtypes]
+        if self.contexts == (0,):
             return out
-        return out[:1] + [PilotSetting(f"{s.label} [{d}]", replace(s.config, draft_dtype=d))
-                          for s in out[1:] for d in self.draft_dtypes]
+        # every setting again at each context, vanilla first at each (the speedup's reference there)
+        return [replace(s, label=f"{s.label}{context_suffix(c)}", context=c,
+                        reference=s.reference and f"{s.reference}{context_suffix(c)}")
+                for c in self.contexts for s in out]
 
 
 @dataclass(frozen=True)
@@ -170,12 +222,13 @@ def measure_throughput(session, prompt: str = "def fibonacci(n):", new_tokens: i
 
 
 def estimate_seconds(prompt_tokens: Sequence[int], grid: PilotGrid, speed: Throughput) -> float:
-    """Expected wall time of `run_pilot`: prefill plus max_new_tokens at the measured rate, per run."""
+    """Expected wall time of `run_pilot`: prefill (of the prompt at its setting's context length) plus
+    max_new_tokens at the measured rate, per run."""
     total = 0.0
     for setting in grid.settings():
         rate = speed.decode_rate(setting.config.mode)
         for n in prompt_tokens:
-            total += n / speed.prefill_tokens_per_s + grid.max_new_tokens / rate
+            total += max(n, setting.context) / speed.prefill_tokens_per_s + grid.max_new_tokens / rate
     return total
 
 
@@ -186,25 +239,35 @@ def describe_seconds(seconds: float) -> str:
     return f"{minutes} min {sec:02d} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
 
 
-def check_pilot(session, prompt_ids: Sequence[Sequence[int]], grid: PilotGrid) -> list[tuple[PilotSetting, list]]:
-    """Every setting resolved against every prompt before any device work (ValueError says which): one
-    `Session.plan` per run, kept for the run. Each setting's config is its resolved settings ("auto"
-    becomes the tuned plan), so that the rows and the report name the plan that ran."""
+def pilot_prompt_ids(session, prompts: Sequence[str], grid: PilotGrid) -> dict[int, list[list[int]]]:
+    """The prompts' token ids at each of the grid's context lengths (`prompt_ids_at`)."""
+    if not prompts:
+        raise ValueError("the pilot has no prompts")
+    return {c: prompt_ids_at(session, prompts, grid.chat, c) for c in grid.contexts}
+
+
+def check_pilot(session, prompt_ids: Mapping[int, Sequence[Sequence[int]]],
+                grid: PilotGrid) -> list[tuple[PilotSetting, list]]:
+    """Every setting resolved against every prompt (at the setting's context length: `pilot_prompt_ids`)
+    before any device work (ValueError says which): one `Session.plan` per run, kept for the run. Each
+    setting's config is its resolved settings ("auto" becomes the tuned plan), so that the rows and the
+    report name the plan that ran."""
     settings = list(grid.settings())
-    runs = len(settings) * len(prompt_ids)
+    prompts = len(prompt_ids[grid.contexts[0]])
+    runs = len(settings) * prompts
     if runs > MAX_GRID_RUNS:
-        raise ValueError(f"the pilot would make {runs} runs ({len(settings)} settings x {len(prompt_ids)} prompts); "
+        raise ValueError(f"the pilot would make {runs} runs ({len(settings)} settings x {prompts} prompts); "
                          f"the limit is {MAX_GRID_RUNS}: pick fewer prompts or grid values")
     planned = []
     for setting in settings:
         plans = []
-        for i, ids in enumerate(prompt_ids):
+        for i, ids in enumerate(prompt_ids[setting.context]):
             try:
                 plans.append(session.plan(setting.config, ids))
             except ValueError as exc:
                 where = f", prompt {i + 1}" if getattr(exc, "field", "") in PROMPT_FIELDS else ""
                 raise ValueError(f"setting '{setting.label}'{where}: {exc}") from None
-        planned.append((PilotSetting(setting.label, plans[0].settings, plans[0].applied), plans))
+        planned.append((replace(setting, config=plans[0].settings, applied=plans[0].applied), plans))
     return planned
 
 
@@ -251,6 +314,7 @@ def result_row(prompt_index: int, setting: PilotSetting, prompt_tokens: int, rec
         "layer_parallel": cfg.layer_parallel if easy and not cfg.groups else None,
         "groups": cfg.groups if easy and cfg.groups else None, "calibration": cfg.calibration if easy else None,
         "applied": "; ".join(setting.applied) or None,  # what the run plan chose (RunPlan.applied): tuned plan, policy
+        "reference": setting.reference, "context": setting.context,
         "draft_len": cfg.draft_len if cfg.mode != "vanilla" else None,
         "prompt_tokens": prompt_tokens, "new_tokens": m.new_tokens, "rounds": m.rounds,
         "drafting_rounds": len(drafting), "drafted": m.drafted, "accepted": m.accepted,
@@ -283,19 +347,19 @@ def run_pilot(session, prompts: Sequence[str], grid: PilotGrid, should_stop: Cal
     `planned`: what `check_pilot` returned for these prompts and grid, when the caller checked first."""
     from ..engine.lossless import compare_greedy  # torch: the pilot's summaries and report read without it
 
-    if not prompts:
-        raise ValueError("the pilot has no prompts")
-    prompt_ids = [session.encode(p, grid.chat) for p in prompts]
+    prompt_ids = pilot_prompt_ids(session, prompts, grid)
     planned = planned if planned is not None else check_pilot(session, prompt_ids, grid)
-    total, done, t0 = len(planned) * len(prompt_ids), 0, time.perf_counter()
+    total, done, t0 = len(planned) * len(prompts), 0, time.perf_counter()
     # Warm-up: the first forward of a process is slow (allocations, kernel selection); keep it out
     # of the vanilla yardstick.
-    for _ in session.generate(session.plan(SpecConfig(mode="vanilla", max_new_tokens=2), prompt_ids[0])):
+    warm = prompt_ids[min(grid.contexts)][0]
+    for _ in session.generate(session.plan(SpecConfig(mode="vanilla", max_new_tokens=2), warm)):
         pass
-    for i, ids in enumerate(prompt_ids):
-        vanilla: PilotRun | None = None
+    for i in range(len(prompts)):
+        vanilla: PilotRun | None = None  # this prompt's vanilla run at the context length in progress
         for setting, plans in planned:
-            yield PilotProgress(done, total, f"prompt {i + 1}/{len(prompt_ids)}: {setting.label}",
+            ids = prompt_ids[setting.context][i]
+            yield PilotProgress(done, total, f"prompt {i + 1}/{len(prompts)}: {setting.label}",
                                 time.perf_counter() - t0)
             records: list[RoundRecord] = []
             stream = session.generate(plans[i])
@@ -323,7 +387,8 @@ def run_pilot(session, prompts: Sequence[str], grid: PilotGrid, should_stop: Cal
 
 def summarise(rows: Sequence[dict]) -> list[dict]:
     """One row per setting, in first-seen order: tokens/s and speedup from summed tokens and seconds
-    (vanilla's over the same prompts), AR from summed counts, AL over all drafting rounds."""
+    (vanilla's over the same prompts at the same context length), AR from summed counts, AL over all
+    drafting rounds."""
     order = list(dict.fromkeys(r["setting"] for r in rows))
     vanilla = [r for r in rows if r["mode"] == "vanilla"]
     out = []
@@ -331,7 +396,8 @@ def summarise(rows: Sequence[dict]) -> list[dict]:
         mine = [r for r in rows if r["setting"] == label]
         prompts = {r["prompt"] for r in mine}
         tokens, seconds = sum(r["new_tokens"] for r in mine), sum(r["total_s"] for r in mine)
-        ref = [r for r in vanilla if r["prompt"] in prompts]
+        first = mine[0]
+        ref = [r for r in vanilla if r["prompt"] in prompts and r.get("context", 0) == first.get("context", 0)]
         ref_rate = sum(r["new_tokens"] for r in ref) / max(sum(r["total_s"] for r in ref), 1e-12) if ref else None
         rate = tokens / seconds if seconds > 0 else 0.0
         drafted, accepted = sum(r["drafted"] for r in mine), sum(r["accepted"] for r in mine)
@@ -339,11 +405,13 @@ def summarise(rows: Sequence[dict]) -> list[dict]:
         al_tokens = sum((r["mean_accepted_length"] or 0) * r["drafting_rounds"] for r in mine)
         equal = [r["equal_to_vanilla"] for r in mine if r["equal_to_vanilla"] is not None]
         verdicts = count_verdicts(r.get("greedy_check") for r in mine)
-        first = mine[0]
         out.append({
             "setting": label, "mode": first["mode"], "layer_parallel": first["layer_parallel"],
             "groups": first.get("groups"),
-            "calibration": first["calibration"], "applied": first.get("applied"), "draft_len": first["draft_len"], "prompts": len(prompts),
+            "calibration": first["calibration"], "applied": first.get("applied"), "reference": first.get("reference"),
+            "context": first.get("context", 0),
+            "mean_prompt_tokens": round(sum(r["prompt_tokens"] for r in mine) / len(mine)),
+            "draft_len": first["draft_len"], "prompts": len(prompts),
             "new_tokens": tokens, "total_s": round(seconds, 4), "tokens_per_s": round(rate, 4),
             "speedup": round(rate / ref_rate, 4) if ref_rate else None,
             "acceptance_rate": round(accepted / drafted, 4) if drafted else None,

@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from typing import Sequence
 
 from ..i18n import check_lang, text
+from .criteria import Criteria, judge
 from .pilot import PilotGrid, PilotRun, summarise
 from . import fitting, hardware
 from .projection import project_pilot, session_shapes
@@ -39,17 +40,19 @@ class ReportContext:
     shapes: tuple[ModelShape, ModelShape] | None = None  # (base, draft) for the projection
     hardware: str = "a100-80gb"  # the projection's device preset (core/evaluation/hardware.py)
     notes: tuple[str, ...] = field(default_factory=tuple)  # what the caller left out (e.g. sampled runs)
+    criteria: Criteria = field(default_factory=Criteria)  # the team's targets (criteria.py)
 
 
 def context_for(session, prompts: Sequence[str], command: str, hardware: str = "a100-80gb", date: str | None = None,
-                notes: Sequence[str] = ()) -> ReportContext:
+                notes: Sequence[str] = (), criteria: Criteria | None = None) -> ReportContext:
     """The report's context from a loaded session and this machine."""
     from .bench import git_commit, machine
 
     shapes = session_shapes(session) if session.draft is not None else None
     when = date or datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return ReportContext(models=asdict(session.info), machine=machine(), commit=git_commit(), date=when,
-                         command=command, prompts=tuple(prompts), shapes=shapes, hardware=hardware, notes=tuple(notes))
+                         command=command, prompts=tuple(prompts), shapes=shapes, hardware=hardware, notes=tuple(notes),
+                         criteria=criteria or Criteria())
 
 
 def _spread(values: Sequence[float]) -> dict | None:
@@ -136,8 +139,15 @@ def conclusion(settings: Sequence[dict], grid: dict, models: dict, projection: d
             ref = max(spec, key=lambda s: s["speedup"])
             out.append(t("vs_speculative", setting=ref["setting"], speedup=f"{ref['speedup']:.2f}",
                          ratio=f"{best['speedup'] / ref['speedup']:.2f}"))
+    contexts = sorted({s.get("context", 0) for s in easy})
+    if len(contexts) > 1:  # EasySpec's gain against the prompt length (the grid's context axis)
+        bests = [max((s for s in easy if s.get("context", 0) == c), key=lambda s: s["speedup"]) for c in contexts]
+        items = [t("at_context", length=t("as_given") if not c else t("tokens", n=b["mean_prompt_tokens"]),
+                   speedup=f"{b['speedup']:.2f}", setting=b["setting"]) for c, b in zip(contexts, bests)]
+        out.append(t("by_context", items="; ".join(items)))
     pairs = {}
-    for s in (s for s in easy if s["layer_parallel"] is not None):  # equal groups; plans have no N
+    shortest = [s for s in easy if s.get("context", 0) == min(contexts, default=0)]
+    for s in (s for s in shortest if s["layer_parallel"] is not None):  # equal groups; plans have no N
         pairs.setdefault((s["layer_parallel"], s["draft_len"]), {})[s["calibration"]] = s
     for (n, k), by_policy in sorted(pairs.items()):  # one sentence per N (and k): the effect differs by N
         if "none" in by_policy and "every-round" in by_policy:
@@ -197,6 +207,8 @@ def report_data(runs: Sequence[PilotRun], grid: PilotGrid, ctx: ReportContext, l
                                                     "speedup": rep.row["speedup"],
                                                     "setting_median": _median_speedup(settings, rep.setting.label)},
         "projection": projection,
+        "criteria": {"targets": asdict(ctx.criteria),
+                     "measured": [{**asdict(j), "met": j.met} for j in judge(settings, ctx.criteria)]},
         "conclusion": conclusion(settings, grid_d, ctx.models, projection, lang),
         "notes": list(ctx.notes),
     }

@@ -1,30 +1,29 @@
 """Loading a base and a draft model into the project's own decoder, with their tokenizer.
 
 What it is: resolution of a Hugging Face model id, a local checkpoint folder or a named offline
-pair to a folder; translation of a transformers config into `DecoderConfig`; reading weights
-(safetensors directly, layer by layer into stacked buffers, so the model is never held twice);
-the same-tokenizer check; the end-of-sequence ids. transformers stays the config/tokenizer loader.
-What it is not: the offline pair's preparation (`offline_pair.py`) or the decoder (`decoder.py`).
+pair to a folder; reading weights (safetensors directly, layer by layer into stacked buffers, so the
+model is never held twice); the same-tokenizer check and the shared vocabulary; the end-of-sequence
+ids. transformers stays the config/tokenizer loader.
+What it is not: which families run and how their configs translate (`families.py`), the offline pair's
+preparation (`offline_pair.py`) or the decoder (`decoder.py`).
 """
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from ..engine.decoder import Decoder, DecoderConfig, DecoderWeights, RopeConfig
+from ..engine.decoder import Decoder, DecoderConfig, DecoderWeights
+from .families import ModelLoadError, decoder_config, layer_parts, unfused
 
-SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")
+logger = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 # End-of-turn tokens that stop generation when the vocabulary has them, beside the configured EOS.
 KNOWN_END_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "<|eom_id|>")
-
-
-class ModelLoadError(ValueError):
-    """A model or tokenizer could not be loaded; the message says which and why."""
 
 
 @dataclass
@@ -77,38 +76,6 @@ def resolve_folder(id_or_dir: str) -> Path:
     except Exception as exc:  # network, missing repo, offline without a cached copy
         raise ModelLoadError(f"{id_or_dir}: not a local folder and could not be fetched from the "
                              f"Hugging Face hub ({type(exc).__name__}: {exc})") from None
-
-
-def decoder_config(hf) -> DecoderConfig:
-    """Our config from a transformers PretrainedConfig of the Llama family."""
-    if hf.model_type not in SUPPORTED_MODEL_TYPES:
-        raise ModelLoadError(f"model type {hf.model_type!r} is not supported: the decoder covers "
-                             f"{', '.join(SUPPORTED_MODEL_TYPES)} (Llama 2/3, Qwen2/2.5, Mistral, SmolLM)")
-    rp = dict(getattr(hf, "rope_parameters", None) or {})
-    if not rp:  # transformers < 5 style
-        rp = dict(getattr(hf, "rope_scaling", None) or {})
-        rp.setdefault("rope_theta", getattr(hf, "rope_theta", 10000.0))
-    kind = rp.get("rope_type", rp.get("type", "default"))
-    rope = RopeConfig(
-        theta=float(rp.get("rope_theta", 10000.0)), kind=kind, factor=float(rp.get("factor", 1.0)),
-        low_freq_factor=float(rp.get("low_freq_factor", 1.0)),
-        high_freq_factor=float(rp.get("high_freq_factor", 4.0)),
-        original_max_position=int(rp.get("original_max_position_embeddings", 8192)))
-    head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
-    qwen = hf.model_type == "qwen2"
-    window = getattr(hf, "sliding_window", None)
-    if qwen and not getattr(hf, "use_sliding_window", False):
-        window = None
-    return DecoderConfig(
-        vocab_size=hf.vocab_size, hidden_size=hf.hidden_size, intermediate_size=hf.intermediate_size,
-        n_layers=hf.num_hidden_layers, n_heads=hf.num_attention_heads,
-        n_kv_heads=getattr(hf, "num_key_value_heads", None) or hf.num_attention_heads,
-        head_dim=head_dim, max_position=hf.max_position_embeddings, rms_norm_eps=hf.rms_norm_eps,
-        rope=rope, qkv_bias=qwen or bool(getattr(hf, "attention_bias", False)),
-        o_bias=bool(getattr(hf, "attention_bias", False)) and not qwen,
-        mlp_bias=bool(getattr(hf, "mlp_bias", False)),
-        tie_word_embeddings=bool(getattr(hf, "tie_word_embeddings", False)),
-        sliding_window=window, model_type=hf.model_type)
 
 
 def _open_safetensors(path: Path):
@@ -216,36 +183,30 @@ COL_SPLIT = ("self_attn.o_proj.weight", "mlp.down_proj.weight")
 ROOT_BIAS = ("self_attn.o_proj.bias", "mlp.down_proj.bias")  # added once, after the all-reduce
 
 
-# Each stacked per-layer weight of DecoderWeights and the checkpoint tensors of one layer
-# (`model.layers.{i}.` + part) it holds, concatenated along dim 0 in this order.
-LAYER_PARTS = {
-    "wqkv": tuple(f"self_attn.{p}_proj.weight" for p in "qkv"),
-    "bqkv": tuple(f"self_attn.{p}_proj.bias" for p in "qkv"),
-    "wo": ("self_attn.o_proj.weight",),
-    "bo": ("self_attn.o_proj.bias",),
-    "norm_in": ("input_layernorm.weight",),
-    "norm_post": ("post_attention_layernorm.weight",),
-    "w_gate_up": ("mlp.gate_proj.weight", "mlp.up_proj.weight"),
-    "b_gate_up": ("mlp.gate_proj.bias", "mlp.up_proj.bias"),
-    "w_down": ("mlp.down_proj.weight",),
-    "b_down": ("mlp.down_proj.bias",),
-}
-
-
-def load_decoder(folder: Path, dtype: torch.dtype, device: torch.device, shard: Shard | None = None) -> Decoder:
-    """Our decoder with the checkpoint's weights; with `shard`, only that rank's tensor-parallel part
-    (the embedding, norms and LM head stay whole on every rank)."""
+def read_config(folder: Path):
     from transformers import AutoConfig
 
     try:
-        hf = AutoConfig.from_pretrained(folder)
+        return AutoConfig.from_pretrained(folder)
     except Exception as exc:
         raise ModelLoadError(f"{folder}: config.json could not be read as a transformers config "
                              f"({exc})") from None
-    cfg = decoder_config(hf)
+
+
+def load_decoder(folder: Path, dtype: torch.dtype, device: torch.device, shard: Shard | None = None,
+                 vocab: int | None = None) -> Decoder:
+    """Our decoder with the checkpoint's weights; with `shard`, only that rank's tensor-parallel part
+    (the embedding, norms and LM head stay whole on every rank); with `vocab`, logits for the first
+    `vocab` ids only (a pair's shared vocabulary, see `shared_vocab`)."""
+    from dataclasses import replace
+
+    cfg = decoder_config(read_config(folder))
+    if vocab is not None and vocab != cfg.vocab_size:
+        assert vocab < cfg.vocab_size, (vocab, cfg.vocab_size)
+        cfg = replace(cfg, vocab_size=vocab)
     if shard is not None:
         shard.check(cfg)
-    get = _tensor_getter(folder)
+    get = unfused(_tensor_getter(folder), cfg)
 
     def read(name: str, part: str | None = None) -> torch.Tensor:
         view = get(name)
@@ -275,18 +236,19 @@ def load_decoder(folder: Path, dtype: torch.dtype, device: torch.device, shard: 
 
     embed = read("model.embed_tokens.weight").to(dtype=dtype, device=device)
     tied = cfg.tie_word_embeddings or get("lm_head.weight") is None
+    lm_head = embed if tied else read("lm_head.weight").to(dtype=dtype, device=device)
     present = {"bqkv": cfg.qkv_bias, "bo": cfg.o_bias, "b_gate_up": cfg.mlp_bias, "b_down": cfg.mlp_bias}
     weights = DecoderWeights(
         embed=embed,
         **{name: stack(list(parts), bias=name in present) if present.get(name, True) else None
-           for name, parts in LAYER_PARTS.items()},
+           for name, parts in layer_parts(cfg).items()},
         norm=read("model.norm.weight").to(dtype=dtype, device=device),
-        lm_head=embed if tied else read("lm_head.weight").to(dtype=dtype, device=device),
+        lm_head=lm_head if lm_head.shape[0] == cfg.vocab_size else lm_head[: cfg.vocab_size],  # tied: one tensor
     )
     return Decoder(cfg if shard is None else shard.local(cfg), weights)
 
 
-def load_draft(folder: Path, draft_dtype: str, device: torch.device) -> Decoder:
+def load_draft(folder: Path, draft_dtype: str, device: torch.device, vocab: int | None = None) -> Decoder:
     """The draft at its own precision (quantize.DRAFT_DTYPES): float32/bfloat16 as loaded; int8/int4 loaded
     in fp32 and weight-only quantized (from the quantized cache beside the checkpoint when it has it)."""
     from .quantize import quantize_decoder
@@ -294,8 +256,10 @@ def load_draft(folder: Path, draft_dtype: str, device: torch.device) -> Decoder:
 
     check_draft_dtype(draft_dtype)
     if draft_dtype in FLOAT_DTYPES:
-        return load_decoder(folder, DTYPES[draft_dtype], device)
-    return quantize_decoder(load_decoder(folder, torch.float32, device), draft_dtype, folder)
+        return load_decoder(folder, DTYPES[draft_dtype], device, vocab=vocab)
+    # the quantized cache holds the whole LM head: a draft cut to a shared vocabulary is quantized afresh
+    return quantize_decoder(load_decoder(folder, torch.float32, device, vocab=vocab), draft_dtype,
+                            folder if vocab is None else None)
 
 
 def load_tokenizer(folder: Path):
@@ -308,14 +272,32 @@ def load_tokenizer(folder: Path):
 
 
 def check_same_tokenizer(base_tok, draft_tok, base_name: str, draft_name: str) -> None:
-    """Refuse a draft whose token-to-id map differs from the base's (embedding sizes may differ)."""
+    """Refuse a draft whose token-to-id map differs from the base's, naming the first id where they differ
+    (embedding sizes may differ: see shared_vocab)."""
     bv, dv = base_tok.get_vocab(), draft_tok.get_vocab()
     if bv != dv:
-        diff = sorted(set(bv.items()) ^ set(dv.items()), key=lambda kv: kv[1])[:3]
+        b_ids, d_ids = {i: t for t, i in bv.items()}, {i: t for t, i in dv.items()}
+        first = min(i for i in set(b_ids) | set(d_ids) if b_ids.get(i) != d_ids.get(i))
         raise ModelLoadError(
-            f"the draft {draft_name} does not share the base {base_name}'s tokenizer "
-            f"({len(dv)} vs {len(bv)} tokens; first differences: {diff}): speculative decoding "
-            f"needs the same token-to-id map")
+            f"the draft {draft_name} does not share the base {base_name}'s tokenizer ({len(dv)} vs {len(bv)} "
+            f"tokens; first difference at id {first}: base {b_ids.get(first)!r}, draft {d_ids.get(first)!r}): "
+            f"speculative decoding needs the same token-to-id map")
+
+
+def shared_vocab(base_vocab: int, draft_vocab: int, tokenizer, draft_name: str) -> int | None:
+    """The ids both models score when their embedding tables differ in size (padded differently past the
+    tokenizer, e.g. Qwen2.5 0.5B/7B): the smaller table, which must still hold every token of the shared
+    tokenizer. None when the sizes agree."""
+    if base_vocab == draft_vocab:
+        return None
+    shared = min(base_vocab, draft_vocab)
+    if len(tokenizer) > shared:
+        raise ModelLoadError(
+            f"the draft {draft_name} has {draft_vocab} embedding rows and the base {base_vocab}, but their shared "
+            f"tokenizer has {len(tokenizer)} tokens: the smaller model cannot score all of them")
+    logger.info("base and draft embedding tables differ (%d vs %d rows): logits aligned to the first %d ids",
+                base_vocab, draft_vocab, shared)
+    return shared
 
 
 def eos_ids(folder: Path, tokenizer) -> frozenset[int]:
@@ -367,11 +349,13 @@ def load_pair(source: PairSource, dtype: str = "float32", device: str = "cpu", s
     torch_dtype = parse_dtype(dtype)
     torch_device = torch_device or parse_device(device)
     tokenizer = load_tokenizer(source.base_dir)
-    loaded_draft = None
+    loaded_draft, vocab = None, None
     if source.draft_dir is not None:
         check_same_tokenizer(tokenizer, load_tokenizer(source.draft_dir), source.base_name, source.draft_name)
+        base_cfg, draft_cfg = (decoder_config(read_config(d)) for d in (source.base_dir, source.draft_dir))
+        vocab = shared_vocab(base_cfg.vocab_size, draft_cfg.vocab_size, tokenizer, source.draft_name)
         loaded_draft = LoadedModel(source.draft_name, source.draft_dir,
-                                   load_draft(source.draft_dir, draft_dtype or dtype, torch_device))
+                                   load_draft(source.draft_dir, draft_dtype or dtype, torch_device, vocab))
     loaded_base = LoadedModel(source.base_name, source.base_dir,
-                              load_decoder(source.base_dir, torch_dtype, torch_device, shard))
+                              load_decoder(source.base_dir, torch_dtype, torch_device, shard, vocab))
     return ModelPair(loaded_base, loaded_draft, tokenizer, eos_ids(source.base_dir, tokenizer))

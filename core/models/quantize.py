@@ -222,6 +222,8 @@ def quantize_decoder(decoder, scheme: str, folder: Path | None = None):
     qw = replace(
         w, embed=cast(w.embed), bqkv=cast(w.bqkv), bo=cast(w.bo), norm_in=cast(w.norm_in),
         norm_post=cast(w.norm_post), b_gate_up=cast(w.b_gate_up), b_down=cast(w.b_down), norm=cast(w.norm),
+        q_norm=cast(w.q_norm), k_norm=cast(w.k_norm), norm_attn_out=cast(w.norm_attn_out),
+        norm_mlp_out=cast(w.norm_mlp_out),
         lm_head=layers["lm_head"],
         **{name: QuantStack([layers[f"{name}.{i}"] for i in range(len(getattr(w, name)))]) for name in LINEARS})
     return Decoder(decoder.cfg, qw)

@@ -33,6 +33,8 @@ def similarity(draft: Decoder, prompts: Sequence[Sequence[int]]) -> torch.Tensor
     n = draft.cfg.n_layers
     total, count = torch.zeros(n, n), 0
     w = draft.w.norm_in.float()  # [L, D]; the RMS scale itself cannot change a cosine
+    if draft.cfg.norm_plus_one:  # Gemma scales by 1 + w
+        w = 1.0 + w
     for ids in prompts:
         h = layer_inputs(draft, ids)  # [L, T, D]
         for l in range(n):
