@@ -1,4 +1,4 @@
-"""The `easyspec` command line: `generate`, `tune` (layer plan and calibration), `bench`, `app`, `cache`.
+"""The `easyspec` command line: `generate`, `tune` (layer plan and calibration), `bench`, `project`, `app`, `cache`.
 
 Every command consumes the engine's one record stream (`core.engine.loop.generate`). Bad input ends in
 one readable line on stderr and exit status 2, never a traceback (EASYSPEC_DEBUG=1 shows one).
@@ -210,6 +210,32 @@ def _add_tune(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the result as one JSON line on stdout")
 
 
+def _add_project(sub) -> None:
+    p = sub.add_parser("project", help="projected tokens/s of vanilla, speculative and EasySpec decoding on a cluster",
+                       description="A hardware model, not a measurement (docs/projection.md): bytes and FLOPs "
+                                   "from the models' shapes, datasheet bandwidth and compute, efficiencies fitted "
+                                   "to published batch-1 speeds (results/projection_check.md).")
+    p.add_argument("--hardware", required=True,
+                   help="a100-40gb | a100-80gb | h100-sxm | h100-pcie | h200 | l40s | b200, or a device .json/.toml")
+    p.add_argument("--devices", type=int, default=8, help="G devices: the base at TP = G (default 8)")
+    p.add_argument("--base", required=True, help="a model preset (e.g. llama-3.1-70b) or a config.json path")
+    p.add_argument("--draft", help="a model preset or config.json (default: the base's first preset draft)")
+    p.add_argument("--context", type=int, default=1024, help="tokens in the KV cache (default 1024)")
+    p.add_argument("--draft-len", type=int, default=5, help="k (default 5)")
+    p.add_argument("--layer-parallel", type=int, default=None, help="N, at most G (default 4, or G when G < 4)")
+    p.add_argument("--accepted-length", type=float, default=None,
+                   help="mean accepted length AL of speculative decoding, measured by a pilot (default 3.5, assumed)")
+    p.add_argument("--easyspec-accepted-length", type=float, default=None,
+                   help="AL of easyspec decoding if it differs (default: --accepted-length)")
+    p.add_argument("--tree-width", type=int, default=0, help="draft a token tree this wide (0: a chain)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--graphs", dest="graphs", action="store_true", default=True,
+                      help="CUDA graphs: one replay per forward (default)")
+    mode.add_argument("--eager", dest="graphs", action="store_false", help="eager: one launch per kernel")
+    p.add_argument("--batch", type=int, default=1, help="B sequences decoded together (default 1)")
+    p.add_argument("--json", action="store_true", help="print the projection as one JSON line")
+
+
 def _add_cache(sub) -> None:
     p = sub.add_parser("cache", help="show or clear the converted offline-model cache")
     p.add_argument("action", choices=("info", "clear"))
@@ -223,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_app(sub)
     _add_bench(sub)
     _add_tune(sub)
+    _add_project(sub)
     return parser
 
 
@@ -520,6 +547,45 @@ def cmd_tune(args) -> int:
     return 0
 
 
+def cmd_project(args) -> int:
+    from easyspec.core.evaluation import hardware, shapes
+    from easyspec.core.evaluation.projection import Setting, project
+    from easyspec.core.settings import default_layer_parallel
+
+    if args.devices < 1:
+        raise ValueError(f"--devices must be >= 1; got {args.devices}")
+    dev, eff = hardware.load_device(args.hardware) if args.hardware.lower().endswith((".json", ".toml")) \
+        else (hardware.device(args.hardware), hardware.FITTED)
+    base = shapes.resolve(args.base)
+    if args.draft is None and base.name not in shapes.PAIRS:
+        raise ValueError(f"--draft is needed for {args.base!r} (presets with a default draft: "
+                         f"{', '.join(shapes.PAIRS)})")
+    draft = shapes.resolve(args.draft or shapes.PAIRS[base.name][0])
+    al_source = "entered" if args.accepted_length is not None else "assumed: no pilot, none entered"
+    al = 3.5 if args.accepted_length is None else args.accepted_length
+    al_easy = al if args.easyspec_accepted_length is None else args.easyspec_accepted_length
+    n = args.layer_parallel or default_layer_parallel(args.devices)
+    s = Setting(devices=args.devices, context=args.context, draft_len=args.draft_len, layer_parallel=n,
+                al_speculative=al, al_easyspec=al_easy, batch=args.batch, cuda_graphs=args.graphs,
+                tree_width=args.tree_width)
+    p = project(base, draft, dev, s, eff)
+    p = {"kind": "projected by the hardware model, not measured", **p, "accepted_length_source": al_source}
+    if args.json:
+        print(json.dumps(p))
+        return 0
+    print(f"projected (a model, not a measurement): {base.name} / {draft.name} on {args.devices} x {dev.name}, "
+          f"context {args.context}, B = {args.batch}, k = {args.draft_len}, N = {s.layer_parallel}, "
+          f"{'CUDA graphs' if args.graphs else 'eager'}")
+    for mode in ("vanilla", "speculative", "easyspec"):
+        r = p[mode]
+        al_text = f", AL {r['accepted_length']:.2f} ({al_source})" if "accepted_length" in r else ""
+        util = " ".join(f"{u:.0%}" for u in r["utilisation"])
+        print(f"  {mode:<12} {r['tokens_per_s']:9.1f} tok/s{al_text}; utilisation per device: {util}")
+    print(f"  drafting speedup (speculative / easyspec drafting time): {p['drafting_speedup']:.2f}x; "
+          f"attention share of a draft step's bytes {p['draft_attention_share']:.0%}; verify {p['verify_bound']}-bound")
+    return 0
+
+
 def _fault_message(exc: Exception) -> str | None:
     """The message of a fault that explains itself (a file that cannot be written, a rank that died,
     out of memory); None for anything else. Looked up lazily: `cache info` never imports torch."""
@@ -542,7 +608,8 @@ def _check_finite(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     configure_logging()  # core's progress and warnings: bare lines on stderr, as the commands' own
     args = build_parser().parse_args(argv)
-    handlers = {"generate": cmd_generate, "cache": cmd_cache, "app": cmd_app, "bench": cmd_bench, "tune": cmd_tune}
+    handlers = {"generate": cmd_generate, "cache": cmd_cache, "app": cmd_app, "bench": cmd_bench, "tune": cmd_tune,
+                "project": cmd_project}
     try:
         _check_finite(args)
         return handlers[args.command](args)

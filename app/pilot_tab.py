@@ -21,11 +21,13 @@ from easyspec.core.settings import CALIBRATION_POLICIES, DRAFT_DTYPES
 from easyspec.core.i18n import check_lang, msg, text, tr
 from easyspec.core.files import write_text_atomic
 from easyspec.core.engine.verdicts import VERDICTS
+from easyspec.core.evaluation import fitting
 from easyspec.core.evaluation.criteria import EQUALITY, Criteria, judge
+from easyspec.core.evaluation.hardware import DEVICES
 from easyspec.core.evaluation.pilot import (CONTEXTS, DEFAULT_PROMPTS, MAX_CONTEXT, PilotGrid, PilotProgress,
                                             PilotRun, check_pilot, describe_seconds, estimate_seconds, pilot_json,
                                             pilot_prompt_ids, rows_to_csv, run_pilot, summarise)
-from easyspec.core.evaluation.projection import COMM_MODELS, project_pilot, session_shapes
+from easyspec.core.evaluation.projection import project_pilot, session_shapes
 from easyspec.core.evaluation.report import context_for
 from easyspec.core.evaluation.prompt_sets import BUILTIN_SETS, builtin_prompts, read_prompt_file
 from easyspec.core.tuner.report import markdown as tuning_markdown
@@ -79,20 +81,21 @@ def criteria_view(settings: list[dict], criteria: Criteria, lang: str) -> dict:
 
 
 PROJECTION_COLUMNS = ["devices", "setting", "vanilla_tokens_per_s", "speculative_tokens_per_s",
-                      "easyspec_tokens_per_s", "easyspec_speedup", "speculative_utilisation", "easyspec_utilisation"]
+                      "easyspec_tokens_per_s", "easyspec_speedup", "accepted_length", "speculative_utilisation",
+                      "easyspec_utilisation"]
 
 
-def projection(ctx: AppContext, runs: list[PilotRun], comm: str, lang: str = "en") -> tuple[dict, str]:
-    """The projected table for G devices and its stated assumptions (never mixed with measurements)."""
-    if ctx.info.devices != 1:
-        return _table([], PROJECTION_COLUMNS, lang), text("pilot.projection_one_device", lang)
+def projection(ctx: AppContext, runs: list[PilotRun], hardware: str, lang: str = "en") -> tuple[dict, str]:
+    """The projected table for G devices of `hardware` (the hardware model fed with the pilot's accepted lengths)
+    and its stated assumptions (never mixed with measurements)."""
+    device = DEVICES[hardware]
     try:
-        rows = project_pilot(runs, *session_shapes(ctx.session), comm=COMM_MODELS[comm])
+        rows = project_pilot(runs, *session_shapes(ctx.session), device)
     except (ValueError, AttributeError) as exc:
         return _table([], PROJECTION_COLUMNS, lang), text("pilot.no_projection", lang, reason=exc)
-    c = COMM_MODELS[comm]
-    note = text("pilot.projection_note", lang, comm=c.name, latency_us=f"{c.latency_s * 1e6:.0f}",
-                bandwidth_gbs=f"{c.bandwidth_bytes_per_s / 1e9:.0f}")
+    v = fitting.validation()
+    note = text("pilot.projection_note", lang, hardware=device.name, bandwidth_tbs=f"{device.bandwidth / 1e12:.2f}",
+                link=device.link_name, context=1024, median=f"{v['median_abs']:.1%}", loo=f"{v['loo_median_abs']:.1%}")
     return _table(rows, PROJECTION_COLUMNS, lang), note
 
 
@@ -186,8 +189,8 @@ def make_handlers(ctx: AppContext) -> PilotHandlers:
 
     @friendly_stream
     def pilot(values: Mapping, state: UserState | None = None, lang: str = "en", *, progress=gr.Progress()):
-        """`values`: the prompts' source (`pick_prompts`), the grid (`make_grid`) and comm, the interconnect model
-        of the projection (nvlink when left out)."""
+        """`values`: the prompts' source (`pick_prompts`), the grid (`make_grid`) and hardware, the device preset
+        of the projection (a100-80gb when left out)."""
         state = state if state is not None else UserState()
         lang = check_lang(lang)
         stop = state.begin("pilot")
@@ -197,7 +200,7 @@ def make_handlers(ctx: AppContext) -> PilotHandlers:
         prompts = pick_prompts(values)
         grid = make_grid(values)
         criteria = make_criteria(values)
-        comm = check_choice(values.get("comm", "nvlink"), "communication model", tuple(COMM_MODELS))
+        hardware = check_choice(values.get("hardware", "a100-80gb"), "projection hardware", tuple(DEVICES))
         # Every check (the grid's run limit, each setting on each prompt) before the screen is cleared:
         # a refused pilot leaves the previous pilot's results and report in place.
         planned = check_pilot(session, pilot_prompt_ids(session, prompts, grid), grid)  # one plan a run
@@ -239,12 +242,12 @@ def make_handlers(ctx: AppContext) -> PilotHandlers:
         csv_path, json_path = folder / "pilot_runs.csv", folder / "pilot.json"
         write_text_atomic(csv_path, rows_to_csv(rows))
         write_text_atomic(json_path, pilot_json(rows, grid, prompts, dataclasses.asdict(ctx.info)))
-        projected, projected_note = projection(ctx, kept, comm, lang)
+        projected, projected_note = projection(ctx, kept, hardware, lang)
         report_path = None
         if kept:
             notes = ["runs not made: the pilot was stopped early"] if len(kept) < len(grid.settings()) * len(prompts) \
                 else []
-            state.pilot_report = (kept, grid, context_for(session, prompts, "easyspec app: Pilot screen", comm,
+            state.pilot_report = (kept, grid, context_for(session, prompts, "easyspec app: Pilot screen", hardware,
                                                           started, notes, criteria))
             report_path = write_report(ctx, state, lang)
         labels = list(state.pilot_runs)
@@ -385,8 +388,8 @@ def build(ctx: AppContext, state: gr.State, tab: gr.Tab, lang: gr.Radio):
                                            label="max new tokens per run", elem_id="pilot-max-new")
                 temperature = gr.Slider(0, 2, value=0, step=0.05, label="temperature (0 = greedy)")
             chat = gr.Checkbox(True, label="use the chat template")
-            comm = gr.Dropdown(list(COMM_MODELS), value="nvlink", label="projection: interconnect model",
-                               elem_id="pilot-comm")
+            hardware = gr.Dropdown(list(DEVICES), value="a100-80gb", label="projection: hardware",
+                                   elem_id="pilot-hardware")
             with gr.Accordion("Acceptance criteria (your targets)", open=True):
                 default = Criteria()
                 with gr.Row():
@@ -404,7 +407,7 @@ def build(ctx: AppContext, state: gr.State, tab: gr.Tab, lang: gr.Radio):
     form = dict(prompt=prompt, source=source, prompt_set=prompt_set, n_prompts=n_prompts, **grid,
                 speculative=speculative, max_new_tokens=max_new_tokens, chat=chat, temperature=temperature,
                 upload=upload)
-    run_form = {**form, **criteria_form, "comm": comm}
+    run_form = {**form, **criteria_form, "hardware": hardware}
     estimate_md = gr.Markdown(estimate({name: c.value for name, c in form.items()}), elem_id="pilot-estimate")
     with gr.Row():
         run = gr.Button("Run pilot", variant="primary", elem_id="pilot-run")

@@ -4,8 +4,9 @@ CPU ranks share this machine's cores and a gloo collective costs hundreds of mic
 proves the multi-device path's correctness and shows its timeline, not a speed-up.
 The pass criterion (`CRITERION`) is fixed here and written into the JSON before any measurement;
 the JSON then keeps every run's raw data (tokens, rounds with their spans, wall seconds), the
-projection it compares against (core/evaluation/projection.py from the G = 1 runs' latencies) and the verdict,
-and the rows, projection and Markdown are all computed from the raw runs (`rebuild`).
+projection it compares against (the hardware model, core/evaluation/projection.py, with this CPU's bandwidth,
+compute and per-op cost measured before the runs, and the G = 1 runs' accepted lengths) and the verdict,
+and the rows, projection and Markdown are all computed from the raw runs and that measurement (`rebuild`).
 Writes results/devices_cpu.md and .json. Run: python benchmarks/devices_cpu.py
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ import platform
 import shlex
 import statistics
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from easyspec.app.logs import configure as configure_logging
@@ -32,7 +34,6 @@ PROMPT = "Write a Python function that checks whether a number is prime."
 SETTINGS = {"vanilla": dict(mode="vanilla"), "speculative": dict(mode="speculative"),
             "easyspec N=2 every-round": dict(mode="easyspec", layer_parallel=2, calibration="every-round")}
 PROJECTION_KEY = {"vanilla": "vanilla", "speculative": "speculative", "easyspec N=2 every-round": "easyspec"}
-COMM_MODEL = "gloo-cpu"
 # Stated before the run. G = 2 ranks on this CPU also halve each rank's threads, which the projection
 # does not model (it assumes every device as fast as the single one), so G = 2 is judged on tokens only.
 CRITERION = {
@@ -49,7 +50,7 @@ def measure(source, devices: int, max_new: int, repeats: int) -> tuple[list[dict
 
     raw = []
     with Session(source, devices=devices) as s:
-        shapes = session_shapes(s) if devices == 1 else None
+        shapes = session_shapes(s, 4) if devices == 1 else None  # fp32, as it runs here
         ids = s.encode(PROMPT, chat=True)
         list(s.generate(s.plan(SpecConfig(mode="speculative", max_new_tokens=8), ids)))  # warm-up
         for label, setting in SETTINGS.items():
@@ -92,18 +93,26 @@ def rows_from_runs(raw: list[dict]) -> list[dict]:
     return rows
 
 
-def projection(raw: list[dict], shapes: dict, draft_len: int) -> dict:
-    """core/evaluation/projection.py for G = 1 and 2 from the latencies and acceptance of the G = 1 median runs."""
-    from easyspec.core.engine.grouping import layer_groups
-    from easyspec.core.evaluation.projection import COMM_MODELS, Shape, latencies_from_runs, project
+def projection(raw: list[dict], shapes: dict, draft_len: int, cpu: dict) -> dict:
+    """The hardware model for G = 1 and 2 on this CPU as measured (`cpu`), with the acceptance of the G = 1
+    median runs; eager, context = prompt + half the new tokens."""
+    from easyspec.core.evaluation.cpu_device import cpu_machine
+    from easyspec.core.evaluation.projection import Setting, project
+    from easyspec.core.evaluation.shapes import ModelShape
 
-    one = {label: records_from_raw(_median_run([r for r in raw if r["setting"] == label and r["devices"] == 1])
-                                   ["rounds"]) for label in SETTINGS}
-    lat = latencies_from_runs(one["speculative"], one["vanilla"], one["easyspec N=2 every-round"])
-    base, draft = Shape(**shapes["base"]), Shape(**shapes["draft"])
-    al = {label: metrics.compute(records).mean_accepted_length for label, records in one.items()}
-    return {str(g): project(lat, base, draft, draft_len, g, COMM_MODELS[COMM_MODEL], layer_groups(draft.layers, 2),
-                            al["speculative"], al["easyspec N=2 every-round"]) for g in (1, 2)}
+    one = {label: _median_run([r for r in raw if r["setting"] == label and r["devices"] == 1]) for label in SETTINGS}
+    al = {label: metrics.compute(records_from_raw(r["rounds"])).mean_accepted_length for label, r in one.items()}
+    context = round(len(one["vanilla"]["prompt_ids"]) + len(one["vanilla"]["token_ids"]) / 2)
+    base, draft = ModelShape(**shapes["base"]), ModelShape(**shapes["draft"])
+    device, eff = cpu_machine(cpu)
+    out = {}
+    for g in (1, 2):  # G ranks on one CPU share its memory and cores: each rank gets 1/G of both
+        share = replace(device, bandwidth=device.bandwidth / g, flops=device.flops / g)
+        out[str(g)] = project(base, draft, share, Setting(devices=g, context=context, draft_len=draft_len,
+                                                          layer_parallel=2, al_speculative=al["speculative"],
+                                                          al_easyspec=al["easyspec N=2 every-round"],
+                                                          cuda_graphs=False), eff)
+    return out
 
 
 def verdict(rows: list[dict], proj: dict, criterion: dict) -> dict:
@@ -119,7 +128,7 @@ def verdict(rows: list[dict], proj: dict, criterion: dict) -> dict:
 def rebuild(result: dict) -> dict:
     """Rows, projection and verdict from a results JSON's raw runs, shapes and criterion."""
     rows = rows_from_runs(result["runs"])
-    proj = projection(result["runs"], result["shapes"], result["meta"]["draft_len"])
+    proj = projection(result["runs"], result["shapes"], result["meta"]["draft_len"], result["cpu"])
     return json.loads(json.dumps({"rows": rows, "projection": proj,
                                   "verdict": verdict(rows, proj, result["criterion"])}))
 
@@ -148,8 +157,11 @@ def markdown(result: dict) -> str:
     lines += ["", "Per-rank columns are seconds of exclusive time from each rank's timeline spans of the median run "
               "(nested communication is subtracted from the span around it).", "",
               "## Projection check (core/evaluation/projection.py against the measured runs)", "",
-              f"Latencies and acceptance from the G = 1 median runs above; communication model `{COMM_MODEL}` "
-              "(stated assumption: 300 us and 2 GB/s per collective). A projection, not a measurement.", "",
+              f"The hardware model with this CPU measured before the runs "
+              f"({result['cpu']['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s, {result['cpu']['flops_per_s'] / 1e9:.1f} "
+              f"GFLOP/s, {result['cpu']['op_s'] * 1e6:.1f} us per op; each of G ranks gets 1/G of both) and "
+              "the acceptance of the G = 1 median runs above; gloo collectives: a stated 300 us and 2 GB/s each. "
+              "A projection, not a measurement.", "",
               "| setting | G | projected tok/s | measured tok/s | projected / measured |", "|---|---|---|---|---|"]
     for g in ("1", "2"):
         for r in (r for r in rows if str(r["devices"]) == g):
@@ -188,10 +200,16 @@ def main(argv: list[str] | None = None) -> int:
     # The criterion is on file before anything is measured.
     write_text_atomic(args.out + ".json", json.dumps({"meta": meta, "criterion": CRITERION, "status": "running"},
                                                      indent=1))
+    from easyspec.core.evaluation.cpu_device import measure_cpu
+
+    from easyspec.core.evaluation.shapes import PRESETS
+
+    # before the models load: the CPU's bandwidth, compute and per-op cost, in the offline pair's base shapes
+    cpu = measure_cpu(replace(PRESETS["qwen2.5-coder-1.5b"], bytes_per_value=4), args.draft_len + 1)
     raw, shapes = measure(source, 1, args.max_new_tokens, args.repeats)
     raw += measure(source, 2, args.max_new_tokens, args.repeats)[0]
     result = {"meta": meta, "criterion": CRITERION, "shapes": {k: vars(s) for k, s in zip(("base", "draft"), shapes)},
-              "runs": raw}
+              "cpu": cpu, "runs": raw}
     result = json.loads(json.dumps({**result, **rebuild(result), "status": "done"}))
     write_text_atomic(args.out + ".json", json.dumps(result, indent=1))
     write_text_atomic(args.out + ".md", markdown(result))

@@ -96,6 +96,9 @@ def steps(quick: bool) -> list[Step]:
                                          f"{{out}}/bench_acceptance_{p}"), m) for p, m in (("code", 8), ("chat", 10))),
         Step("devices_cpu", (PY, "benchmarks/devices_cpu.py", *(("--max-new-tokens", "4", "--repeats", "1") if q else
                                                                 ("--repeats", "3")), "--out", "{out}/devices_cpu"), 4),
+        # Issue 22: the hardware model against published batch-1 figures and this CPU (bandwidth measured in the step).
+        Step("projection_check", (PY, "benchmarks/projection_check.py", *(("--repeats", "3") if q else ()),
+                                  "--out", "{out}/projection_check"), 1),
         Step("reliability_faults", (PY, "benchmarks/faults.py", "--out", "{out}/reliability_faults"), 1.5,
              heavy=False),
         Step("reliability_load", (PY, "benchmarks/load.py", "--url", "{url}", "--app-pid", "{pid}", *load_off.split(),

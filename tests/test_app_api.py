@@ -134,7 +134,7 @@ def test_pilot_on_typed_prompts(client, tmp_path):
     assert open(csv_path).read().startswith("prompt,setting,mode")
     assert len(json.loads(open(json_path).read())["rows"]) == 6
     projected, note = out[8], out[9]
-    assert note.startswith("**Projected, not measured.**") and "nvlink" in note
+    assert note.startswith("**Projected, not measured.**") and "a100-80gb" in note
     rows = projected["data"]
     assert [r[0] for r in rows] == [1, 2, 4, 8] and all(r[1] == "easyspec N=2 every-round k=3" for r in rows)
     assert all(float(r[2]) > 0 and float(r[4]) > 0 for r in rows)

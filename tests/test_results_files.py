@@ -6,6 +6,7 @@ import importlib.util
 import re
 import json
 import statistics
+from dataclasses import replace
 import sys
 from pathlib import Path
 
@@ -62,8 +63,9 @@ def test_engine_baseline_table_comes_from_its_raw_runs(pair_dirs, tmp_path):
 
 def test_devices_cpu_states_its_criterion_and_computes_table_projection_and_verdict_from_raw_runs(pair_dirs,
                                                                                                     tmp_path):
-    from easyspec.core.evaluation.projection import COMM_MODELS, Shape, latencies_from_runs, project
-    from easyspec.core.engine.grouping import layer_groups
+    from easyspec.core.evaluation.cpu_device import cpu_machine
+    from easyspec.core.evaluation.projection import Setting, project
+    from easyspec.core.evaluation.shapes import ModelShape
     from easyspec.core.engine import metrics
     from easyspec.core.evaluation.bench import records_from_raw
 
@@ -78,17 +80,23 @@ def test_devices_cpu_states_its_criterion_and_computes_table_projection_and_verd
     assert len(data["runs"]) == len(mod.SETTINGS) * 2
     assert mod.rebuild(data) == {k: data[k] for k in ("rows", "projection", "verdict")} and mod.markdown(data) == md
     one = {r["setting"]: records_from_raw(r["rounds"]) for r in data["runs"] if r["devices"] == 1}
-    lat = latencies_from_runs(one["speculative"], one["vanilla"], one["easyspec N=2 every-round"])
-    shape_b, shape_d = Shape(**data["shapes"]["base"]), Shape(**data["shapes"]["draft"])
+    van = next(r for r in data["runs"] if r["setting"] == "vanilla" and r["devices"] == 1)
+    shape_b, shape_d = ModelShape(**data["shapes"]["base"]), ModelShape(**data["shapes"]["draft"])
+    assert shape_b.bytes_per_value == 4 and data["cpu"]["bandwidth_bytes_per_s"] > 0  # fp32; measured before
+    device, eff = cpu_machine(data["cpu"])
     low, high = mod.CRITERION["g1_projection_band"]
     in_band = []
     for row in data["rows"]:
         run = next(r for r in data["runs"] if r["setting"] == row["setting"] and r["devices"] == row["devices"])
         measured = len(run["token_ids"]) / run["wall_s"]
         assert row["tokens_per_s"] == pytest.approx(measured, abs=1e-4)
-        proj = project(lat, shape_b, shape_d, 5, row["devices"], COMM_MODELS["gloo-cpu"],
-                       layer_groups(shape_d.layers, 2), metrics.compute(one["speculative"]).mean_accepted_length,
-                       metrics.compute(one["easyspec N=2 every-round"]).mean_accepted_length)
+        setting = Setting(devices=row["devices"], context=round(len(van["prompt_ids"]) + len(van["token_ids"]) / 2),
+                          draft_len=5, layer_parallel=2,
+                          al_speculative=metrics.compute(one["speculative"]).mean_accepted_length,
+                          al_easyspec=metrics.compute(one["easyspec N=2 every-round"]).mean_accepted_length,
+                          cuda_graphs=False)
+        share = replace(device, bandwidth=device.bandwidth / row["devices"], flops=device.flops / row["devices"])
+        proj = project(shape_b, shape_d, share, setting, eff)
         projected = proj[mod.PROJECTION_KEY[row["setting"]]]["tokens_per_s"]
         cells = _cells(md.split("## Projection")[1], f"{row['setting']} | {row['devices']}")
         assert cells[-1] == f"{projected / measured:.2f}"
@@ -98,6 +106,36 @@ def test_devices_cpu_states_its_criterion_and_computes_table_projection_and_verd
             in_band.append(low <= projected / measured <= high)
     passed = all(in_band) and all(r["same_tokens_as_g1"] for r in data["rows"])
     assert data["verdict"]["passed"] == passed and code == (0 if passed else 1)
+
+
+def test_projection_check_states_each_error_and_its_sentences_follow_the_numbers(tmp_path):
+    from easyspec.core.evaluation import fitting
+
+    mod = _script("projection_check")
+    out = tmp_path / "projection_check"
+    assert mod.main(["--repeats", "1", "--out", str(out)]) == 0
+    data = json.loads(out.with_suffix(".json").read_text())
+    md = out.with_suffix(".md").read_text()
+    assert META <= set(data["meta"]) and data["meta"]["command"].startswith("python benchmarks/projection_check.py")
+    rows, eff = fitting.published_rows(), fitting.fit(fitting.published_rows())
+    errors = [fitting.predict(r, eff) / r.tokens_per_s - 1 for r in rows]
+    assert [r["error"] for r in data["published"]["rows"]] == [round(e, 4) for e in errors]
+    assert data["published"]["median_abs"] == pytest.approx(statistics.median(abs(e) for e in errors))
+    for i, row in enumerate(data["published"]["rows"]):  # leave-one-out by hand: refit without row i
+        refit = fitting.fit([r for j, r in enumerate(rows) if j != i])
+        assert row["loo_error"] == round(fitting.predict(rows[i], refit) / rows[i].tokens_per_s - 1, 4)
+        assert row["source"].startswith("gpt-fast: pytorch-labs/gpt-fast")
+    baseline = json.loads((BENCHMARKS.parent / "results" / "engine_baseline.json").read_text())
+    for row in data["cpu"]["rows"]:  # decode-only tokens/s from the measured runs' raw rounds
+        runs = [r for r in baseline["runs"] if r["setting"] == row["setting"] and r["dtype"] == "float32"]
+        tokens = sum(len(d["token_ids"]) for r in runs for d in r["rounds"][1:])
+        seconds = sum(r["rounds"][-1]["end_ns"] - r["rounds"][0]["end_ns"] for r in runs) / 1e9
+        assert row["measured"] == round(tokens / seconds, 3)
+        assert row["error"] == round(row["projected"] / row["measured"] - 1, 4) or \
+            abs(row["error"] - (row["projected"] / row["measured"] - 1)) < 1e-3
+    assert data["findings"] == mod.findings(data) and all(f"- {s}" in md for s in data["findings"])
+    met = data["published"]["median_abs"] <= 0.15 and data["published"]["worst_abs"] <= 0.30
+    assert ("target met." in data["findings"][0]) == met
 
 
 @pytest.fixture(scope="module")

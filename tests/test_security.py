@@ -19,7 +19,7 @@ from gradio_client.exceptions import AppError  # noqa: E402
 # Everything a request may set; a model, a folder or a server path is not among them.
 REQUEST_PARAMETERS = {"prompt", "chat", "mode", "layer_parallel", "calibration", "draft_len", "temperature", "top_p",
                       "top_k", "seed", "max_new_tokens", "columns", "source", "prompt_set", "n_prompts",
-                      "speculative", "upload", "comm", "run_file", "speed", "lang",
+                      "speculative", "upload", "hardware", "run_file", "speed", "lang",
                       "grouping", "plan", "tolerance", "tokens",  # a layer plan is text like '0|1-4|...', not a path
                       "tree_depth", "tree_width", "adaptive", "on_low_acceptance",
                       "draft_dtypes",  # draft precisions: names like 'int8', checked against DRAFT_DTYPES
@@ -89,7 +89,7 @@ def test_no_request_parameter_picks_a_model_or_a_path(app_url):
 
 @pytest.mark.parametrize("api, data", [("replay", ["{path}", "instant", "en"]),
                                        ("pilot", ["", "uploaded file", "code", 1, [2], ["none"], [3], [], [0], False, 4,
-                                                  True, 0, "{path}", 1.0, 10, "ties allowed", "nvlink", None, "en"])])
+                                                  True, 0, "{path}", 1.0, 10, "ties allowed", "a100-80gb", None, "en"])])
 def test_a_request_cannot_make_the_server_read_its_own_files(app_url, tmp_path, api, data):
     secret = tmp_path / "secret.jsonl"
     secret.write_text('{"prompt": "not for you"}\n')

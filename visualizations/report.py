@@ -228,17 +228,21 @@ def _projection(p: Mapping, lang: str) -> str:
     if "rows" not in p:
         out.append(f"<p>{_e(t('report.projection_unavailable', reason=p.get('unavailable', '?')))}</p></div>")
         return "".join(out)
-    comm = p["comm"]
-    rules = t("report.projection_rules", comm=comm["name"], latency_us=f"{comm['latency_s'] * 1e6:.0f}",
-              bandwidth_gbs=f"{comm['bandwidth_bytes_per_s'] / 1e9:.0f}")
+    hw, eff, v = p["hardware"], p["efficiency"], p["validation"]
+    rules = t("report.projection_rules", hardware=hw["name"], bandwidth_tbs=f"{hw['bandwidth'] / 1e12:.2f}",
+              link=hw["link_name"], efficiency=f"{eff['bandwidth']:.0%}", replay_us=f"{eff['replay_s'] * 1e6:.0f}",
+              collective_us=f"{eff['collective_s'] * 1e6:.1f}", context=p["context"], rows=v["rows"],
+              median=f"{v['median_abs']:.1%}", worst=f"{v['worst_abs']:.1%}", loo=f"{v['loo_median_abs']:.1%}")
     out.append(f'<p class="note">{_e(rules)}</p>')
     out.append(_table([t(f"report.col.{c}") for c in ("devices", "setting", "vanilla_tps", "speculative_tps",
-                                                      "easyspec_tps", "easyspec_speedup", "utilisation")],
+                                                      "easyspec_tps", "easyspec_speedup", "accepted_length",
+                                                      "utilisation")],
                       [[str(r["devices"]), _e(r["setting"]), _num(r["vanilla_tokens_per_s"]),
                         _num(r["speculative_tokens_per_s"]), _num(r["easyspec_tokens_per_s"]),
-                        _num(r["easyspec_speedup"], 2, "x"), " ".join(f"{u:.2f}" for u in r["easyspec_utilisation"])]
+                        _num(r["easyspec_speedup"], 2, "x"), _e(r["accepted_length"]),
+                        " ".join(f"{u:.2f}" for u in r["easyspec_utilisation"])]
                        for r in p["rows"]], numeric=[0, 2, 3, 4, 5], elem_id="projection-table"))
-    lat = p["latencies_s"]
-    out.append(f"<details><summary>{_e(t('report.latencies'))}</summary>"
-               + _pairs([(k, f"{v:.6f}") for k, v in lat.items()]) + "</details></div>")
+    inputs = [(f"base {k}", str(x)) for k, x in p["base_shape"].items()] + \
+        [(f"draft {k}", str(x)) for k, x in p["draft_shape"].items()] + [(k, str(x)) for k, x in eff.items()]
+    out.append(f"<details><summary>{_e(t('report.latencies'))}</summary>" + _pairs(inputs) + "</details></div>")
     return "".join(out)

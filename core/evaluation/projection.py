@@ -1,199 +1,264 @@
-"""Projection of tokens/s and per-device utilisation for G devices: a model, never a measurement.
+"""Projected tokens/s and per-device utilisation on G accelerators: a hardware model, never a measurement.
 
-Inputs, all measured on ONE device: per-phase latencies of a round (from a run's timeline spans, or
-from `easyspec bench gpu`), the acceptance (mean accepted length) of each setting, and the models'
-shapes; plus a stated communication cost model (latency + bytes / bandwidth per collective).
-
-For G devices (docs/method.md#multi-device-form):
-- base at TP = G: its forward time scales with the largest per-device share of heads,
-  ceil(H / G) / H (heads that do not divide by G leave some devices idle), plus two all-reduces of
-  the hidden states per layer;
-- vanilla: one base step per token;
-- speculative: the draft at TP = 1 on device 0 (the others idle), then the base verify at TP = G;
-- easyspec: in each fuzzy group of N <= G layers one attention per device plus an all-gather, the
-  group's N MLPs on every device; sequential layers, LM head and calibration as measured. On one
-  device (G = 1) a group's batched attentions are counted as N attentions: the model claims no
-  single-device saving (the GPU table measures that one).
-Utilisation of device r = its busy time / round time (replicated work counts as busy).
+What it is: a roofline model per forward (docs/projection.md). A forward on one device costs
+    max(bytes read / achieved bandwidth, FLOPs / achieved compute)
+    + launches x launch cost (eager) or one replay cost (CUDA graphs)
+    + collectives x (latency + hops x hop latency) + ring bytes / achieved link bandwidth,
+with the bytes and FLOPs counted from the model's shapes (core/evaluation/shapes.py): attention
+and MLP weights, the LM head, and the KV cache read at the current context, all for a batch of B.
+Rounds follow the engine (core/engine/loop.py, docs/method.md):
+- vanilla: one base forward per token, base at TP = G;
+- speculative: k draft forwards at TP = 1 on device 0 (the others idle), then one base forward of
+  the k + 1 verify tokens at TP = G;
+- easyspec: one calibration forward of the AL committed tokens (exact, on every device), k - 1
+  fuzzy draft steps (per group of N layers one attention per device, an all-gather, the group's N
+  MLPs on every device; sequential layers and the LM head on every device), then the verify;
+- trees (tree width W > 0): every draft forward reads W tokens and the verify reads 1 + k W nodes.
+tokens/s = B x AL / round seconds; AL (mean accepted length) is an input, measured or entered.
+What it is not: the device numbers (hardware.py) or their fit (fitting.py).
 """
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import Sequence
+from dataclasses import asdict, dataclass, replace
 
-from ..settings import Group
-from ..engine.records import RoundRecord
+from ..engine.grouping import layer_groups
+from ..settings import DEFAULT_LAYER_PARALLEL, default_layer_parallel, middle_layers
+from .hardware import FITTED, Device, Efficiency
+from .shapes import ModelShape
 
-
-@dataclass(frozen=True)
-class CommModel:
-    name: str
-    latency_s: float  # per collective
-    bandwidth_bytes_per_s: float  # bus bandwidth
-
-    def all_reduce(self, nbytes: float, g: int) -> float:  # ring all-reduce
-        return 0.0 if g == 1 else self.latency_s + 2 * (g - 1) / g * nbytes / self.bandwidth_bytes_per_s
-
-    def all_gather(self, nbytes_per_rank: float, g: int) -> float:
-        return 0.0 if g == 1 else self.latency_s + (g - 1) * nbytes_per_rank / self.bandwidth_bytes_per_s
-
-
-# Stated assumptions, not measurements: NVLink (A100/H100 class), PCIe 4 without NVLink, and gloo
-# over loopback between CPU processes (a few hundred microseconds per collective, as measured here).
-COMM_MODELS = {
-    "nvlink": CommModel("nvlink", 10e-6, 150e9),
-    "pcie": CommModel("pcie", 20e-6, 16e9),
-    "gloo-cpu": CommModel("gloo-cpu", 300e-6, 2e9),
-}
+ATTN_KERNELS, MLP_KERNELS, HEAD_KERNELS = 8, 6, 3  # eager launches: norm, qkv, rope, cache write, sdpa, o, add...
+LOGIT_BYTES = 4  # fp32 logits gathered from a sharded LM head
 
 
 @dataclass(frozen=True)
-class Shape:
-    layers: int
-    hidden: int
-    heads: int
-    bytes_per_value: int = 2
+class Work:
+    """What one device does in one forward (or one draft step): bytes read, FLOPs, kernel launches,
+    forwards (graph replays), collectives among `peers` devices and the bytes they move per device."""
+
+    bytes: float = 0.0
+    flops: float = 0.0
+    launches: int = 0
+    replays: int = 0
+    collectives: int = 0
+    link_bytes: float = 0.0
+    peers: int = 1
+
+    def __add__(self, o: "Work") -> "Work":
+        return Work(self.bytes + o.bytes, self.flops + o.flops, self.launches + o.launches, self.replays + o.replays,
+                    self.collectives + o.collectives, self.link_bytes + o.link_bytes, max(self.peers, o.peers))
+
+    def times(self, n: float) -> "Work":
+        return Work(self.bytes * n, self.flops * n, round(self.launches * n), round(self.replays * n),
+                    round(self.collectives * n), self.link_bytes * n, self.peers)
 
 
 @dataclass(frozen=True)
-class Latencies:
-    """One device, one round (seconds): per draft layer attention / MLP for one token, the draft's
-    LM head, the calibration forward, the base verify of k + 1 tokens, a vanilla base step, and the
-    rest of a round (sampling, bookkeeping)."""
+class Machine:
+    device: Device
+    eff: Efficiency = FITTED
+    cuda_graphs: bool = True
 
-    draft_attn_layer: float
-    draft_mlp_layer: float
-    draft_head: float
-    calibrate: float
-    verify: float
-    vanilla_step: float
-    round_rest: float
+    def busy(self, w: Work) -> float:
+        """Seconds the device streams memory or computes (the roofline's max)."""
+        return max(w.bytes / (self.device.bandwidth * self.eff.bandwidth),
+                   w.flops / (self.device.flops * self.eff.compute))
 
-
-def latencies_from_runs(speculative: Sequence[RoundRecord], vanilla: Sequence[RoundRecord],
-                        easyspec: Sequence[RoundRecord] = ()) -> Latencies:
-    """Per-phase medians from measured single-device runs: speculative (sequential draft layers),
-    vanilla, and optionally an easyspec run whose calibration spans give the calibration time."""
-    def median(xs: list[float]) -> float:
-        xs = sorted(xs)
-        return xs[len(xs) // 2] if xs else 0.0
-
-    rounds = [r for r in speculative if r.drafted and r.index > 0]
-    spans = [s for r in rounds for s in r.spans if s.rank == 0]
-    attn = [s.seconds for s in spans if s.phase == "draft.attn"]
-    mlp = [s.seconds for s in spans if s.phase == "draft.mlp" and s.label != "head"]
-    head = [s.seconds for s in spans if s.phase == "draft.mlp" and s.label == "head"]
-    # the first draft step of a round reads the last round's tokens: count it as the calibration
-    steps = [sum(s.seconds for s in r.spans if s.rank == 0 and s.phase.startswith("draft.")) for r in rounds]
-    drafted = [len(r.drafted) for r in rounds]
-    per_step = median([t / d for t, d in zip(steps, drafted)])
-    rest = median([r.phase_s.get("sample", 0.0) + r.phase_s.get("overhead", 0.0) for r in rounds])
-    base_steps = [r.phase_s.get("verify", 0.0) for r in vanilla if r.index > 0]
-    calibrations = [s.seconds for r in easyspec for s in r.spans if s.rank == 0 and s.phase == "calibrate"
-                    and r.index > 0]
-    return Latencies(draft_attn_layer=median(attn), draft_mlp_layer=median(mlp), draft_head=median(head),
-                     calibrate=median(calibrations) if calibrations else per_step, verify=median([r.phase_s.get("verify", 0.0) for r in rounds]),
-                     vanilla_step=median(base_steps), round_rest=rest)
+    def seconds(self, w: Work) -> float:
+        fixed = w.replays * self.eff.replay_s if self.cuda_graphs else w.launches * self.eff.launch_s
+        comm = w.collectives * self.eff.collective_latency(w.peers) + w.link_bytes / (self.device.link * self.eff.link)
+        return self.busy(w) + fixed + comm
 
 
-def _tp_share(heads: int, g: int) -> float:
-    return math.ceil(heads / g) / heads
+def all_reduce(nbytes: float, g: int) -> Work:  # ring: 2 (G - 1) / G of the message crosses each link
+    return Work(collectives=1, link_bytes=2 * (g - 1) / g * nbytes, peers=g) if g > 1 else Work()
 
 
-def project(lat: Latencies, base: Shape, draft: Shape, k: int, g: int, comm: CommModel,
-            plan: Sequence[Group], al_speculative: float, al_easyspec: float) -> dict:
-    """tokens/s, round seconds and per-device utilisation of vanilla, speculative and easyspec on G devices."""
-    assert g >= 1 and k >= 1
-    if g > 1 and any(b - a > g for a, b in plan):
-        raise ValueError(f"a fuzzy group larger than G = {g} cannot run one layer per device")
-    share = _tp_share(base.heads, g)
-    reduce_verify = 2 * base.layers * comm.all_reduce((k + 1) * base.hidden * base.bytes_per_value, g)
-    verify = lat.verify * share + reduce_verify
-    vanilla = lat.vanilla_step * share + 2 * base.layers * comm.all_reduce(base.hidden * base.bytes_per_value, g)
+def all_gather(nbytes_per_rank: float, g: int) -> Work:  # ring: G - 1 pieces arrive at each device
+    return Work(collectives=1, link_bytes=(g - 1) * nbytes_per_rank, peers=g) if g > 1 else Work()
 
-    seq_step = draft.layers * (lat.draft_attn_layer + lat.draft_mlp_layer) + lat.draft_head
-    spec_draft = lat.calibrate + (k - 1) * seq_step
-    spec_round = spec_draft + verify + lat.round_rest
 
-    gather = comm.all_gather(draft.hidden * draft.bytes_per_value, g)
-    fuzzy_step, busy_attn = lat.draft_head, [0.0] * g
-    for a, b in plan:
-        n = b - a
-        if g == 1:  # one device: the group's attentions run batched; counted as n attentions (no saving)
-            fuzzy_step += n * (lat.draft_attn_layer + lat.draft_mlp_layer)
-            busy_attn[0] += n * lat.draft_attn_layer
-            continue
-        fuzzy_step += lat.draft_attn_layer + n * lat.draft_mlp_layer + (gather if n > 1 else 0.0)
-        for r in range(g):
-            busy_attn[r] += lat.draft_attn_layer if (n == 1 or r < n) else 0.0
-    easy_draft = lat.calibrate + (k - 1) * fuzzy_step
-    easy_round = easy_draft + verify + lat.round_rest
+def attention(m: ModelShape, tokens: float, context: int, batch: int, tp: int = 1) -> Work:
+    """One layer's attention at TP = tp: its weights (heads that do not divide by tp leave devices
+    with the larger share; KV heads fewer than tp are replicated) and its KV cache at this context,
+    for tokens x batch queries."""
+    share, kv_share = math.ceil(m.heads / tp) / m.heads, math.ceil(m.kv_heads / tp) / m.kv_heads
+    q = tokens * batch
+    weights = m.hidden * m.head_dim * m.bytes_per_value * (2 * m.heads * share + 2 * m.kv_heads * kv_share)
+    kv = batch * m.cached(context) * m.kv_bytes_per_token * kv_share
+    return Work(bytes=weights + kv, flops=2 * q * weights / m.bytes_per_value
+                + 4 * q * m.cached(context) * m.heads * m.head_dim * share,  # QK^T and PV
+                launches=ATTN_KERNELS)
 
-    verify_busy = lat.verify * share
-    mlp_total = draft.layers * lat.draft_mlp_layer + lat.draft_head
-    easy_busy = [lat.calibrate + (k - 1) * (busy_attn[r] + mlp_total) + verify_busy for r in range(g)]
-    spec_busy = [spec_draft + verify_busy] + [verify_busy] * (g - 1)
+
+def mlp(m: ModelShape, tokens: float, batch: int, tp: int = 1) -> Work:
+    return Work(bytes=m.mlp_bytes / tp, flops=2 * tokens * batch * m.mlp_bytes / m.bytes_per_value / tp,
+                launches=MLP_KERNELS)
+
+
+def lm_head(m: ModelShape, tokens: float, batch: int, tp: int = 1, sharded: bool = True) -> Work:
+    g = tp if sharded else 1
+    w = Work(bytes=m.head_bytes / g, flops=2 * tokens * batch * m.head_bytes / m.bytes_per_value / g,
+             launches=HEAD_KERNELS)
+    return w + all_gather(tokens * batch * m.vocab / tp * LOGIT_BYTES, tp) if sharded else w
+
+
+def forward(m: ModelShape, tokens: float, context: int, batch: int = 1, tp: int = 1,
+            head_sharded: bool = True) -> Work:
+    """One full forward at TP = tp: every layer, two all-reduces of the hidden states per layer, the LM head."""
+    layer = attention(m, tokens, context, batch, tp) + mlp(m, tokens, batch, tp) \
+        + all_reduce(tokens * batch * m.hidden * m.bytes_per_value, tp).times(2)
+    return layer.times(m.layers) + lm_head(m, tokens, batch, tp, head_sharded) + Work(replays=1)
+
+
+def fuzzy_step(m: ModelShape, plan, context: int, batch: int, g: int, width: int = 1) -> list[Work]:
+    """One fuzzy draft step, per device (docs/method.md#fuzzy-layer-parallel-groups): on G > 1
+    device r runs the r-th attention of each group, an all-gather shares them, every device runs the
+    group's MLPs; sequential layers and the LM head run on every device. On one device a group's
+    attentions run as one batched computation: the same bytes, one attention's launches."""
+    out = []
+    for r in range(g):
+        w = lm_head(m, width, batch, sharded=False) + Work(replays=1)
+        for a, b in plan:
+            n = b - a
+            attn = attention(m, width, context, batch)
+            if n == 1:
+                w += attn + mlp(m, width, batch)
+            elif g == 1:
+                w += replace(attn.times(n), launches=ATTN_KERNELS) + mlp(m, width, batch).times(n)
+            else:
+                w += (attn if r < n else Work()) + all_gather(width * batch * m.hidden * m.bytes_per_value, g) \
+                    + mlp(m, width, batch).times(n)
+        out.append(w)
+    return out
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One projected setting: G devices, context, draft length k, layer-parallel size N, batch B,
+    AL of speculative and easyspec decoding, CUDA graphs or eager, tree width W (0: a chain)."""
+
+    devices: int = 8
+    context: int = 1024
+    draft_len: int = 5
+    layer_parallel: int = DEFAULT_LAYER_PARALLEL
+    al_speculative: float = 3.5
+    al_easyspec: float = 3.5
+    batch: int = 1
+    cuda_graphs: bool = True
+    tree_width: int = 0
+    sequential_head: int = 1
+    sequential_tail: int = 1
+
+    def __post_init__(self) -> None:
+        if self.devices < 1:
+            raise ValueError(f"devices G must be >= 1; got {self.devices}")
+        for f in ("context", "draft_len", "layer_parallel", "batch"):
+            if getattr(self, f) < 1:
+                raise ValueError(f"{f.replace('_', ' ')} must be >= 1; got {getattr(self, f)}")
+        if self.tree_width < 0:
+            raise ValueError(f"tree width must be >= 0; got {self.tree_width}")
+        for f in ("al_speculative", "al_easyspec"):
+            if not 1.0 <= getattr(self, f) <= self.draft_len + 1:
+                raise ValueError(f"mean accepted length must be within 1..k+1 = {self.draft_len + 1}; "
+                                 f"got {getattr(self, f)}")
+        if self.devices > 1 and self.layer_parallel > self.devices:
+            raise ValueError(f"layer-parallel size N = {self.layer_parallel} needs N <= G = {self.devices} "
+                             "(one attention per device)")
+
+
+def project(base: ModelShape, draft: ModelShape, device: Device, s: Setting, eff: Efficiency = FITTED) -> dict:
+    """tokens/s, round seconds and per-device utilisation of vanilla, speculative and easyspec decoding."""
+    mc = Machine(device, eff, s.cuda_graphs)
+    g, k, c, b = s.devices, s.draft_len, s.context, s.batch
+    width = max(1, s.tree_width)
+    verify_tokens = 1 + k * s.tree_width if s.tree_width else k + 1
+    # 1. Vanilla: one base forward per token at TP = G.
+    step = forward(base, 1, c, b, g)
+    vanilla = mc.seconds(step)
+    # 2. Speculative: k draft forwards at TP = 1 on device 0, the verify at TP = G.
+    verify = forward(base, verify_tokens, c, b, g)
+    draft_fwd = forward(draft, width, c, b)
+    spec_draft = k * mc.seconds(draft_fwd)
+    spec_round = spec_draft + mc.seconds(verify)
+    # 3. EasySpec: calibration of the AL committed tokens (sequential, exact), k - 1 fuzzy steps, the verify.
+    middle = middle_layers(draft.layers, s.sequential_head, s.sequential_tail)
+    plan = layer_groups(draft.layers, min(s.layer_parallel, middle), s.sequential_head, s.sequential_tail)
+    calib = forward(draft, s.al_easyspec, c, b)
+    fuzzy = fuzzy_step(draft, plan, c, b, g, width)
+    fuzzy_s = max(mc.seconds(w) for w in fuzzy)
+    easy_draft = mc.seconds(calib) + (k - 1) * fuzzy_s
+    easy_round = easy_draft + mc.seconds(verify)
+    # Busy time per device: the roofline term of the work it runs (launches and collectives are waiting).
+    spec_busy = [mc.busy(verify) + (k * mc.busy(draft_fwd) if r == 0 else 0.0) for r in range(g)]
+    easy_busy = [mc.busy(verify) + mc.busy(calib) + (k - 1) * mc.busy(w) for w in fuzzy]
+    seq = attention(draft, 1, c, b).bytes
     return {
-        "devices": g, "comm": comm.name,
-        "vanilla": {"tokens_per_s": 1 / vanilla, "round_s": vanilla, "utilisation": [lat.vanilla_step * share / vanilla] * g},
-        "speculative": {"tokens_per_s": al_speculative / spec_round, "round_s": spec_round,
-                        "draft_s": spec_draft, "utilisation": [b / spec_round for b in spec_busy]},
-        "easyspec": {"tokens_per_s": al_easyspec / easy_round, "round_s": easy_round, "draft_s": easy_draft,
-                     "utilisation": [b / easy_round for b in easy_busy]},
-        "assumptions": {"latencies": asdict(lat), "base": asdict(base), "draft": asdict(draft), "k": k,
-                        "comm": asdict(comm), "plan": [list(p) for p in plan],
-                        "al_speculative": al_speculative, "al_easyspec": al_easyspec},
+        "devices": g, "hardware": device.name, "cuda_graphs": s.cuda_graphs, "batch": b, "context": c,
+        "vanilla": {"tokens_per_s": b / vanilla, "step_s": vanilla, "utilisation": [mc.busy(step) / vanilla] * g,
+                    "per_device_bytes": step.bytes},
+        "speculative": {"tokens_per_s": b * s.al_speculative / spec_round, "round_s": spec_round,
+                        "draft_s": spec_draft, "verify_s": mc.seconds(verify), "accepted_length": s.al_speculative,
+                        "utilisation": [x / spec_round for x in spec_busy]},
+        "easyspec": {"tokens_per_s": b * s.al_easyspec / easy_round, "round_s": easy_round, "draft_s": easy_draft,
+                     "calibrate_s": mc.seconds(calib), "verify_s": mc.seconds(verify),
+                     "accepted_length": s.al_easyspec, "utilisation": [x / easy_round for x in easy_busy]},
+        "drafting_speedup": spec_draft / easy_draft,
+        "draft_attention_share": draft.layers * seq / draft_fwd.bytes,  # of a sequential draft step's bytes
+        "verify_bound": "compute" if verify.flops / (device.flops * eff.compute)
+        > verify.bytes / (device.bandwidth * eff.bandwidth) else "memory",
+        "plan": [list(p) for p in plan],
+        "assumptions": {"setting": asdict(s), "device": asdict(device), "efficiency": asdict(eff),
+                        "base": asdict(base), "draft": asdict(draft)},
     }
 
 
-def project_pilot(runs: Sequence, base_shape: Shape, draft_shape: Shape, devices: Sequence[int] = (1, 2, 4, 8),
-                  comm: CommModel = COMM_MODELS["nvlink"]) -> list[dict]:
-    """Projected rows for a finished single-device pilot (`pilot.PilotRun`s): latencies from its
-    vanilla, speculative and easyspec runs, acceptance per setting from the same runs."""
-    from ..engine.grouping import layer_groups
-
+def project_pilot(runs, base: ModelShape, draft: ModelShape, device: Device, devices=(1, 2, 4, 8),
+                  context: int = 1024, eff: Efficiency = FITTED) -> list[dict]:
+    """Projected rows for a finished pilot (`pilot.PilotRun`s): AL of each setting measured by the pilot,
+    the shapes of its pair, the hardware model for `device` at each G."""
     by_mode: dict[str, list] = {}
     for run in runs:
         by_mode.setdefault(run.setting.config.mode, []).append(run)
-    if not by_mode.get("vanilla") or not by_mode.get("speculative"):
-        raise ValueError("the projection needs the pilot's vanilla and sequential speculative runs")
-
-    def records(rs):
-        return [rec for r in rs for rec in r.records]
+    if not by_mode.get("easyspec") or not by_mode.get("speculative"):
+        raise ValueError("the projection needs the pilot's speculative and easyspec runs (their accepted lengths)")
 
     def al(rs) -> float:
-        rounds = [rec for rec in records(rs) if rec.drafted]
+        rounds = [rec for r in rs for rec in r.records if rec.drafted]
         return sum(len(rec.token_ids) for rec in rounds) / max(1, len(rounds))
 
     spec = by_mode["speculative"]
-    lat = latencies_from_runs(records(spec), records(by_mode["vanilla"]), records(by_mode.get("easyspec", [])))
-    k = spec[0].setting.config.draft_len
     settings: dict[str, list] = {}
-    for run in by_mode.get("easyspec", []):
+    for run in by_mode["easyspec"]:
         settings.setdefault(run.setting.label, []).append(run)
     rows = []
     for g in devices:
         for label, rs in settings.items():
             cfg = rs[0].setting.config
-            if cfg.layer_parallel > g and g > 1:
+            n = cfg.layer_parallel or default_layer_parallel(g)
+            k = cfg.draft_len or spec[0].setting.config.draft_len
+            if n > g > 1:
                 continue
-            plan = layer_groups(draft_shape.layers, cfg.layer_parallel if g > 1 else 1, cfg.sequential_head,
-                                cfg.sequential_tail)
-            p = project(lat, base_shape, draft_shape, cfg.draft_len or k, g, comm, plan, al(spec), al(rs))
-            rows.append({"devices": g, "setting": label, "comm": comm.name,
+            a_s, a_e = (min(max(1.0, al(x)), k + 1) for x in (spec, rs))
+            p = project(base, draft, device, Setting(devices=g, context=context, draft_len=k, layer_parallel=n,
+                                                     al_speculative=a_s, al_easyspec=a_e,
+                                                     sequential_head=cfg.sequential_head,
+                                                     sequential_tail=cfg.sequential_tail), eff)
+            rows.append({"devices": g, "setting": label, "hardware": device.name,
                          "vanilla_tokens_per_s": round(p["vanilla"]["tokens_per_s"], 3),
                          "speculative_tokens_per_s": round(p["speculative"]["tokens_per_s"], 3),
                          "easyspec_tokens_per_s": round(p["easyspec"]["tokens_per_s"], 3),
                          "easyspec_speedup": round(p["easyspec"]["tokens_per_s"] / p["vanilla"]["tokens_per_s"], 3),
+                         "accepted_length": f"{a_s:.2f} / {a_e:.2f}",
                          "speculative_utilisation": [round(u, 2) for u in p["speculative"]["utilisation"]],
                          "easyspec_utilisation": [round(u, 2) for u in p["easyspec"]["utilisation"]]})
     return rows
 
 
-def session_shapes(session) -> tuple[Shape, Shape]:
-    """(base, draft) shapes of a loaded session's decoders, values as wide as its dtype."""
-    width = 4 if session.info.dtype == "float32" else 2
-    base, draft = session.base.cfg, session.draft.cfg
-    return (Shape(base.n_layers, base.hidden_size, base.n_heads, width),
-            Shape(draft.n_layers, draft.hidden_size, draft.n_heads, width))
+def session_shapes(session, bytes_per_value: int = 2) -> tuple[ModelShape, ModelShape]:
+    """(base, draft) shapes of a loaded session's decoders; bf16 weights by default, as a GPU cluster runs them."""
+    from .shapes import from_decoder
+
+    width = bytes_per_value
+    return (from_decoder(session.base.cfg, str(session.info.base), width),
+            from_decoder(session.draft.cfg, str(session.info.draft), width))

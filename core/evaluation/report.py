@@ -20,7 +20,9 @@ from typing import Sequence
 from ..i18n import check_lang, text
 from .criteria import Criteria, judge
 from .pilot import PilotGrid, PilotRun, summarise
-from .projection import COMM_MODELS, Shape, latencies_from_runs, project_pilot, session_shapes
+from . import fitting, hardware
+from .projection import project_pilot, session_shapes
+from .shapes import ModelShape
 
 REPORT_VERSION = 1
 
@@ -35,13 +37,13 @@ class ReportContext:
     date: str  # ISO date and time (UTC) of the pilot's start
     command: str = "easyspec app: Pilot screen"
     prompts: tuple[str, ...] = ()
-    shapes: tuple[Shape, Shape] | None = None  # (base, draft) for the projection
-    comm: str = "nvlink"
+    shapes: tuple[ModelShape, ModelShape] | None = None  # (base, draft) for the projection
+    hardware: str = "a100-80gb"  # the projection's device preset (core/evaluation/hardware.py)
     notes: tuple[str, ...] = field(default_factory=tuple)  # what the caller left out (e.g. sampled runs)
     criteria: Criteria = field(default_factory=Criteria)  # the team's targets (criteria.py)
 
 
-def context_for(session, prompts: Sequence[str], command: str, comm: str = "nvlink", date: str | None = None,
+def context_for(session, prompts: Sequence[str], command: str, hardware: str = "a100-80gb", date: str | None = None,
                 notes: Sequence[str] = (), criteria: Criteria | None = None) -> ReportContext:
     """The report's context from a loaded session and this machine."""
     from .bench import git_commit, machine
@@ -49,7 +51,7 @@ def context_for(session, prompts: Sequence[str], command: str, comm: str = "nvli
     shapes = session_shapes(session) if session.draft is not None else None
     when = date or datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return ReportContext(models=asdict(session.info), machine=machine(), commit=git_commit(), date=when,
-                         command=command, prompts=tuple(prompts), shapes=shapes, comm=comm, notes=tuple(notes),
+                         command=command, prompts=tuple(prompts), shapes=shapes, hardware=hardware, notes=tuple(notes),
                          criteria=criteria or Criteria())
 
 
@@ -99,21 +101,17 @@ def _median_speedup(settings: Sequence[dict], label: str) -> float | None:
 
 
 def projection_data(runs: Sequence[PilotRun], ctx: ReportContext) -> dict:
-    """Projected rows for G devices and the assumptions behind them, or the reason there are none."""
-    if ctx.models.get("devices", 1) != 1:
-        return {"unavailable": "the projection starts from one-device measurements; this pilot ran on "
-                               f"{ctx.models.get('devices')} devices"}
+    """Projected rows for G devices of `ctx.hardware` (the hardware model fed with the pilot's accepted lengths),
+    its assumptions and its validation error, or the reason there are none."""
     if ctx.shapes is None:
         return {"unavailable": "the model shapes are unknown"}
-    comm = COMM_MODELS[ctx.comm]
+    device = hardware.device(ctx.hardware)
     try:
-        rows = project_pilot(runs, *ctx.shapes, comm=comm)
+        rows = project_pilot(runs, *ctx.shapes, device)
     except ValueError as exc:
         return {"unavailable": str(exc)}
-    records = {m: [rec for r in runs if r.setting.config.mode == m for rec in r.records]
-               for m in ("speculative", "vanilla", "easyspec")}
-    lat = latencies_from_runs(records["speculative"], records["vanilla"], records["easyspec"])
-    return {"rows": rows, "comm": asdict(comm), "latencies_s": asdict(lat),
+    return {"rows": rows, "hardware": asdict(device), "efficiency": asdict(hardware.FITTED),
+            "validation": fitting.validation(), "context": 1024, "batch": 1, "cuda_graphs": True,
             "base_shape": asdict(ctx.shapes[0]), "draft_shape": asdict(ctx.shapes[1])}
 
 
@@ -182,7 +180,7 @@ def conclusion(settings: Sequence[dict], grid: dict, models: dict, projection: d
         if rows:
             top = max(rows, key=lambda r: r["easyspec_speedup"])
             out.append(t("projection", devices=top["devices"], setting=top["setting"],
-                         speedup=f"{top['easyspec_speedup']:.2f}", comm=projection["comm"]["name"]))
+                         speedup=f"{top['easyspec_speedup']:.2f}", hardware=projection["hardware"]["name"]))
     return out
 
 
