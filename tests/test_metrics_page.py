@@ -152,12 +152,12 @@ def test_metrics_page_needs_the_login_and_counts_a_generate_run(launched):
     views = list(generate(dict(prompt="The quick brown fox", chat=True, mode="easyspec", layer_parallel=4,
                                calibration="none", draft_len=5, temperature=0, top_p=1, top_k=0, seed=0,
                                max_new_tokens=60, grouping="custom plan", plan="0-7"), UserState(), "en"))
-    assert "fallback: sequential drafting" in views[-1][0], views[-1][0]
+    assert "fallback: sequential drafting" in views[-1]["status"], views[-1]["status"]
     status, body, headers = _get(f"{url}/metrics", _basic(*LOGIN))
     assert status == 200 and headers.get("content-type", headers.get("Content-Type", "")).startswith("text/plain")
     s = _samples(body)
     labels = dict(mode="easyspec", plan="0-7")
-    assert _value(s, "easyspec:generation_tokens_total", **labels) == len(views[-1][6]["token_ids"]) == 60
+    assert _value(s, "easyspec:generation_tokens_total", **labels) == len(views[-1]["details"]["token_ids"]) == 60
     assert _value(s, "easyspec:fallbacks_total", **labels, to="sequential") == 1
     assert _value(s, "easyspec:pair_info", base=ctx.info.base, draft=ctx.info.draft, dtype="float32", device="cpu",
                   devices="1") == 1
@@ -200,7 +200,7 @@ def test_pilot_runs_are_counted_with_their_greedy_checks(launched):
     views = list(pilot(dict(prompt="The quick brown fox", source="typed prompts", prompt_set="code", n_prompts=1,
                             layer_parallel=[2], calibration=["every-round"], draft_len=[3], speculative=False,
                             max_new_tokens=8, chat=True, temperature=0), UserState(), "en"))
-    assert views[-1][0].startswith("**Done**"), views[-1][0]
+    assert views[-1]["status"].startswith("**Done**"), views[-1]["status"]
     after = _samples(_get(f"{url}/metrics", _basic(*LOGIN))[1])
 
     def added(name, **labels):
