@@ -21,22 +21,25 @@ from easyspec.core.settings import CALIBRATION_POLICIES, DRAFT_DTYPES
 from easyspec.core.i18n import check_lang, msg, text, tr
 from easyspec.core.files import write_text_atomic
 from easyspec.core.engine.verdicts import VERDICTS
-from easyspec.core.evaluation import fitting
+from easyspec.core.evaluation import fitting, shapes
 from easyspec.core.evaluation.criteria import EQUALITY, Criteria, judge
 from easyspec.core.evaluation.hardware import DEVICES
 from easyspec.core.evaluation.pilot import (CONTEXTS, DEFAULT_PROMPTS, MAX_CONTEXT, PilotGrid, PilotProgress,
                                             PilotRun, check_pilot, describe_seconds, estimate_seconds, pilot_json,
                                             pilot_prompt_ids, rows_to_csv, run_pilot, summarise)
-from easyspec.core.evaluation.projection import project_pilot, session_shapes
+from easyspec.core.evaluation.projection import (Setting, project, project_entered, project_pilot, round_spans,
+                                                session_shapes)
 from easyspec.core.evaluation.report import context_for
 from easyspec.core.evaluation.prompt_sets import BUILTIN_SETS, builtin_prompts, read_prompt_file
 from easyspec.core.tuner.report import markdown as tuning_markdown
 from easyspec.core.tuner.types import TuneConfig, TuneResult
 from easyspec.visualizations.pilot_charts import pilot_figure
+from easyspec.visualizations.projection import round_figure, utilisation_figure
 from easyspec.visualizations.report import pilot_report_html
 from easyspec.visualizations.translate import translate_figure
 
-from .common import arm_stop, by_component, friendly, friendly_stream, named_inputs, stopped_in_queue, write_trace
+from .common import (arm_stop, by_component, file_size_ok, friendly, friendly_stream, named_inputs, stopped_in_queue,
+                     write_trace)
 from .context import AppContext
 from .i18n import page_lang
 from .panel import AUTO, grid_panel
@@ -48,8 +51,8 @@ SOURCES = ("built-in set", "uploaded file", "typed prompts")
 RUN_COLUMNS = ["prompt", "setting", "prompt_tokens", "new_tokens", "tokens_per_s", "speedup", "acceptance_rate",
                "mean_accepted_length", "draft_s", "verify_s", "calibrate_s", "sample_s", "overhead_s",
                "memory_source", "run_peak_memory_mib", "run_memory_growth_mib", "greedy_check"]
-SUMMARY_COLUMNS = ["setting", "prompts", "mean_prompt_tokens", "new_tokens", "tokens_per_s", "speedup", "acceptance_rate",
-                   "mean_accepted_length", "draft_s", "verify_s", "calibrate_s", "sample_s", "overhead_s",
+SUMMARY_COLUMNS = ["setting", "prompts", "mean_prompt_tokens", "new_tokens", "tokens_per_s", "speedup",
+                   "acceptance_rate", "mean_accepted_length", "draft_s", "verify_s", "calibrate_s", "sample_s", "overhead_s",
                    "memory_source", "largest_run_peak_memory_mib", "largest_run_memory_growth_mib",
                    "greedy_equal", "greedy_tie", "greedy_different"]  # the greedy checks against vanilla
 
@@ -81,22 +84,82 @@ def criteria_view(settings: list[dict], criteria: Criteria, lang: str) -> dict:
 
 
 PROJECTION_COLUMNS = ["devices", "setting", "vanilla_tokens_per_s", "speculative_tokens_per_s",
-                      "easyspec_tokens_per_s", "easyspec_speedup", "accepted_length", "speculative_utilisation",
-                      "easyspec_utilisation"]
+                      "easyspec_tokens_per_s", "easyspec_speedup", "drafting_speedup", "accepted_length",
+                      "speculative_utilisation", "easyspec_utilisation"]
+THIS_PAIR = "this pair"
+CLUSTER_DEVICES = (1, 2, 4, 8)
+EXECUTION = ("CUDA graphs", "eager")
+MAX_CONFIG_BYTES = 1_000_000
 
 
-def projection(ctx: AppContext, runs: list[PilotRun], hardware: str, lang: str = "en") -> tuple[dict, str]:
-    """The projected table for G devices of `hardware` (the hardware model fed with the pilot's accepted lengths)
-    and its stated assumptions (never mixed with measurements)."""
-    device = DEVICES[hardware]
+def cluster_shape(ctx: AppContext, choice, upload, which: str) -> shapes.ModelShape:
+    """The base's or draft's shape: an uploaded config.json, else a preset, else this session's pair."""
+    if upload:
+        return shapes.from_config(file_size_ok(upload, MAX_CONFIG_BYTES, f"{which} config.json"))
+    choice = check_choice(choice or THIS_PAIR, f"{which} model", (THIS_PAIR, *shapes.PRESETS))
+    if choice != THIS_PAIR:
+        return shapes.PRESETS[choice]
+    if ctx.info.draft is None:
+        raise ValueError(f"this session has no draft: pick a {which} model preset or upload its config.json")
+    return session_shapes(ctx.session)[0 if which == "base" else 1]
+
+
+def cluster_view(ctx: AppContext, state: UserState, values: Mapping, lang: str) -> dict:
+    """'Projected for your cluster': the hardware model for the chosen GPU, G, pair, context and execution, fed
+    with the latest pilot's accepted lengths (or an entered one): the table, its assumptions, the utilisation
+    per device, one simulated round of speculative and of easyspec decoding, and the criteria on the projected
+    speedups. Projected, never mixed with measurements."""
+    empty = {"projected": _table([], PROJECTION_COLUMNS, lang), "utilisation": utilisation_figure(None),
+             "round_speculative": round_figure([], 1, "speculative"), "round_easyspec": round_figure([], 1, "easyspec"),
+             "projected_criteria": ""}
     try:
-        rows = project_pilot(runs, *session_shapes(ctx.session), device)
-    except (ValueError, AttributeError) as exc:
-        return _table([], PROJECTION_COLUMNS, lang), text("pilot.no_projection", lang, reason=exc)
+        device = DEVICES[check_choice(values.get("hardware") or "a100-80gb", "projection hardware", tuple(DEVICES))]
+        g = check_choice(as_int(values.get("devices") or 8, "devices G", 1, 8), "devices G", CLUSTER_DEVICES)
+        context = as_int(values.get("context") or 1024, "context length", 1, 131_072)
+        graphs = check_choice(values.get("execution") or EXECUTION[0], "execution", EXECUTION) == EXECUTION[0]
+        entered = as_float(values.get("accepted_length") or 0, "mean accepted length")
+        base = cluster_shape(ctx, values.get("base_model"), values.get("base_config"), "base")
+        draft = cluster_shape(ctx, values.get("draft_model"), values.get("draft_config"), "draft")
+        runs = state.pilot_report[0] if state.pilot_report else []
+        if runs:
+            rows = project_pilot(runs, base, draft, device, devices=(g,), context=context, cuda_graphs=graphs,
+                                 accepted_length=entered or None)
+        elif entered:
+            grid = make_grid(values)
+            rows = project_entered(base, draft, device, g, [n for n in grid.layer_parallel], grid.draft_len[0],
+                                   entered, context, graphs)
+        else:
+            return {**empty, "projected_note": text("pilot.projection_needs", lang)}
+        if not rows:
+            raise ValueError(f"no setting of this pilot fits G = {g} (N <= G)")
+    except ValueError as exc:
+        return {**empty, "projected_note": text("pilot.no_projection", lang, reason=exc)}
+    best = max(rows, key=lambda r: r["easyspec_tokens_per_s"])
+    setting = Setting(**best["setting_values"])
+    p, spans = project(base, draft, device, setting), round_spans(base, draft, device, setting)
+    end = max(s.end_ns for s in spans["speculative"] + spans["easyspec"]) / 1e6 * 1.02
     v = fitting.validation()
-    note = text("pilot.projection_note", lang, hardware=device.name, bandwidth_tbs=f"{device.bandwidth / 1e12:.2f}",
-                link=device.link_name, context=1024, median=f"{v['median_abs']:.1%}", loo=f"{v['loo_median_abs']:.1%}")
-    return _table(rows, PROJECTION_COLUMNS, lang), note
+    note = text("pilot.projection_note", lang, g_note=g, hardware=device.name,
+                bandwidth_tbs=f"{device.bandwidth / 1e12:.2f}",
+                link=device.link_name, context=context, median=f"{v['median_abs']:.1%}",
+                loo=f"{v['loo_median_abs']:.1%}", base=base.name, draft=draft.name,
+                execution=tr(EXECUTION[0] if graphs else EXECUTION[1], lang),
+                al=tr("entered" if entered else "measured by the pilot", lang),
+                limit=f"{device.bandwidth / p['vanilla']['per_device_bytes']:.0f}", setting=best["setting"])
+    view = {"projected": _table(rows, PROJECTION_COLUMNS, lang), "projected_note": note,
+            "utilisation": translate_figure(utilisation_figure(p), lang),
+            "round_speculative": translate_figure(round_figure(spans["speculative"], g, "speculative", (0, end)), lang),
+            "round_easyspec": translate_figure(round_figure(spans["easyspec"], g, "easyspec", (0, end)), lang),
+            "projected_criteria": ""}
+    if runs:  # the team's targets on the projected speedups (acceptance and equality stay the measured ones)
+        speedups = {r["setting"]: r["easyspec_speedup"] for r in rows}
+        summary = summarise([r.row for r in runs])
+        speedups.update({s["setting"]: rows[0]["speculative_speedup"] for s in summary if s["mode"] == "speculative"})
+        criteria = state.pilot_report[2].criteria
+        verdicts = [j for j in judge(summary, criteria, speedups) if j.setting in speedups and j.met is not None]
+        view["projected_criteria"] = text("pilot.criteria_projected", lang, met=sum(j.met for j in verdicts),
+                                          total=len(verdicts), g=g, hardware=device.name)
+    return view
 
 
 def _table(rows: list[dict], columns: list[str], lang: str = "en") -> dict:
@@ -166,6 +229,7 @@ class PilotHandlers:
     export_report: Callable
     tune: Callable
     rejudge: Callable
+    project_cluster: Callable
 
 
 def make_handlers(ctx: AppContext) -> PilotHandlers:
@@ -212,8 +276,7 @@ def make_handlers(ctx: AppContext) -> PilotHandlers:
         yield dict(status=text("pilot.starting", lang), summary=_table([], SUMMARY_COLUMNS, lang),
                    runs=_table([], RUN_COLUMNS, lang), chart=translate_figure(pilot_figure([]), lang), csv_file=None,
                    json_file=None, trace_pick=gr.Dropdown(choices=[], value=None), trace_file=None,
-                   projected=_table([], PROJECTION_COLUMNS, lang), projected_note="", report_file=None,
-                   **criteria_view([], criteria, lang))
+                   report_file=None, **criteria_view([], criteria, lang), **cluster_view(ctx, state, values, lang))
         job = DeviceJob(lambda ev: run_pilot(session, prompts, grid, should_stop=ev.is_set, planned=planned), stop)
         status, last, prompt_ids = "", None, {}
         for batch in job.batches(min_interval_s=0.3):
@@ -242,7 +305,6 @@ def make_handlers(ctx: AppContext) -> PilotHandlers:
         csv_path, json_path = folder / "pilot_runs.csv", folder / "pilot.json"
         write_text_atomic(csv_path, rows_to_csv(rows))
         write_text_atomic(json_path, pilot_json(rows, grid, prompts, dataclasses.asdict(ctx.info)))
-        projected, projected_note = projection(ctx, kept, hardware, lang)
         report_path = None
         if kept:
             notes = ["runs not made: the pilot was stopped early"] if len(kept) < len(grid.settings()) * len(prompts) \
@@ -250,6 +312,7 @@ def make_handlers(ctx: AppContext) -> PilotHandlers:
             state.pilot_report = (kept, grid, context_for(session, prompts, "easyspec app: Pilot screen", hardware,
                                                           started, notes, criteria))
             report_path = write_report(ctx, state, lang)
+        cluster = cluster_view(ctx, state, values, lang)
         labels = list(state.pilot_runs)
         stopped = last is not None and last.label == "stopped"
         took = text("pilot.took", lang, time=describe_seconds(last.elapsed_s)) if last else ""
@@ -259,7 +322,7 @@ def make_handlers(ctx: AppContext) -> PilotHandlers:
                    chart=translate_figure(pilot_figure(summary), lang), csv_file=str(csv_path),
                    json_file=str(json_path),
                    trace_pick=gr.Dropdown(choices=labels, value=labels[-1] if labels else None),
-                   trace_file=None, projected=projected, projected_note=projected_note, report_file=report_path,
+                   trace_file=None, report_file=report_path, **cluster,
                    **criteria_view(summary, criteria, lang))
 
     @friendly
@@ -268,6 +331,11 @@ def make_handlers(ctx: AppContext) -> PilotHandlers:
         if run is None:
             return None
         return write_trace(ctx, run.records, "pilot_trace")
+
+    @friendly
+    def project_cluster(values: Mapping, state: UserState, lang: str = "en") -> dict:
+        """`cluster_view` for the screen's values (the cluster's, and the grid's N and k when no pilot ran)."""
+        return cluster_view(ctx, state, values, page_lang(lang))
 
     def rejudge(values: Mapping, state: UserState, lang: str = "en") -> dict:
         """The criteria table again for new targets (`make_criteria`'s values), on the latest pilot's numbers;
@@ -327,7 +395,7 @@ def make_handlers(ctx: AppContext) -> PilotHandlers:
             yield {"tune_status": f"**Tuning** ({len(ids)} prompts): {batch[-1]} …"}
         yield {"tune_status": "**Stopped**: the tuner did not finish, nothing was cached."}
 
-    return PilotHandlers(estimate, pilot, trace_of, request_stop, export_report, tune, rejudge)
+    return PilotHandlers(estimate, pilot, trace_of, request_stop, export_report, tune, rejudge, project_cluster)
 
 
 def write_report(ctx: AppContext, state: UserState, lang: str) -> str:
@@ -367,7 +435,7 @@ def build(ctx: AppContext, state: gr.State, tab: gr.Tab, lang: gr.Radio):
     handlers = make_handlers(ctx)
     estimate, pilot, trace_of = handlers.estimate, handlers.pilot, handlers.trace_of
     request_stop, export_report, tune = handlers.request_stop, handlers.export_report, handlers.tune
-    rejudge = handlers.rejudge
+    rejudge, project_cluster = handlers.rejudge, handlers.project_cluster
     gr.Markdown("Run every setting of a grid on a set of prompts. Vanilla decoding runs first on each prompt: "
                 "speedups are measured against it in the same pilot, and greedy outputs are checked against it "
                 "token for token.")
@@ -388,8 +456,6 @@ def build(ctx: AppContext, state: gr.State, tab: gr.Tab, lang: gr.Radio):
                                            label="max new tokens per run", elem_id="pilot-max-new")
                 temperature = gr.Slider(0, 2, value=0, step=0.05, label="temperature (0 = greedy)")
             chat = gr.Checkbox(True, label="use the chat template")
-            hardware = gr.Dropdown(list(DEVICES), value="a100-80gb", label="projection: hardware",
-                                   elem_id="pilot-hardware")
             with gr.Accordion("Acceptance criteria (your targets)", open=True):
                 default = Criteria()
                 with gr.Row():
@@ -407,7 +473,7 @@ def build(ctx: AppContext, state: gr.State, tab: gr.Tab, lang: gr.Radio):
     form = dict(prompt=prompt, source=source, prompt_set=prompt_set, n_prompts=n_prompts, **grid,
                 speculative=speculative, max_new_tokens=max_new_tokens, chat=chat, temperature=temperature,
                 upload=upload)
-    run_form = {**form, **criteria_form, "hardware": hardware}
+    run_form = {**form, **criteria_form}
     estimate_md = gr.Markdown(estimate({name: c.value for name, c in form.items()}), elem_id="pilot-estimate")
     with gr.Row():
         run = gr.Button("Run pilot", variant="primary", elem_id="pilot-run")
@@ -422,11 +488,41 @@ def build(ctx: AppContext, state: gr.State, tab: gr.Tab, lang: gr.Radio):
     criteria_note = gr.Markdown(first["criteria_note"], elem_id="pilot-criteria-note")
     criteria_table = gr.Dataframe(headers=CRITERIA_COLUMNS, label="met or not, per setting", interactive=False,
                                   elem_id="pilot-criteria", wrap=True)
-    gr.Markdown("### Projected for G devices (a model, not a measurement)")
-    projected_note = gr.Markdown("Runs after a pilot that includes vanilla and speculative decoding.",
-                                 elem_id="pilot-projection-note")
+    gr.Markdown("### Projected for your cluster (a model, not a measurement)")
+    with gr.Row():
+        hardware = gr.Dropdown(list(DEVICES), value="a100-80gb", label="GPU", elem_id="pilot-hardware")
+        devices = gr.Radio(list(CLUSTER_DEVICES), value=8, label="devices G", elem_id="pilot-cluster-g")
+        execution = gr.Radio(list(EXECUTION), value=EXECUTION[0], label="execution", elem_id="pilot-execution")
+        context = gr.Number(1024, label="context length (cached tokens)", minimum=1, maximum=131_072, precision=0,
+                            elem_id="pilot-cluster-context")
+    with gr.Row():
+        pair_choices = [THIS_PAIR, *shapes.PRESETS]
+        base_model = gr.Dropdown(pair_choices, value=THIS_PAIR, label="base model", elem_id="pilot-cluster-base")
+        draft_model = gr.Dropdown(pair_choices, value=THIS_PAIR, label="draft model", elem_id="pilot-cluster-draft")
+        accepted_length = gr.Number(0, label="mean accepted length (0 = the pilot's measured)", minimum=0,
+                                    maximum=17, elem_id="pilot-cluster-al")
+    with gr.Accordion("or the models' config.json files", open=False):
+        with gr.Row():
+            base_config = gr.File(label="base config.json", file_types=[".json"], elem_id="pilot-cluster-base-config")
+            draft_config = gr.File(label="draft config.json", file_types=[".json"],
+                                   elem_id="pilot-cluster-draft-config")
+    project_btn = gr.Button("Project", elem_id="pilot-project")
+    projected_note = gr.Markdown(text("pilot.projection_needs", "en"), elem_id="pilot-projection-note")
+    projected_criteria = gr.Markdown("", elem_id="pilot-projection-criteria")
     projected = gr.Dataframe(headers=PROJECTION_COLUMNS, label="projected (not measured)", interactive=False,
                              elem_id="pilot-projection", wrap=True)
+    with gr.Row():
+        utilisation = gr.Plot(utilisation_figure(None), show_label=False, elem_id="pilot-utilisation")
+        round_speculative = gr.Plot(round_figure([], 1, "speculative"), show_label=False,
+                                    elem_id="pilot-round-speculative")
+        round_easyspec = gr.Plot(round_figure([], 1, "easyspec"), show_label=False, elem_id="pilot-round-easyspec")
+    cluster_form = dict(hardware=hardware, devices=devices, execution=execution, context=context,
+                        base_model=base_model, draft_model=draft_model, accepted_length=accepted_length,
+                        base_config=base_config, draft_config=draft_config)
+    cluster_outputs = dict(projected=projected, projected_note=projected_note, projected_criteria=projected_criteria,
+                           utilisation=utilisation, round_speculative=round_speculative,
+                           round_easyspec=round_easyspec)
+    run_form.update(cluster_form)
     with gr.Row():
         with gr.Column():
             report_file = gr.File(label="report (one HTML file, opens offline)", interactive=False,
@@ -443,14 +539,19 @@ def build(ctx: AppContext, state: gr.State, tab: gr.Tab, lang: gr.Radio):
 
     # Gradio fills `progress` itself; `upload=None` makes the file optional in the API (a File has no value).
     pilot_outputs = dict(status=status, summary=summary, runs=runs, chart=chart, csv_file=csv_file,
-                         json_file=json_file, trace_pick=trace_pick, trace_file=trace_file, projected=projected,
-                         projected_note=projected_note, report_file=report_file, criteria_table=criteria_table,
-                         criteria_note=criteria_note)
+                         json_file=json_file, trace_pick=trace_pick, trace_file=trace_file, report_file=report_file,
+                         criteria_table=criteria_table, criteria_note=criteria_note, **cluster_outputs)
 
-    def on_pilot(progress=gr.Progress(), *, upload=None, **inputs):
-        values, state_, lang_ = named_inputs({**inputs, "upload": upload})
+    # Gradio fills `progress` itself; a file input defaulting to None is optional in the API (a File has no value).
+    def on_pilot(progress=gr.Progress(), *, upload=None, base_config=None, draft_config=None, **inputs):
+        values, state_, lang_ = named_inputs({**inputs, "upload": upload, "base_config": base_config,
+                                              "draft_config": draft_config})
         for view in pilot(values, state_, lang_, progress=progress):
             yield by_component(view, pilot_outputs)
+
+    def on_project(*, base_config=None, draft_config=None, **inputs):
+        values = {**inputs, "base_config": base_config, "draft_config": draft_config}
+        return by_component(project_cluster(*named_inputs(values)), cluster_outputs)
 
     for comp in form.values():
         comp.change(on_estimate, inputs_kwargs={**form, "lang": lang}, outputs=estimate_md, api_visibility="private",
@@ -462,6 +563,9 @@ def build(ctx: AppContext, state: gr.State, tab: gr.Tab, lang: gr.Radio):
     stop.click(request_stop, [state], None, queue=False, api_visibility="private")
     export.click(export_report, [state, lang], report_file, api_visibility="private")
     trace_pick.change(trace_of, [trace_pick, state], trace_file, api_visibility="private")
+    project_btn.click(on_project, inputs_kwargs={**form, **cluster_form, "state": state, "lang": lang},
+                      outputs=list(cluster_outputs.values()), api_name="project", concurrency_id="views",
+                      concurrency_limit=4)
     criteria_outputs = dict(criteria_table=criteria_table, criteria_note=criteria_note)
 
     def on_rejudge(**inputs):
@@ -505,7 +609,7 @@ def build(ctx: AppContext, state: gr.State, tab: gr.Tab, lang: gr.Radio):
     def redraw(lang: str, state: UserState, **values):
         """The switch: the estimate, the tuning note and the criteria verdicts in the chosen language."""
         return {"estimate": estimate(values, lang), "tune_status": _tuned_note(ctx, lang),
-                **rejudge(values, state, lang)}
+                **rejudge(values, state, lang), **cluster_view(ctx, state, values, lang)}
 
-    return redraw, {**form, **criteria_form, "state": state, "lang": lang}, \
-        {"estimate": estimate_md, "tune_status": tune_status, **criteria_outputs}
+    return redraw, {**form, **criteria_form, **cluster_form, "state": state, "lang": lang}, \
+        {"estimate": estimate_md, "tune_status": tune_status, **criteria_outputs, **cluster_outputs}

@@ -213,6 +213,21 @@ def test_pilot_and_how_it_works(page):
                                           "easyspec N=4 every-round k=5"))
     assert "Projected, not measured" in page.inner_text("#pilot-projection-note")
     assert "easyspec N=4 every-round k=5" in page.inner_text("#pilot-projection")
+    assert page.evaluate(PLOT_BARS, "#pilot-round-easyspec")["spans"] > 0
+    # Projected for your cluster: another GPU, G = 2, eager; N = 4 needs four devices, so only N = 2 is left
+    page.locator("#pilot-hardware input").click()
+    page.get_by_role("option", name="h100-sxm").click()
+    page.locator("#pilot-cluster-g").get_by_label("2", exact=True).check()
+    page.locator("#pilot-execution").get_by_label("eager").check()
+    page.click("#pilot-project")
+    _wait_text(page, "#pilot-projection-note", "G = 2 × h100-sxm")
+    note, table = page.inner_text("#pilot-projection-note"), page.inner_text("#pilot-projection")
+    assert "eager" in note and "measured by the pilot" in note, note
+    assert "easyspec N=2 none k=5" in table and "easyspec N=4" not in table, table
+    assert "settings meet every target" in page.inner_text("#pilot-projection-criteria")
+    assert page.evaluate(PLOT_BARS, "#pilot-round-speculative")["spans"] > 0
+    page.locator("#pilot-utilisation").scroll_into_view_if_needed()
+    page.screenshot(path=str(SHOTS / "pilot_projection.png"), full_page=True)
     page.get_by_role("tab", name="How it works").click()
     page.wait_for_timeout(1500)
     page.screenshot(path=str(SHOTS / "how_it_works.png"), full_page=True)

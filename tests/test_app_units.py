@@ -505,3 +505,52 @@ def test_the_pilot_judges_every_setting_against_the_teams_criteria(app_ctx):
     assert "⚠️ minimum speedup must be above 0" in handlers.rejudge(dict(min_speedup=-1), state, "en")["criteria_note"]
     with pytest.raises(Exception, match="equality must be one of required, ties allowed"):
         list(handlers.pilot({**values, "equality": "roughly"}, UserState(), "en"))
+
+
+def test_projected_for_your_cluster(app_ctx, tmp_path):
+    """The Pilot screen's projection: the chosen GPU, G, pair (preset, config.json or this pair), context and
+    execution through the hardware model, fed with an entered or the pilot's measured accepted length; its rows
+    are the model's own numbers, its charts one simulated round per mode; bad choices get a message."""
+    import json
+
+    from easyspec.app.pilot_tab import make_handlers as pilot_handlers
+    from easyspec.core.evaluation.hardware import DEVICES
+    from easyspec.core.evaluation.projection import Setting, project
+    from easyspec.core.evaluation.shapes import PRESETS
+
+    project_cluster = pilot_handlers(app_ctx).project_cluster
+    grid = dict(layer_parallel=[2, 4], calibration=["none"], draft_len=[5], speculative=True, max_new_tokens=8,
+                chat=True, temperature=0)
+    cluster = dict(hardware="h100-sxm", devices=4, execution="CUDA graphs", context=2048,
+                   base_model="llama-3.1-70b", draft_model="llama-3.1-8b")
+    assert project_cluster({**grid, **cluster}, UserState(), "en")["projected_note"].startswith("Run a pilot")
+    view = project_cluster({**grid, **cluster, "accepted_length": 3.0}, UserState(), "en")
+    rows = view["projected"]["data"]
+    assert [r[1] for r in rows] == ["easyspec N=2 k=5", "easyspec N=4 k=5"]
+    for row, n in zip(rows, (2, 4)):
+        p = project(PRESETS["llama-3.1-70b"], PRESETS["llama-3.1-8b"], DEVICES["h100-sxm"],
+                    Setting(devices=4, context=2048, draft_len=5, layer_parallel=n, al_speculative=3.0,
+                            al_easyspec=3.0))
+        assert row[2] == round(p["vanilla"]["tokens_per_s"], 3) and row[4] == round(p["easyspec"]["tokens_per_s"], 3)
+    assert "G = 4 × `h100-sxm`" in view["projected_note"] and "Projected, not measured" in view["projected_note"]
+    lanes = {t for trace in view["round_easyspec"].data for t in (trace.y or ())}
+    assert {"GPU 0 · draft attention", "GPU 3 · draft attention"} <= lanes  # one attention per GPU
+    idle = {t for trace in view["round_speculative"].data if trace.name == "idle (spare device)" for t in trace.y}
+    assert "GPU 1 · idle" in idle and "GPU 0 · idle" not in idle  # the draft on GPU 0, the others idle
+    assert len(view["utilisation"].data) == 3 and len(view["utilisation"].data[0].y) == 4
+    # this pair, and a config.json the user uploads, give their own shapes
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(dict(num_hidden_layers=40, hidden_size=5120, num_attention_heads=40,
+                                      num_key_value_heads=8, intermediate_size=17408, vocab_size=151936)))
+    own = project_cluster({**grid, **cluster, "base_model": "this pair", "draft_model": "this pair",
+                           "accepted_length": 3.0}, UserState(), "en")
+    uploaded = project_cluster({**grid, **cluster, "base_config": str(config), "accepted_length": 3.0}, UserState(),
+                               "en")
+    assert own["projected"]["data"][0][2] > uploaded["projected"]["data"][0][2]  # a tiny pair runs far faster
+    assert f"base `{config.parent.name}`" in uploaded["projected_note"]  # the shape named after its folder
+    for bad, message in ((dict(devices=3), "devices G must be one of 1, 2, 4, 8; got 3"),
+                         (dict(accepted_length=9.0), "mean accepted length must be within 1..k+1 = 6"),
+                         (dict(base_model="gpt-9"), "base model must be one of this pair"),
+                         (dict(hardware="tpu"), "projection hardware must be one of")):
+        note = project_cluster({**grid, **cluster, "accepted_length": 3.0, **bad}, UserState(), "en")["projected_note"]
+        assert note.startswith("No projection: ") and message in note, note

@@ -24,9 +24,12 @@ REQUEST_PARAMETERS = {"prompt", "chat", "mode", "layer_parallel", "calibration",
                       "tree_depth", "tree_width", "adaptive", "on_low_acceptance",
                       "draft_dtypes",  # draft precisions: names like 'int8', checked against DRAFT_DTYPES
                       "min_speedup", "max_acceptance_drop", "equality",  # the pilot's acceptance criteria
-                      "contexts"} | {  # prompt lengths: whole numbers among pilot.CONTEXTS
+                      "contexts",  # prompt lengths: whole numbers among pilot.CONTEXTS
+                      # the cluster projected for: names among the presets ("this pair": the loaded one), numbers
+                      "devices", "execution", "context", "base_model", "draft_model", "accepted_length",
+                      "base_config", "draft_config"} | {
     f"{p}_{c}" for p in ("mode", "layer_parallel", "calibration", "draft_len", "grouping") for c in range(1, 5)}
-UPLOADS = {"upload", "run_file"}  # files the client sends; Gradio refuses paths it did not receive
+UPLOADS = {"upload", "run_file", "base_config", "draft_config"}  # files the client sends; Gradio refuses others
 
 
 def test_loopback_by_default_and_other_addresses_only_when_allowed():
@@ -87,9 +90,15 @@ def test_no_request_parameter_picks_a_model_or_a_path(app_url):
         assert files <= UPLOADS, (name, files)
 
 
+CLUSTER = ["a100-80gb", 8, "CUDA graphs", 1024, "this pair", "this pair", 3.0]  # the projection's choices
+
+
 @pytest.mark.parametrize("api, data", [("replay", ["{path}", "instant", "en"]),
                                        ("pilot", ["", "uploaded file", "code", 1, [2], ["none"], [3], [], [0], False, 4,
-                                                  True, 0, "{path}", 1.0, 10, "ties allowed", "a100-80gb", None, "en"])])
+                                                  True, 0, "{path}", 1.0, 10, "ties allowed", *CLUSTER, None, None,
+                                                  None, "en"]),
+                                       ("project", ["", "typed prompts", "code", 1, [2], ["none"], [3], [], [0], False,
+                                                    4, True, 0, None, *CLUSTER, "{path}", None, None, "en"])])
 def test_a_request_cannot_make_the_server_read_its_own_files(app_url, tmp_path, api, data):
     secret = tmp_path / "secret.jsonl"
     secret.write_text('{"prompt": "not for you"}\n')

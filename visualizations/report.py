@@ -215,10 +215,19 @@ def _criteria(criteria: Mapping | None, t) -> list[str]:
              drop=f"{targets['max_acceptance_drop']:.0%}",
              equality=t("report.equality." + targets["equality"].replace(" ", "_")),
              met=sum(j["met"] for j in judged), total=len(judged))
-    return [f"<h2>{_e(t('report.h.criteria'))}</h2>", f'<p class="note">{_e(note)}</p>',
+    out = [f"<h2>{_e(t('report.h.criteria'))}</h2>", f'<p class="note">{_e(note)}</p>',
             _table([t(f"report.col.{c}") for c in ("setting", "speedup", "speedup_met", "acceptance_drop",
                                                     "acceptance_met", "equality_met", "met")],
                    rows, numeric=[1, 3], elem_id="criteria")]
+    projected = criteria.get("projected")
+    if projected:  # the same targets on the projected speedups: labelled, apart from the measured verdicts
+        judged = [j for j in projected if j["met"] is not None]
+        sentence = t("report.criteria_projected", g=criteria["projected_devices"], met=sum(j["met"] for j in judged),
+                     total=len(judged))
+        items = "; ".join(f"{_e(j['setting'])}: {_num(j['speedup'], 2, 'x')} {verdict(j['met'])}" for j in projected)
+        out.append(f'<p class="projected-note" id="criteria-projected"><span class="tag">'
+                   f'{_e(t("report.projected_tag"))}</span> {_e(sentence)} {items}</p>')
+    return out
 
 
 def _projection(p: Mapping, lang: str) -> str:

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, replace
 
 from ..engine.grouping import layer_groups
 from ..settings import DEFAULT_LAYER_PARALLEL, default_layer_parallel, middle_layers
+from ..engine.records import Span
 from .hardware import FITTED, Device, Efficiency
 from .shapes import ModelShape
 
@@ -213,10 +214,77 @@ def project(base: ModelShape, draft: ModelShape, device: Device, s: Setting, eff
     }
 
 
+def round_spans(base: ModelShape, draft: ModelShape, device: Device, s: Setting,
+                eff: Efficiency = FITTED) -> dict[str, tuple[Span, ...]]:
+    """One simulated round of speculative and of easyspec decoding as per-device spans (records.Span, the
+    timeline's input; times from the round's start): speculative drafts on device 0 while the others idle,
+    then verifies on all; easyspec calibrates on every device, then each fuzzy step runs a group's
+    attentions one per device, the all-gather and the group's MLPs on every device, then the verify. Each
+    step's pieces are scaled to the step's modelled seconds, so that a round ends where `project` says."""
+    mc, p = Machine(device, eff, s.cuda_graphs), project(base, draft, device, s, eff)
+    g, k, c, b, width = s.devices, s.draft_len, s.context, s.batch, max(1, s.tree_width)
+    out: dict[str, list[Span]] = {"speculative": [], "easyspec": []}
+
+    def stage(mode: str, t: float, pieces: list[tuple[str, str, float, set[int] | None]], total: float) -> float:
+        """Lay `pieces` (phase, label, seconds, devices running it: None = all) one after another from t,
+        scaled to `total` seconds; a device a piece leaves out idles."""
+        scale = total / max(sum(sec for _, _, sec, _ in pieces), 1e-15)
+        for phase, label, sec, ranks in pieces:
+            end = t + sec * scale
+            for r in range(g):
+                run = ranks is None or r in ranks
+                out[mode].append(Span(phase if run else "idle", round(t * 1e9), round(end * 1e9), r, label))
+            t = end
+        return t
+
+    def verify(mode: str, t: float) -> float:
+        work = forward(base, 1 + k * s.tree_width if s.tree_width else k + 1, c, b, g)
+        compute = mc.busy(work) + (work.replays * eff.replay_s if s.cuda_graphs else work.launches * eff.launch_s)
+        return stage(mode, t, [("verify", "verify", compute, None),
+                               ("verify.comm", "all-reduces", mc.seconds(work) - compute, None)], p[mode]["verify_s"])
+
+    t, step = 0.0, p["speculative"]["draft_s"] / k
+    for j in range(k):  # a sequential draft forward on device 0
+        t = stage("speculative", t, [
+            ("draft.attn", f"step {j + 1}: attention", mc.seconds(attention(draft, width, c, b).times(draft.layers)),
+             {0}),
+            ("draft.mlp", f"step {j + 1}: MLPs, LM head", mc.seconds(mlp(draft, width, b).times(draft.layers)
+                                                                      + lm_head(draft, width, b) + Work(replays=1)),
+             {0})], step)
+    verify("speculative", t)
+    t = stage("easyspec", 0.0, [("calibrate", "calibration", 1.0, None)], p["easyspec"]["calibrate_s"])
+    middle = middle_layers(draft.layers, s.sequential_head, s.sequential_tail)
+    plan = layer_groups(draft.layers, min(s.layer_parallel, middle), s.sequential_head, s.sequential_tail)
+    fuzzy = (p["easyspec"]["draft_s"] - p["easyspec"]["calibrate_s"]) / max(1, k - 1)
+    for j in range(k - 1):
+        pieces = []
+        for a, z in plan:
+            n, attn = z - a, attention(draft, width, c, b)
+            if n == 1 or g == 1:
+                pieces += [("draft.attn", f"step {j + 2}: layers {a}-{z - 1} attention", mc.seconds(
+                    replace(attn.times(n), launches=ATTN_KERNELS)), None),
+                           ("draft.mlp", f"step {j + 2}: layers {a}-{z - 1} MLP", mc.seconds(mlp(draft, width, b)
+                                                                                          .times(n)), None)]
+            else:
+                pieces += [("draft.attn", f"step {j + 2}: layers {a}-{z - 1}, one attention per device",
+                            mc.seconds(attn), set(range(n))),
+                           ("draft.comm", "all-gather", mc.seconds(all_gather(width * b * draft.hidden
+                                                                              * draft.bytes_per_value, g)), None),
+                           ("draft.mlp", f"step {j + 2}: layers {a}-{z - 1} MLPs", mc.seconds(mlp(draft, width, b)
+                                                                                           .times(n)), None)]
+        pieces.append(("draft.mlp", f"step {j + 2}: LM head", mc.seconds(lm_head(draft, width, b, sharded=False)
+                                                                          + Work(replays=1)), None))
+        t = stage("easyspec", t, pieces, fuzzy)
+    verify("easyspec", t)
+    return {mode: tuple(spans) for mode, spans in out.items()}
+
+
 def project_pilot(runs, base: ModelShape, draft: ModelShape, device: Device, devices=(1, 2, 4, 8),
-                  context: int = 1024, eff: Efficiency = FITTED) -> list[dict]:
-    """Projected rows for a finished pilot (`pilot.PilotRun`s): AL of each setting measured by the pilot,
-    the shapes of its pair, the hardware model for `device` at each G."""
+                  context: int = 1024, eff: Efficiency = FITTED, cuda_graphs: bool = True,
+                  accepted_length: float | None = None) -> list[dict]:
+    """Projected rows for a finished pilot (`pilot.PilotRun`s): AL of each setting measured by the pilot
+    (or `accepted_length`, entered, for every mode), the shapes of its pair, the hardware model for `device`
+    at each G."""
     by_mode: dict[str, list] = {}
     for run in runs:
         by_mode.setdefault(run.setting.config.mode, []).append(run)
@@ -239,19 +307,43 @@ def project_pilot(runs, base: ModelShape, draft: ModelShape, device: Device, dev
             k = cfg.draft_len or spec[0].setting.config.draft_len
             if n > g > 1:
                 continue
-            a_s, a_e = (min(max(1.0, al(x)), k + 1) for x in (spec, rs))
+            a_s, a_e = (min(max(1.0, accepted_length or al(x)), k + 1) for x in (spec, rs))
             p = project(base, draft, device, Setting(devices=g, context=context, draft_len=k, layer_parallel=n,
-                                                     al_speculative=a_s, al_easyspec=a_e,
+                                                     al_speculative=a_s, al_easyspec=a_e, cuda_graphs=cuda_graphs,
                                                      sequential_head=cfg.sequential_head,
                                                      sequential_tail=cfg.sequential_tail), eff)
-            rows.append({"devices": g, "setting": label, "hardware": device.name,
-                         "vanilla_tokens_per_s": round(p["vanilla"]["tokens_per_s"], 3),
-                         "speculative_tokens_per_s": round(p["speculative"]["tokens_per_s"], 3),
-                         "easyspec_tokens_per_s": round(p["easyspec"]["tokens_per_s"], 3),
-                         "easyspec_speedup": round(p["easyspec"]["tokens_per_s"] / p["vanilla"]["tokens_per_s"], 3),
-                         "accepted_length": f"{a_s:.2f} / {a_e:.2f}",
-                         "speculative_utilisation": [round(u, 2) for u in p["speculative"]["utilisation"]],
-                         "easyspec_utilisation": [round(u, 2) for u in p["easyspec"]["utilisation"]]})
+            rows.append(projected_row(p, label, device))
+    return rows
+
+
+def projected_row(p: dict, label: str, device: Device) -> dict:
+    """One table row of `project`'s result for a setting labelled `label`."""
+    s = p["assumptions"]["setting"]
+    return {"devices": p["devices"], "setting": label, "hardware": device.name,
+            "vanilla_tokens_per_s": round(p["vanilla"]["tokens_per_s"], 3),
+            "speculative_tokens_per_s": round(p["speculative"]["tokens_per_s"], 3),
+            "easyspec_tokens_per_s": round(p["easyspec"]["tokens_per_s"], 3),
+            "easyspec_speedup": round(p["easyspec"]["tokens_per_s"] / p["vanilla"]["tokens_per_s"], 3),
+            "speculative_speedup": round(p["speculative"]["tokens_per_s"] / p["vanilla"]["tokens_per_s"], 3),
+            "drafting_speedup": round(p["drafting_speedup"], 3),
+            "accepted_length": f"{s['al_speculative']:.2f} / {s['al_easyspec']:.2f}",
+            "speculative_utilisation": [round(u, 2) for u in p["speculative"]["utilisation"]],
+            "easyspec_utilisation": [round(u, 2) for u in p["easyspec"]["utilisation"]],
+            "setting_values": s}
+
+
+def project_entered(base: ModelShape, draft: ModelShape, device: Device, devices: int, layer_parallel, draft_len: int,
+                    accepted_length: float, context: int = 1024, cuda_graphs: bool = True,
+                    eff: Efficiency = FITTED) -> list[dict]:
+    """Projected rows without a pilot: an entered mean accepted length for every mode, one row per N
+    (N > G skipped on G > 1: one attention per device)."""
+    rows = []
+    for n in layer_parallel:
+        if n > devices > 1:
+            continue
+        s = Setting(devices=devices, context=context, draft_len=draft_len, layer_parallel=n,
+                    al_speculative=accepted_length, al_easyspec=accepted_length, cuda_graphs=cuda_graphs)
+        rows.append(projected_row(project(base, draft, device, s, eff), f"easyspec N={n} k={draft_len}", device))
     return rows
 
 

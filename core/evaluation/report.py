@@ -115,6 +115,20 @@ def projection_data(runs: Sequence[PilotRun], ctx: ReportContext) -> dict:
             "base_shape": asdict(ctx.shapes[0]), "draft_shape": asdict(ctx.shapes[1])}
 
 
+def projected_criteria(settings: Sequence[dict], projection: dict, criteria: Criteria) -> dict:
+    """The criteria on the projected speedups at the projection's largest G (acceptance and equality as
+    measured): {"projected": [...], "projected_devices": G}, or {} without a projection."""
+    rows = projection.get("rows") or []
+    if not rows:
+        return {}
+    g = max(r["devices"] for r in rows)
+    mine = [r for r in rows if r["devices"] == g]
+    speedups = {r["setting"]: r["easyspec_speedup"] for r in mine}
+    speedups.update({s["setting"]: mine[0]["speculative_speedup"] for s in settings if s["mode"] == "speculative"})
+    judged = [j for j in judge(settings, criteria, speedups) if j.setting in speedups]
+    return {"projected": [{**asdict(j), "met": j.met} for j in judged], "projected_devices": g}
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.0f}%"
 
@@ -208,7 +222,8 @@ def report_data(runs: Sequence[PilotRun], grid: PilotGrid, ctx: ReportContext, l
                                                     "setting_median": _median_speedup(settings, rep.setting.label)},
         "projection": projection,
         "criteria": {"targets": asdict(ctx.criteria),
-                     "measured": [{**asdict(j), "met": j.met} for j in judge(settings, ctx.criteria)]},
+                     "measured": [{**asdict(j), "met": j.met} for j in judge(settings, ctx.criteria)],
+                     **projected_criteria(settings, projection, ctx.criteria)},
         "conclusion": conclusion(settings, grid_d, ctx.models, projection, lang),
         "notes": list(ctx.notes),
     }
