@@ -377,3 +377,25 @@ def test_the_criteria_are_judged_apart_on_the_projected_speedups(pilot):
     met = sum(bool(j.met) for j in expected)
     assert "projected, not measured" in note[:200]
     assert f"{met} of {sum(j.met is not None for j in expected)} settings meet every target" in note
+
+
+def test_the_projection_says_how_the_speedup_shrinks_with_the_batch_size(reports):
+    """Batch jobs: the fastest projected setting at the largest G for B = 1, 4, 16, 64 (projected), each the
+    hardware model's own figure; with many sequences per step the verify turns compute-bound."""
+    from easyspec.core.evaluation import hardware
+    from easyspec.core.evaluation.projection import Setting, project
+    from easyspec.core.evaluation.shapes import ModelShape
+
+    data, path = reports["en"]
+    p = data["projection"]
+    batches = p["batches"]
+    assert [r["batch"] for r in batches] == [1, 4, 16, 64]
+    best = max((r for r in p["rows"] if r["devices"] == 8), key=lambda r: r["easyspec_tokens_per_s"])
+    shapes = ModelShape(**p["base_shape"]), ModelShape(**p["draft_shape"])
+    for r in batches:
+        q = project(*shapes, hardware.device(p["hardware"]["name"]), Setting(**{**best["setting_values"],
+                                                                                "batch": r["batch"]}))
+        assert r["easyspec_speedup"] == round(q["easyspec"]["tokens_per_s"] / q["vanilla"]["tokens_per_s"], 3)
+        assert r["setting"] == best["setting"] and r["verify_bound"] == q["verify_bound"]
+    page = path.read_text(encoding="utf-8")
+    assert 'id="projection-batch"' in page and "The engine measured B = 1 only." in page

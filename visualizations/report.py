@@ -251,6 +251,15 @@ def _projection(p: Mapping, lang: str) -> str:
                         _num(r["easyspec_speedup"], 2, "x"), _e(r["accepted_length"]),
                         " ".join(f"{u:.2f}" for u in r["easyspec_utilisation"])]
                        for r in p["rows"]], numeric=[0, 2, 3, 4, 5], elem_id="projection-table"))
+    batches = p.get("batches") or []
+    if batches:  # the speedup against the batch size B (projected; the engine measures B = 1)
+        note = t("report.projection_batch", g=batches[0]["devices"], setting=batches[0]["setting"])
+        out.append(f'<p class="note">{_e(note)}</p>')
+        out.append(_table([t(f"report.col.{c}") for c in ("batch", "easyspec_speedup", "speculative_speedup",
+                                                          "verify_bound")],
+                          [[str(r["batch"]), _num(r["easyspec_speedup"], 2, "x"),
+                            _num(r["speculative_speedup"], 2, "x"), _e(t(f"report.bound.{r['verify_bound']}"))]
+                           for r in batches], numeric=[0, 1, 2], elem_id="projection-batch"))
     inputs = [(f"base {k}", str(x)) for k, x in p["base_shape"].items()] + \
         [(f"draft {k}", str(x)) for k, x in p["draft_shape"].items()] + [(k, str(x)) for k, x in eff.items()]
     out.append(f"<details><summary>{_e(t('report.latencies'))}</summary>" + _pairs(inputs) + "</details></div>")
