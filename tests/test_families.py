@@ -398,7 +398,7 @@ def test_embedding_table_smaller_than_the_tokenizer_and_other_tokenizers_are_ref
         load_pair(resolve_pair(str(base), str(other)))
 
 
-@pytest.mark.parametrize("name", ["gemma3", "qwen3"])
+@pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_dashboard_loads_a_family_from_a_local_folder(family_pairs, name, tmp_path, monkeypatch):
     """The dashboard's context on a custom local pair of the family: a greedy generate handler run emits
     the same tokens as the vanilla run of the same session."""
