@@ -538,9 +538,12 @@ def build(ctx: AppContext, state: gr.State, tab: gr.Tab, lang: gr.Radio):
         return estimate(values, lang)
 
     # Gradio fills `progress` itself; `upload=None` makes the file optional in the API (a File has no value).
+    # The API's output order: what came first stays first (clients index it), the newer outputs after.
     pilot_outputs = dict(status=status, summary=summary, runs=runs, chart=chart, csv_file=csv_file,
-                         json_file=json_file, trace_pick=trace_pick, trace_file=trace_file, report_file=report_file,
-                         criteria_table=criteria_table, criteria_note=criteria_note, **cluster_outputs)
+                         json_file=json_file, trace_pick=trace_pick, trace_file=trace_file, projected=projected,
+                         projected_note=projected_note, report_file=report_file, criteria_table=criteria_table,
+                         criteria_note=criteria_note)
+    pilot_outputs.update(cluster_outputs)  # the projection's new outputs after those
 
     # Gradio fills `progress` itself; a file input defaulting to None is optional in the API (a File has no value).
     def on_pilot(progress=gr.Progress(), *, upload=None, base_config=None, draft_config=None, **inputs):

@@ -136,13 +136,13 @@ def test_pilot_on_typed_prompts(client, tmp_path):
     projected, note = out[8], out[9]
     assert note.startswith("**Projected, not measured.**") and "a100-80gb" in note
     rows = projected["data"]
-    assert [r[0] for r in rows] == [1, 2, 4, 8] and all(r[1] == "easyspec N=2 every-round k=3" for r in rows)
+    assert [r[0] for r in rows] == [8] and all(r[1] == "easyspec N=2 every-round k=3" for r in rows)  # G's default
     assert all(float(r[2]) > 0 and float(r[4]) > 0 for r in rows)
     report = open(out[10], encoding="utf-8").read()  # the report: one HTML file with the same figures
     data = json.loads(report.split('id="report-data">')[1].split("</script>")[0])
     assert [[s["setting"], s["tokens_per_s"], s["speedup"]] for s in data["settings"]] == \
         [[r[0], r[4], r[5]] for r in summary["data"]]  # setting, (mean prompt tokens), new tokens, tokens/s, speedup
-    assert [r["easyspec_speedup"] for r in data["projection"]["rows"]] == [r[5] for r in rows]
+    assert [r["easyspec_speedup"] for r in data["projection"]["rows"] if r["devices"] == 8] == [r[5] for r in rows]
     # an uploaded CSV works the same way
     upload = tmp_path / "prompts.csv"
     upload.write_text("prompt\nhello there\n")

@@ -118,7 +118,7 @@ CASES = [
     Case("pilot set as a path", "/pilot", dict(source="built-in set", prompt_set="../../etc/passwd"),
          "built-in set must be one of code, chat, math, summarisation"),
     Case("pilot unknown hardware", "/pilot", dict(source="typed prompts", prompt="hi", hardware="pigeon"),
-         "projection: hardware must be one of"),
+         "GPU must be one of a100-40gb, a100-80gb"),
     Case("pilot speedup target 0", "/pilot", dict(source="typed prompts", prompt="hi", min_speedup=0),
          r"minimum speedup over vanilla \(x\) must be between 0.01 and 100; got 0"),
     Case("pilot acceptance drop 150%", "/pilot", dict(source="typed prompts", prompt="hi", max_acceptance_drop=150),
