@@ -234,15 +234,17 @@ def load_decoder(folder: Path, dtype: torch.dtype, device: torch.device, shard: 
             out[i] = t
         return out
 
-    embed = read("model.embed_tokens.weight").to(dtype=dtype, device=device)
+    # copy=True: a tensor read from safetensors in its own dtype is a view of the file's memory map, which
+    # would keep the whole mapped file resident beside the stacked copies (gigabytes of RSS).
+    embed = read("model.embed_tokens.weight").to(dtype=dtype, device=device, copy=True)
     tied = cfg.tie_word_embeddings or get("lm_head.weight") is None
-    lm_head = embed if tied else read("lm_head.weight").to(dtype=dtype, device=device)
+    lm_head = embed if tied else read("lm_head.weight").to(dtype=dtype, device=device, copy=True)
     present = {"bqkv": cfg.qkv_bias, "bo": cfg.o_bias, "b_gate_up": cfg.mlp_bias, "b_down": cfg.mlp_bias}
     weights = DecoderWeights(
         embed=embed,
         **{name: stack(list(parts), bias=name in present) if present.get(name, True) else None
            for name, parts in layer_parts(cfg).items()},
-        norm=read("model.norm.weight").to(dtype=dtype, device=device),
+        norm=read("model.norm.weight").to(dtype=dtype, device=device, copy=True),
         lm_head=lm_head if lm_head.shape[0] == cfg.vocab_size else lm_head[: cfg.vocab_size],  # tied: one tensor
     )
     return Decoder(cfg if shard is None else shard.local(cfg), weights)
