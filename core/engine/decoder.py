@@ -202,6 +202,10 @@ class Decoder:
         longrope = [r.original_max_position for r in self.ropes.values() if r.kind == "longrope"]
         self.long_from: int | None = min(longrope) if longrope else None
         self.exact = sequential_groups(cfg.n_layers)
+        # Gemma: the embedding scale rounded to the model dtype first; made once (a per-forward host-to-device copy
+        # would wait for the device)
+        self.embed_scale = (None if cfg.embed_scale is None
+                            else torch.tensor(cfg.embed_scale, dtype=self.dtype, device=self.device))
         # Hooks set from outside for multi-device runs (parallel.py); the model knows nothing of ranks.
         # attend(h, group, pos, cache, rope, tree_mask) -> [N, T, D]: a group's attention outputs, where rope
         # maps each layer kind in use to its (cos, sin) and tree_mask is a token tree's [T, S] mask or None.
@@ -371,8 +375,8 @@ class Decoder:
             assert tree.positions.numel() == T, (tree.positions.shape, T)
             rope, mask = self._rope(pos, T, tree.positions, long), self._tree_mask(pos, tree)
         x = self.w.embed[tokens]  # [T, D]
-        if self.cfg.embed_scale is not None:  # Gemma: the scale rounded to the model dtype first
-            x = x * torch.tensor(self.cfg.embed_scale, dtype=self.dtype, device=self.device)
+        if self.embed_scale is not None:
+            x = x * self.embed_scale
         for g in groups:
             label = f"L{g[0]}" if g[1] - g[0] == 1 else f"L{g[0]}-{g[1] - 1}"
             if taps is not None:
