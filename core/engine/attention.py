@@ -22,22 +22,30 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-CHUNK = 1024  # query rows per masked call: bounds a mask (and softcapped scores) to CHUNK x S
+CHUNK = 1024  # rows per call on long inputs: bounds a mask (and softcapped scores) to CHUNK x S, and the MLP's
+# intermediates (decoder.py) to CHUNK x 2F
 PATHS = ("decode", "causal", "masked", "tree")
 
 
 def attention_path(n_new: int, pos: int, window: int | None = None, tree: bool = False,
-                   softcap: bool = False) -> str:
+                   softcap: bool = False, causal_kernel: bool = True) -> str:
     """The path of `n_new` tokens written at cache slots pos..pos+n_new-1 of a layer with sliding `window`
-    (None: full attention), in a token tree or not; softcapped scores (Gemma 2) have no fused causal path."""
+    (None: full attention), in a token tree or not. Softcapped scores (Gemma 2) have no fused causal path;
+    causal_kernel False: the device has no fused causal kernel for these heads (`has_causal_kernel`)."""
     assert n_new >= 1 and pos >= 0, (n_new, pos)
     if tree:
         return "tree"
     if n_new == 1:
         return "decode"
-    if pos == 0 and (window is None or n_new <= window) and not softcap:
+    if pos == 0 and (window is None or n_new <= window) and not softcap and causal_kernel:
         return "causal"
     return "masked"
+
+
+def has_causal_kernel(device: torch.device, dtype: torch.dtype, grouped: bool) -> bool:
+    """Whether is_causal runs fused: on the CPU always; on CUDA with grouped-query heads only in half precision
+    (flash and cuDNN take GQA, fp32's memory-efficient kernel does not, so fp32 takes the masked path)."""
+    return device.type != "cuda" or not grouped or dtype in (torch.float16, torch.bfloat16)
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: int, scale: float, window: int | None = None,
@@ -46,9 +54,11 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: int, scale: f
     them); tree_mask [T, pos + T] bool (a token tree) or None (causal, within `window`) -> [N, Hq, T, hd]."""
     n, hq, t, hd = q.shape
     assert k.shape[2] == pos + t and hq % k.shape[1] == 0, (q.shape, k.shape, pos)
-    path = attention_path(t, pos, window, tree_mask is not None, softcap is not None)
+    grouped = hq != k.shape[1]
+    path = attention_path(t, pos, window, tree_mask is not None, softcap is not None,
+                          has_causal_kernel(q.device, q.dtype, grouped))
     if path == "causal":
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=hq != k.shape[1])
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=grouped)
     if path == "decode":
         lo = 0 if window is None else max(0, pos + 1 - window)
         return _folded(q, k[:, :, lo:], v[:, :, lo:], None, scale, softcap)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..settings import Group  # [start, end): the draft layers that run as one step
-from .attention import attend
+from .attention import CHUNK, attend
 from .rope import RopeConfig, rope_inv_freq  # noqa: F401 (RopeConfig: re-exported)
 
 
@@ -328,6 +328,8 @@ class Decoder:
         return out
 
     def _mlp(self, x: torch.Tensor, i: int) -> torch.Tensor:  # x [T, D] -> [T, D]
+        if x.shape[0] > CHUNK:  # a long prefill: rows in chunks, so the [T, 2F] intermediates stay CHUNK rows
+            return torch.cat([self._mlp(x[a: a + CHUNK], i) for a in range(0, x.shape[0], CHUNK)])
         w = self.w
         gu = _linear(self._rms(x, w.norm_post[i]), w.w_gate_up[i],
                      None if w.b_gate_up is None else w.b_gate_up[i])  # [T, 2F]

@@ -208,8 +208,8 @@ def load_decoder(folder: Path, dtype: torch.dtype, device: torch.device, shard: 
         shard.check(cfg)
     get = unfused(_tensor_getter(folder), cfg)
 
-    def read(name: str, part: str | None = None) -> torch.Tensor:
-        view = get(name)
+    def read(name: str, part: str | None = None, source: Callable = get) -> torch.Tensor:
+        view = source(name)
         if view is None:
             raise ModelLoadError(f"{folder}: weight {name} is missing: not a {cfg.model_type} causal LM checkpoint")
         if shard is None or part is None:
@@ -234,9 +234,11 @@ def load_decoder(folder: Path, dtype: torch.dtype, device: torch.device, shard: 
             out[i] = t
         return out
 
-    # copy=True: a tensor read from safetensors in its own dtype is a view of the file's memory map, which
-    # would keep the whole mapped file resident beside the stacked copies (gigabytes of RSS).
-    embed = read("model.embed_tokens.weight").to(dtype=dtype, device=device, copy=True)
+    # A tensor read from safetensors in its own dtype is a view of the file's memory map. The embedding is only
+    # gathered by rows, so on the CPU it stays such a view (as transformers keeps it), through a map of its own:
+    # only the rows read become resident. Everything else is copied out of `get`'s map (copy=True), which is
+    # released after loading; a kept view would hold the whole file resident beside the copies.
+    embed = read("model.embed_tokens.weight", source=unfused(_tensor_getter(folder), cfg)).to(dtype=dtype, device=device)
     tied = cfg.tie_word_embeddings or get("lm_head.weight") is None
     lm_head = embed if tied else read("lm_head.weight").to(dtype=dtype, device=device, copy=True)
     present = {"bqkv": cfg.qkv_bias, "bo": cfg.o_bias, "b_gate_up": cfg.mlp_bias, "b_down": cfg.mlp_bias}
