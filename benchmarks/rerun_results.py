@@ -92,6 +92,9 @@ def steps(quick: bool) -> list[Step]:
         Step("draft_kernels", (PY, "benchmarks/draft_kernels.py", *(("--repeats", "1", "--precisions",
                                                                     "float32,int8") if q else ()),
                                "--out", "{out}/draft_kernels"), 3),
+        Step("long_prefill", (PY, "benchmarks/long_prefill.py", *(("--tokens", "256", "--repeats", "1") if q else
+                                                                  ("--tokens", "4096,8192", "--repeats", "3")),
+                              "--out", "{out}/long_prefill"), 12),
         *(Step(f"bench_acceptance_{p}", (*EASYSPEC, "bench", "acceptance", "--prompts", p, *acc.split(), "--out",
                                          f"{{out}}/bench_acceptance_{p}"), m) for p, m in (("code", 8), ("chat", 10))),
         Step("devices_cpu", (PY, "benchmarks/devices_cpu.py", *(("--max-new-tokens", "4", "--repeats", "1") if q else

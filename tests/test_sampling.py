@@ -60,9 +60,9 @@ def test_verify_greedy_accepts_longest_agreeing_prefix():
     logits = torch.full((4, 5), -1.0)
     for i, t in enumerate([2, 3, 1, 4]):
         logits[i, t] = 1.0
-    assert verify_greedy(torch.tensor([2, 3, 1]), logits) == (3, 4)  # all accepted, bonus 4
-    assert verify_greedy(torch.tensor([2, 0, 1]), logits) == (1, 3)  # recovered 3 at position 1
-    assert verify_greedy(torch.tensor([0, 3, 1]), logits) == (0, 2)
+    assert verify_greedy(torch.tensor([2, 3, 1]), logits) == (3, 4, [2, 3, 1])  # all accepted, bonus 4
+    assert verify_greedy(torch.tensor([2, 0, 1]), logits) == (1, 3, [2, 0, 1])  # recovered 3 at position 1
+    assert verify_greedy(torch.tensor([0, 3, 1]), logits) == (0, 2, [0, 3, 1])
 
 
 def test_probs_apply_temperature_top_k_top_p():

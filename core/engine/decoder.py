@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..settings import Group  # [start, end): the draft layers that run as one step
+from .attention import CHUNK, attend
 from .rope import RopeConfig, rope_inv_freq  # noqa: F401 (RopeConfig: re-exported)
 
 
@@ -187,7 +188,7 @@ class Decoder:
         self.device = weights.embed.device
         self.rotary_dim = cfg.rotary_dim or cfg.head_dim
         self.scale = cfg.attn_scale if cfg.attn_scale is not None else cfg.head_dim ** -0.5
-        # Each layer is of one kind, "full" or "sliding"; a kind has its own mask and may have its own RoPE.
+        # Each layer is of one kind, "full" or "sliding"; a kind has its own window and may have its own RoPE.
         self.kinds = tuple("sliding" if cfg.slides(i) else "full" for i in range(cfg.n_layers))
         self.ropes = {"full": cfg.rope, "sliding": cfg.sliding_rope or cfg.rope}
         # (kind, long) -> (inverse frequencies [rotary_dim / 2] fp32 on the device, cos/sin scale); long: longrope's
@@ -201,9 +202,13 @@ class Decoder:
         longrope = [r.original_max_position for r in self.ropes.values() if r.kind == "longrope"]
         self.long_from: int | None = min(longrope) if longrope else None
         self.exact = sequential_groups(cfg.n_layers)
+        # Gemma: the embedding scale rounded to the model dtype first; made once (a per-forward host-to-device copy
+        # would wait for the device)
+        self.embed_scale = (None if cfg.embed_scale is None
+                            else torch.tensor(cfg.embed_scale, dtype=self.dtype, device=self.device))
         # Hooks set from outside for multi-device runs (parallel.py); the model knows nothing of ranks.
-        # attend(h, group, pos, cache, rope, mask) -> [N, T, D]: a group's attention outputs, where rope
-        # and mask map each layer kind in use to its (cos, sin) and its mask.
+        # attend(h, group, pos, cache, rope, tree_mask) -> [N, T, D]: a group's attention outputs, where rope
+        # maps each layer kind in use to its (cos, sin) and tree_mask is a token tree's [T, S] mask or None.
         self.attend: Callable = self._attention
         # reduce(x) -> x: sums a tensor-parallel partial result (after o_proj and down_proj).
         self.reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
@@ -250,23 +255,7 @@ class Decoder:
         out = rot * cos + rotated * sin
         return out if rest is None else torch.cat((out, rest), dim=-1)
 
-    def _mask(self, pos: int, n: int) -> dict[str, torch.Tensor | None]:  # kind -> [T, S] bool or None (all visible)
-        end = pos + n
-        q = torch.arange(pos, end, device=self.device)[:, None]
-        k = torch.arange(end, device=self.device)[None, :]
-        out = {}
-        for kind in set(self.kinds):
-            window = self.cfg.sliding_window if kind == "sliding" else None
-            if n == 1 and (window is None or end <= window):
-                out[kind] = None
-                continue
-            allowed = k <= q
-            if window is not None:
-                allowed &= k > q - window
-            out[kind] = allowed
-        return out
-
-    def _tree_mask(self, pos: int, tree: TreeAttention) -> dict[str, torch.Tensor]:  # kind -> [T, S] bool
+    def _tree_mask(self, pos: int, tree: TreeAttention) -> torch.Tensor:  # [T, S] bool, every layer kind
         T, W = tree.visible.shape
         window = self.cfg.sliding_window
         if window is not None and int(tree.positions.max()) >= window:
@@ -278,21 +267,28 @@ class Decoder:
             prefix = torch.ones((T, pos + T - W), dtype=torch.bool, device=self.device)
         else:
             prefix = torch.arange(pos + T - W, device=self.device)[None, :] < tree.prefix.to(self.device)[:, None]
-        mask = torch.cat([prefix, tree.visible.to(self.device, torch.bool)], dim=1)
-        return {kind: mask for kind in set(self.kinds)}
+        return torch.cat([prefix, tree.visible.to(self.device, torch.bool)], dim=1)
 
-    def _per_layer(self, table: dict, l: int, r: int, T: int, S: int):
-        """The rope or mask of layers l..r-1: the kind's own when they share one, else stacked per layer
-        ([N, 1, T, ...], broadcast over heads); a None mask (all visible) becomes all True."""
+    def _rope_of(self, rope: dict, l: int, r: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (cos, sin) of layers l..r-1: 2 x [T, rd] when they share a kind, else stacked per layer
+        (2 x [N, 1, T, rd], broadcast over heads)."""
         kinds = self.kinds[l:r]
         if len(set(kinds)) == 1:
-            return table[kinds[0]]
-        if isinstance(table[kinds[0]], tuple):  # (cos, sin)
-            return tuple(torch.stack([table[k][i] for k in kinds])[:, None] for i in range(2))
-        full = torch.ones((T, S), dtype=torch.bool, device=self.device)
-        return torch.stack([full if table[k] is None else table[k] for k in kinds])[:, None]
+            return rope[kinds[0]]
+        return tuple(torch.stack([rope[k][i] for k in kinds])[:, None] for i in range(2))
 
-    def _attention(self, h: torch.Tensor, g: Group, pos: int, cache: KVCache, rope, mask) -> torch.Tensor:
+    def _runs(self, l: int, r: int) -> list[tuple[int, int, int | None]]:
+        """Layers l..r-1 as runs of one kind: (first, end, sliding window or None), offsets from l."""
+        out: list[tuple[int, int, int | None]] = []
+        for j, kind in enumerate(self.kinds[l:r]):
+            if out and self.kinds[l + out[-1][0]] == kind:
+                out[-1] = (out[-1][0], j + 1, out[-1][2])
+            else:
+                out.append((j, j + 1, self.cfg.sliding_window if kind == "sliding" else None))
+        return out
+
+    def _attention(self, h: torch.Tensor, g: Group, pos: int, cache: KVCache, rope,
+                   tree_mask: torch.Tensor | None) -> torch.Tensor:
         """Attention of layers g[0]..g[1]-1, all from the same input h; returns [N, T, D].
 
         With N = 1 this is the exact layer's attention. With N > 1 the N layers' projections and
@@ -314,17 +310,15 @@ class Decoder:
             k = self._rms(k, w.k_norm[l:r, None, None, :])
         q, k = q.transpose(1, 2), k.transpose(1, 2)  # [N, Hq, T, hd], [N, Hkv, T, hd]
         v = v.view(n, T, hkv, hd).transpose(1, 2)
-        cos, sin = self._per_layer(rope, l, r, T, end)
+        cos, sin = self._rope_of(rope, l, r)
         q, k = self._apply_rope(q, cos, sin), self._apply_rope(k, cos, sin)
-        m = self._per_layer(mask, l, r, T, end)  # [T, S], [N, 1, T, S] or None
         cache.k[l:r, :, pos:end] = k
         cache.v[l:r, :, pos:end] = v
-        keys, values = cache.k[l:r, :, :end], cache.v[l:r, :, :end]
-        if cfg.attn_softcap is None:
-            o = F.scaled_dot_product_attention(q, keys, values, attn_mask=m, scale=self.scale,
-                                               enable_gqa=hq != hkv)
-        else:
-            o = _softcapped_attention(q, keys, values, m, self.scale, cfg.attn_softcap)
+        # One attention call per run of layers of one kind (a fuzzy group may mix full and sliding layers);
+        # attention.py picks the SDPA path of this step shape.
+        parts = [attend(q[a:b], cache.k[l + a: l + b, :, :end], cache.v[l + a: l + b, :, :end], pos, self.scale,
+                        window, tree_mask, cfg.attn_softcap) for a, b, window in self._runs(l, r)]
+        o = parts[0] if len(parts) == 1 else torch.cat(parts)  # [N, Hq, T, hd]
         o = o.transpose(1, 2).reshape(n, T, hq * hd)  # [N, T, Hq hd]
         out = _group_linear(o, w.wo, w.bo, l, r)  # [N, T, D]
         if self.reduce is not None:
@@ -334,6 +328,8 @@ class Decoder:
         return out
 
     def _mlp(self, x: torch.Tensor, i: int) -> torch.Tensor:  # x [T, D] -> [T, D]
+        if x.shape[0] > CHUNK:  # a long prefill: rows in chunks, so the [T, 2F] intermediates stay CHUNK rows
+            return torch.cat([self._mlp(x[a: a + CHUNK], i) for a in range(0, x.shape[0], CHUNK)])
         w = self.w
         gu = _linear(self._rms(x, w.norm_post[i]), w.w_gate_up[i],
                      None if w.b_gate_up is None else w.b_gate_up[i])  # [T, 2F]
@@ -376,13 +372,13 @@ class Decoder:
         span, taps, tree = opts.span, opts.taps, opts.tree
         cache.tokens[pos: pos + T] = tokens
         if tree is None:
-            rope, mask = self._rope(pos, T, long=long), self._mask(pos, T)
+            rope, mask = self._rope(pos, T, long=long), None
         else:
             assert tree.positions.numel() == T, (tree.positions.shape, T)
             rope, mask = self._rope(pos, T, tree.positions, long), self._tree_mask(pos, tree)
         x = self.w.embed[tokens]  # [T, D]
-        if self.cfg.embed_scale is not None:  # Gemma: the scale rounded to the model dtype first
-            x = x * torch.tensor(self.cfg.embed_scale, dtype=self.dtype, device=self.device)
+        if self.embed_scale is not None:
+            x = x * self.embed_scale
         for g in groups:
             label = f"L{g[0]}" if g[1] - g[0] == 1 else f"L{g[0]}-{g[1] - 1}"
             if taps is not None:
@@ -412,19 +408,6 @@ class Decoder:
         cache.length, cache.long_rope = 0, long
         if n:
             self._run(cache.tokens[:n].clone(), 0, cache, ForwardOptions(logits=False), long)
-
-
-def _softcapped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
-                          scale: float, cap: float) -> torch.Tensor:
-    """Attention with tanh-capped scores (Gemma 2), as transformers' eager path: q [N, Hq, T, hd],
-    k/v [N, Hkv, S, hd], mask [T, S] / [N, 1, T, S] bool or None -> [N, Hq, T, hd]."""
-    rep = q.shape[1] // k.shape[1]
-    k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-    scores = torch.matmul(q, k.transpose(-1, -2)) * scale  # [N, Hq, T, S]
-    scores = torch.tanh(scores / cap) * cap
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    return torch.matmul(scores.softmax(-1, dtype=torch.float32).to(q.dtype), v)
 
 
 def _linear(x: torch.Tensor, w, b: torch.Tensor | None = None) -> torch.Tensor:

@@ -273,10 +273,10 @@ class Generation:
         # 4. Accept the longest agreeing prefix (greedy) or rejection-sample (lossless either way).
         with tr.span("sample", "verify"):
             if self.s.greedy:
-                accepted, nxt = verify_greedy(drafted_t, blogits)
+                accepted, nxt, drafted_ids = verify_greedy(drafted_t, blogits)  # the round's one host copy
             else:
                 accepted, nxt = verify_sampling(drafted_t, torch.cat(qs), probs(blogits, self.s), self.gen)
-            drafted_ids = drafted_t.tolist()
+                drafted_ids = drafted_t.tolist()
         emitted = (*drafted_ids[:accepted], nxt)
         origins = ("accepted",) * accepted + ("bonus" if accepted == k else "recovered",)
         # 5. Keep the draft entries of accepted tokens (d_k was never fed to the draft); decide
@@ -365,8 +365,8 @@ class Generation:
     # -- bookkeeping ---------------------------------------------------------------------------
     def _commit(self, tokens: Sequence[int]) -> None:
         """Append the kept tokens; the base cache keeps all committed tokens but the last."""
-        if tokens:
-            self.ids[self.n: self.n + len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+        if tokens:  # host to device without waiting for the device (no sync on CUDA)
+            self.ids[self.n: self.n + len(tokens)].copy_(torch.tensor(tokens, dtype=torch.long), non_blocking=True)
         self.n += len(tokens)
         self.generated.extend(tokens)
         if self.bcache.length > self.n - 1:

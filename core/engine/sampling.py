@@ -37,14 +37,16 @@ def pick(logits: torch.Tensor, cfg: SamplingConfig, gen: torch.Generator | None)
     return torch.multinomial(p, 1, generator=gen)[:, 0], p
 
 
-def verify_greedy(drafted: torch.Tensor, base_logits: torch.Tensor) -> tuple[int, int]:
-    """drafted [k], base_logits [k + 1, V] -> (accepted count a, token emitted after them)."""
+def verify_greedy(drafted: torch.Tensor, base_logits: torch.Tensor) -> tuple[int, int, list[int]]:
+    """drafted [k], base_logits [k + 1, V] -> (accepted count a, token emitted after them, the drafted ids),
+    computed on the device and read back in one device-to-host copy (the round's only one)."""
     k = drafted.numel()
     assert base_logits.shape[0] == k + 1, (drafted.shape, base_logits.shape)
     target = base_logits.argmax(-1)  # [k + 1]
-    matches = (target[:k] == drafted).int()
-    accepted = int(matches.cumprod(0).sum()) if k else 0
-    return accepted, int(target[accepted])
+    accepted = (target[:k] == drafted).int().cumprod(0).sum()  # [] on the device
+    host = torch.cat([accepted[None], drafted, target]).tolist()  # [1 + k + (k + 1)]
+    a = host[0]
+    return a, host[1 + k + a], host[1: 1 + k]
 
 
 def verify_sampling(drafted: torch.Tensor, q: torch.Tensor, p: torch.Tensor,

@@ -208,8 +208,8 @@ def load_decoder(folder: Path, dtype: torch.dtype, device: torch.device, shard: 
         shard.check(cfg)
     get = unfused(_tensor_getter(folder), cfg)
 
-    def read(name: str, part: str | None = None) -> torch.Tensor:
-        view = get(name)
+    def read(name: str, part: str | None = None, source: Callable = get) -> torch.Tensor:
+        view = source(name)
         if view is None:
             raise ModelLoadError(f"{folder}: weight {name} is missing: not a {cfg.model_type} causal LM checkpoint")
         if shard is None or part is None:
@@ -234,15 +234,19 @@ def load_decoder(folder: Path, dtype: torch.dtype, device: torch.device, shard: 
             out[i] = t
         return out
 
-    embed = read("model.embed_tokens.weight").to(dtype=dtype, device=device)
+    # A tensor read from safetensors in its own dtype is a view of the file's memory map. The embedding is only
+    # gathered by rows, so on the CPU it stays such a view (as transformers keeps it), through a map of its own:
+    # only the rows read become resident. Everything else is copied out of `get`'s map (copy=True), which is
+    # released after loading; a kept view would hold the whole file resident beside the copies.
+    embed = read("model.embed_tokens.weight", source=unfused(_tensor_getter(folder), cfg)).to(dtype=dtype, device=device)
     tied = cfg.tie_word_embeddings or get("lm_head.weight") is None
-    lm_head = embed if tied else read("lm_head.weight").to(dtype=dtype, device=device)
+    lm_head = embed if tied else read("lm_head.weight").to(dtype=dtype, device=device, copy=True)
     present = {"bqkv": cfg.qkv_bias, "bo": cfg.o_bias, "b_gate_up": cfg.mlp_bias, "b_down": cfg.mlp_bias}
     weights = DecoderWeights(
         embed=embed,
         **{name: stack(list(parts), bias=name in present) if present.get(name, True) else None
            for name, parts in layer_parts(cfg).items()},
-        norm=read("model.norm.weight").to(dtype=dtype, device=device),
+        norm=read("model.norm.weight").to(dtype=dtype, device=device, copy=True),
         lm_head=lm_head if lm_head.shape[0] == cfg.vocab_size else lm_head[: cfg.vocab_size],  # tied: one tensor
     )
     return Decoder(cfg if shard is None else shard.local(cfg), weights)

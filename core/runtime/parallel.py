@@ -8,7 +8,10 @@ fuzzy groups spread over the same ranks (docs/method.md#multi-device-form).
   rank, and every rank runs the N MLPs. Sequential layers and calibration run on every rank, so all
   ranks hold the same exact draft cache after calibration. Ranks >= N idle in that group.
 - Control: rank 0 (the leader) runs the engine loop unchanged; each model call is first announced
-  to the other ranks (followers) by a small broadcast, then all ranks run it together. A token-tree
+  to the other ranks (followers) by a small broadcast, then all ranks run it together. The command
+  header (and a new layer plan) travels in host memory over a gloo group (`DistInfo.control`; on CPU
+  ranks the group itself), so a follower reads it without a device-to-host copy; token ids and tree
+  attention travel on the device group, straight into the follower's forward. A token-tree
   call also sends its tree attention (positions and the visible tree slots, one [T, 1 + W] tensor),
   and keeping a tree's accepted path in a cache (`KVCache.compact`) is announced too. Rank 0 owns
   the tokenizer, sampling and acceptance; followers never compute logits.
@@ -47,6 +50,11 @@ class DistInfo:
     world: int
     device: torch.device
     group: object = None  # the process group; None is the default (world) group
+    control: object = None  # the gloo group of the host-side command headers; None: `group` (CPU ranks)
+
+    @property
+    def commands(self) -> object:
+        return self.group if self.control is None else self.control
 
 
 def backend_for(device: torch.device) -> str:
@@ -104,8 +112,8 @@ def plan_mask(groups: Sequence[Group] | None, n_layers: int) -> torch.Tensor:
     return mask
 
 
-def plan_from_mask(mask: torch.Tensor) -> tuple[Group, ...]:
-    starts = torch.nonzero(mask).flatten().tolist()
+def plan_from_mask(mask: torch.Tensor) -> tuple[Group, ...]:  # mask [n_layers] int64 in host memory
+    starts = [i for i, start in enumerate(mask.tolist()) if start]
     return tuple(zip(starts, starts[1:] + [mask.numel()]))
 
 
@@ -132,15 +140,15 @@ class Leader:
         n = 0 if tokens is None else tokens.numel()
         tree_cols = 0 if tree is None else 1 + tree.visible.shape[1]
         header = torch.tensor([op, model, pos, n, phase, int(send_plan), int(use_plan), length, tree_cols],
-                              dtype=torch.long, device=self.info.device)
-        dist.broadcast(header, 0, group=self.info.group)
+                              dtype=torch.long)  # host memory, on the command group
+        dist.broadcast(header, 0, group=self.info.commands)
         if n:
             dist.broadcast(tokens.to(torch.long), 0, group=self.info.group)
         if tree is not None:  # [T, 1 + W]: positions, then the visible tree slots as 0/1
             packed = torch.cat([tree.positions[:, None], tree.visible.long()], dim=1).to(self.info.device)
             dist.broadcast(packed, 0, group=self.info.group)
         if send_plan:
-            dist.broadcast(plan_mask(plan, self.draft.cfg.n_layers).to(self.info.device), 0, group=self.info.group)
+            dist.broadcast(plan_mask(plan, self.draft.cfg.n_layers), 0, group=self.info.commands)
             self._plan_sent = plan_key
 
     # -- the engine's runtime interface ---------------------------------------------------------
@@ -154,7 +162,7 @@ class Leader:
     def gather_spans(self, spans: tuple[Span, ...]) -> tuple[Span, ...]:
         self.announce(OP_GATHER)
         out: list = [None] * self.info.world
-        dist.gather_object(spans, out, dst=0, group=self.info.group)
+        dist.gather_object(spans, out, dst=0, group=self.info.commands)  # host objects: the gloo group
         return tuple(sorted((s for rank_spans in out for s in rank_spans), key=lambda s: (s.start_ns, s.rank)))
 
     def ping(self) -> None:
@@ -213,10 +221,10 @@ def follow(info: DistInfo, base: Decoder, draft: Decoder | None) -> None:
     models = {BASE: base, DRAFT: draft}
     caches: dict[int, KVCache] = {}
     plan: tuple[Group, ...] | None = None
-    header = torch.zeros(HEADER, dtype=torch.long, device=info.device)
+    header = torch.zeros(HEADER, dtype=torch.long)  # host memory: reading it waits for no device
     with torch.inference_mode():
         while True:
-            dist.broadcast(header, 0, group=info.group)
+            dist.broadcast(header, 0, group=info.commands)
             op, which, pos, n, phase, plan_follows, use_plan, length, tree_cols = header.tolist()
             if op == OP_EXIT:
                 return
@@ -226,7 +234,7 @@ def follow(info: DistInfo, base: Decoder, draft: Decoder | None) -> None:
             elif op == OP_CACHE:
                 caches[which] = models[which].new_cache(length)
             elif op == OP_GATHER:
-                dist.gather_object(state.tracer.take(), None, dst=0, group=info.group)
+                dist.gather_object(state.tracer.take(), None, dst=0, group=info.commands)
             elif op == OP_COMPACT:
                 keep = torch.empty(n, dtype=torch.long, device=info.device)
                 if n:
@@ -242,9 +250,9 @@ def follow(info: DistInfo, base: Decoder, draft: Decoder | None) -> None:
                     dist.broadcast(packed, 0, group=info.group)
                     tree = TreeAttention(packed[:, 0], packed[:, 1:].bool())
                 if plan_follows:
-                    mask = torch.empty(draft.cfg.n_layers, dtype=torch.long, device=info.device)
-                    dist.broadcast(mask, 0, group=info.group)
-                    plan = plan_from_mask(mask.cpu())
+                    mask = torch.empty(draft.cfg.n_layers, dtype=torch.long)  # host memory, as the header
+                    dist.broadcast(mask, 0, group=info.commands)
+                    plan = plan_from_mask(mask)
                 cache = caches[which]
                 cache.length = pos  # the leader cropped its cache to here; crop ours the same
                 opts = ForwardOptions(groups=plan if use_plan else None, logits=False, tree=tree)
@@ -256,12 +264,15 @@ def follow(info: DistInfo, base: Decoder, draft: Decoder | None) -> None:
 
 
 def init_group(rank: int, world: int, device: torch.device, init_method: str, timeout_s: float) -> DistInfo:
-    """Join the process group (gloo on CPU, NCCL on GPUs) with a bounded collective timeout."""
+    """Join the process group (gloo on CPU, NCCL on GPUs) with a bounded collective timeout; on GPUs also a
+    gloo group for the command headers, which stay in host memory."""
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    timeout = datetime.timedelta(seconds=timeout_s)
     dist.init_process_group(backend_for(device), init_method=init_method, rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=timeout_s))
-    return DistInfo(rank, world, device)
+                            timeout=timeout)
+    control = dist.new_group(backend="gloo", timeout=timeout) if device.type == "cuda" else None
+    return DistInfo(rank, world, device, control=control)
 
 
 def rank_device(kind: str, local_rank: int, local_world: int) -> torch.device:
