@@ -260,6 +260,7 @@ DIRECT_WRITERS = {
     ("benchmarks/faults.py", "truncated_copy"): "damages a weight file on purpose",
     ("benchmarks/faults.py", "main"): "writes a file where a folder should be, on purpose",
     ("benchmarks/rerun_results.py", "heavy_lock"): "creates an empty lock file for flock; no data is written",
+    ("benchmarks/long_prefill.py", "reset_peak"): "writes the kernel's /proc/self/clear_refs control, not a file",
 }
 READ_ONLY_FLAGS = {"O_RDONLY", "O_CLOEXEC", "O_NONBLOCK", "O_NOFOLLOW", "O_DIRECTORY"}
 SCANNED = ("core", "app", "visualizations", "benchmarks")
