@@ -29,7 +29,7 @@ from easyspec.core.evaluation.pilot import (CONTEXTS, DEFAULT_PROMPTS, MAX_CONTE
                                             pilot_prompt_ids, rows_to_csv, run_pilot, summarise)
 from easyspec.core.evaluation.projection import (Setting, project, project_entered, project_pilot, round_spans,
                                                 session_shapes)
-from easyspec.core.evaluation.report import context_for
+from easyspec.core.evaluation.report import context_for, projected_criteria
 from easyspec.core.evaluation.prompt_sets import BUILTIN_SETS, builtin_prompts, read_prompt_file
 from easyspec.core.tuner.report import markdown as tuning_markdown
 from easyspec.core.tuner.types import TuneConfig, TuneResult
@@ -152,12 +152,10 @@ def cluster_view(ctx: AppContext, state: UserState, values: Mapping, lang: str) 
             "round_easyspec": translate_figure(round_figure(spans["easyspec"], g, "easyspec", (0, end)), lang),
             "projected_criteria": ""}
     if runs:  # the team's targets on the projected speedups (acceptance and equality stay the measured ones)
-        speedups = {r["setting"]: r["easyspec_speedup"] for r in rows}
         summary = summarise([r.row for r in runs])
-        speedups.update({s["setting"]: rows[0]["speculative_speedup"] for s in summary if s["mode"] == "speculative"})
-        criteria = state.pilot_report[2].criteria
-        verdicts = [j for j in judge(summary, criteria, speedups) if j.setting in speedups and j.met is not None]
-        view["projected_criteria"] = text("pilot.criteria_projected", lang, met=sum(j.met for j in verdicts),
+        judged = projected_criteria(summary, {"rows": rows}, state.pilot_report[2].criteria)["projected"]
+        verdicts = [j for j in judged if j["met"] is not None]
+        view["projected_criteria"] = text("pilot.criteria_projected", lang, met=sum(j["met"] for j in verdicts),
                                           total=len(verdicts), g=g, hardware=device.name)
     return view
 

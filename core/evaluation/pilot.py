@@ -49,16 +49,22 @@ def shared_document() -> str:
     return "\n\n".join(f.read_text(encoding="utf-8") for f in files)
 
 
+@lru_cache(maxsize=2)
+def _document_ids(tokenizer, document: str) -> list[int]:
+    """The shared document's token ids, tokenised once per tokenizer (every context length and every call of a
+    pilot, the check and the run, cut from the same ids)."""
+    return tokenizer(document, add_special_tokens=False)["input_ids"]
+
+
 def prompt_ids_at(session, prompts: Sequence[str], chat: bool, context: int) -> list[list[int]]:
     """The prompts' token ids brought to about `context` tokens: each prompt after the first tokens of
     `shared_document` (the question comes last, as in a long-context request). 0, or a prompt already that
     long: the prompt as given. The count is near `context`, not exact: the document's cut is re-tokenised."""
-    out, document = [], None
+    out = []
     for prompt in prompts:
         ids = session.encode(prompt, chat)
         if context and len(ids) < context:
-            if document is None:
-                document = session.tokenizer(shared_document(), add_special_tokens=False)["input_ids"]
+            document = _document_ids(session.tokenizer, shared_document())
             if len(document) < context - len(ids):
                 raise ValueError(f"the shared document holds {len(document)} tokens, fewer than the {context} "
                                  f"asked for: choose a shorter context length")
